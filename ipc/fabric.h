@@ -1,0 +1,37 @@
+/*
+ * The ZeroMQ fabric: the router binds a ROUTER socket, every other worker
+ * connects a DEALER named "<role>.<slot>".  Sockets are driven from the
+ * worker's libevent loop (ZMQ_FD is edge-triggered: the fabric drains
+ * ZMQ_EVENTS after every wakeup and every send).  Malformed messages are
+ * counted (ipc_bad) and logged at a limited rate, never passed on.
+ */
+#ifndef HERALD_FABRIC_H
+#define HERALD_FABRIC_H
+
+#include <event2/event.h>
+#include "codec.h"
+
+struct fabric;
+struct stats_slot;
+
+/* peer is the sender's name on a ROUTER (NUL-terminated), NULL on a DEALER. */
+typedef void fabric_cb(struct fabric *f, const char *peer, struct hmr *r, void *arg);
+
+struct fabric *fabric_bind(struct event_base *base, const char *endpoint,
+    fabric_cb *cb, void *arg);
+struct fabric *fabric_connect(struct event_base *base, const char *endpoint,
+    const char *identity, fabric_cb *cb, void *arg);
+void           fabric_set_stats(struct fabric *f, struct stats_slot *s);
+/*
+ * Send without blocking.  peer: the destination name on a ROUTER, NULL on a
+ * DEALER.  -1 when the peer is unknown or its queue is full (counted as
+ * ipc_dropped): at-least-once delivery above this layer resends.
+ */
+int            fabric_send(struct fabric *f, const char *peer, struct hmw *w);
+/* Pass a received message on unchanged (the router). */
+int            fabric_forward(struct fabric *f, const char *peer, const struct hmr *r);
+void           fabric_close(struct fabric *f);
+/* "ipc://<run_dir>/fabric.sock" */
+void           fabric_endpoint(const char *run_dir, char *buf, size_t len);
+
+#endif

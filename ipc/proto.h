@@ -1,0 +1,92 @@
+/*
+ * Typed bodies of the fabric messages.  Each message has a struct, a
+ * writer that packs it and a reader that unpacks it with a strict end check.
+ * Strings and byte fields of a read message point into the received body.
+ */
+#ifndef HERALD_PROTO_H
+#define HERALD_PROTO_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "codec.h"
+
+struct pstr { const char *p; size_t len; };
+
+/* FAB_HELLO: a worker joined (or re-joined) the fabric. */
+struct msg_hello { uint32_t role, slot, generation; };
+
+/* FAB_DEV_IN: a device message, from the outbox of mqtt slot `slot`. */
+struct msg_dev_in {
+	uint32_t    slot;
+	uint64_t    epoch;
+	uint64_t    seq;
+	int64_t     received_ms;
+	struct pstr id;        /* stable message id (ULID text) */
+	struct pstr topic;
+	struct pstr payload;   /* raw bytes */
+};
+
+/* FAB_ENVELOPE: the backend envelope (JSON text) to spool. */
+struct msg_envelope {
+	uint32_t    slot;      /* origin outbox, for the ACK; UINT32_MAX: none */
+	uint64_t    epoch;
+	uint64_t    seq;
+	int64_t     received_ms;
+	struct pstr id;
+	struct pstr device;
+	struct pstr json;
+};
+
+/* FAB_REJECT: a device message that cannot become an envelope. */
+struct msg_reject {
+	uint32_t    slot;
+	uint64_t    epoch;
+	uint64_t    seq;
+	int64_t     received_ms;
+	struct pstr id;
+	struct pstr device;
+	struct pstr topic;
+	struct pstr reason;    /* snake_case: invalid_json, too_large, bad_topic, ... */
+	struct pstr detail;    /* human text */
+	struct pstr payload;   /* raw bytes (possibly truncated to max_payload) */
+};
+
+/* FAB_ACK: the spool committed these sequences of outbox (slot, epoch). */
+#define ACK_MAX 1024
+struct msg_ack {
+	uint32_t slot;
+	uint64_t epoch;
+	uint32_t n;
+	uint64_t seqs[ACK_MAX];
+};
+
+/* FAB_PAUSE / FAB_RESUME have an empty body. */
+
+/* FAB_PUBLISH: router -> mqtt; FAB_PUBLISHED: mqtt -> router. */
+struct msg_publish {
+	uint64_t    ref;       /* router's reference, echoed in PUBLISHED */
+	struct pstr topic;
+	struct pstr payload;
+	uint32_t    qos;
+	uint32_t    retain;
+};
+struct msg_published { uint64_t ref; uint32_t ok; };
+
+int proto_write_hello(struct hmw *w, const struct msg_hello *m);
+int proto_read_hello(struct hmr *r, struct msg_hello *m);
+int proto_write_dev_in(struct hmw *w, const struct msg_dev_in *m);
+int proto_read_dev_in(struct hmr *r, struct msg_dev_in *m);
+int proto_write_envelope(struct hmw *w, const struct msg_envelope *m);
+int proto_read_envelope(struct hmr *r, struct msg_envelope *m);
+int proto_write_reject(struct hmw *w, const struct msg_reject *m);
+int proto_read_reject(struct hmr *r, struct msg_reject *m);
+int proto_write_ack(struct hmw *w, const struct msg_ack *m);
+int proto_read_ack(struct hmr *r, struct msg_ack *m);
+int proto_write_publish(struct hmw *w, const struct msg_publish *m);
+int proto_read_publish(struct hmr *r, struct msg_publish *m);
+int proto_write_published(struct hmw *w, const struct msg_published *m);
+int proto_read_published(struct hmr *r, struct msg_published *m);
+
+/* Every reader ends with hmr_end(): 0 when the body was exactly the message. */
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * Small helpers shared by every herald process: clocks, ids, strings, fds.
+ */
+#ifndef HERALD_UTIL_H
+#define HERALD_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+int64_t now_ms(void);           /* CLOCK_REALTIME, unix ms */
+int64_t mono_ms(void);          /* CLOCK_MONOTONIC ms */
+uint64_t mono_us(void);
+
+/* RFC 3339 UTC with milliseconds: "2026-11-21T23:50:01.123Z" (25 bytes incl. NUL). */
+#define RFC3339_LEN 25
+void fmt_rfc3339(int64_t unix_ms, char out[RFC3339_LEN]);
+
+/* 128-bit id as 26 Crockford base32 characters (ULID layout: 48-bit ms time first). */
+#define ULID_LEN 27
+void ulid_encode(const uint8_t bytes[16], char out[ULID_LEN]);
+/* Stable message id: time, node, worker slot, outbox epoch, sequence. */
+void msgid_make(int64_t unix_ms, uint32_t node_hash, uint32_t slot, uint32_t epoch,
+    uint64_t seq, char out[ULID_LEN]);
+/* Random id (event ids, command ids). */
+void ulid_random(char out[ULID_LEN]);
+
+uint32_t hash32(const void *p, size_t len);  /* FNV-1a */
+
+/* ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ */
+bool device_id_valid(const char *id, size_t len);
+
+/*
+ * Split "device/<id>/<kind>"; on success id/kind point into topic.
+ * Returns -1 if the topic is not of that shape or the id is invalid.
+ */
+int  topic_split(const char *topic, const char **id, size_t *idlen,
+         const char **kind, size_t *kindlen);
+
+int  fd_nonblock(int fd);
+int  fd_cloexec(int fd);
+size_t strlcpy_h(char *dst, const char *src, size_t size);
+int  mkdir_p(const char *path, int mode);
+
+#endif

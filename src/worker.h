@@ -1,0 +1,76 @@
+/*
+ * The runtime every worker process shares: its event loop, the control
+ * channel to the supervisor (READY, health pings, stop, log level, reload,
+ * admin questions), its stats slot and heartbeat, and its fabric socket.
+ * A role fills the hooks it needs and calls worker_loop().
+ */
+#ifndef HERALD_WORKER_H
+#define HERALD_WORKER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <event2/event.h>
+#include <jansson.h>
+
+#include "codec.h"
+#include "config.h"
+#include "stats.h"
+
+/* Exit code of a worker that must not be restarted (bad configuration). */
+#define WORKER_EXIT_FATAL 2
+
+struct fabric;
+struct ctl;
+struct worker;
+
+struct worker_hooks {
+	/* A fabric message arrived (peer: sender name on the router, else NULL). */
+	void (*fabric)(struct worker *w, const char *peer, struct hmr *r);
+	/* Drain requested: stop taking work; call worker_exit() when done.
+	 * Without this hook the worker exits at once. */
+	void (*stop)(struct worker *w);
+	/* The supervisor accepted a new configuration; w->cf already points at it. */
+	void (*reload)(struct worker *w, const struct config *old);
+	/* An admin command routed to this role: argv[0] is the command.
+	 * Return a JSON object (owned by the caller) or NULL for "unknown". */
+	json_t *(*admin)(struct worker *w, int argc, char **argv);
+};
+
+struct worker {
+	struct event_base   *base;
+	struct config       *cf;
+	int                  role;
+	int                  slot;
+	uint32_t             generation;
+	struct stats_slot   *stats;
+	struct stats_region *region;
+	struct ctl          *ctl;
+	struct fabric       *fab;       /* DEALER to the router (the router: its ROUTER) */
+	char                 name[32];  /* "mqtt.2" */
+	bool                 stopping;
+	int                  exit_code;
+	struct worker_hooks  hooks;
+	void                *arg;       /* the role's state */
+	struct event        *tick;
+};
+
+/* Set up the process after fork (called by the supervisor in the child). */
+int  worker_init(struct worker *w, int role, int slot, uint32_t generation,
+         int ctlfd, struct config *cf, struct stats_region *region);
+/* Connect the DEALER to the router and say HELLO (every role but the router). */
+int  worker_join_fabric(struct worker *w);
+/* Say READY to the supervisor; run the loop until worker_exit(). Returns the exit code. */
+int  worker_loop(struct worker *w);
+void worker_exit(struct worker *w, int code);
+/* Convenience: send on the worker's fabric socket to peer (NULL on a DEALER). */
+int  worker_send(struct worker *w, const char *peer, struct hmw *m);
+
+static inline void worker_count(struct worker *w, enum stats_counter c, uint64_t n) { stats_add(w->stats, c, n); }
+static inline void worker_gauge(struct worker *w, enum stats_gauge g, int64_t v) { stats_set(w->stats, g, v); }
+
+/* Test-only fault injection: HERALD_TEST_CRASH=<role> crashes at start,
+ * HERALD_TEST_FATAL=<role> exits 2 at start.  True if `what` names this worker
+ * ("<role>" or "<role>.<slot>"). */
+bool worker_test_switch(const struct worker *w, const char *env);
+
+#endif

@@ -1,0 +1,9 @@
+/* herald api worker (stub until its issue lands). */
+#include "worker.h"
+#include "workers.h"
+
+int
+api_main(struct worker *w)
+{
+	return worker_loop(w);
+}

@@ -1,0 +1,9 @@
+/* herald crypto worker (stub until its issue lands). */
+#include "worker.h"
+#include "workers.h"
+
+int
+crypto_main(struct worker *w)
+{
+	return worker_loop(w);
+}

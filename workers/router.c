@@ -1,0 +1,9 @@
+/* herald router worker (stub until its issue lands). */
+#include "worker.h"
+#include "workers.h"
+
+int
+router_main(struct worker *w)
+{
+	return worker_loop(w);
+}

@@ -1,0 +1,16 @@
+/*
+ * Entry points of the worker roles: each sets its process up, fills its
+ * hooks and enters the loop.  Returns the process exit code.
+ */
+#ifndef HERALD_WORKERS_H
+#define HERALD_WORKERS_H
+
+struct worker;
+
+int router_main(struct worker *w);
+int crypto_main(struct worker *w);
+int http_main(struct worker *w);
+int api_main(struct worker *w);
+int mqtt_main(struct worker *w);
+
+#endif

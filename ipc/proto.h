@@ -12,6 +12,10 @@
 
 struct pstr { const char *p; size_t len; };
 
+/* Origins of an envelope that are not an mqtt outbox slot. */
+#define PROTO_SLOT_ROUTER 0xfffffffeu   /* the router's own (request state changes) */
+#define PROTO_SLOT_NONE   0xffffffffu   /* no acknowledgement wanted */
+
 /* FAB_HELLO: a worker joined (or re-joined) the fabric. */
 struct msg_hello { uint32_t role, slot, generation; };
 

@@ -1,0 +1,245 @@
+/*
+ * The ZeroMQ fabric driven from a libevent loop.  ZMQ_FD signals edges, not
+ * levels: after every wakeup, and after every send (which may consume the
+ * edge), the socket is drained until ZMQ_EVENTS says nothing is left.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <zmq.h>
+
+#include "fabric.h"
+#include "log.h"
+#include "stats.h"
+
+#define FABRIC_HWM       200000
+#define FABRIC_BATCH     512     /* messages per wakeup before yielding */
+
+struct fabric {
+	void              *ctx;
+	void              *sock;
+	bool               router;
+	struct event      *ev;       /* ZMQ_FD readable */
+	struct event      *again;    /* re-check after a send or a full batch */
+	fabric_cb         *cb;
+	void              *arg;
+	struct stats_slot *stats;
+};
+
+static void
+fabric_count(struct fabric *f, enum stats_counter c)
+{
+	if (f->stats != NULL)
+		stats_add(f->stats, c, 1);
+}
+
+static void
+fabric_drain(struct fabric *f)
+{
+	for (int n = 0; n < FABRIC_BATCH; n++) {
+		zmq_msg_t parts[3];
+		int nparts = 0, more = 1;
+		const char *why;
+		char peer[64];
+		struct hmr r;
+
+		while (more) {
+			zmq_msg_t scratch, *m = nparts < 3 ? &parts[nparts] : &scratch;
+
+			zmq_msg_init(m);
+			if (zmq_msg_recv(m, f->sock, ZMQ_DONTWAIT) == -1) {
+				zmq_msg_close(m);
+				for (int i = 0; i < nparts && i < 3; i++)
+					zmq_msg_close(&parts[i]);
+				if (errno != EAGAIN && errno != EINTR)
+					log_ratelimited(LOG_WARNING, "fabric receive: %s", zmq_strerror(errno));
+				return;
+			}
+			more = zmq_msg_more(m);
+			if (m == &scratch)
+				zmq_msg_close(m);
+			nparts++;
+		}
+		/* ROUTER: [peer, header, body]; DEALER: [header, body]. */
+		int want = f->router ? 3 : 2, h = f->router ? 1 : 0;
+		if (nparts != want) {
+			fabric_count(f, STAT_ipc_bad);
+			log_ratelimited(LOG_WARNING, "fabric: message with %d frames dropped", nparts);
+		} else if (hmr_init(&r, zmq_msg_data(&parts[h]), zmq_msg_size(&parts[h]),
+		    zmq_msg_data(&parts[h + 1]), zmq_msg_size(&parts[h + 1]), &why) == -1) {
+			fabric_count(f, STAT_ipc_bad);
+			log_ratelimited(LOG_WARNING, "fabric: message dropped: %s", why);
+			hmr_free(&r);
+		} else {
+			const char *from = NULL;
+
+			if (f->router) {
+				size_t len = zmq_msg_size(&parts[0]);
+				if (len >= sizeof(peer))
+					len = sizeof(peer) - 1;
+				memcpy(peer, zmq_msg_data(&parts[0]), len);
+				peer[len] = '\0';
+				from = peer;
+			}
+			fabric_count(f, STAT_ipc_in);
+			f->cb(f, from, &r, f->arg);
+			hmr_free(&r);
+		}
+		for (int i = 0; i < nparts && i < 3; i++)
+			zmq_msg_close(&parts[i]);
+	}
+	/* More may be waiting: come back after other events had their turn. */
+	event_active(f->again, EV_TIMEOUT, 0);
+}
+
+static void
+fabric_check(struct fabric *f)
+{
+	int events = 0;
+	size_t len = sizeof(events);
+
+	if (zmq_getsockopt(f->sock, ZMQ_EVENTS, &events, &len) == 0 &&
+	    (events & ZMQ_POLLIN))
+		fabric_drain(f);
+}
+
+static void
+fabric_ready(evutil_socket_t fd, short what, void *arg)
+{
+	fabric_check(arg);
+}
+
+static struct fabric *
+fabric_new(struct event_base *base, int type, fabric_cb *cb, void *arg)
+{
+	struct fabric *f = calloc(1, sizeof(*f));
+	int hwm = FABRIC_HWM, linger = 0, fd;
+	size_t len = sizeof(fd);
+
+	if (f == NULL)
+		return NULL;
+	f->ctx = zmq_ctx_new();
+	f->sock = f->ctx ? zmq_socket(f->ctx, type) : NULL;
+	if (f->sock == NULL) {
+		log_err("fabric: cannot create socket: %s", zmq_strerror(errno));
+		if (f->ctx)
+			zmq_ctx_term(f->ctx);
+		free(f);
+		return NULL;
+	}
+	f->router = type == ZMQ_ROUTER;
+	f->cb = cb;
+	f->arg = arg;
+	zmq_setsockopt(f->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm));
+	zmq_setsockopt(f->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
+	zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger));
+	zmq_getsockopt(f->sock, ZMQ_FD, &fd, &len);
+	f->ev = event_new(base, fd, EV_READ | EV_PERSIST, fabric_ready, f);
+	f->again = event_new(base, -1, 0, fabric_ready, f);
+	event_add(f->ev, NULL);
+	return f;
+}
+
+struct fabric *
+fabric_bind(struct event_base *base, const char *endpoint, fabric_cb *cb, void *arg)
+{
+	struct fabric *f = fabric_new(base, ZMQ_ROUTER, cb, arg);
+	int one = 1;
+
+	if (f == NULL)
+		return NULL;
+	/* Unknown peers are an error, not a silent drop; a restarted worker
+	 * takes its name over from its dead predecessor. */
+	zmq_setsockopt(f->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+	zmq_setsockopt(f->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
+	if (zmq_bind(f->sock, endpoint) == -1) {
+		log_err("fabric: cannot bind %s: %s", endpoint, zmq_strerror(errno));
+		fabric_close(f);
+		return NULL;
+	}
+	return f;
+}
+
+struct fabric *
+fabric_connect(struct event_base *base, const char *endpoint, const char *identity,
+    fabric_cb *cb, void *arg)
+{
+	struct fabric *f = fabric_new(base, ZMQ_DEALER, cb, arg);
+	int ivl = 100;
+
+	if (f == NULL)
+		return NULL;
+	zmq_setsockopt(f->sock, ZMQ_ROUTING_ID, identity, strlen(identity));
+	zmq_setsockopt(f->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
+	if (zmq_connect(f->sock, endpoint) == -1) {
+		log_err("fabric: cannot connect %s: %s", endpoint, zmq_strerror(errno));
+		fabric_close(f);
+		return NULL;
+	}
+	return f;
+}
+
+void
+fabric_set_stats(struct fabric *f, struct stats_slot *s)
+{
+	f->stats = s;
+}
+
+static int
+fabric_send_parts(struct fabric *f, const char *peer, const void *hdr,
+    const void *body, size_t len)
+{
+	if (peer != NULL &&
+	    zmq_send(f->sock, peer, strlen(peer), ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
+		goto fail;
+	if (zmq_send(f->sock, hdr, HM_HDRLEN, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
+		goto fail;
+	if (zmq_send(f->sock, body, len, ZMQ_DONTWAIT) == -1)
+		goto fail;
+	fabric_count(f, STAT_ipc_out);
+	/* A send can swallow the read edge: look again from the loop. */
+	event_active(f->again, EV_TIMEOUT, 0);
+	return 0;
+fail:
+	fabric_count(f, STAT_ipc_dropped);
+	log_ratelimited(LOG_INFO, "fabric: cannot send to %s: %s",
+	    peer ? peer : "router", zmq_strerror(errno));
+	event_active(f->again, EV_TIMEOUT, 0);
+	return -1;
+}
+
+int
+fabric_send(struct fabric *f, const char *peer, struct hmw *w)
+{
+	return fabric_send_parts(f, peer, w->hdr, hmw_body(w), hmw_len(w));
+}
+
+int
+fabric_forward(struct fabric *f, const char *peer, const struct hmr *r)
+{
+	uint8_t hdr[HM_HDRLEN] = { HM_VERSION, r->type };
+
+	return fabric_send_parts(f, peer, hdr, r->data, r->len);
+}
+
+void
+fabric_close(struct fabric *f)
+{
+	if (f == NULL)
+		return;
+	if (f->ev)
+		event_free(f->ev);
+	if (f->again)
+		event_free(f->again);
+	zmq_close(f->sock);
+	zmq_ctx_term(f->ctx);
+	free(f);
+}
+
+void
+fabric_endpoint(const char *run_dir, char *buf, size_t len)
+{
+	snprintf(buf, len, "ipc://%s/fabric.sock", run_dir);
+}

@@ -1,0 +1,116 @@
+/*
+ * herald: the daemon's entry point.  Parses the command line and the
+ * configuration, prepares the run and state directories, takes the state
+ * lock, creates the stats region, and hands over to the supervisor.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "stats.h"
+#include "supervisor.h"
+#include "util.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/herald/herald.conf"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: herald [-t] [-c FILE]\n"
+	    "  -c FILE  configuration file (default %s)\n"
+	    "  -t       check the configuration and exit: 0 if valid, 1 with FILE:LINE: message\n"
+	    "  -V       print the version\n"
+	    "  -h       this help\n", DEFAULT_CONFIG);
+}
+
+/* One herald per state_dir: two would share outboxes and the spool. */
+static int
+take_lock(const char *state_dir)
+{
+	char path[600], pid[32];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/herald.lock", state_dir);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (fd == -1) {
+		fprintf(stderr, "herald: %s: %s\n", path, strerror(errno));
+		return -1;
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+		ssize_t n = read(fd, pid, sizeof(pid) - 1);
+		pid[n > 0 ? n : 0] = '\0';
+		fprintf(stderr, "herald: another herald (pid %s) runs on state_dir %s\n",
+		    n > 0 ? strtok(pid, "\n") : "?", state_dir);
+		close(fd);
+		return -1;
+	}
+	if (ftruncate(fd, 0) == 0) {
+		int n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+		if (pwrite(fd, pid, (size_t)n, 0) != n)
+			log_warn("cannot write %s", path);
+	}
+	return fd;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *path = DEFAULT_CONFIG;
+	bool check = false;
+	struct config *cf;
+	struct stats_region *stats;
+	char err[CONFIG_ERRLEN];
+	int ch, lockfd, code;
+
+	while ((ch = getopt(argc, argv, "c:thV")) != -1) {
+		switch (ch) {
+		case 'c': path = optarg; break;
+		case 't': check = true; break;
+		case 'V': printf("herald %s\n", PACKAGE_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 1;
+		}
+	}
+	if (optind != argc) {
+		usage(stderr);
+		return 1;
+	}
+	log_init("supervisor", -1);
+	cf = malloc(sizeof(*cf));
+	if (cf == NULL)
+		return 1;
+	if (config_load(cf, path, err, sizeof(err)) == -1) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	if (check) {
+		printf("%s: configuration is valid\n", path);
+		return 0;
+	}
+	log_set_level(cf->log_level);
+	if (mkdir_p(cf->run_dir, 0750) == -1 || mkdir_p(cf->state_dir, 0750) == -1) {
+		fprintf(stderr, "herald: cannot create %s or %s: %s\n", cf->run_dir,
+		    cf->state_dir, strerror(errno));
+		return 1;
+	}
+	lockfd = take_lock(cf->state_dir);
+	if (lockfd == -1)
+		return 1;
+	stats = stats_create(STATS_NSLOTS(CONFIG_MAX_MQTT));
+	if (stats == NULL) {
+		fprintf(stderr, "herald: cannot map the stats region: %s\n", strerror(errno));
+		return 1;
+	}
+	code = supervisor_run(cf, stats);
+	stats_destroy(stats);
+	close(lockfd);
+	return code;
+}

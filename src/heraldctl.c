@@ -1,0 +1,335 @@
+/*
+ * heraldctl: speaks to herald's admin socket.  One command per connection,
+ * one JSON answer; `top` asks for stats every second and shows rates.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "stats.h"
+#include "util.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/herald/herald.conf"
+#define ANSWER_MAX     (64u << 20)
+
+static int timeout_ms = 10000;
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: heraldctl [-c FILE | -s SOCKET] [-j] [-t SECONDS] COMMAND [ARGS]\n"
+	    "  -c FILE     herald's configuration, to find the admin socket (default %s)\n"
+	    "  -s SOCKET   the admin socket itself\n"
+	    "  -j          print workers as JSON instead of a table\n"
+	    "  -t SECONDS  how long to wait for an answer (default 10)\n"
+	    "commands:\n"
+	    "  stats                      counters and gauges of every worker (JSON)\n"
+	    "  workers                    every process: role, pid, state, restarts, last exit\n"
+	    "  top [-d SECONDS] [-n N]    live view: per-second rates per worker\n"
+	    "  spool                      spool depth, bytes, oldest age, delivered, retrying, dead\n"
+	    "  deadletter list [N] | replay ID|all | purge ID|all\n"
+	    "  requests [DEVICE] | devices\n"
+	    "  log-level LEVEL | reload | help\n", DEFAULT_CONFIG);
+}
+
+static int
+ctl_connect(const char *path)
+{
+	struct sockaddr_un sun;
+	int fd;
+
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		fprintf(stderr, "heraldctl: socket path too long: %s\n", path);
+		return -1;
+	}
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	strlcpy_h(sun.sun_path, path, sizeof(sun.sun_path));
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd == -1 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+		fprintf(stderr, "heraldctl: cannot connect to %s: %s (is herald running?)\n",
+		    path, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Send one command line, read one answer line; NULL on failure. */
+static json_t *
+ctl_ask(const char *path, const char *line)
+{
+	size_t cap = 65536, len = 0;
+	char *buf = malloc(cap);
+	json_t *doc = NULL;
+	json_error_t jerr;
+	int fd;
+
+	if (buf == NULL)
+		return NULL;
+	fd = ctl_connect(path);
+	if (fd == -1) {
+		free(buf);
+		return NULL;
+	}
+	if (write(fd, line, strlen(line)) != (ssize_t)strlen(line) || write(fd, "\n", 1) != 1) {
+		fprintf(stderr, "heraldctl: write: %s\n", strerror(errno));
+		goto out;
+	}
+	for (;;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ssize_t n;
+
+		if (memchr(buf, '\n', len) != NULL)
+			break;
+		if (poll(&p, 1, timeout_ms) <= 0) {
+			fprintf(stderr, "heraldctl: no answer within %d ms\n", timeout_ms);
+			goto out;
+		}
+		if (len + 1 >= cap) {
+			char *nb;
+			if (cap >= ANSWER_MAX)
+				goto out;
+			nb = realloc(buf, cap * 2);
+			if (nb == NULL)
+				goto out;
+			buf = nb;
+			cap *= 2;
+		}
+		n = read(fd, buf + len, cap - len - 1);
+		if (n <= 0) {
+			fprintf(stderr, "heraldctl: herald closed the connection\n");
+			goto out;
+		}
+		len += (size_t)n;
+	}
+	doc = json_loadb(buf, (size_t)((char *)memchr(buf, '\n', len) - buf), 0, &jerr);
+	if (doc == NULL)
+		fprintf(stderr, "heraldctl: bad answer: %s\n", jerr.text);
+out:
+	close(fd);
+	free(buf);
+	return doc;
+}
+
+static void
+print_workers(json_t *doc)
+{
+	json_t *list = json_object_get(doc, "workers"), *w;
+	size_t i;
+
+	printf("%-12s %-8s %-10s %8s %-14s %10s  %s\n", "WORKER", "PID", "STATE",
+	    "RESTARTS", "LAST EXIT", "UPTIME", "LAST ERROR");
+	json_array_foreach(list, i, w) {
+		char name[32], last[32] = "-", up[32] = "-", pidtxt[16] = "-";
+		json_t *le = json_object_get(w, "last_exit"), *pid = json_object_get(w, "pid");
+		const char *err = json_string_value(json_object_get(w, "last_error"));
+
+		snprintf(name, sizeof(name), "%s.%d",
+		    json_string_value(json_object_get(w, "role")),
+		    (int)json_integer_value(json_object_get(w, "slot")));
+		if (json_is_object(le)) {
+			if (json_object_get(le, "signal"))
+				snprintf(last, sizeof(last), "%s",
+				    json_string_value(json_object_get(le, "signal")));
+			else
+				snprintf(last, sizeof(last), "exit %d",
+				    (int)json_integer_value(json_object_get(le, "status")));
+		}
+		if (json_integer_value(json_object_get(w, "uptime_ms")) > 0)
+			snprintf(up, sizeof(up), "%.1fs",
+			    json_integer_value(json_object_get(w, "uptime_ms")) / 1000.0);
+		if (json_is_integer(pid))
+			snprintf(pidtxt, sizeof(pidtxt), "%d", (int)json_integer_value(pid));
+		printf("%-12s %-8s %-10s %8d %-14s %10s  %s\n", name, pidtxt,
+		    json_string_value(json_object_get(w, "state")),
+		    (int)json_integer_value(json_object_get(w, "restarts")), last, up,
+		    err ? err : "");
+	}
+}
+
+static json_t *
+find_worker(json_t *stats, const char *role, json_int_t slot)
+{
+	json_t *w;
+	size_t i;
+
+	json_array_foreach(json_object_get(stats, "workers"), i, w)
+		if (strcmp(json_string_value(json_object_get(w, "role")), role) == 0 &&
+		    json_integer_value(json_object_get(w, "slot")) == slot)
+			return w;
+	return NULL;
+}
+
+static double
+counter_rate(json_t *now, json_t *then, const char *name, double secs)
+{
+	json_int_t a = json_integer_value(json_object_get(json_object_get(now, "counters"), name));
+	json_int_t b = then ? json_integer_value(json_object_get(json_object_get(then, "counters"), name)) : a;
+
+	return secs > 0 && a >= b ? (double)(a - b) / secs : 0;
+}
+
+static volatile sig_atomic_t top_stop;
+static void top_sig(int sig) { top_stop = 1; }
+
+/* Live view, like varnishstat: rates over the last interval per worker. */
+static int
+cmd_top(const char *path, int argc, char **argv)
+{
+	static const char *cols[][2] = {
+		{ "mqtt_received", "RECV/s" }, { "envelopes", "ENV/s" },
+		{ "spooled", "SPOOL/s" }, { "delivered", "DELIV/s" },
+		{ "ipc_in", "IPCIN/s" }, { "ipc_out", "IPCOUT/s" },
+	};
+	int ncols = (int)(sizeof(cols) / sizeof(cols[0]));
+	double interval = 1;
+	int iterations = -1, ch;
+	json_t *prev = NULL;
+	bool tty = isatty(STDOUT_FILENO);
+
+	optind = 1;
+	while ((ch = getopt(argc, argv, "d:n:")) != -1) {
+		if (ch == 'd')
+			interval = atof(optarg);
+		else if (ch == 'n')
+			iterations = atoi(optarg);
+		else
+			return 1;
+	}
+	if (interval < 0.1)
+		interval = 0.1;
+	signal(SIGINT, top_sig);
+	signal(SIGTERM, top_sig);
+	for (int it = 0; !top_stop && (iterations < 0 || it < iterations); it++) {
+		json_t *cur = ctl_ask(path, "stats"), *w, *g;
+		double secs = 0;
+		size_t i;
+
+		if (cur == NULL)
+			return 1;
+		if (prev != NULL)
+			secs = (json_integer_value(json_object_get(json_object_get(cur, "herald"), "time_ms")) -
+			    json_integer_value(json_object_get(json_object_get(prev, "herald"), "time_ms"))) / 1000.0;
+		g = json_object_get(cur, "gauges");
+		if (tty)
+			printf("\033[H\033[2J");
+		printf("herald %s on %s   up %.0fs   spool %lld envelopes / %lld bytes   dead %lld   online %lld%s\n",
+		    json_string_value(json_object_get(json_object_get(cur, "herald"), "version")),
+		    json_string_value(json_object_get(json_object_get(cur, "herald"), "node")),
+		    json_integer_value(json_object_get(json_object_get(cur, "herald"), "uptime_ms")) / 1000.0,
+		    (long long)json_integer_value(json_object_get(g, "spool_depth")),
+		    (long long)json_integer_value(json_object_get(g, "spool_bytes")),
+		    (long long)json_integer_value(json_object_get(g, "dead_depth")),
+		    (long long)json_integer_value(json_object_get(g, "devices_online")),
+		    json_integer_value(json_object_get(g, "paused")) ? "   PAUSED (spool full)" : "");
+		printf("%-10s %-8s %-9s %4s", "WORKER", "PID", "STATE", "RST");
+		for (int c = 0; c < ncols; c++)
+			printf(" %9s", cols[c][1]);
+		printf(" %7s\n", "HB-AGE");
+		json_array_foreach(json_object_get(cur, "workers"), i, w) {
+			const char *role = json_string_value(json_object_get(w, "role"));
+			json_int_t slot = json_integer_value(json_object_get(w, "slot"));
+			json_t *old = prev ? find_worker(prev, role, slot) : NULL;
+			char name[32];
+
+			/* A new pid means new counters: no rate across a restart. */
+			if (old && json_integer_value(json_object_get(old, "pid")) !=
+			    json_integer_value(json_object_get(w, "pid")))
+				old = NULL;
+			snprintf(name, sizeof(name), "%s.%lld", role, (long long)slot);
+			printf("%-10s %-8lld %-9s %4lld", name,
+			    (long long)json_integer_value(json_object_get(w, "pid")),
+			    json_string_value(json_object_get(w, "state")),
+			    (long long)json_integer_value(json_object_get(w, "restarts")));
+			for (int c = 0; c < ncols; c++)
+				printf(" %9.0f", counter_rate(w, old, cols[c][0], secs));
+			printf(" %6.1fs\n", json_integer_value(json_object_get(w, "heartbeat_age_ms")) / 1000.0);
+		}
+		fflush(stdout);
+		json_decref(prev);
+		prev = cur;
+		if (iterations < 0 || it + 1 < iterations) {
+			struct timespec ts = { (time_t)interval,
+			    (long)((interval - (time_t)interval) * 1e9) };
+			nanosleep(&ts, NULL);
+		}
+	}
+	json_decref(prev);
+	return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *cfpath = DEFAULT_CONFIG, *sock = NULL;
+	bool as_json = false;
+	char line[1024] = "";
+	json_t *doc, *err;
+	int ch, code;
+
+	while ((ch = getopt(argc, argv, "+c:s:jt:h")) != -1) {
+		switch (ch) {
+		case 'c': cfpath = optarg; break;
+		case 's': sock = optarg; break;
+		case 'j': as_json = true; break;
+		case 't': timeout_ms = atoi(optarg) * 1000; break;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 1;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return 1;
+	}
+	if (sock == NULL) {
+		static struct config cf;
+		char e[CONFIG_ERRLEN];
+
+		if (config_load(&cf, cfpath, e, sizeof(e)) == -1) {
+			fprintf(stderr, "heraldctl: %s\n", e);
+			return 1;
+		}
+		sock = cf.admin_socket;
+	}
+	if (strcmp(argv[optind], "top") == 0)
+		return cmd_top(sock, argc - optind, argv + optind);
+	for (int i = optind; i < argc; i++) {
+		if (strlen(line) + strlen(argv[i]) + 2 >= sizeof(line)) {
+			fprintf(stderr, "heraldctl: command too long\n");
+			return 1;
+		}
+		if (i > optind)
+			strcat(line, " ");
+		strcat(line, argv[i]);
+	}
+	doc = ctl_ask(sock, line);
+	if (doc == NULL)
+		return 1;
+	err = json_object_get(doc, "error");
+	if (strcmp(argv[optind], "workers") == 0 && !as_json && err == NULL)
+		print_workers(doc);
+	else {
+		char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+		printf("%s\n", text);
+		free(text);
+	}
+	code = err != NULL ? 1 : 0;
+	if (err != NULL)
+		fprintf(stderr, "heraldctl: %s\n", json_string_value(json_object_get(err, "message")));
+	json_decref(doc);
+	return code;
+}

@@ -1,0 +1,633 @@
+/*
+ * Unit tests of the spool and dead-letter store (workers/spool.c) on real
+ * LMDB environments in temporary directories: order, duplicates, deletion,
+ * reopening, byte accounting, dead letters, and a map that fills up.
+ */
+#define _XOPEN_SOURCE 700
+#include <errno.h>
+#include <ftw.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "workers/spool.h"
+
+struct fx {
+	char          dir[64];
+	char          env[96];
+	struct spool *s;
+};
+
+static int
+rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static struct spool *
+open_env(const char *env, size_t max_bytes, enum fsync_mode m)
+{
+	char err[256] = "";
+	struct spool *s = spool_open(env, max_bytes, m, err, sizeof(err));
+
+	if (s == NULL)
+		fail_msg("spool_open %s: %s", env, err);
+	return s;
+}
+
+static int
+setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	assert_non_null(f);
+	strcpy(f->dir, "/tmp/test_spool.XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	/* A directory that does not exist yet: spool_open creates it. */
+	snprintf(f->env, sizeof(f->env), "%s/state/spool", f->dir);
+	f->s = open_env(f->env, 1 << 20, FSYNC_OFF);
+	*state = f;
+	return 0;
+}
+
+static int
+teardown(void **state)
+{
+	struct fx *f = *state;
+
+	spool_close(f->s);
+	nftw(f->dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static void
+reopen(struct fx *f, size_t max_bytes, enum fsync_mode m)
+{
+	spool_close(f->s);
+	f->s = open_env(f->env, max_bytes, m);
+}
+
+static int
+put(struct spool *s, const char *id, const char *dev, int64_t ms, const char *json,
+    uint64_t *seq)
+{
+	return spool_put(s, id, strlen(id), dev, strlen(dev), ms, json, strlen(json), seq);
+}
+
+static void
+expect_rec(struct spool *s, uint64_t seq, const char *id, const char *dev,
+    int64_t ms, const char *json)
+{
+	struct spool_rec r;
+
+	assert_int_equal(spool_get(s, seq, &r), SPOOL_OK);
+	assert_int_equal(r.seq, seq);
+	assert_int_equal(r.received_ms, ms);
+	assert_int_equal(r.idlen, strlen(id));
+	assert_memory_equal(r.id, id, r.idlen);
+	assert_int_equal(r.devlen, strlen(dev));
+	assert_memory_equal(r.device, dev, r.devlen);
+	assert_int_equal(r.jsonlen, strlen(json));
+	assert_memory_equal(r.json, json, r.jsonlen);
+}
+
+struct seen {
+	uint64_t seq[4096];
+	char     id[4096][32];
+	size_t   n;
+	int      stop_at;
+};
+
+static int
+collect(void *arg, const struct spool_rec *r)
+{
+	struct seen *sn = arg;
+
+	if (sn->n < 4096) {
+		sn->seq[sn->n] = r->seq;
+		snprintf(sn->id[sn->n], sizeof(sn->id[0]), "%.*s", (int)r->idlen, r->id);
+	}
+	sn->n++;
+	return sn->stop_at > 0 && sn->n == (size_t)sn->stop_at;
+}
+
+static void
+test_put_get_order(void **state)
+{
+	struct fx *f = *state;
+	struct seen *sn = calloc(1, sizeof(*sn));
+	uint64_t a, b, c;
+	struct spool_rec r;
+
+	assert_int_equal(put(f->s, "A1", "dev-1", 100, "{\"n\":1}", &a), SPOOL_OK);
+	assert_int_equal(put(f->s, "A2", "dev-2", 200, "{\"n\":2}", &b), SPOOL_OK);
+	assert_int_equal(put(f->s, "A3", "dev-1", 300, "[]", &c), SPOOL_OK);
+	assert_true(a < b && b < c);
+	expect_rec(f->s, a, "A1", "dev-1", 100, "{\"n\":1}");
+	expect_rec(f->s, b, "A2", "dev-2", 200, "{\"n\":2}");
+	expect_rec(f->s, c, "A3", "dev-1", 300, "[]");
+	assert_int_equal(spool_get(f->s, c + 1, &r), SPOOL_NOTFOUND);
+	assert_int_equal(spool_foreach(f->s, collect, sn), 3);
+	assert_int_equal(sn->n, 3);
+	assert_int_equal(sn->seq[0], a);
+	assert_int_equal(sn->seq[1], b);
+	assert_int_equal(sn->seq[2], c);
+	assert_string_equal(sn->id[2], "A3");
+	/* The callback can stop the walk. */
+	memset(sn, 0, sizeof(*sn));
+	sn->stop_at = 2;
+	assert_int_equal(spool_foreach(f->s, collect, sn), 2);
+	free(sn);
+}
+
+static void
+test_more_than_256_ordered(void **state)
+{
+	struct fx *f = *state;
+	struct seen *sn = calloc(1, sizeof(*sn));
+	char id[32];
+
+	/* Big-endian keys: seq 256 must sort after 255, not after 1. */
+	for (int i = 0; i < 600; i++) {
+		snprintf(id, sizeof(id), "id-%04d", i);
+		assert_int_equal(put(f->s, id, "d", i, "{}", NULL), SPOOL_OK);
+	}
+	assert_int_equal(spool_foreach(f->s, collect, sn), 600);
+	for (int i = 0; i < 600; i++) {
+		snprintf(id, sizeof(id), "id-%04d", i);
+		assert_string_equal(sn->id[i], id);
+		if (i > 0)
+			assert_true(sn->seq[i] > sn->seq[i - 1]);
+	}
+	free(sn);
+}
+
+static void
+test_duplicate_by_id(void **state)
+{
+	struct fx *f = *state;
+	struct spool_stats st;
+	uint64_t a, b = 777;
+
+	assert_int_equal(put(f->s, "D1", "dev", 1, "{\"x\":1}", &a), SPOOL_OK);
+	assert_int_equal(put(f->s, "D1", "dev", 2, "{\"x\":2}", &b), SPOOL_DUP);
+	assert_int_equal(b, 777);       /* untouched on a duplicate */
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	assert_int_equal(st.bytes, strlen("{\"x\":1}"));
+	expect_rec(f->s, a, "D1", "dev", 1, "{\"x\":1}");
+
+	/* Inside one batch as well. */
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	assert_int_equal(put(f->s, "D2", "dev", 3, "{}", NULL), SPOOL_OK);
+	assert_int_equal(put(f->s, "D2", "dev", 3, "{}", NULL), SPOOL_DUP);
+	assert_int_equal(put(f->s, "D1", "dev", 3, "{}", NULL), SPOOL_DUP);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 2);
+}
+
+static void
+test_invalid(void **state)
+{
+	struct fx *f = *state;
+	char longid[SPOOL_ID_MAX + 2], longdev[SPOOL_DEVICE_MAX + 2];
+	struct spool_stats st;
+
+	memset(longid, 'i', sizeof(longid) - 1);
+	longid[sizeof(longid) - 1] = '\0';
+	memset(longdev, 'd', sizeof(longdev) - 1);
+	longdev[sizeof(longdev) - 1] = '\0';
+	assert_int_equal(put(f->s, "", "dev", 1, "{}", NULL), SPOOL_INVAL);
+	assert_int_equal(put(f->s, longid, "dev", 1, "{}", NULL), SPOOL_INVAL);
+	assert_int_equal(put(f->s, "ok", longdev, 1, "{}", NULL), SPOOL_INVAL);
+	longid[SPOOL_ID_MAX] = '\0';
+	assert_int_equal(put(f->s, longid, "dev", 1, "{}", NULL), SPOOL_OK);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	/* A batch cannot be opened twice; commit without a batch is harmless. */
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	assert_true(spool_in_batch(f->s));
+	assert_int_equal(spool_begin(f->s), SPOOL_ERR);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	assert_false(spool_in_batch(f->s));
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+}
+
+static void
+test_delete(void **state)
+{
+	struct fx *f = *state;
+	struct spool_stats st;
+	struct spool_rec r;
+	uint64_t a, b, c;
+
+	assert_int_equal(put(f->s, "X1", "dev", 10, "12345", &a), SPOOL_OK);
+	assert_int_equal(put(f->s, "X2", "dev", 20, "1234567", &b), SPOOL_OK);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.bytes, 12);
+	assert_int_equal(st.oldest_ms, 10);
+	assert_int_equal(spool_del(f->s, a), SPOOL_OK);
+	assert_int_equal(spool_get(f->s, a, &r), SPOOL_NOTFOUND);
+	assert_int_equal(spool_del(f->s, a), SPOOL_NOTFOUND);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	assert_int_equal(st.bytes, 7);
+	assert_int_equal(st.oldest_ms, 20);
+	/* Once delivered, the id may come again (at-least-once): a new seq. */
+	assert_int_equal(put(f->s, "X1", "dev", 10, "12345", &c), SPOOL_OK);
+	assert_true(c > b);
+	assert_int_equal(spool_del(f->s, b), SPOOL_OK);
+	assert_int_equal(spool_del(f->s, c), SPOOL_OK);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 0);
+	assert_int_equal(st.bytes, 0);
+	assert_int_equal(st.oldest_ms, 0);
+}
+
+static void
+test_reopen_keeps_everything(void **state)
+{
+	struct fx *f = *state;
+	struct spool_stats st;
+	uint64_t a, b, c, d;
+
+	assert_int_equal(put(f->s, "R1", "dev-a", 1, "{\"a\":1}", &a), SPOOL_OK);
+	assert_int_equal(put(f->s, "R2", "dev-b", 2, "{\"b\":22}", &b), SPOOL_OK);
+	assert_int_equal(put(f->s, "R3", "dev-c", 3, "{}", &c), SPOOL_OK);
+	assert_int_equal(spool_del(f->s, c), SPOOL_OK);
+	reopen(f, 1 << 20, FSYNC_ALWAYS);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 2);
+	assert_int_equal(st.bytes, strlen("{\"a\":1}") + strlen("{\"b\":22}"));
+	expect_rec(f->s, a, "R1", "dev-a", 1, "{\"a\":1}");
+	expect_rec(f->s, b, "R2", "dev-b", 2, "{\"b\":22}");
+	/* Duplicates are still known after a restart. */
+	assert_int_equal(put(f->s, "R2", "dev-b", 2, "{\"b\":22}", NULL), SPOOL_DUP);
+	/* The counter survives even when the queue was emptied. */
+	assert_int_equal(spool_del(f->s, a), SPOOL_OK);
+	assert_int_equal(spool_del(f->s, b), SPOOL_OK);
+	reopen(f, 1 << 20, FSYNC_BATCH);
+	assert_int_equal(put(f->s, "R4", "dev", 4, "{}", &d), SPOOL_OK);
+	assert_true(d > c);
+}
+
+static void
+test_uncommitted_batch_is_lost_on_close(void **state)
+{
+	struct fx *f = *state;
+	struct spool_stats st;
+	uint64_t a;
+
+	assert_int_equal(put(f->s, "C1", "dev", 1, "{}", NULL), SPOOL_OK);
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	assert_int_equal(put(f->s, "C2", "dev", 2, "{}", &a), SPOOL_OK);
+	/* Visible inside its own batch. */
+	expect_rec(f->s, a, "C2", "dev", 2, "{}");
+	reopen(f, 1 << 20, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	assert_int_equal(put(f->s, "C2", "dev", 2, "{}", NULL), SPOOL_OK);
+}
+
+static void
+test_batch_commit_and_fsync_modes(void **state)
+{
+	struct fx *f = *state;
+	enum fsync_mode modes[] = { FSYNC_OFF, FSYNC_BATCH, FSYNC_ALWAYS };
+	struct spool_stats st;
+	char id[32];
+	int k = 0;
+
+	for (size_t m = 0; m < 3; m++) {
+		reopen(f, 1 << 20, modes[m]);
+		assert_int_equal(spool_begin(f->s), SPOOL_OK);
+		for (int i = 0; i < 100; i++, k++) {
+			snprintf(id, sizeof(id), "B%d", k);
+			assert_int_equal(put(f->s, id, "dev", k, "{\"v\":1}", NULL), SPOOL_OK);
+		}
+		assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	}
+	reopen(f, 1 << 20, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 300);
+	assert_int_equal(st.bytes, 300 * strlen("{\"v\":1}"));
+}
+
+struct dead_seen {
+	char   id[64][32];
+	char   reason[64][64];
+	int    status[64];
+	bool   replayable[64];
+	size_t n;
+};
+
+static int
+dead_collect(void *arg, const struct spool_dead *d)
+{
+	struct dead_seen *ds = arg;
+
+	if (ds->n < 64) {
+		snprintf(ds->id[ds->n], 32, "%.*s", (int)d->idlen, d->id);
+		snprintf(ds->reason[ds->n], 64, "%.*s", (int)d->reasonlen, d->reason);
+		ds->status[ds->n] = d->status;
+		ds->replayable[ds->n] = d->replayable;
+	}
+	ds->n++;
+	return 0;
+}
+
+static void
+test_dead_letters(void **state)
+{
+	struct fx *f = *state;
+	struct dead_seen ds;
+	struct seen *sn = calloc(1, sizeof(*sn));
+	struct spool_dead d, g;
+	struct spool_stats st;
+	uint64_t a, b;
+	size_t replayed, skipped, purged;
+	char answer[600];
+	const uint8_t raw[] = { 0x00, 0xff, '{', 0x01 };
+
+	memset(answer, 'z', sizeof(answer));
+	/* A rejected raw payload. */
+	memset(&d, 0, sizeof(d));
+	d.id = "E1";
+	d.idlen = 2;
+	d.device = "dev-r";
+	d.devlen = 5;
+	d.topic = "device/dev-r/telemetry";
+	d.topiclen = strlen(d.topic);
+	d.reason = "rejected: invalid_json";
+	d.reasonlen = strlen(d.reason);
+	d.detail = "unexpected byte";
+	d.detaillen = strlen(d.detail);
+	d.data = raw;
+	d.datalen = sizeof(raw);
+	d.received_ms = 5;
+	d.dead_ms = 6;
+	assert_int_equal(spool_dead_put(f->s, &d), SPOOL_OK);
+	assert_int_equal(spool_dead_put(f->s, &d), SPOOL_DUP);
+	/* Its id is known: a re-sent copy of it is not queued again. */
+	assert_int_equal(put(f->s, "E1", "dev-r", 5, "{}", NULL), SPOOL_DUP);
+
+	/* A queued envelope that the backend refused for good. */
+	assert_int_equal(put(f->s, "E2", "dev-b", 7, "{\"id\":\"E2\"}", &a), SPOOL_OK);
+	assert_int_equal(put(f->s, "E3", "dev-b", 8, "{\"id\":\"E3\"}", &b), SPOOL_OK);
+	assert_int_equal(spool_dead_move(f->s, a, "http_400", 400, answer, sizeof(answer),
+	    "device/dev-b/events", 19, 99), SPOOL_OK);
+	assert_int_equal(spool_dead_move(f->s, a, "http_400", 400, "", 0, "", 0, 99),
+	    SPOOL_NOTFOUND);
+	/* A rejected copy of a queued id is a duplicate. */
+	d.id = "E3";
+	assert_int_equal(spool_dead_put(f->s, &d), SPOOL_DUP);
+
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	assert_int_equal(st.dead_depth, 2);
+	assert_int_equal(st.bytes, strlen("{\"id\":\"E3\"}"));
+
+	assert_int_equal(spool_dead_get(f->s, "E2", 2, &g), SPOOL_OK);
+	assert_int_equal(g.status, 400);
+	assert_int_equal(g.detaillen, SPOOL_DETAIL_MAX);
+	assert_int_equal(g.reasonlen, 8);
+	assert_memory_equal(g.reason, "http_400", 8);
+	assert_memory_equal(g.device, "dev-b", 5);
+	assert_memory_equal(g.topic, "device/dev-b/events", 19);
+	assert_memory_equal(g.data, "{\"id\":\"E2\"}", g.datalen);
+	assert_int_equal(g.received_ms, 7);
+	assert_int_equal(g.dead_ms, 99);
+	assert_true(g.replayable);
+	assert_int_equal(spool_dead_get(f->s, "E1", 2, &g), SPOOL_OK);
+	assert_false(g.replayable);
+	assert_int_equal(g.datalen, sizeof(raw));
+	assert_memory_equal(g.data, raw, sizeof(raw));
+	assert_int_equal(spool_dead_get(f->s, "nope", 4, &g), SPOOL_NOTFOUND);
+
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_dead_list(f->s, 0, dead_collect, &ds), 2);
+	assert_string_equal(ds.id[0], "E1");
+	assert_string_equal(ds.reason[0], "rejected: invalid_json");
+	assert_string_equal(ds.id[1], "E2");
+	assert_int_equal(ds.status[1], 400);
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_dead_list(f->s, 1, dead_collect, &ds), 1);
+
+	/* Not inside a batch. */
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	assert_int_equal(spool_dead_replay(f->s, NULL, 0, NULL, NULL, &replayed,
+	    &skipped), SPOOL_INVAL);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+
+	/* Replay all: the envelope returns behind E3, the raw payload stays. */
+	assert_int_equal(spool_dead_replay(f->s, NULL, 0, collect, sn, &replayed,
+	    &skipped), SPOOL_OK);
+	assert_int_equal(replayed, 1);
+	assert_int_equal(skipped, 1);
+	assert_int_equal(sn->n, 1);
+	assert_true(sn->seq[0] > b);
+	assert_string_equal(sn->id[0], "E2");
+	expect_rec(f->s, sn->seq[0], "E2", "dev-b", 7, "{\"id\":\"E2\"}");
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 2);
+	assert_int_equal(st.dead_depth, 1);
+	assert_int_equal(st.bytes, 2 * strlen("{\"id\":\"E2\"}"));
+	/* It is a queued id again. */
+	assert_int_equal(put(f->s, "E2", "dev-b", 7, "{}", NULL), SPOOL_DUP);
+
+	/* Replay one: raw payload is skipped, unknown id is not found. */
+	assert_int_equal(spool_dead_replay(f->s, "E1", 2, NULL, NULL, &replayed,
+	    &skipped), SPOOL_OK);
+	assert_int_equal(replayed, 0);
+	assert_int_equal(skipped, 1);
+	assert_int_equal(spool_dead_replay(f->s, "E9", 2, NULL, NULL, &replayed,
+	    &skipped), SPOOL_NOTFOUND);
+	assert_int_equal(spool_dead_move(f->s, b, "http_404", 404, "gone", 4, "", 0, 1),
+	    SPOOL_OK);
+	memset(sn, 0, sizeof(*sn));
+	assert_int_equal(spool_dead_replay(f->s, "E3", 2, collect, sn, &replayed,
+	    &skipped), SPOOL_OK);
+	assert_int_equal(replayed, 1);
+	assert_int_equal(sn->n, 1);
+	assert_string_equal(sn->id[0], "E3");
+
+	/* Dead letters survive a restart. */
+	reopen(f, 1 << 20, FSYNC_OFF);
+	assert_int_equal(spool_dead_get(f->s, "E1", 2, &g), SPOOL_OK);
+
+	/* Purge one, then all. */
+	d.id = "E4";
+	assert_int_equal(spool_dead_put(f->s, &d), SPOOL_OK);
+	d.id = "E5";
+	assert_int_equal(spool_dead_put(f->s, &d), SPOOL_OK);
+	assert_int_equal(spool_dead_purge(f->s, "E4", 2, &purged), SPOOL_OK);
+	assert_int_equal(purged, 1);
+	assert_int_equal(spool_dead_purge(f->s, "E4", 2, &purged), SPOOL_NOTFOUND);
+	assert_int_equal(purged, 0);
+	assert_int_equal(spool_dead_purge(f->s, NULL, 0, &purged), SPOOL_OK);
+	assert_int_equal(purged, 2);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.dead_depth, 0);
+	assert_int_equal(st.depth, 2);
+	/* Purged ids are no longer duplicates. */
+	assert_int_equal(put(f->s, "E1", "dev-r", 5, "{}", NULL), SPOOL_OK);
+	free(sn);
+}
+
+/*
+ * A map too small for what is put: puts are refused with SPOOL_FULL, the
+ * batch's earlier puts commit, deletions still work, nothing is corrupt.
+ */
+static void
+test_map_full(void **state)
+{
+	struct fx *f = *state;
+	struct seen *sn = calloc(1, sizeof(*sn));
+	struct spool_stats st;
+	static char body[3000];
+	char id[32];
+	uint64_t seqs[4096];
+	int ok = 0, full = 0, i;
+
+	memset(body, 'x', sizeof(body) - 1);
+	reopen(f, 64 << 10, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_true(st.map_size < (4u << 20));
+
+	/* Single puts until the first refusal. */
+	for (i = 0; i < 4096; i++) {
+		snprintf(id, sizeof(id), "F%05d", i);
+		int rc = put(f->s, id, "dev", i, body, &seqs[ok]);
+		if (rc == SPOOL_FULL)
+			break;
+		assert_int_equal(rc, SPOOL_OK);
+		ok++;
+	}
+	assert_true(i < 4096);
+	assert_true(ok > 100);
+	/* Make room for 20, then a batch that overflows in its middle. */
+	for (int k = 0; k < 20; k++)
+		assert_int_equal(spool_del(f->s, seqs[k]), SPOOL_OK);
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	int inbatch = 0, rc;
+	uint64_t bseq[200];
+	for (i = 0; i < 200; i++) {
+		snprintf(id, sizeof(id), "G%05d", i);
+		rc = put(f->s, id, "dev", i, body, &bseq[inbatch]);
+		if (rc == SPOOL_OK) {
+			assert_int_equal(full, 0);
+			inbatch++;
+		} else {
+			assert_int_equal(rc, SPOOL_FULL);
+			full++;
+		}
+	}
+	assert_true(inbatch > 0);
+	assert_true(full > 0);
+	/* The deletions above were committed alone; this batch only puts. */
+	rc = spool_commit(f->s);
+	if (rc == SPOOL_FULL) {
+		/* The commit dropped the newest puts: a prefix stays. */
+		int kept = 0;
+		while (kept < inbatch && bseq[kept] < spool_next_seq(f->s))
+			kept++;
+		for (int k = kept; k < inbatch; k++)
+			assert_true(bseq[k] >= spool_next_seq(f->s));
+		inbatch = kept;
+	} else {
+		assert_int_equal(rc, SPOOL_OK);
+	}
+	assert_true(inbatch > 0);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, (uint64_t)(ok - 20 + inbatch));
+	assert_int_equal(st.bytes, (uint64_t)(ok - 20 + inbatch) * (sizeof(body) - 1));
+	assert_int_equal(spool_foreach(f->s, collect, sn), ok - 20 + inbatch);
+	assert_string_equal(sn->id[ok - 20], "G00000");
+
+	/* Reopen: the same content, the refused ones absent. */
+	reopen(f, 64 << 10, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, (uint64_t)(ok - 20 + inbatch));
+	assert_int_equal(st.bytes, (uint64_t)(ok - 20 + inbatch) * (sizeof(body) - 1));
+	snprintf(id, sizeof(id), "G%05d", inbatch);
+	assert_int_equal(put(f->s, id, "dev", 1, "{}", NULL), SPOOL_OK);
+
+	/* Deleting everything in one batch works even at the edge. */
+	memset(sn, 0, sizeof(*sn));
+	assert_true(spool_foreach(f->s, collect, sn) > 0);
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	for (size_t k = 0; k < sn->n; k++)
+		assert_int_equal(spool_del(f->s, sn->seq[k]), SPOOL_OK);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 0);
+	assert_int_equal(st.bytes, 0);
+	/* And there is room again. */
+	assert_int_equal(put(f->s, "H1", "dev", 1, body, NULL), SPOOL_OK);
+	free(sn);
+}
+
+/* Dead-letter moves must not be refused when the map is full: it grows. */
+static void
+test_map_full_moves_still_work(void **state)
+{
+	struct fx *f = *state;
+	struct seen *sn = calloc(1, sizeof(*sn));
+	struct spool_stats st, st2;
+	static char body[3000];
+	char id[32];
+	int ok = 0;
+
+	memset(body, 'y', sizeof(body) - 1);
+	reopen(f, 64 << 10, FSYNC_OFF);
+	for (int i = 0; i < 4096; i++) {
+		snprintf(id, sizeof(id), "M%05d", i);
+		if (put(f->s, id, "dev", i, body, NULL) != SPOOL_OK)
+			break;
+		ok++;
+	}
+	assert_int_equal(spool_foreach(f->s, collect, sn), ok);
+	spool_stats(f->s, &st);
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	for (size_t k = 0; k < sn->n; k++)
+		assert_int_equal(spool_dead_move(f->s, sn->seq[k], "http_400", 400,
+		    "bad", 3, "", 0, 1), SPOOL_OK);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	spool_stats(f->s, &st2);
+	assert_int_equal(st2.depth, 0);
+	assert_int_equal(st2.dead_depth, (uint64_t)ok);
+	assert_true(st2.map_size >= st.map_size);
+	free(sn);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_put_get_order, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_more_than_256_ordered, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_duplicate_by_id, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_invalid, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_uncommitted_batch_is_lost_on_close,
+		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_batch_commit_and_fsync_modes, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_dead_letters, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_full, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_full_moves_still_work, setup,
+		    teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1361 @@
+/*
+ * The durable spool and dead-letter store of the http worker on LMDB.  A redo
+ * log of the open batch lets one put that hits MDB_MAP_FULL be refused alone
+ * (the transaction is aborted and the batch's other changes are re-applied).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <lmdb.h>
+
+#include "log.h"
+#include "util.h"
+#include "spool.h"
+
+#define SPOOL_VER        1
+#define SPOOL_SLACK_MIN  (1u << 20)
+#define SPOOL_SLACK_MAX  (64u << 20)
+#define SPOOL_GROW_TRIES 4
+
+/* Value of a "q" record: this header, then id, device, JSON. */
+struct qhdr {
+	uint8_t  ver;
+	uint8_t  idlen;
+	uint8_t  devlen;
+	uint8_t  flags;
+	uint32_t jsonlen;
+	int64_t  received_ms;
+};
+
+/* Value of a "dead" record: this header, then device, topic, reason, detail, data. */
+struct dhdr {
+	uint8_t  ver;
+	uint8_t  flags;
+	uint8_t  devlen;
+	uint8_t  reasonlen;
+	uint16_t detaillen;
+	uint16_t topiclen;
+	int32_t  status;
+	uint32_t datalen;
+	int64_t  received_ms;
+	int64_t  dead_ms;
+};
+#define DEAD_REPLAYABLE 0x01
+
+enum op_type {
+	OP_PUT, OP_DEL, OP_DEAD_PUT, OP_DEAD_MOVE, OP_DEAD_REPLAY, OP_DEAD_DEL,
+	OP_DEAD_DROP
+};
+
+/*
+ * One change.  Blobs are pointers while the op is applied; in the redo log
+ * they are offsets into the arena (which may move while it grows).
+ * PUT: 0 id, 1 device, 2 json.  DEAD_PUT: 0 id, 1 device, 2 topic, 3 reason,
+ * 4 detail, 5 data.  DEAD_MOVE: 2 topic, 3 reason, 4 detail.  DEAD_REPLAY,
+ * DEAD_DEL: 0 id.
+ */
+#define OP_NBLOB 6
+struct op {
+	int         type;
+	uint64_t    seq;
+	int64_t     received_ms;
+	int64_t     dead_ms;
+	int         status;
+	bool        replayable;
+	bool        refusable;  /* may be dropped when the map is full */
+	const char *p[OP_NBLOB];
+	size_t      len[OP_NBLOB];
+	size_t      off[OP_NBLOB];
+};
+
+struct spool {
+	MDB_env  *env;
+	MDB_dbi   q, ids, dead, meta;
+	MDB_txn  *txn;          /* the open write transaction */
+	MDB_txn  *rtxn;         /* reused read transaction (MDB_NOTLS) */
+	bool      rtxn_live;
+	bool      batch;        /* between spool_begin and spool_commit */
+	bool      full;         /* a put of this batch hit MAP_FULL */
+	bool      dirty;        /* this batch changed something */
+	enum fsync_mode fsync;
+	size_t    max_bytes;
+	size_t    map_size;
+	uint64_t  next_seq, bytes;      /* including the open batch */
+	uint64_t  next_seq0, bytes0;    /* as of the last commit */
+	struct op *redo;
+	size_t    nredo, redocap;
+	char     *arena;
+	size_t    arenalen, arenacap;
+	char     *scratch;
+	size_t    scratchcap;
+};
+
+static void
+seq_key(uint8_t k[8], uint64_t seq)
+{
+	for (int i = 0; i < 8; i++)
+		k[i] = (uint8_t)(seq >> (8 * (7 - i)));
+}
+
+static uint64_t
+seq_from_key(const MDB_val *k)
+{
+	const uint8_t *p = k->mv_data;
+	uint64_t v = 0;
+
+	if (k->mv_size != 8)
+		return 0;
+	for (int i = 0; i < 8; i++)
+		v = (v << 8) | p[i];
+	return v;
+}
+
+static int
+grow_buf(char **buf, size_t *cap, size_t need)
+{
+	size_t n = *cap ? *cap : 4096;
+	char *p;
+
+	if (need <= *cap)
+		return 0;
+	while (n < need)
+		n *= 2;
+	if ((p = realloc(*buf, n)) == NULL)
+		return -1;
+	*buf = p;
+	*cap = n;
+	return 0;
+}
+
+static int
+q_parse(const MDB_val *k, const MDB_val *v, struct spool_rec *r)
+{
+	struct qhdr h;
+	const char *p = v->mv_data;
+
+	if (v->mv_size < sizeof(h))
+		return -1;
+	memcpy(&h, p, sizeof(h));
+	if (h.ver != SPOOL_VER ||
+	    sizeof(h) + h.idlen + h.devlen + (size_t)h.jsonlen != v->mv_size)
+		return -1;
+	r->seq = seq_from_key(k);
+	r->received_ms = h.received_ms;
+	r->id = p + sizeof(h);
+	r->idlen = h.idlen;
+	r->device = r->id + h.idlen;
+	r->devlen = h.devlen;
+	r->json = r->device + h.devlen;
+	r->jsonlen = h.jsonlen;
+	return 0;
+}
+
+static int
+dead_parse(const MDB_val *k, const MDB_val *v, struct spool_dead *d)
+{
+	struct dhdr h;
+	const char *p = v->mv_data;
+
+	if (v->mv_size < sizeof(h))
+		return -1;
+	memcpy(&h, p, sizeof(h));
+	if (h.ver != SPOOL_VER || sizeof(h) + h.devlen + h.topiclen + h.reasonlen +
+	    h.detaillen + (size_t)h.datalen != v->mv_size)
+		return -1;
+	memset(d, 0, sizeof(*d));
+	d->id = k->mv_data;
+	d->idlen = k->mv_size;
+	d->device = p + sizeof(h);
+	d->devlen = h.devlen;
+	d->topic = d->device + h.devlen;
+	d->topiclen = h.topiclen;
+	d->reason = d->topic + h.topiclen;
+	d->reasonlen = h.reasonlen;
+	d->detail = d->reason + h.reasonlen;
+	d->detaillen = h.detaillen;
+	d->data = d->detail + h.detaillen;
+	d->datalen = h.datalen;
+	d->status = h.status;
+	d->received_ms = h.received_ms;
+	d->dead_ms = h.dead_ms;
+	d->replayable = (h.flags & DEAD_REPLAYABLE) != 0;
+	return 0;
+}
+
+static void
+rtxn_end(struct spool *s)
+{
+	if (s->rtxn_live) {
+		mdb_txn_reset(s->rtxn);
+		s->rtxn_live = false;
+	}
+}
+
+/* The transaction reads go through: the open write one, else the read one. */
+static MDB_txn *
+spool_rtxn(struct spool *s)
+{
+	int rc;
+
+	if (s->txn != NULL)
+		return s->txn;
+	if (s->rtxn_live)
+		return s->rtxn;
+	if (s->rtxn == NULL)
+		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
+	else
+		rc = mdb_txn_renew(s->rtxn);
+	if (rc == MDB_MAP_RESIZED) {
+		mdb_env_set_mapsize(s->env, 0);
+		rc = s->rtxn == NULL ?
+		    mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn) :
+		    mdb_txn_renew(s->rtxn);
+	}
+	if (rc != 0) {
+		log_ratelimited(LOG_ERR, "spool: read transaction: %s", mdb_strerror(rc));
+		return NULL;
+	}
+	s->rtxn_live = true;
+	return s->rtxn;
+}
+
+static int
+txn_start(struct spool *s)
+{
+	int rc;
+
+	rtxn_end(s);
+	rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
+	if (rc == MDB_MAP_RESIZED) {
+		mdb_env_set_mapsize(s->env, 0);
+		rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
+	}
+	if (rc != 0) {
+		s->txn = NULL;
+		log_err("spool: write transaction: %s", mdb_strerror(rc));
+		return -1;
+	}
+	s->next_seq = s->next_seq0;
+	s->bytes = s->bytes0;
+	return 0;
+}
+
+static void
+txn_drop(struct spool *s)
+{
+	if (s->txn != NULL)
+		mdb_txn_abort(s->txn);
+	s->txn = NULL;
+	s->next_seq = s->next_seq0;
+	s->bytes = s->bytes0;
+}
+
+/* A bigger map, when a change that must not be refused found it full. */
+static int
+spool_grow(struct spool *s)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t add = s->map_size / 4, nsz;
+	int rc;
+
+	if (add < SPOOL_SLACK_MIN)
+		add = SPOOL_SLACK_MIN;
+	nsz = (s->map_size + add + (size_t)pg - 1) / (size_t)pg * (size_t)pg;
+	if (s->rtxn != NULL) {
+		mdb_txn_abort(s->rtxn);
+		s->rtxn = NULL;
+		s->rtxn_live = false;
+	}
+	if ((rc = mdb_env_set_mapsize(s->env, nsz)) != 0) {
+		log_err("spool: grow the map to %zu bytes: %s", nsz, mdb_strerror(rc));
+		return -1;
+	}
+	log_warn("spool: map full, grown from %zu to %zu bytes", s->map_size, nsz);
+	s->map_size = nsz;
+	return 0;
+}
+
+static int
+meta_put_seq(struct spool *s)
+{
+	MDB_val k = { 8, "next_seq" }, v = { sizeof(s->next_seq), &s->next_seq };
+
+	return mdb_put(s->txn, s->meta, &k, &v, 0);
+}
+
+/* Insert into "q" and "ids"; the id must not be in "dead" (checked by callers). */
+static int
+q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
+    size_t devlen, int64_t received_ms, const char *json, size_t jsonlen,
+    uint64_t *seqp, int *res)
+{
+	struct qhdr h;
+	uint8_t kb[8];
+	uint64_t seq = s->next_seq;
+	MDB_val k, v;
+	int rc;
+
+	k.mv_data = (void *)id;
+	k.mv_size = idlen;
+	v.mv_data = &seq;
+	v.mv_size = sizeof(seq);
+	rc = mdb_put(s->txn, s->ids, &k, &v, MDB_NOOVERWRITE);
+	if (rc == MDB_KEYEXIST) {
+		*res = SPOOL_DUP;
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	seq_key(kb, seq);
+	k.mv_data = kb;
+	k.mv_size = 8;
+	v.mv_data = NULL;
+	v.mv_size = sizeof(h) + idlen + devlen + jsonlen;
+	/* Sequences only grow, so APPEND fills pages and skips the search. */
+	if ((rc = mdb_put(s->txn, s->q, &k, &v, MDB_APPEND | MDB_RESERVE)) != 0)
+		return rc;
+	memset(&h, 0, sizeof(h));
+	h.ver = SPOOL_VER;
+	h.idlen = (uint8_t)idlen;
+	h.devlen = (uint8_t)devlen;
+	h.jsonlen = (uint32_t)jsonlen;
+	h.received_ms = received_ms;
+	memcpy(v.mv_data, &h, sizeof(h));
+	memcpy((char *)v.mv_data + sizeof(h), id, idlen);
+	memcpy((char *)v.mv_data + sizeof(h) + idlen, dev, devlen);
+	memcpy((char *)v.mv_data + sizeof(h) + idlen + devlen, json, jsonlen);
+	s->next_seq = seq + 1;
+	if ((rc = meta_put_seq(s)) != 0)
+		return rc;
+	s->bytes += jsonlen;
+	*seqp = seq;
+	*res = SPOOL_OK;
+	return 0;
+}
+
+static int
+op_put(struct spool *s, struct op *op, int *res)
+{
+	MDB_val k, v;
+	int rc;
+
+	if (op->len[0] == 0 || op->len[0] > SPOOL_ID_MAX ||
+	    op->len[1] > SPOOL_DEVICE_MAX || op->len[2] > UINT32_MAX) {
+		*res = SPOOL_INVAL;
+		return 0;
+	}
+	k.mv_data = (void *)op->p[0];
+	k.mv_size = op->len[0];
+	rc = mdb_get(s->txn, s->dead, &k, &v);
+	if (rc == 0) {
+		*res = SPOOL_DUP;
+		return 0;
+	}
+	if (rc != MDB_NOTFOUND)
+		return rc;
+	return q_insert(s, op->p[0], op->len[0], op->p[1], op->len[1],
+	    op->received_ms, op->p[2], op->len[2], &op->seq, res);
+}
+
+/* Copy a queued record into the scratch buffer (writes may move map pages). */
+static int
+q_fetch(struct spool *s, uint64_t seq, struct spool_rec *r, int *res)
+{
+	uint8_t kb[8];
+	MDB_val k = { 8, kb }, v;
+	struct spool_rec m;
+	int rc;
+
+	seq_key(kb, seq);
+	rc = mdb_get(s->txn, s->q, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		*res = SPOOL_NOTFOUND;
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	if (q_parse(&k, &v, &m) == -1) {
+		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
+		    (unsigned long long)seq);
+		*res = SPOOL_INVAL;
+		return 0;
+	}
+	if (grow_buf(&s->scratch, &s->scratchcap, v.mv_size) == -1)
+		return ENOMEM;
+	memcpy(s->scratch, v.mv_data, v.mv_size);
+	*r = m;
+	r->id = s->scratch + (m.id - (const char *)v.mv_data);
+	r->device = s->scratch + (m.device - (const char *)v.mv_data);
+	r->json = s->scratch + (m.json - (const char *)v.mv_data);
+	*res = SPOOL_OK;
+	return 0;
+}
+
+/* Remove a fetched record from "q" and "ids". */
+static int
+q_remove(struct spool *s, const struct spool_rec *r)
+{
+	uint8_t kb[8];
+	MDB_val k = { 8, kb };
+	int rc;
+
+	seq_key(kb, r->seq);
+	if ((rc = mdb_del(s->txn, s->q, &k, NULL)) != 0)
+		return rc;
+	k.mv_data = (void *)r->id;
+	k.mv_size = r->idlen;
+	rc = mdb_del(s->txn, s->ids, &k, NULL);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	s->bytes -= r->jsonlen <= s->bytes ? r->jsonlen : s->bytes;
+	return 0;
+}
+
+static int
+op_del(struct spool *s, struct op *op, int *res)
+{
+	struct spool_rec r;
+	int rc;
+
+	if ((rc = q_fetch(s, op->seq, &r, res)) != 0)
+		return rc;
+	if (*res == SPOOL_INVAL) {
+		/* A corrupt record: drop it rather than keep it forever. */
+		uint8_t kb[8];
+		MDB_val k = { 8, kb };
+
+		seq_key(kb, op->seq);
+		*res = SPOOL_OK;
+		return mdb_del(s->txn, s->q, &k, NULL);
+	}
+	if (*res != SPOOL_OK)
+		return 0;
+	return q_remove(s, &r);
+}
+
+static size_t
+clamp(size_t n, size_t max)
+{
+	return n < max ? n : max;
+}
+
+/* Write a dead record; existing: keep the old one (SPOOL_DUP) or overwrite. */
+static int
+dead_write(struct spool *s, const struct spool_dead *d, bool overwrite, int *res)
+{
+	struct dhdr h;
+	MDB_val k, v;
+	char *p;
+	int rc;
+
+	memset(&h, 0, sizeof(h));
+	h.ver = SPOOL_VER;
+	h.flags = d->replayable ? DEAD_REPLAYABLE : 0;
+	h.devlen = (uint8_t)clamp(d->devlen, SPOOL_DEVICE_MAX);
+	h.topiclen = (uint16_t)clamp(d->topiclen, SPOOL_TOPIC_MAX);
+	h.reasonlen = (uint8_t)clamp(d->reasonlen, SPOOL_REASON_MAX);
+	h.detaillen = (uint16_t)clamp(d->detaillen, SPOOL_DETAIL_MAX);
+	h.status = d->status;
+	h.datalen = (uint32_t)d->datalen;
+	h.received_ms = d->received_ms;
+	h.dead_ms = d->dead_ms;
+	k.mv_data = (void *)d->id;
+	k.mv_size = d->idlen;
+	v.mv_data = NULL;
+	v.mv_size = sizeof(h) + h.devlen + h.topiclen + h.reasonlen + h.detaillen +
+	    h.datalen;
+	rc = mdb_put(s->txn, s->dead, &k, &v,
+	    MDB_RESERVE | (overwrite ? 0 : MDB_NOOVERWRITE));
+	if (rc == MDB_KEYEXIST) {
+		*res = SPOOL_DUP;
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	p = v.mv_data;
+	memcpy(p, &h, sizeof(h));
+	p += sizeof(h);
+	memcpy(p, d->device, h.devlen);
+	p += h.devlen;
+	memcpy(p, d->topic, h.topiclen);
+	p += h.topiclen;
+	memcpy(p, d->reason, h.reasonlen);
+	p += h.reasonlen;
+	memcpy(p, d->detail, h.detaillen);
+	p += h.detaillen;
+	if (h.datalen > 0)
+		memcpy(p, d->data, h.datalen);
+	*res = SPOOL_OK;
+	return 0;
+}
+
+static int
+op_dead_put(struct spool *s, struct op *op, int *res)
+{
+	struct spool_dead d;
+	MDB_val k, v;
+	int rc;
+
+	if (op->len[0] == 0 || op->len[0] > SPOOL_ID_MAX || op->len[5] > UINT32_MAX) {
+		*res = SPOOL_INVAL;
+		return 0;
+	}
+	/* Already queued as an envelope: that copy wins. */
+	k.mv_data = (void *)op->p[0];
+	k.mv_size = op->len[0];
+	rc = mdb_get(s->txn, s->ids, &k, &v);
+	if (rc == 0) {
+		*res = SPOOL_DUP;
+		return 0;
+	}
+	if (rc != MDB_NOTFOUND)
+		return rc;
+	memset(&d, 0, sizeof(d));
+	d.id = op->p[0];
+	d.idlen = op->len[0];
+	d.device = op->p[1];
+	d.devlen = op->len[1];
+	d.topic = op->p[2];
+	d.topiclen = op->len[2];
+	d.reason = op->p[3];
+	d.reasonlen = op->len[3];
+	d.detail = op->p[4];
+	d.detaillen = op->len[4];
+	d.data = op->p[5];
+	d.datalen = op->len[5];
+	d.status = op->status;
+	d.received_ms = op->received_ms;
+	d.dead_ms = op->dead_ms;
+	d.replayable = op->replayable;
+	return dead_write(s, &d, false, res);
+}
+
+static int
+op_dead_move(struct spool *s, struct op *op, int *res)
+{
+	struct spool_rec r;
+	struct spool_dead d;
+	int rc;
+
+	if ((rc = q_fetch(s, op->seq, &r, res)) != 0 || *res != SPOOL_OK)
+		return rc;
+	if ((rc = q_remove(s, &r)) != 0)
+		return rc;
+	memset(&d, 0, sizeof(d));
+	d.id = r.id;
+	d.idlen = r.idlen;
+	d.device = r.device;
+	d.devlen = r.devlen;
+	d.topic = op->p[2];
+	d.topiclen = op->len[2];
+	d.reason = op->p[3];
+	d.reasonlen = op->len[3];
+	d.detail = op->p[4];
+	d.detaillen = op->len[4];
+	d.data = r.json;
+	d.datalen = r.jsonlen;
+	d.status = op->status;
+	d.received_ms = r.received_ms;
+	d.dead_ms = op->dead_ms;
+	d.replayable = true;
+	return dead_write(s, &d, true, res);
+}
+
+static int
+op_dead_replay(struct spool *s, struct op *op, int *res)
+{
+	struct spool_dead d;
+	MDB_val k, v;
+	char *id, *dev, *json;
+	int rc;
+
+	k.mv_data = (void *)op->p[0];
+	k.mv_size = op->len[0];
+	rc = mdb_get(s->txn, s->dead, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		*res = SPOOL_NOTFOUND;
+		return 0;
+	}
+	if (rc != 0)
+		return rc;
+	if (dead_parse(&k, &v, &d) == -1 || !d.replayable || d.idlen > SPOOL_ID_MAX) {
+		*res = SPOOL_INVAL;
+		return 0;
+	}
+	if (grow_buf(&s->scratch, &s->scratchcap, d.idlen + d.devlen + d.datalen) == -1)
+		return ENOMEM;
+	id = s->scratch;
+	dev = id + d.idlen;
+	json = dev + d.devlen;
+	memcpy(id, d.id, d.idlen);
+	memcpy(dev, d.device, d.devlen);
+	memcpy(json, d.data, d.datalen);
+	k.mv_data = id;
+	if ((rc = mdb_del(s->txn, s->dead, &k, NULL)) != 0)
+		return rc;
+	rc = q_insert(s, id, d.idlen, dev, d.devlen, d.received_ms, json, d.datalen,
+	    &op->seq, res);
+	if (rc == 0 && *res == SPOOL_DUP)
+		op->seq = 0;    /* already queued under its id: nothing to re-queue */
+	if (rc == 0)
+		*res = SPOOL_OK;
+	return rc;
+}
+
+static int
+op_dead_del(struct spool *s, struct op *op, int *res)
+{
+	MDB_val k = { op->len[0], (void *)op->p[0] };
+	int rc;
+
+	if (op->len[0] == 0) {
+		*res = SPOOL_NOTFOUND;
+		return 0;
+	}
+	rc = mdb_del(s->txn, s->dead, &k, NULL);
+	if (rc == MDB_NOTFOUND) {
+		*res = SPOOL_NOTFOUND;
+		return 0;
+	}
+	*res = SPOOL_OK;
+	return rc;
+}
+
+static int
+op_apply(struct spool *s, struct op *op, int *res)
+{
+	switch (op->type) {
+	case OP_PUT:
+		return op_put(s, op, res);
+	case OP_DEL:
+		return op_del(s, op, res);
+	case OP_DEAD_PUT:
+		return op_dead_put(s, op, res);
+	case OP_DEAD_MOVE:
+		return op_dead_move(s, op, res);
+	case OP_DEAD_REPLAY:
+		return op_dead_replay(s, op, res);
+	case OP_DEAD_DEL:
+		return op_dead_del(s, op, res);
+	case OP_DEAD_DROP:
+		*res = SPOOL_OK;
+		return mdb_drop(s->txn, s->dead, 0);
+	}
+	*res = SPOOL_INVAL;
+	return 0;
+}
+
+static int
+redo_record(struct spool *s, const struct op *op)
+{
+	struct op *r;
+	size_t need = s->arenalen;
+
+	for (int i = 0; i < OP_NBLOB; i++)
+		need += op->len[i];
+	if (s->nredo == s->redocap) {
+		size_t n = s->redocap ? s->redocap * 2 : 64;
+		struct op *p = realloc(s->redo, n * sizeof(*p));
+		if (p == NULL)
+			return -1;
+		s->redo = p;
+		s->redocap = n;
+	}
+	if (grow_buf(&s->arena, &s->arenacap, need) == -1)
+		return -1;
+	r = &s->redo[s->nredo++];
+	*r = *op;
+	for (int i = 0; i < OP_NBLOB; i++) {
+		r->p[i] = NULL;
+		r->off[i] = s->arenalen;
+		if (op->len[i] > 0)
+			memcpy(s->arena + s->arenalen, op->p[i], op->len[i]);
+		s->arenalen += op->len[i];
+	}
+	return 0;
+}
+
+/*
+ * Re-apply the batch's changes in a fresh transaction, with the same results.
+ * Only the first `keep` refusable changes are kept (a prefix: the sequences
+ * they were given stay the same); a deletion may then find nothing.
+ */
+static int
+redo_apply(struct spool *s, size_t keep)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < s->nredo; i++) {
+		struct op op = s->redo[i];
+		int rc, res;
+
+		if (op.refusable && kept++ >= keep)
+			continue;
+		for (int b = 0; b < OP_NBLOB; b++)
+			op.p[b] = s->arena + s->redo[i].off[b];
+		rc = op_apply(s, &op, &res);
+		if (rc == 0 && res == SPOOL_NOTFOUND && keep != SIZE_MAX &&
+		    !op.refusable)
+			continue;
+		if (rc != 0 || res != SPOOL_OK || op.seq != s->redo[i].seq) {
+			log_err("spool: re-applying the batch failed: %s",
+			    rc ? mdb_strerror(rc) : "different result");
+			txn_drop(s);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static void
+redo_clear(struct spool *s)
+{
+	s->nredo = 0;
+	s->arenalen = 0;
+}
+
+static void
+batch_lost(struct spool *s)
+{
+	txn_drop(s);
+	redo_clear(s);
+	s->batch = false;
+	s->full = false;
+	s->dirty = false;
+}
+
+/* Apply one change inside the open batch. */
+static int
+batch_exec(struct spool *s, struct op *op, bool refusable)
+{
+	int rc, res = SPOOL_ERR;
+
+	op->refusable = refusable;
+	if (refusable && s->full)
+		return SPOOL_FULL;
+	for (int tries = 0;; tries++) {
+		rc = op_apply(s, op, &res);
+		if (rc == 0)
+			break;
+		if (rc != MDB_MAP_FULL) {
+			log_err("spool: %s", mdb_strerror(rc));
+			batch_lost(s);
+			return SPOOL_ERR;
+		}
+		txn_drop(s);
+		if (refusable) {
+			if (txn_start(s) == -1 || redo_apply(s, SIZE_MAX) == -1) {
+				batch_lost(s);
+				return SPOOL_ERR;
+			}
+			s->full = true;
+			return SPOOL_FULL;
+		}
+		/* Deletions and moves must not fail: make room. */
+		if (tries == SPOOL_GROW_TRIES || spool_grow(s) == -1 ||
+		    txn_start(s) == -1 || redo_apply(s, SIZE_MAX) == -1) {
+			batch_lost(s);
+			return SPOOL_ERR;
+		}
+	}
+	if (res == SPOOL_OK) {
+		if (redo_record(s, op) == -1) {
+			log_err("spool: out of memory");
+			batch_lost(s);
+			return SPOOL_ERR;
+		}
+		s->dirty = true;
+	}
+	return res;
+}
+
+/* In the open batch, or in a batch of its own. */
+static int
+spool_exec(struct spool *s, struct op *op, bool refusable)
+{
+	bool own = !s->batch;
+	int res;
+
+	if (own && spool_begin(s) != SPOOL_OK)
+		return SPOOL_ERR;
+	res = batch_exec(s, op, refusable);
+	if (own && res != SPOOL_ERR) {
+		switch (spool_commit(s)) {
+		case SPOOL_OK:
+			break;
+		case SPOOL_FULL:
+			/* Only this change was refusable: it was dropped. */
+			return SPOOL_FULL;
+		default:
+			return SPOOL_ERR;
+		}
+	}
+	return res;
+}
+
+int
+spool_begin(struct spool *s)
+{
+	if (s->batch) {
+		log_err("spool: batch already open");
+		return SPOOL_ERR;
+	}
+	if (txn_start(s) == -1)
+		return SPOOL_ERR;
+	redo_clear(s);
+	s->batch = true;
+	s->full = false;
+	s->dirty = false;
+	return SPOOL_OK;
+}
+
+bool
+spool_in_batch(const struct spool *s)
+{
+	return s->batch;
+}
+
+int
+spool_commit(struct spool *s)
+{
+	size_t nref, i, keep;
+	bool dropped = false;
+	int rc;
+
+	if (!s->batch)
+		return SPOOL_OK;
+	if (!s->dirty) {
+		txn_drop(s);
+		s->batch = false;
+		return SPOOL_OK;
+	}
+	for (nref = 0, i = 0; i < s->nredo; i++)
+		nref += s->redo[i].refusable;
+	keep = SIZE_MAX;
+	for (int tries = 0;; ) {
+		rc = mdb_txn_commit(s->txn);
+		s->txn = NULL;
+		if (rc == 0)
+			break;
+		s->next_seq = s->next_seq0;
+		s->bytes = s->bytes0;
+		if (rc != MDB_MAP_FULL) {
+			log_err("spool: commit: %s", mdb_strerror(rc));
+			batch_lost(s);
+			return SPOOL_ERR;
+		}
+		/*
+		 * The free list needs pages of its own at commit.  Drop the
+		 * newest puts (halving what is kept) before growing the map:
+		 * a put may be refused, a deletion may not.
+		 */
+		if (keep == SIZE_MAX)
+			keep = nref;
+		if (keep > 0) {
+			keep /= 2;
+			dropped = true;
+		} else if (tries++ == SPOOL_GROW_TRIES || spool_grow(s) == -1) {
+			log_err("spool: commit: %s", mdb_strerror(rc));
+			batch_lost(s);
+			return SPOOL_ERR;
+		}
+		if (txn_start(s) == -1 || redo_apply(s, keep) == -1) {
+			batch_lost(s);
+			return SPOOL_ERR;
+		}
+	}
+	if (s->fsync == FSYNC_BATCH && (rc = mdb_env_sync(s->env, 1)) != 0) {
+		/* Committed but maybe not durable: the caller must not ack. */
+		log_err("spool: sync: %s", mdb_strerror(rc));
+		s->next_seq0 = s->next_seq;
+		s->bytes0 = s->bytes;
+		batch_lost(s);
+		return SPOOL_ERR;
+	}
+	s->next_seq0 = s->next_seq;
+	s->bytes0 = s->bytes;
+	redo_clear(s);
+	s->batch = false;
+	s->full = false;
+	s->dirty = false;
+	return dropped ? SPOOL_FULL : SPOOL_OK;
+}
+
+uint64_t
+spool_next_seq(const struct spool *s)
+{
+	return s->next_seq;
+}
+
+int
+spool_put(struct spool *s, const char *id, size_t idlen, const char *device,
+    size_t devlen, int64_t received_ms, const char *json, size_t jsonlen,
+    uint64_t *seq)
+{
+	struct op op;
+	int res;
+
+	memset(&op, 0, sizeof(op));
+	op.type = OP_PUT;
+	op.p[0] = id;
+	op.len[0] = idlen;
+	op.p[1] = device;
+	op.len[1] = devlen;
+	op.p[2] = json;
+	op.len[2] = jsonlen;
+	op.received_ms = received_ms;
+	res = spool_exec(s, &op, true);
+	if (res == SPOOL_OK && seq != NULL)
+		*seq = op.seq;
+	return res;
+}
+
+int
+spool_get(struct spool *s, uint64_t seq, struct spool_rec *rec)
+{
+	uint8_t kb[8];
+	MDB_val k = { 8, kb }, v;
+	MDB_txn *t;
+	int rc;
+
+	if ((t = spool_rtxn(s)) == NULL)
+		return SPOOL_ERR;
+	seq_key(kb, seq);
+	rc = mdb_get(t, s->q, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return SPOOL_NOTFOUND;
+	if (rc != 0) {
+		log_ratelimited(LOG_ERR, "spool: get: %s", mdb_strerror(rc));
+		return SPOOL_ERR;
+	}
+	if (q_parse(&k, &v, rec) == -1) {
+		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
+		    (unsigned long long)seq);
+		return SPOOL_INVAL;
+	}
+	return SPOOL_OK;
+}
+
+int
+spool_del(struct spool *s, uint64_t seq)
+{
+	struct op op;
+
+	memset(&op, 0, sizeof(op));
+	op.type = OP_DEL;
+	op.seq = seq;
+	return spool_exec(s, &op, false);
+}
+
+long
+spool_foreach(struct spool *s, spool_iter_fn *cb, void *arg)
+{
+	MDB_cursor *c;
+	MDB_txn *t;
+	MDB_val k, v;
+	struct spool_rec r;
+	long n = 0;
+	int rc;
+
+	if ((t = spool_rtxn(s)) == NULL || mdb_cursor_open(t, s->q, &c) != 0)
+		return SPOOL_ERR;
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (q_parse(&k, &v, &r) == -1) {
+			log_ratelimited(LOG_ERR, "spool: record %llu is corrupt, skipped",
+			    (unsigned long long)seq_from_key(&k));
+			continue;
+		}
+		n++;
+		if (cb != NULL && cb(arg, &r) != 0)
+			break;
+	}
+	mdb_cursor_close(c);
+	return n;
+}
+
+int
+spool_dead_put(struct spool *s, const struct spool_dead *d)
+{
+	struct op op;
+
+	memset(&op, 0, sizeof(op));
+	op.type = OP_DEAD_PUT;
+	op.p[0] = d->id;
+	op.len[0] = d->idlen;
+	op.p[1] = d->device;
+	op.len[1] = clamp(d->devlen, SPOOL_DEVICE_MAX);
+	op.p[2] = d->topic;
+	op.len[2] = clamp(d->topiclen, SPOOL_TOPIC_MAX);
+	op.p[3] = d->reason;
+	op.len[3] = clamp(d->reasonlen, SPOOL_REASON_MAX);
+	op.p[4] = d->detail;
+	op.len[4] = clamp(d->detaillen, SPOOL_DETAIL_MAX);
+	op.p[5] = d->data;
+	op.len[5] = d->datalen;
+	op.status = d->status;
+	op.received_ms = d->received_ms;
+	op.dead_ms = d->dead_ms;
+	op.replayable = d->replayable;
+	return spool_exec(s, &op, true);
+}
+
+int
+spool_dead_move(struct spool *s, uint64_t seq, const char *reason, int status,
+    const char *detail, size_t detaillen, const char *topic, size_t topiclen,
+    int64_t dead_ms)
+{
+	struct op op;
+
+	memset(&op, 0, sizeof(op));
+	op.type = OP_DEAD_MOVE;
+	op.seq = seq;
+	op.p[2] = topic;
+	op.len[2] = clamp(topiclen, SPOOL_TOPIC_MAX);
+	op.p[3] = reason;
+	op.len[3] = reason ? clamp(strlen(reason), SPOOL_REASON_MAX) : 0;
+	op.p[4] = detail;
+	op.len[4] = clamp(detaillen, SPOOL_DETAIL_MAX);
+	op.status = status;
+	op.dead_ms = dead_ms;
+	return spool_exec(s, &op, false);
+}
+
+long
+spool_dead_list(struct spool *s, size_t limit, spool_dead_fn *cb, void *arg)
+{
+	MDB_cursor *c;
+	MDB_txn *t;
+	MDB_val k, v;
+	struct spool_dead d;
+	long n = 0;
+	int rc;
+
+	if ((t = spool_rtxn(s)) == NULL || mdb_cursor_open(t, s->dead, &c) != 0)
+		return SPOOL_ERR;
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		if (limit > 0 && (size_t)n >= limit)
+			break;
+		if (dead_parse(&k, &v, &d) == -1)
+			continue;
+		n++;
+		if (cb != NULL && cb(arg, &d) != 0)
+			break;
+	}
+	mdb_cursor_close(c);
+	return n;
+}
+
+int
+spool_dead_get(struct spool *s, const char *id, size_t idlen, struct spool_dead *d)
+{
+	MDB_val k = { idlen, (void *)id }, v;
+	MDB_txn *t;
+	int rc;
+
+	if (idlen == 0 || idlen > SPOOL_ID_MAX)
+		return SPOOL_NOTFOUND;
+	if ((t = spool_rtxn(s)) == NULL)
+		return SPOOL_ERR;
+	rc = mdb_get(t, s->dead, &k, &v);
+	if (rc == MDB_NOTFOUND)
+		return SPOOL_NOTFOUND;
+	if (rc != 0)
+		return SPOOL_ERR;
+	return dead_parse(&k, &v, d) == -1 ? SPOOL_INVAL : SPOOL_OK;
+}
+
+struct idlist {
+	char   *buf;
+	size_t  len, cap;
+	size_t *offs;
+	size_t  n, ncap;
+};
+
+static int
+idlist_add(void *arg, const struct spool_dead *d)
+{
+	struct idlist *l = arg;
+
+	if (l->n == l->ncap) {
+		size_t n = l->ncap ? l->ncap * 2 : 64;
+		size_t *p = realloc(l->offs, (n + 1) * sizeof(*p));
+		if (p == NULL)
+			return -1;
+		l->offs = p;
+		l->ncap = n;
+	}
+	if (grow_buf(&l->buf, &l->cap, l->len + d->idlen) == -1)
+		return -1;
+	memcpy(l->buf + l->len, d->id, d->idlen);
+	l->offs[l->n++] = l->len;
+	l->len += d->idlen;
+	l->offs[l->n] = l->len;
+	return 0;
+}
+
+int
+spool_dead_replay(struct spool *s, const char *id, size_t idlen,
+    spool_iter_fn *cb, void *arg, size_t *replayed, size_t *skipped)
+{
+	struct idlist l;
+	uint64_t *seqs = NULL;
+	size_t nseq = 0;
+	int ret = SPOOL_OK, res;
+
+	*replayed = *skipped = 0;
+	if (s->batch)
+		return SPOOL_INVAL;
+	memset(&l, 0, sizeof(l));
+	if (id != NULL) {
+		struct spool_dead d = { .id = id, .idlen = idlen };
+		if (idlen == 0 || idlen > SPOOL_ID_MAX)
+			return SPOOL_NOTFOUND;
+		if (idlist_add(&l, &d) == -1)
+			return SPOOL_ERR;
+	} else if (spool_dead_list(s, 0, idlist_add, &l) < 0) {
+		ret = SPOOL_ERR;
+		goto out;
+	}
+	if ((seqs = calloc(l.n + 1, sizeof(*seqs))) == NULL) {
+		ret = SPOOL_ERR;
+		goto out;
+	}
+	if (spool_begin(s) != SPOOL_OK) {
+		ret = SPOOL_ERR;
+		goto out;
+	}
+	for (size_t i = 0; i < l.n; i++) {
+		struct op op;
+
+		memset(&op, 0, sizeof(op));
+		op.type = OP_DEAD_REPLAY;
+		op.p[0] = l.buf + l.offs[i];
+		op.len[0] = l.offs[i + 1] - l.offs[i];
+		res = batch_exec(s, &op, true);
+		if (res == SPOOL_OK) {
+			(*replayed)++;
+			if (op.seq != 0)
+				seqs[nseq++] = op.seq;
+		} else if (res == SPOOL_INVAL) {
+			(*skipped)++;
+		} else if (res == SPOOL_NOTFOUND && id != NULL) {
+			ret = SPOOL_NOTFOUND;
+		} else if (res == SPOOL_FULL) {
+			ret = SPOOL_FULL;
+			break;
+		} else if (res == SPOOL_ERR) {
+			ret = SPOOL_ERR;
+			*replayed = 0;
+			nseq = 0;
+			break;
+		}
+	}
+	if (ret != SPOOL_ERR) {
+		switch (spool_commit(s)) {
+		case SPOOL_OK:
+			break;
+		case SPOOL_FULL: {
+			/* The newest were dropped at commit: keep the rest. */
+			size_t k = 0;
+
+			for (size_t i = 0; i < nseq; i++)
+				if (seqs[i] < s->next_seq)
+					seqs[k++] = seqs[i];
+			*replayed -= nseq - k;
+			nseq = k;
+			ret = SPOOL_FULL;
+			break;
+		}
+		default:
+			ret = SPOOL_ERR;
+			*replayed = 0;
+			nseq = 0;
+		}
+	}
+	for (size_t i = 0; i < nseq && cb != NULL; i++) {
+		struct spool_rec r;
+
+		if (spool_get(s, seqs[i], &r) == SPOOL_OK)
+			cb(arg, &r);
+	}
+out:
+	free(seqs);
+	free(l.buf);
+	free(l.offs);
+	return ret;
+}
+
+int
+spool_dead_purge(struct spool *s, const char *id, size_t idlen, size_t *purged)
+{
+	struct op op;
+	struct spool_stats st;
+	int res;
+
+	*purged = 0;
+	memset(&op, 0, sizeof(op));
+	if (id != NULL) {
+		op.type = OP_DEAD_DEL;
+		op.p[0] = id;
+		op.len[0] = idlen <= SPOOL_ID_MAX ? idlen : 0;
+		res = spool_exec(s, &op, false);
+		if (res == SPOOL_OK)
+			*purged = 1;
+		return res;
+	}
+	spool_stats(s, &st);
+	op.type = OP_DEAD_DROP;
+	res = spool_exec(s, &op, false);
+	if (res == SPOOL_OK)
+		*purged = st.dead_depth;
+	return res;
+}
+
+void
+spool_stats(struct spool *s, struct spool_stats *st)
+{
+	MDB_stat ms;
+	MDB_cursor *c;
+	MDB_val k, v;
+	MDB_txn *t;
+	struct spool_rec r;
+
+	memset(st, 0, sizeof(*st));
+	st->bytes = s->bytes;
+	st->map_size = s->map_size;
+	if ((t = spool_rtxn(s)) == NULL)
+		return;
+	if (mdb_stat(t, s->q, &ms) == 0)
+		st->depth = ms.ms_entries;
+	if (mdb_stat(t, s->dead, &ms) == 0)
+		st->dead_depth = ms.ms_entries;
+	if (mdb_cursor_open(t, s->q, &c) == 0) {
+		if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0 && q_parse(&k, &v, &r) == 0)
+			st->oldest_ms = r.received_ms;
+		mdb_cursor_close(c);
+	}
+}
+
+/* Count bytes and find the highest sequence: the truth is the "q" table. */
+static int
+spool_scan(struct spool *s)
+{
+	MDB_txn *t;
+	MDB_cursor *c;
+	MDB_val k, v, mk = { 8, "next_seq" };
+	struct spool_rec r;
+	uint64_t next = 1, bytes = 0;
+	int rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t)) != 0)
+		return rc;
+	if (mdb_get(t, s->meta, &mk, &v) == 0 && v.mv_size == sizeof(uint64_t))
+		memcpy(&next, v.mv_data, sizeof(next));
+	if ((rc = mdb_cursor_open(t, s->q, &c)) != 0) {
+		mdb_txn_abort(t);
+		return rc;
+	}
+	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
+	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		uint64_t seq = seq_from_key(&k);
+		if (seq >= next)
+			next = seq + 1;
+		if (q_parse(&k, &v, &r) == 0)
+			bytes += r.jsonlen;
+	}
+	mdb_cursor_close(c);
+	mdb_txn_abort(t);
+	if (next == 0)
+		next = 1;
+	s->next_seq = s->next_seq0 = next;
+	s->bytes = s->bytes0 = bytes;
+	return 0;
+}
+
+struct spool *
+spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
+    char *err, size_t errlen)
+{
+	struct spool *s;
+	MDB_txn *t = NULL;
+	unsigned int flags = MDB_NOTLS | MDB_NORDAHEAD;
+	long pg = sysconf(_SC_PAGESIZE);
+	size_t slack;
+	MDB_envinfo info;
+	int rc, dead;
+
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	s->fsync = fsync;
+	s->max_bytes = max_bytes;
+	slack = max_bytes / 4;
+	if (slack < SPOOL_SLACK_MIN)
+		slack = SPOOL_SLACK_MIN;
+	if (slack > SPOOL_SLACK_MAX)
+		slack = SPOOL_SLACK_MAX;
+	s->map_size = (2 * max_bytes + slack + (size_t)pg - 1) / (size_t)pg * (size_t)pg;
+	if (fsync == FSYNC_BATCH)
+		flags |= MDB_NOSYNC;
+	else if (fsync == FSYNC_OFF)
+		flags |= MDB_NOSYNC | MDB_NOMETASYNC;
+	if (mkdir_p(dir, 0700) == -1) {
+		snprintf(err, errlen, "%s: %s", dir, strerror(errno));
+		goto fail;
+	}
+	if ((rc = mdb_env_create(&s->env)) != 0 ||
+	    (rc = mdb_env_set_maxdbs(s->env, 4)) != 0 ||
+	    (rc = mdb_env_set_mapsize(s->env, s->map_size)) != 0 ||
+	    (rc = mdb_env_open(s->env, dir, flags, 0600)) != 0) {
+		snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
+		goto fail;
+	}
+	mdb_reader_check(s->env, &dead);
+	if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
+		s->map_size = info.me_mapsize;
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &t)) != 0 ||
+	    (rc = mdb_dbi_open(t, "q", MDB_CREATE, &s->q)) != 0 ||
+	    (rc = mdb_dbi_open(t, "ids", MDB_CREATE, &s->ids)) != 0 ||
+	    (rc = mdb_dbi_open(t, "dead", MDB_CREATE, &s->dead)) != 0 ||
+	    (rc = mdb_dbi_open(t, "meta", MDB_CREATE, &s->meta)) != 0) {
+		snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
+		if (t != NULL)
+			mdb_txn_abort(t);
+		goto fail;
+	}
+	if ((rc = mdb_txn_commit(t)) != 0 || (rc = spool_scan(s)) != 0) {
+		snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
+		goto fail;
+	}
+	return s;
+fail:
+	if (s->env != NULL)
+		mdb_env_close(s->env);
+	free(s);
+	return NULL;
+}
+
+void
+spool_close(struct spool *s)
+{
+	if (s == NULL)
+		return;
+	if (s->batch) {
+		log_warn("spool: closing with an uncommitted batch");
+		batch_lost(s);
+	}
+	if (s->rtxn != NULL)
+		mdb_txn_abort(s->rtxn);
+	if (s->fsync != FSYNC_ALWAYS)
+		mdb_env_sync(s->env, 1);
+	mdb_env_close(s->env);
+	free(s->redo);
+	free(s->arena);
+	free(s->scratch);
+	free(s);
+}

@@ -39,7 +39,7 @@
 	X(FAB_PUBLISHED,  28) /* mqtt->r: broker acknowledged (or not) */   \
 	X(FAB_REQUEST,    29) /* api<->r: request operations */             \
 	X(FAB_REPLY,      30) /* r->api: answer to FAB_REQUEST */           \
-	X(FAB_EVENT_OUT,  31) /* r->http: a request changed state, to backend */
+	X(FAB_DEVICE_INFO,31) /* crypto->r: presence, status and responses */
 
 enum hm_type {
 #define HM_ENUM(name, val) HM_##name = val,

@@ -214,3 +214,59 @@ proto_read_published(struct hmr *r, struct msg_published *m)
 	RD(rd_u32(r, &m->ok));
 	return hmr_end(r);
 }
+
+int
+proto_write_device_info(struct hmw *w, const struct msg_device_info *m)
+{
+	wr_str(w, m->device);
+	wr_str(w, m->kind);
+	hmw_i64(w, m->received_ms);
+	wr_str(w, m->json);
+	return 0;
+}
+
+int
+proto_read_device_info(struct hmr *r, struct msg_device_info *m)
+{
+	RD(rd_str(r, &m->device));
+	RD(rd_str(r, &m->kind));
+	RD(hmr_i64(r, &m->received_ms));
+	RD(rd_str(r, &m->json));
+	return hmr_end(r);
+}
+
+int
+proto_write_request(struct hmw *w, const struct msg_request *m)
+{
+	hmw_u64(w, m->reqid);
+	wr_str(w, m->op);
+	wr_str(w, m->args);
+	return 0;
+}
+
+int
+proto_read_request(struct hmr *r, struct msg_request *m)
+{
+	RD(hmr_u64(r, &m->reqid));
+	RD(rd_str(r, &m->op));
+	RD(rd_str(r, &m->args));
+	return hmr_end(r);
+}
+
+int
+proto_write_reply(struct hmw *w, const struct msg_reply *m)
+{
+	hmw_u64(w, m->reqid);
+	hmw_u64(w, m->status);
+	wr_str(w, m->body);
+	return 0;
+}
+
+int
+proto_read_reply(struct hmr *r, struct msg_reply *m)
+{
+	RD(hmr_u64(r, &m->reqid));
+	RD(rd_u32(r, &m->status));
+	RD(rd_str(r, &m->body));
+	return hmr_end(r);
+}

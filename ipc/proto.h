@@ -76,6 +76,27 @@ struct msg_publish {
 };
 struct msg_published { uint64_t ref; uint32_t ok; };
 
+/* FAB_DEVICE_INFO: what the router needs of a device message (presence,
+ * status, command responses); json is the validated payload (may be empty). */
+struct msg_device_info {
+	struct pstr device;
+	struct pstr kind;
+	int64_t     received_ms;
+	struct pstr json;
+};
+
+/* FAB_REQUEST: api -> router, an operation of the REST API; FAB_REPLY: its
+ * answer (HTTP status and JSON body).  `op` names the operation
+ * ("request.create", "request.get", ...); args and body are JSON text. */
+struct msg_request { uint64_t reqid; struct pstr op; struct pstr args; };
+struct msg_reply { uint64_t reqid; uint32_t status; struct pstr body; };
+
+int proto_write_device_info(struct hmw *w, const struct msg_device_info *m);
+int proto_read_device_info(struct hmr *r, struct msg_device_info *m);
+int proto_write_request(struct hmw *w, const struct msg_request *m);
+int proto_read_request(struct hmr *r, struct msg_request *m);
+int proto_write_reply(struct hmw *w, const struct msg_reply *m);
+int proto_read_reply(struct hmr *r, struct msg_reply *m);
 int proto_write_hello(struct hmw *w, const struct msg_hello *m);
 int proto_read_hello(struct hmr *r, struct msg_hello *m);
 int proto_write_dev_in(struct hmw *w, const struct msg_dev_in *m);

@@ -5,6 +5,7 @@
  * slot are written here, the counters by the worker.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -108,6 +109,9 @@ child_become(struct supervisor *s, struct child *c, int fd)
 	}
 	close_range(4, ~0U, 0);
 	signal(SIGCHLD, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 	if (worker_init(&w, c->role, c->slot, c->st->generation, 3, s->cf, s->stats) == -1) {
 		log_err("cannot set up the worker process");
 		_exit(1);
@@ -424,10 +428,41 @@ sup_tick(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
+/*
+ * Signals: the handler only writes the signal number to a pipe; the loop
+ * reads it and acts.  (Not evsignal: a forked worker would inherit libevent's
+ * global signal state along with the supervisor's event base.)
+ */
+static int sig_pipe[2] = { -1, -1 };
+
 static void
-sup_signal(evutil_socket_t sig, short what, void *arg)
+sup_sig_handler(int sig)
 {
-	struct supervisor *s = arg;
+	int saved = errno;
+	unsigned char b = (unsigned char)sig;
+
+	if (write(sig_pipe[1], &b, 1) == -1) {
+		/* pipe full: a signal of the same kind is already pending */
+	}
+	errno = saved;
+}
+
+static void sup_signal(int sig, struct supervisor *s);
+
+static void
+sup_sig_read(evutil_socket_t fd, short what, void *arg)
+{
+	unsigned char buf[64];
+	ssize_t n;
+
+	while ((n = read(fd, buf, sizeof(buf))) > 0)
+		for (ssize_t i = 0; i < n; i++)
+			sup_signal(buf[i], arg);
+}
+
+static void
+sup_signal(int sig, struct supervisor *s)
+{
 	char err[CONFIG_ERRLEN];
 
 	switch (sig) {
@@ -552,6 +587,7 @@ supervisor_run(struct config *cf, struct stats_region *stats)
 	struct supervisor sup, *s = &sup;
 	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGCHLD };
 	struct timeval tv = { 0, SUP_TICK_MS * 1000 };
+	struct sigaction sa;
 
 	memset(s, 0, sizeof(*s));
 	sup_of_ctl = s;
@@ -568,10 +604,18 @@ supervisor_run(struct config *cf, struct stats_region *stats)
 	s->base = event_base_new();
 	if (s->base == NULL)
 		return 1;
-	for (int i = 0; i < 4; i++) {
-		s->sigs[i] = evsignal_new(s->base, sigs[i], sup_signal, s);
-		event_add(s->sigs[i], NULL);
+	if (pipe2(sig_pipe, O_CLOEXEC | O_NONBLOCK) == -1) {
+		log_err("pipe: %s", strerror(errno));
+		return 1;
 	}
+	s->sigev = event_new(s->base, sig_pipe[0], EV_READ | EV_PERSIST, sup_sig_read, s);
+	event_add(s->sigev, NULL);
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = sup_sig_handler;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++)
+		sigaction(sigs[i], &sa, NULL);
 	s->admin = admin_open(s, cf->admin_socket);
 	if (s->admin == NULL)
 		return 1;
@@ -590,8 +634,9 @@ supervisor_run(struct config *cf, struct stats_region *stats)
 	event_base_dispatch(s->base);
 
 	admin_close(s->admin);
-	for (int i = 0; i < 4; i++)
-		event_free(s->sigs[i]);
+	event_free(s->sigev);
+	close(sig_pipe[0]);
+	close(sig_pipe[1]);
 	event_free(s->tick);
 	event_base_free(s->base);
 	log_notice("stopped%s", s->exit_code ? " after a fatal worker error" : "");

@@ -54,7 +54,7 @@ struct supervisor {
 	int                  exit_code;
 	int64_t              started_ms;
 	struct event        *tick;
-	struct event        *sigs[4];
+	struct event        *sigev;
 };
 
 int  supervisor_run(struct config *cf, struct stats_region *stats);

@@ -257,6 +257,7 @@ admin_command(struct admin_conn *c, char *line)
 		argv[argc++] = t;
 	if (argc == 0)
 		return;
+	log_debug("admin: %s", copy);
 	for (size_t i = 0; i < sizeof(admin_cmds) / sizeof(admin_cmds[0]); i++) {
 		const struct admin_cmd *cmd = &admin_cmds[i];
 		json_t *ans;

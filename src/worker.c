@@ -28,6 +28,27 @@ worker_tick(evutil_socket_t fd, short what, void *arg)
 	w->stats->heartbeat_ms = now_ms();
 }
 
+/* Drain and exit: asked by the supervisor, or by SIGTERM to the whole
+ * process group (systemd's default KillMode). */
+static void
+worker_stop(struct worker *w)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	log_info("stopping");
+	if (w->hooks.stop != NULL)
+		w->hooks.stop(w);
+	else
+		worker_exit(w, 0);
+}
+
+static void
+worker_sigterm(evutil_socket_t sig, short what, void *arg)
+{
+	worker_stop(arg);
+}
+
 static void
 worker_reload(struct worker *w)
 {
@@ -103,14 +124,7 @@ worker_ctl_msg(struct ctl *c, struct hmr *r, void *arg)
 	case HM_CTL_STOP:
 		if (hmr_end(r) == -1)
 			goto bad;
-		if (w->stopping)
-			break;
-		w->stopping = true;
-		log_info("stopping");
-		if (w->hooks.stop != NULL)
-			w->hooks.stop(w);
-		else
-			worker_exit(w, 0);
+		worker_stop(w);
 		break;
 	case HM_CTL_LOGLEVEL:
 		if (hmr_u64(r, &v) == -1 || hmr_end(r) == -1 || v > LOG_DEBUG)
@@ -174,6 +188,8 @@ worker_init(struct worker *w, int role, int slot, uint32_t generation, int ctlfd
 	w->base = event_base_new();
 	if (w->base == NULL)
 		return -1;
+	w->sigterm = evsignal_new(w->base, SIGTERM, worker_sigterm, w);
+	event_add(w->sigterm, NULL);
 	w->ctl = ctl_new(w->base, ctlfd, worker_ctl_msg, worker_ctl_eof, w);
 	if (w->ctl == NULL)
 		return -1;
@@ -210,6 +226,16 @@ worker_join_fabric(struct worker *w)
 	/* The router may not be up yet; it also learns us from our first message. */
 	fabric_send(w->fab, NULL, &m);
 	hmw_free(&m);
+	return 0;
+}
+
+int
+worker_bind_fabric(struct worker *w, const char *endpoint)
+{
+	w->fab = fabric_bind(w->base, endpoint, worker_fabric_msg, w);
+	if (w->fab == NULL)
+		return -1;
+	fabric_set_stats(w->fab, w->stats);
 	return 0;
 }
 

@@ -52,6 +52,7 @@ struct worker {
 	struct worker_hooks  hooks;
 	void                *arg;       /* the role's state */
 	struct event        *tick;
+	struct event        *sigterm;
 };
 
 /* Set up the process after fork (called by the supervisor in the child). */
@@ -59,6 +60,8 @@ int  worker_init(struct worker *w, int role, int slot, uint32_t generation,
          int ctlfd, struct config *cf, struct stats_region *region);
 /* Connect the DEALER to the router and say HELLO (every role but the router). */
 int  worker_join_fabric(struct worker *w);
+/* Bind the fabric's ROUTER socket (the router role). */
+int  worker_bind_fabric(struct worker *w, const char *endpoint);
 /* Say READY to the supervisor; run the loop until worker_exit(). Returns the exit code. */
 int  worker_loop(struct worker *w);
 void worker_exit(struct worker *w, int code);

@@ -1,9 +1,226 @@
-/* herald router worker (stub until its issue lands). */
+/*
+ * The router: hub of the ZeroMQ fabric.  Every worker's DEALER connects to
+ * its ROUTER socket; it passes device messages mqtt -> crypto -> http,
+ * acknowledgements http -> the owning mqtt slot, spool backpressure to every
+ * mqtt worker, and hands request traffic to the request store (requests.c).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fabric.h"
+#include "log.h"
+#include "proto.h"
+#include "requests.h"
 #include "worker.h"
 #include "workers.h"
+
+struct router {
+	struct worker   *w;
+	struct requests *reqs;
+	bool             paused;        /* the spool said it is full */
+	unsigned         rotation;      /* next mqtt worker to publish on */
+	bool             mqtt_up[CONFIG_MAX_MQTT];
+};
+
+static struct router router;
+
+static void
+router_mqtt_name(int slot, char *buf, size_t len)
+{
+	snprintf(buf, len, "mqtt.%d", slot);
+}
+
+static void
+router_tell_mqtt(struct router *r, enum hm_type type, int only_slot)
+{
+	struct hmw m;
+	char peer[32];
+
+	hmw_init(&m, type);
+	for (int i = 0; i < r->w->cf->mqtt_workers; i++) {
+		if (only_slot >= 0 && i != only_slot)
+			continue;
+		router_mqtt_name(i, peer, sizeof(peer));
+		worker_send(r->w, peer, &m);
+	}
+	hmw_free(&m);
+}
+
+int
+router_publish(struct worker *w, const struct msg_publish *pub)
+{
+	struct router *r = &router;
+	int n = w->cf->mqtt_workers;
+	char peer[32];
+	struct hmw m;
+
+	hmw_init(&m, HM_FAB_PUBLISH);
+	proto_write_publish(&m, pub);
+	for (int tries = 0; tries < n; tries++) {
+		int slot = (int)(r->rotation++ % (unsigned)n);
+		if (!r->mqtt_up[slot])
+			continue;
+		router_mqtt_name(slot, peer, sizeof(peer));
+		if (worker_send(w, peer, &m) == 0) {
+			hmw_free(&m);
+			return 0;
+		}
+		r->mqtt_up[slot] = false;
+	}
+	hmw_free(&m);
+	return -1;
+}
+
+static void
+router_forward(struct router *r, const char *to, const struct hmr *msg)
+{
+	if (fabric_forward(r->w->fab, to, msg) == 0)
+		worker_count(r->w, STAT_routed, 1);
+	/* else: counted as ipc_dropped; the sender's at-least-once logic resends */
+}
+
+static void
+router_hello(struct router *r, const char *peer, struct hmr *msg)
+{
+	struct msg_hello h;
+
+	if (proto_read_hello(msg, &h) == -1)
+		goto bad;
+	log_debug("%s joined the fabric (generation %u)", peer, h.generation);
+	if (h.role == ROLE_MQTT && h.slot < CONFIG_MAX_MQTT) {
+		r->mqtt_up[h.slot] = true;
+		/* A new mqtt worker must learn that the spool is full. */
+		if (r->paused)
+			router_tell_mqtt(r, HM_FAB_PAUSE, (int)h.slot);
+		requests_on_mqtt_up(r->reqs, (int)h.slot);
+	}
+	return;
+bad:
+	worker_count(r->w, STAT_ipc_bad, 1);
+}
+
+static void
+router_ack(struct router *r, struct hmr *msg)
+{
+	static struct msg_ack ack;
+	char peer[32];
+
+	if (proto_read_ack(msg, &ack) == -1) {
+		worker_count(r->w, STAT_ipc_bad, 1);
+		log_ratelimited(LOG_WARNING, "malformed ACK dropped");
+		return;
+	}
+	if (ack.slot == PROTO_SLOT_ROUTER) {
+		requests_on_ack(r->reqs, &ack);
+		return;
+	}
+	if (ack.slot >= CONFIG_MAX_MQTT)
+		return;
+	router_mqtt_name((int)ack.slot, peer, sizeof(peer));
+	router_forward(r, peer, msg);
+}
+
+static void
+router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
+{
+	struct router *r = w->arg;
+	struct msg_request req;
+	struct msg_published pubd;
+	struct msg_device_info info;
+
+	switch (msg->type) {
+	case HM_FAB_HELLO:
+		router_hello(r, peer, msg);
+		break;
+	case HM_FAB_DEV_IN:
+		if (strncmp(peer, "mqtt.", 5) == 0) {
+			int slot = atoi(peer + 5);
+			if (slot >= 0 && slot < CONFIG_MAX_MQTT)
+				r->mqtt_up[slot] = true;
+		}
+		router_forward(r, "crypto.0", msg);
+		break;
+	case HM_FAB_ENVELOPE:
+	case HM_FAB_REJECT:
+		router_forward(r, "http.0", msg);
+		break;
+	case HM_FAB_ACK:
+		router_ack(r, msg);
+		break;
+	case HM_FAB_PAUSE:
+	case HM_FAB_RESUME:
+		if (hmr_end(msg) == -1)
+			goto bad;
+		r->paused = msg->type == HM_FAB_PAUSE;
+		log_notice("spool %s: %s device reading", r->paused ? "full" : "has room again",
+		    r->paused ? "pausing" : "resuming");
+		worker_gauge(w, GAUGE_paused, r->paused);
+		router_tell_mqtt(r, (enum hm_type)msg->type, -1);
+		break;
+	case HM_FAB_REQUEST:
+		if (proto_read_request(msg, &req) == -1)
+			goto bad;
+		requests_on_request(r->reqs, peer, &req);
+		break;
+	case HM_FAB_PUBLISHED:
+		if (proto_read_published(msg, &pubd) == -1)
+			goto bad;
+		requests_on_published(r->reqs, &pubd);
+		break;
+	case HM_FAB_DEVICE_INFO:
+		if (proto_read_device_info(msg, &info) == -1)
+			goto bad;
+		requests_on_device(r->reqs, &info);
+		break;
+	default:
+		goto bad;
+	}
+	return;
+bad:
+	worker_count(w, STAT_ipc_bad, 1);
+	log_ratelimited(LOG_WARNING, "unexpected or malformed %s from %s dropped",
+	    hm_type_name(msg->type), peer);
+}
+
+static json_t *
+router_admin(struct worker *w, int argc, char **argv)
+{
+	struct router *r = w->arg;
+
+	return requests_admin(r->reqs, argc, argv);
+}
+
+static void
+router_reload(struct worker *w, const struct config *old)
+{
+	struct router *r = w->arg;
+
+	requests_reload(r->reqs);
+}
 
 int
 router_main(struct worker *w)
 {
-	return worker_loop(w);
+	struct router *r = &router;
+	char ep[600], path[600];
+	int code;
+
+	r->w = w;
+	w->arg = r;
+	fabric_endpoint(w->cf->run_dir, ep, sizeof(ep));
+	snprintf(path, sizeof(path), "%s/fabric.sock", w->cf->run_dir);
+	unlink(path);   /* a dead router's socket file */
+	w->hooks.fabric = router_dispatch;
+	w->hooks.admin = router_admin;
+	w->hooks.reload = router_reload;
+	if (worker_bind_fabric(w, ep) == -1)
+		return 1;
+	r->reqs = requests_open(w);
+	if (r->reqs == NULL)
+		return 1;
+	code = worker_loop(w);
+	requests_close(r->reqs);
+	return code;
 }

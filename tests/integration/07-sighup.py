@@ -1,0 +1,55 @@
+"""SIGHUP with a broken configuration keeps the old one running and logs why;
+with a good one it is applied: log level live, mqtt worker count by starting
+the new workers, and `heraldctl reload` does the same."""
+import signal
+from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
+
+
+def test_reload():
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, conf={"workers": {"mqtt": 2}}, broker=broker).wait_ready()
+    before = {(w["role"], w["slot"]): w["pid"] for w in h.workers()}
+
+    # Broken: an unknown key on line 3 of the [workers] section.
+    good = open(h.conf_path).read()
+    with open(h.conf_path, "w") as f:
+        f.write(good.replace("[workers]\n", "[workers]\nbogus_key = 1\n"))
+    h.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed, keeping the running configuration" in h.log_text(), 5,
+             what="the reload error in the log")
+    assert 'unknown key "bogus_key"' in h.log_text()
+    assert h.conf_path + ":" in h.log_text()
+    assert {(w["role"], w["slot"]): w["pid"] for w in h.workers()} == before
+    assert h.all_ready()
+
+    # Good: three mqtt workers and debug logging.
+    h.sections["workers"]["mqtt"] = 3
+    h.sections["herald"]["log_level"] = "debug"
+    h.write()
+    h.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: h.worker("mqtt", 2) and h.worker("mqtt", 2)["state"] == "ready", 5,
+             what="the third mqtt worker")
+    assert "configuration reloaded" in h.log_text()
+    after = {(w["role"], w["slot"]): w["pid"] for w in h.workers()}
+    for k, pid in before.items():
+        assert after[k] == pid, (k, pid, after)   # nothing else restarted
+    h.ctl("workers")
+    wait_for(lambda: "debug: admin: workers" in h.log_text(), 5, what="debug logging")
+
+    # Back to one mqtt worker through the admin socket.
+    h.sections["workers"]["mqtt"] = 1
+    h.write()
+    assert h.ctl("reload")["ok"] is True
+    wait_for(lambda: len([w for w in h.workers() if w["role"] == "mqtt"]) == 1, 5,
+             what="surplus mqtt workers to stop")
+    # A broken file through the admin socket: an error answer, still running.
+    with open(h.conf_path, "a") as f:
+        f.write("[nosuch]\n")
+    r = h.ctl("reload", check=False)
+    assert r["ok"] is False and "nosuch" in r["error"]["message"], r
+    assert h.stop() == 0
+
+
+if __name__ == "__main__":
+    main(test_reload)

@@ -1,0 +1,345 @@
+"""
+Helpers for herald's integration tests: start the real Mosquitto, the real
+herald and a recording HTTP backend on free ports, wait for conditions with
+deadlines, and clean every process up.  A test file calls main(test_fn, ...):
+exit 0 = pass, 1 = fail, 77 = skip (automake's convention).
+"""
+import atexit
+import base64
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+
+BUILDDIR = os.environ.get("HERALD_BUILDDIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+SRCDIR = os.environ.get("HERALD_SRCDIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+HERALD = os.path.join(BUILDDIR, "herald")
+HERALDCTL = os.path.join(BUILDDIR, "heraldctl")
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+_cleanups = []
+
+
+class Skip(Exception):
+    pass
+
+
+def log(*a):
+    print("#", *a, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_for(cond, timeout=10.0, interval=0.02, what="condition"):
+    """Poll cond() until it returns a truthy value; fail after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            last = cond()
+        except Exception as e:  # a condition may race with a restart
+            last = None
+            err = e
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class TmpDir:
+    def __init__(self):
+        # Short paths: unix socket paths are limited to 107 bytes.
+        self.path = tempfile.mkdtemp(prefix="hrld.", dir="/tmp")
+        _cleanups.append(self.remove)
+
+    def join(self, *p):
+        return os.path.join(self.path, *p)
+
+    def remove(self):
+        if os.environ.get("HERALD_KEEP_TMP"):
+            log("kept", self.path)
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+class Mosquitto:
+    """A real broker on a free loopback port."""
+
+    def __init__(self, tmp, extra=""):
+        self.port = free_port()
+        self.dir = tmp.join("mosquitto")
+        os.makedirs(self.dir, exist_ok=True)
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write("listener %d 127.0.0.1\nallow_anonymous true\n"
+                    "max_queued_messages 1000000\nmax_inflight_messages 100\n"
+                    "set_tcp_nodelay true\npersistence false\n"
+                    "sys_interval 1\n%s" % (self.port, extra))
+        self.logf = open(os.path.join(self.dir, "mosquitto.log"), "w")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=self.logf,
+                                     stderr=subprocess.STDOUT)
+        _cleanups.append(self.stop)
+        wait_for(lambda: port_open(self.port), 10, what="mosquitto to listen")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Backend:
+    """A recording HTTP backend.  `respond(handler, body) -> (status, headers)`
+    decides each answer; the default accepts with 204."""
+
+    def __init__(self, secret=None, respond=None):
+        self.lock = threading.Lock()
+        self.posts = []          # (time, headers dict, body bytes, status answered)
+        self.envelopes = []      # every envelope accepted with 2xx
+        self.secret = secret
+        self.respond = respond
+        self.bad_signatures = 0
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n)
+                status, headers = 204, {}
+                if backend.respond:
+                    status, headers = backend.respond(self, body)
+                if backend.secret and not backend.check_signature(self.headers, body):
+                    backend.bad_signatures += 1
+                with backend.lock:
+                    backend.posts.append((time.monotonic(), dict(self.headers), body, status))
+                    if 200 <= status < 300:
+                        doc = json.loads(body)
+                        backend.envelopes.extend(doc if isinstance(doc, list) else [doc])
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d/ingest" % self.port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        _cleanups.append(self.stop)
+
+    def check_signature(self, headers, body):
+        secret = self.secret
+        key = base64.b64decode(secret[6:]) if secret.startswith("whsec_") else secret.encode()
+        mid, ts, sig = (headers.get("webhook-id"), headers.get("webhook-timestamp"),
+                        headers.get("webhook-signature"))
+        if not (mid and ts and sig):
+            return False
+        want = base64.b64encode(hmac.new(key, b"%s.%s.%s" % (mid.encode(), ts.encode(), body),
+                                         hashlib.sha256).digest()).decode()
+        return any(s == "v1," + want for s in sig.split())
+
+    def delivered(self):
+        with self.lock:
+            return list(self.envelopes)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+DEFAULT_CONF = {
+    "herald": {"node_name": "test-node", "log_level": "info"},
+    "workers": {"mqtt": 2, "ping_interval_ms": 300, "ping_timeout_ms": 2000,
+                "stop_timeout_ms": 5000},
+    "mqtt": {"host": "127.0.0.1"},
+    "api": {"tokens": "test-token-1"},
+    "backend": {"url": "http://127.0.0.1:9/unused"},
+    "spool": {"fsync": "off"},
+}
+
+
+def write_conf(path, sections):
+    with open(path, "w") as f:
+        for sec, kv in sections.items():
+            f.write("[%s]\n" % sec)
+            for k, v in kv.items():
+                f.write("%s = %s\n" % (k, v))
+
+
+class Herald:
+    """The real herald, in its own process group."""
+
+    def __init__(self, tmp, conf=None, env=None, broker=None, backend=None, start=True):
+        self.tmp = tmp
+        self.conf_path = tmp.join("herald.conf")
+        self.sections = json.loads(json.dumps(DEFAULT_CONF))
+        self.sections["herald"]["state_dir"] = tmp.join("state")
+        self.sections["herald"]["run_dir"] = tmp.join("run")
+        self.sections["admin"] = {"socket": tmp.join("run", "admin.sock")}
+        self.sections["api"]["listen"] = "127.0.0.1:%d" % free_port()
+        if broker:
+            self.sections["mqtt"]["port"] = broker.port
+        if backend:
+            self.sections["backend"]["url"] = backend.url
+        for sec, kv in (conf or {}).items():
+            self.sections.setdefault(sec, {}).update(kv)
+        self.write()
+        self.env = dict(os.environ)
+        self.env.update(env or {})
+        self.proc = None
+        self.logpath = tmp.join("herald.log")
+        _cleanups.append(self.kill_all)
+        if start:
+            self.start()
+
+    @property
+    def admin_socket(self):
+        return self.sections["admin"]["socket"]
+
+    @property
+    def api_url(self):
+        return "http://" + self.sections["api"]["listen"]
+
+    def write(self):
+        write_conf(self.conf_path, self.sections)
+
+    def start(self):
+        self.logf = open(self.logpath, "a")
+        self.proc = subprocess.Popen([HERALD, "-c", self.conf_path], stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True)
+        self.pgid = self.proc.pid
+        return self
+
+    def log_text(self):
+        with open(self.logpath, errors="replace") as f:
+            return f.read()
+
+    def ctl(self, *args, check=True, timeout=10):
+        r = subprocess.run([HERALDCTL, "-s", self.admin_socket, "-j"] + list(args),
+                           capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise AssertionError("heraldctl %s failed (%d): %s %s" % (
+                " ".join(args), r.returncode, r.stdout, r.stderr))
+        return json.loads(r.stdout) if r.stdout.strip() else None
+
+    def workers(self):
+        return self.ctl("workers")["workers"]
+
+    def worker(self, role, slot=0):
+        for w in self.workers():
+            if w["role"] == role and w["slot"] == slot:
+                return w
+        return None
+
+    def expected_workers(self):
+        return 4 + int(self.sections["workers"].get("mqtt", 2))
+
+    def all_ready(self):
+        try:
+            ws = [w for w in self.workers() if w["role"] != "supervisor"]
+        except Exception:
+            return False
+        return len(ws) == self.expected_workers() and all(w["state"] == "ready" for w in ws)
+
+    def wait_ready(self, timeout=15):
+        wait_for(self.all_ready, timeout, 0.05, "every herald worker to be ready")
+        return self
+
+    def pids(self):
+        """Every live process of herald's process group."""
+        out = subprocess.run(["pgrep", "-g", str(self.pgid)], capture_output=True, text=True)
+        return [int(p) for p in out.stdout.split()]
+
+    def stop(self, timeout=20):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout)
+        return self.proc.returncode
+
+    def kill_all(self):
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(5)
+        except Exception:
+            pass
+
+
+def cleanup():
+    for fn in reversed(_cleanups):
+        try:
+            fn()
+        except Exception:
+            pass
+    _cleanups.clear()
+
+
+atexit.register(cleanup)
+
+
+def main(*tests):
+    """Run each test function; print one line per test; exit 0/1/77."""
+    if not os.access(HERALD, os.X_OK):
+        print("SKIP: %s not built" % HERALD)
+        sys.exit(77)
+    failed = 0
+    for t in tests:
+        t0 = time.monotonic()
+        try:
+            t()
+            print("ok - %s (%.1fs)" % (t.__name__, time.monotonic() - t0), flush=True)
+        except Skip as e:
+            print("skip - %s: %s" % (t.__name__, e), flush=True)
+        except Exception:
+            failed += 1
+            print("FAIL - %s (%.1fs)" % (t.__name__, time.monotonic() - t0), flush=True)
+            traceback.print_exc()
+            for c in list(_cleanups):
+                owner = getattr(c, "__self__", None)
+                if isinstance(owner, Herald) and os.path.exists(owner.logpath):
+                    print("---- herald log (last 60 lines) ----")
+                    print("\n".join(owner.log_text().splitlines()[-60:]))
+        finally:
+            cleanup()
+    sys.exit(1 if failed else 0)

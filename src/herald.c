@@ -89,10 +89,12 @@ main(int argc, char **argv)
 		return 1;
 	if (config_load(cf, path, err, sizeof(err)) == -1) {
 		fprintf(stderr, "%s\n", err);
+		free(cf);
 		return 1;
 	}
 	if (check) {
 		printf("%s: configuration is valid\n", path);
+		free(cf);
 		return 0;
 	}
 	log_set_level(cf->log_level);

@@ -640,5 +640,6 @@ supervisor_run(struct config *cf, struct stats_region *stats)
 	event_free(s->tick);
 	event_base_free(s->base);
 	log_notice("stopped%s", s->exit_code ? " after a fatal worker error" : "");
+	free(s->cf);    /* ours since the start: reloads replace it */
 	return s->exit_code;
 }

@@ -57,6 +57,7 @@ struct supervisor {
 	struct event        *sigev;
 };
 
+/* Takes ownership of cf (a reload replaces it). Returns herald's exit code. */
 int  supervisor_run(struct config *cf, struct stats_region *stats);
 
 /* Used by the admin socket. */

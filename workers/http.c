@@ -1,9 +1,1578 @@
-/* herald http worker (stub until its issue lands). */
+/*
+ * The http worker: commits envelopes to the spool, acknowledges them to
+ * their outbox only after the commit, and delivers them to the backend with
+ * libcurl's multi_socket API on the worker's libevent loop, one POST in
+ * flight per lane (lane = device hash) so each device's order holds.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+#include <jansson.h>
+#include <sodium.h>
+
+#include "log.h"
+#include "proto.h"
+#include "util.h"
 #include "worker.h"
 #include "workers.h"
+#include "spool.h"
+
+#define HTTP_LINGER_MS          5       /* wait this long for a batch to fill */
+#define HTTP_BACKOFF_MIN_MS     200
+#define HTTP_BACKOFF_MAX_MS     30000
+#define HTTP_RETRY_AFTER_MAX_MS 3600000
+#define HTTP_DETAIL_MAX         SPOOL_DETAIL_MAX
+#define HTTP_BATCH_OPS          1024    /* spool changes per write transaction */
+#define HTTP_DRAIN_MS           2000    /* in-flight POSTs may finish at stop */
+#define HTTP_TICK_MS            1000
+#define HTTP_PAUSE_RESEND_MS    10000   /* a restarted router must learn it */
+#define HTTP_LOW_WATER_PCT      80
+#define HTTP_LIST_DEFAULT       100
+#define HTTP_KEY_MAX            256
+
+enum lane_state { LANE_IDLE, LANE_LINGER, LANE_SENDING, LANE_BACKOFF };
+
+static const char *lane_state_names[] = { "idle", "idle", "sending", "backoff" };
+
+struct http;
+
+struct lane {
+	struct http       *h;
+	int                idx;
+	uint64_t          *q;           /* ring of spool sequences, oldest first */
+	size_t             cap, head, n;
+	enum lane_state    state;
+	size_t             inflight;    /* the first `inflight` of q are in the POST */
+	bool               array;       /* the body is a JSON array */
+	CURL              *easy;
+	struct curl_slist *hdrs;
+	char              *body;
+	size_t             bodylen, bodycap;
+	char               whid[SPOOL_ID_MAX + 16];
+	char               resp[HTTP_DETAIL_MAX];
+	size_t             resplen;
+	int64_t            retry_after_ms;      /* -1: the answer had none */
+	int                attempt;
+	int64_t            next_retry_ms;       /* mono */
+	struct event      *timer;               /* linger and backoff */
+	char               errbuf[CURL_ERROR_SIZE];
+};
+
+/* An acknowledgement owed once the batch is committed. */
+struct pend_ack {
+	uint32_t slot;
+	uint64_t epoch;
+	uint64_t seq;
+	size_t   order;
+};
+
+/* A new spool entry that enters its lane once the batch is committed. */
+struct pend_new {
+	uint64_t seq;
+	int      lane;
+};
+
+struct http_sock {
+	struct http  *h;
+	struct event *ev;
+};
+
+struct http {
+	struct worker   *w;
+	struct spool    *sp;
+	CURLM           *multi;
+	struct event    *curl_timer;
+	struct lane     *lanes;
+	int              nlanes;
+	int              sending;       /* lanes with a POST in flight */
+	int              want_lanes;    /* a concurrency change waits for quiet lanes */
+	/* the loop pass's write transaction */
+	struct event    *commit_ev;
+	size_t           ops;
+	struct pend_ack *acks;
+	size_t           nacks, ackcap;
+	struct pend_new *news;
+	size_t           nnews, newcap;
+	/* backpressure */
+	bool             paused;
+	int64_t          pause_sent_ms;
+	uint64_t         refused_full;  /* puts refused: the map was full */
+	struct event    *tick;
+	bool             stopping;
+	bool             fatal;
+	struct event    *drain_ev;
+	unsigned char    key[HTTP_KEY_MAX];
+	size_t           keylen;
+};
+
+static struct http http_state;
+
+static void http_flush(struct http *h);
+static void http_finish(struct http *h);
+static void http_relane(struct http *h);
+static void lane_kick(struct lane *l);
+
+/* Arm a timer ms from now. */
+static void
+http_after(struct event *ev, int64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+
+	evtimer_add(ev, &tv);
+}
+
+static int
+http_batch_max(const struct http *h)
+{
+	int b = h->w->cf->batch_max;
+
+	return b < 1 ? 1 : b;
+}
+
+/* The spool failed under us: what is not committed was not acknowledged,
+ * so a restart from what is on disk loses nothing. */
+static void
+http_fatal(struct http *h, const char *what)
+{
+	if (h->fatal)
+		return;
+	h->fatal = true;
+	log_err("spool failure (%s): restarting from the committed state", what);
+	worker_exit(h->w, 1);
+}
+
+/* The signing key: the decoded bytes of "whsec_<base64>", else the text. */
+static int
+http_key(struct http *h, const char *secret)
+{
+	size_t len = strlen(secret), bin;
+
+	if (strncmp(secret, "whsec_", 6) == 0) {
+		if (sodium_base642bin(h->key, sizeof(h->key), secret + 6, len - 6, NULL,
+		    &bin, NULL, sodium_base64_VARIANT_ORIGINAL) != 0 || bin == 0) {
+			log_err("[backend] secret: whsec_ value is not valid base64");
+			return -1;
+		}
+		h->keylen = bin;
+		return 0;
+	}
+	if (len > sizeof(h->key))
+		len = sizeof(h->key);
+	memcpy(h->key, secret, len);
+	h->keylen = len;
+	return 0;
+}
+
+/* ---- lanes: FIFO rings of spool sequences ---- */
+
+static int
+lane_push(struct lane *l, uint64_t seq)
+{
+	if (l->n == l->cap) {
+		size_t ncap = l->cap ? l->cap * 2 : 64;
+		uint64_t *q = malloc(ncap * sizeof(*q));
+
+		if (q == NULL)
+			return -1;
+		for (size_t i = 0; i < l->n; i++)
+			q[i] = l->q[(l->head + i) % l->cap];
+		free(l->q);
+		l->q = q;
+		l->cap = ncap;
+		l->head = 0;
+	}
+	l->q[(l->head + l->n) % l->cap] = seq;
+	l->n++;
+	return 0;
+}
+
+static uint64_t
+lane_at(const struct lane *l, size_t i)
+{
+	return l->q[(l->head + i) % l->cap];
+}
+
+static void
+lane_pop(struct lane *l, size_t k)
+{
+	if (k > l->n)
+		k = l->n;
+	l->head = (l->head + k) % (l->cap ? l->cap : 1);
+	l->n -= k;
+	if (l->n == 0 && l->cap > 65536) {
+		/* A backlog drained: give its memory back. */
+		free(l->q);
+		l->q = NULL;
+		l->cap = l->head = 0;
+	}
+}
+
+static int
+lane_of(const struct http *h, const char *dev, size_t len)
+{
+	return (int)(hash32(dev, len) % (uint32_t)h->nlanes);
+}
+
+static void
+http_gauge_retrying(struct http *h)
+{
+	int n = 0;
+
+	for (int i = 0; i < h->nlanes; i++)
+		n += h->lanes[i].state == LANE_BACKOFF;
+	worker_gauge(h->w, GAUGE_spool_retrying, n);
+}
+
+/* ---- backpressure and gauges ---- */
+
+static void
+http_say(struct http *h, enum hm_type type)
+{
+	struct hmw m;
+	int rc;
+
+	hmw_init(&m, type);
+	rc = worker_send(h->w, NULL, &m);
+	hmw_free(&m);
+	if (type == HM_FAB_PAUSE) {
+		h->pause_sent_ms = mono_ms();
+		if (rc == -1)
+			h->pause_sent_ms -= HTTP_PAUSE_RESEND_MS;  /* try again next tick */
+	}
+}
+
+static void
+http_pressure(struct http *h, const struct spool_stats *st)
+{
+	uint64_t max = h->w->cf->spool_max_bytes;
+
+	if (!h->paused && st->bytes >= max) {
+		h->paused = true;
+		worker_count(h->w, STAT_backpressure, 1);
+		worker_gauge(h->w, GAUGE_paused, 1);
+		log_warn("spool at its quota (%llu of %llu bytes): pausing device reading",
+		    (unsigned long long)st->bytes, (unsigned long long)max);
+		http_say(h, HM_FAB_PAUSE);
+	} else if (h->paused && st->bytes < max / 100 * HTTP_LOW_WATER_PCT) {
+		h->paused = false;
+		worker_gauge(h->w, GAUGE_paused, 0);
+		log_notice("spool below %d%% of its quota: resuming device reading",
+		    HTTP_LOW_WATER_PCT);
+		http_say(h, HM_FAB_RESUME);
+	}
+}
+
+static void
+http_gauges(struct http *h)
+{
+	struct spool_stats st;
+
+	if (h->sp == NULL)
+		return;
+	spool_stats(h->sp, &st);
+	worker_gauge(h->w, GAUGE_spool_depth, (int64_t)st.depth);
+	worker_gauge(h->w, GAUGE_spool_bytes, (int64_t)st.bytes);
+	worker_gauge(h->w, GAUGE_spool_oldest_ms, st.oldest_ms);
+	worker_gauge(h->w, GAUGE_dead_depth, (int64_t)st.dead_depth);
+	http_pressure(h, &st);
+}
+
+/* ---- the pass's write transaction ---- */
+
+static void
+http_commit_event(evutil_socket_t fd, short what, void *arg)
+{
+	http_flush(arg);
+}
+
+static int
+http_batch(struct http *h)
+{
+	if (h->sp == NULL || h->fatal)
+		return -1;
+	if (spool_in_batch(h->sp))
+		return 0;
+	if (spool_begin(h->sp) != SPOOL_OK) {
+		http_fatal(h, "begin");
+		return -1;
+	}
+	/* Commit once the loop has run what is ready now: one sync per pass. */
+	event_active(h->commit_ev, EV_TIMEOUT, 0);
+	return 0;
+}
+
+/*
+ * One more change in the batch.  Only the fabric handlers commit early (at
+ * HTTP_BATCH_OPS): a commit kicks lanes, which must not happen while a lane's
+ * own answer is being handled.
+ */
+static void
+http_op_done(struct http *h, bool may_flush)
+{
+	if (++h->ops >= HTTP_BATCH_OPS && may_flush)
+		http_flush(h);
+}
+
+static int
+pend_cmp(const void *a, const void *b)
+{
+	const struct pend_ack *x = a, *y = b;
+
+	if (x->slot != y->slot)
+		return x->slot < y->slot ? -1 : 1;
+	if (x->epoch != y->epoch)
+		return x->epoch < y->epoch ? -1 : 1;
+	return x->order < y->order ? -1 : x->order > y->order;
+}
+
+static void
+http_owe_ack(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq)
+{
+	if (slot == PROTO_SLOT_NONE)
+		return;
+	if (h->nacks == h->ackcap) {
+		size_t n = h->ackcap ? h->ackcap * 2 : 256;
+		struct pend_ack *p = realloc(h->acks, n * sizeof(*p));
+		if (p == NULL) {
+			/* Not acknowledged: the outbox resends, the spool drops the copy. */
+			log_ratelimited(LOG_ERR, "out of memory for acknowledgements");
+			return;
+		}
+		h->acks = p;
+		h->ackcap = n;
+	}
+	h->acks[h->nacks] = (struct pend_ack){ slot, epoch, seq, h->nacks };
+	h->nacks++;
+}
+
+static void
+http_send_acks(struct http *h)
+{
+	static struct msg_ack ack;
+	struct hmw m;
+
+	qsort(h->acks, h->nacks, sizeof(*h->acks), pend_cmp);
+	for (size_t i = 0; i < h->nacks; ) {
+		ack.slot = h->acks[i].slot;
+		ack.epoch = h->acks[i].epoch;
+		ack.n = 0;
+		while (i < h->nacks && ack.n < ACK_MAX && h->acks[i].slot == ack.slot &&
+		    h->acks[i].epoch == ack.epoch)
+			ack.seqs[ack.n++] = h->acks[i++].seq;
+		hmw_init(&m, HM_FAB_ACK);
+		proto_write_ack(&m, &ack);
+		/* The router passes it to mqtt.<slot> (or keeps it, PROTO_SLOT_ROUTER).
+		 * A lost ack means a resend, which the spool drops as a duplicate. */
+		worker_send(h->w, NULL, &m);
+		hmw_free(&m);
+	}
+	h->nacks = 0;
+}
+
+static void
+http_add_new(struct http *h, uint64_t seq, int lane)
+{
+	if (h->nnews == h->newcap) {
+		size_t n = h->newcap ? h->newcap * 2 : 256;
+		struct pend_new *p = realloc(h->news, n * sizeof(*p));
+		if (p == NULL) {
+			http_fatal(h, "out of memory");
+			return;
+		}
+		h->news = p;
+		h->newcap = n;
+	}
+	h->news[h->nnews++] = (struct pend_new){ seq, lane };
+}
+
+static void
+http_flush(struct http *h)
+{
+	uint64_t cutoff = UINT64_MAX;
+	int rc;
+
+	if (h->sp == NULL || h->fatal || !spool_in_batch(h->sp))
+		return;
+	rc = spool_commit(h->sp);
+	h->ops = 0;
+	if (rc == SPOOL_ERR) {
+		h->nacks = h->nnews = 0;
+		http_fatal(h, "commit");
+		return;
+	}
+	if (rc == SPOOL_FULL) {
+		/* The newest puts did not fit: none of this pass is acknowledged
+		 * (each comes again and is acked as a duplicate). */
+		cutoff = spool_next_seq(h->sp);
+		for (size_t i = 0; i < h->nnews; i++)
+			h->refused_full += h->news[i].seq >= cutoff;
+		log_ratelimited(LOG_WARNING, "spool map full: %zu acknowledgements held back",
+		    h->nacks);
+		h->nacks = 0;
+	} else {
+		http_send_acks(h);
+	}
+	for (size_t i = 0; i < h->nnews; i++) {
+		struct pend_new *p = &h->news[i];
+
+		if (p->seq >= cutoff || p->lane >= h->nlanes)
+			continue;
+		if (lane_push(&h->lanes[p->lane], p->seq) == -1) {
+			http_fatal(h, "out of memory");
+			return;
+		}
+	}
+	for (size_t i = 0; i < h->nnews; i++)
+		if (h->news[i].lane < h->nlanes)
+			lane_kick(&h->lanes[h->news[i].lane]);
+	h->nnews = 0;
+	http_gauges(h);
+}
+
+/* ---- signing and POSTs ---- */
+
+static int
+http_hdr(struct lane *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static int
+http_hdr(struct lane *l, const char *fmt, ...)
+{
+	char line[512];
+	struct curl_slist *n;
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if ((n = curl_slist_append(l->hdrs, line)) == NULL)
+		return -1;
+	l->hdrs = n;
+	return 0;
+}
+
+/* Standard Webhooks: v1,base64(HMAC-SHA256(key, id "." timestamp "." body)). */
+static void
+http_sign(const struct http *h, const char *id, const char *ts, const char *body,
+    size_t len, char *out, size_t outlen)
+{
+	crypto_auth_hmacsha256_state st;
+	unsigned char mac[crypto_auth_hmacsha256_BYTES];
+
+	crypto_auth_hmacsha256_init(&st, h->key, h->keylen);
+	crypto_auth_hmacsha256_update(&st, (const unsigned char *)id, strlen(id));
+	crypto_auth_hmacsha256_update(&st, (const unsigned char *)".", 1);
+	crypto_auth_hmacsha256_update(&st, (const unsigned char *)ts, strlen(ts));
+	crypto_auth_hmacsha256_update(&st, (const unsigned char *)".", 1);
+	crypto_auth_hmacsha256_update(&st, (const unsigned char *)body, len);
+	crypto_auth_hmacsha256_final(&st, mac);
+	sodium_bin2base64(out, outlen, mac, sizeof(mac), sodium_base64_VARIANT_ORIGINAL);
+}
+
+static int
+body_add(struct lane *l, const char *p, size_t len)
+{
+	if (l->bodylen + len > l->bodycap) {
+		size_t n = l->bodycap ? l->bodycap : 4096;
+		char *b;
+
+		while (n < l->bodylen + len)
+			n *= 2;
+		if ((b = realloc(l->body, n)) == NULL)
+			return -1;
+		l->body = b;
+		l->bodycap = n;
+	}
+	memcpy(l->body + l->bodylen, p, len);
+	l->bodylen += len;
+	return 0;
+}
+
+/* Send (or send again) the lane's batch: fresh timestamp and signature. */
+static void
+lane_post(struct lane *l)
+{
+	struct http *h = l->h;
+	const struct config *cf = h->w->cf;
+	char ts[24], sig[crypto_auth_hmacsha256_BYTES * 2 + 8];
+	CURLMcode mc;
+
+	curl_slist_free_all(l->hdrs);
+	l->hdrs = NULL;
+	if (http_hdr(l, "Content-Type: application/json") == -1 ||
+	    http_hdr(l, "Expect:") == -1)
+		goto nomem;
+	if (cf->backend_secret[0] != '\0') {
+		snprintf(ts, sizeof(ts), "%lld", (long long)(now_ms() / 1000));
+		http_sign(h, l->whid, ts, l->body, l->bodylen, sig, sizeof(sig));
+		if (http_hdr(l, "webhook-id: %s", l->whid) == -1 ||
+		    http_hdr(l, "webhook-timestamp: %s", ts) == -1 ||
+		    http_hdr(l, "webhook-signature: v1,%s", sig) == -1)
+			goto nomem;
+	}
+	curl_easy_setopt(l->easy, CURLOPT_URL, cf->backend_url);
+	curl_easy_setopt(l->easy, CURLOPT_TIMEOUT_MS, (long)cf->timeout_ms);
+	curl_easy_setopt(l->easy, CURLOPT_HTTPHEADER, l->hdrs);
+	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->bodylen);
+	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDS, l->body);
+	l->resplen = 0;
+	l->retry_after_ms = -1;
+	l->errbuf[0] = '\0';
+	if ((mc = curl_multi_add_handle(h->multi, l->easy)) != CURLM_OK) {
+		log_ratelimited(LOG_ERR, "lane %d: %s", l->idx, curl_multi_strerror(mc));
+		goto retry_later;
+	}
+	l->state = LANE_SENDING;
+	h->sending++;
+	worker_count(h->w, STAT_http_requests, 1);
+	return;
+nomem:
+	log_ratelimited(LOG_ERR, "lane %d: out of memory for headers", l->idx);
+retry_later:
+	l->state = LANE_BACKOFF;
+	l->next_retry_ms = mono_ms() + HTTP_BACKOFF_MIN_MS;
+	http_after(l->timer, HTTP_BACKOFF_MIN_MS);
+}
+
+/* Build the body from the head of the lane and post it. */
+static void
+lane_start(struct lane *l)
+{
+	struct http *h = l->h;
+	int bmax = http_batch_max(h);
+	size_t k = l->n < (size_t)bmax ? l->n : (size_t)bmax, took = 0;
+	struct spool_rec r;
+
+	l->array = bmax > 1;
+	l->bodylen = 0;
+	if (l->array && body_add(l, "[", 1) == -1)
+		goto nomem;
+	while (took < k && l->n > took) {
+		uint64_t seq = lane_at(l, took);
+		int rc = spool_get(h->sp, seq, &r);
+
+		if (rc != SPOOL_OK) {
+			/* Not there (or unreadable): nothing to deliver for it. */
+			log_ratelimited(LOG_ERR, "lane %d: spool entry %llu %s, skipped",
+			    l->idx, (unsigned long long)seq,
+			    rc == SPOOL_NOTFOUND ? "missing" : "unreadable");
+			if (rc == SPOOL_ERR) {
+				http_fatal(h, "read");
+				return;
+			}
+			if (rc == SPOOL_INVAL && http_batch(h) == 0) {
+				spool_del(h->sp, seq);
+				http_op_done(h, false);
+			}
+			/* Drop it from the ring, keeping what is already taken. */
+			for (size_t i = took; i > 0; i--)
+				l->q[(l->head + i) % l->cap] = lane_at(l, i - 1);
+			lane_pop(l, 1);
+			if (k > l->n)
+				k = l->n;
+			continue;
+		}
+		if (took == 0)
+			snprintf(l->whid, sizeof(l->whid), "%.*s", (int)r.idlen, r.id);
+		if ((took > 0 && body_add(l, ",", 1) == -1) ||
+		    body_add(l, r.json, r.jsonlen) == -1)
+			goto nomem;
+		took++;
+	}
+	if (took == 0) {
+		l->state = LANE_IDLE;
+		return;
+	}
+	if (l->array) {
+		if (body_add(l, "]", 1) == -1)
+			goto nomem;
+		size_t idl = strlen(l->whid);
+		snprintf(l->whid + idl, sizeof(l->whid) - idl, ".%zu", took);
+	}
+	l->inflight = took;
+	l->attempt = 0;
+	lane_post(l);
+	return;
+nomem:
+	log_ratelimited(LOG_ERR, "lane %d: out of memory for a body", l->idx);
+	l->state = LANE_BACKOFF;
+	l->inflight = 0;
+	l->next_retry_ms = mono_ms() + HTTP_BACKOFF_MIN_MS;
+	http_after(l->timer, HTTP_BACKOFF_MIN_MS);
+}
+
+static void
+lane_kick(struct lane *l)
+{
+	struct http *h = l->h;
+	int bmax = http_batch_max(h);
+
+	/* While lanes are to be rebuilt, let the POSTs in flight end first. */
+	if (h->stopping || h->fatal || h->sp == NULL || l->n == 0 || h->want_lanes > 0)
+		return;
+	if (l->state == LANE_LINGER) {
+		if (l->n < (size_t)bmax)
+			return;
+		evtimer_del(l->timer);
+	} else if (l->state != LANE_IDLE) {
+		return;
+	} else if (bmax > 1 && l->n < (size_t)bmax) {
+		/* Give the batch a moment to fill. */
+		l->state = LANE_LINGER;
+		http_after(l->timer, HTTP_LINGER_MS);
+		return;
+	}
+	l->state = LANE_IDLE;
+	lane_start(l);
+}
+
+static void
+lane_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct lane *l = arg;
+	struct http *h = l->h;
+	enum lane_state was = l->state;
+
+	if (h->stopping || h->fatal || h->sp == NULL)
+		return;
+	l->state = LANE_IDLE;
+	if (h->want_lanes > 0) {
+		http_gauge_retrying(h);
+		http_relane(h);
+		return;
+	}
+	if (was == LANE_BACKOFF) {
+		http_gauge_retrying(h);
+		if (l->inflight > 0) {
+			lane_post(l);
+			return;
+		}
+	}
+	if (l->n > 0)
+		lane_start(l);
+}
+
+/* ---- answers ---- */
+
+static void
+lane_delivered(struct lane *l)
+{
+	struct http *h = l->h;
+
+	if (http_batch(h) == -1)
+		return;
+	for (size_t i = 0; i < l->inflight && i < l->n; i++) {
+		if (spool_del(h->sp, lane_at(l, i)) == SPOOL_ERR) {
+			http_fatal(h, "delete");
+			return;
+		}
+		http_op_done(h, false);
+	}
+	worker_count(h->w, STAT_delivered, l->inflight);
+	lane_pop(l, l->inflight);
+	l->inflight = 0;
+	l->attempt = 0;
+}
+
+/* The envelope's topic, for the dead-letter record (absent for requests). */
+static size_t
+http_topic(const char *json, size_t len, char *out, size_t outlen)
+{
+	json_t *root = json_loadb(json, len, 0, NULL);
+	const char *t = root ? json_string_value(json_object_get(root, "topic")) : NULL;
+	size_t n = 0;
+
+	if (t != NULL)
+		n = strlcpy_h(out, t, outlen);
+	json_decref(root);
+	return n < outlen ? n : outlen - 1;
+}
+
+static void
+lane_dead(struct lane *l, long status)
+{
+	struct http *h = l->h;
+	char reason[32], topic[512];
+	struct spool_rec r;
+	size_t tlen;
+
+	snprintf(reason, sizeof(reason), "http_%ld", status);
+	log_ratelimited(LOG_WARNING, "backend answered %ld: %zu envelope(s) to the "
+	    "dead-letter store (%s)", status, l->inflight, l->whid);
+	if (http_batch(h) == -1)
+		return;
+	for (size_t i = 0; i < l->inflight && i < l->n; i++) {
+		uint64_t seq = lane_at(l, i);
+
+		tlen = 0;
+		topic[0] = '\0';
+		if (spool_get(h->sp, seq, &r) == SPOOL_OK)
+			tlen = http_topic(r.json, r.jsonlen, topic, sizeof(topic));
+		switch (spool_dead_move(h->sp, seq, reason, (int)status, l->resp,
+		    l->resplen, topic, tlen, now_ms())) {
+		case SPOOL_OK:
+			worker_count(h->w, STAT_deadlettered, 1);
+			break;
+		case SPOOL_NOTFOUND:
+			break;
+		default:
+			http_fatal(h, "dead-letter move");
+			return;
+		}
+		http_op_done(h, false);
+	}
+	lane_pop(l, l->inflight);
+	l->inflight = 0;
+	l->attempt = 0;
+}
+
+static void
+lane_retry(struct lane *l, CURLcode res, long status)
+{
+	struct http *h = l->h;
+	int64_t delay;
+
+	worker_count(h->w, STAT_http_retries, 1);
+	if (l->retry_after_ms >= 0) {
+		delay = l->retry_after_ms;
+		if (delay > HTTP_RETRY_AFTER_MAX_MS)
+			delay = HTTP_RETRY_AFTER_MAX_MS;
+	} else {
+		/* Exponential backoff with full jitter. */
+		int64_t cap = HTTP_BACKOFF_MIN_MS;
+
+		for (int i = 0; i < l->attempt && cap < HTTP_BACKOFF_MAX_MS; i++)
+			cap *= 2;
+		if (cap > HTTP_BACKOFF_MAX_MS)
+			cap = HTTP_BACKOFF_MAX_MS;
+		delay = (int64_t)randombytes_uniform((uint32_t)cap + 1);
+	}
+	if (l->attempt < 64)
+		l->attempt++;
+	if (res != CURLE_OK)
+		log_ratelimited(LOG_WARNING, "backend: %s; lane %d retries in %lld ms",
+		    l->errbuf[0] ? l->errbuf : curl_easy_strerror(res), l->idx,
+		    (long long)delay);
+	else
+		log_ratelimited(LOG_WARNING, "backend answered %ld; lane %d retries in "
+		    "%lld ms", status, l->idx, (long long)delay);
+	l->state = LANE_BACKOFF;
+	l->next_retry_ms = mono_ms() + delay;
+	http_after(l->timer, delay);
+	http_gauge_retrying(h);
+}
+
+static void
+lane_done(struct lane *l, CURLcode res)
+{
+	struct http *h = l->h;
+	long status = 0;
+
+	h->sending--;
+	l->state = LANE_IDLE;
+	curl_easy_getinfo(l->easy, CURLINFO_RESPONSE_CODE, &status);
+	if (h->sp == NULL || h->fatal)
+		return;
+	if (res == CURLE_OK && status >= 200 && status < 300)
+		lane_delivered(l);
+	else if (res == CURLE_OK && status >= 400 && status < 500 && status != 408 &&
+	    status != 429)
+		lane_dead(l, status);
+	else
+		lane_retry(l, res, status);
+	if (h->stopping) {
+		if (h->sending == 0)
+			http_finish(h);
+		return;
+	}
+	if (h->want_lanes > 0 && h->sending == 0)
+		http_relane(h);
+	else if (l->state == LANE_IDLE)
+		lane_kick(l);
+}
+
+/* ---- libcurl multi_socket on libevent ---- */
+
+static void
+http_check_multi(struct http *h)
+{
+	CURLMsg *msg;
+	int left;
+
+	while ((msg = curl_multi_info_read(h->multi, &left)) != NULL) {
+		CURL *e = msg->easy_handle;
+		CURLcode res = msg->data.result;
+		struct lane *l = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&l);
+		curl_multi_remove_handle(h->multi, e);
+		if (l != NULL)
+			lane_done(l, res);
+	}
+}
+
+static void
+http_sock_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct http *h = arg;
+	int running, flags = 0;
+
+	if (what & EV_READ)
+		flags |= CURL_CSELECT_IN;
+	if (what & EV_WRITE)
+		flags |= CURL_CSELECT_OUT;
+	curl_multi_socket_action(h->multi, fd, flags, &running);
+	http_check_multi(h);
+	if (running <= 0 && h->curl_timer != NULL)
+		evtimer_del(h->curl_timer);
+}
+
+static void
+http_timer_event(evutil_socket_t fd, short what, void *arg)
+{
+	struct http *h = arg;
+	int running;
+
+	curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	http_check_multi(h);
+}
+
+/* libcurl says which events it wants on a socket. */
+static int
+http_sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
+{
+	struct http *h = userp;
+	struct http_sock *hs = sockp;
+	short kind = EV_PERSIST;
+
+	if (what == CURL_POLL_REMOVE) {
+		if (hs != NULL) {
+			event_free(hs->ev);
+			free(hs);
+		}
+		return 0;
+	}
+	if (what & CURL_POLL_IN)
+		kind |= EV_READ;
+	if (what & CURL_POLL_OUT)
+		kind |= EV_WRITE;
+	if (hs == NULL) {
+		if ((hs = calloc(1, sizeof(*hs))) == NULL)
+			return -1;
+		hs->h = h;
+		curl_multi_assign(h->multi, fd, hs);
+	} else {
+		event_free(hs->ev);
+	}
+	hs->ev = event_new(h->w->base, fd, kind, http_sock_event, h);
+	if (hs->ev == NULL || event_add(hs->ev, NULL) == -1)
+		return -1;
+	return 0;
+}
+
+static int
+http_timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+	struct http *h = userp;
+
+	if (timeout_ms < 0) {
+		evtimer_del(h->curl_timer);
+		return 0;
+	}
+	/* Not socket_action from here: libcurl wants that from the loop. */
+	http_after(h->curl_timer, timeout_ms);
+	return 0;
+}
+
+static size_t
+http_write_cb(char *p, size_t size, size_t nmemb, void *arg)
+{
+	struct lane *l = arg;
+	size_t len = size * nmemb, room = sizeof(l->resp) - l->resplen;
+
+	if (room > 0) {
+		size_t c = len < room ? len : room;
+		memcpy(l->resp + l->resplen, p, c);
+		l->resplen += c;
+	}
+	return len;
+}
+
+/* Retry-After: delay-seconds or an HTTP date. */
+static size_t
+http_header_cb(char *p, size_t size, size_t nmemb, void *arg)
+{
+	struct lane *l = arg;
+	size_t len = size * nmemb;
+	char val[128];
+	size_t n;
+
+	if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
+		/* A new response (after a 100 Continue): forget the last one's. */
+		l->retry_after_ms = -1;
+		l->resplen = 0;
+		return len;
+	}
+	if (len <= 12 || strncasecmp(p, "Retry-After:", 12) != 0)
+		return len;
+	p += 12;
+	len -= 12;
+	while (len > 0 && (*p == ' ' || *p == '\t')) {
+		p++;
+		len--;
+	}
+	while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n' ||
+	    p[len - 1] == ' ' || p[len - 1] == '\t'))
+		len--;
+	if (len == 0 || len >= sizeof(val))
+		return size * nmemb;
+	memcpy(val, p, len);
+	val[len] = '\0';
+	n = strspn(val, "0123456789");
+	if (n == len) {
+		long long secs = n > 7 ? 9999999 : atoll(val);
+		l->retry_after_ms = secs * 1000;
+	} else {
+		time_t t = curl_getdate(val, NULL);
+		if (t != -1) {
+			int64_t d = ((int64_t)t - (int64_t)time(NULL)) * 1000;
+			l->retry_after_ms = d > 0 ? d : 0;
+		}
+	}
+	if (l->retry_after_ms > HTTP_RETRY_AFTER_MAX_MS)
+		l->retry_after_ms = HTTP_RETRY_AFTER_MAX_MS;
+	return size * nmemb;
+}
+
+/* ---- lanes: build, rebuild ---- */
+
+static int
+lane_init(struct http *h, struct lane *l, int idx)
+{
+	memset(l, 0, sizeof(*l));
+	l->h = h;
+	l->idx = idx;
+	l->retry_after_ms = -1;
+	l->timer = evtimer_new(h->w->base, lane_timer, l);
+	l->easy = curl_easy_init();
+	if (l->timer == NULL || l->easy == NULL)
+		return -1;
+	curl_easy_setopt(l->easy, CURLOPT_PRIVATE, (char *)l);
+	curl_easy_setopt(l->easy, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(l->easy, CURLOPT_WRITEFUNCTION, http_write_cb);
+	curl_easy_setopt(l->easy, CURLOPT_WRITEDATA, l);
+	curl_easy_setopt(l->easy, CURLOPT_HEADERFUNCTION, http_header_cb);
+	curl_easy_setopt(l->easy, CURLOPT_HEADERDATA, l);
+	curl_easy_setopt(l->easy, CURLOPT_ERRORBUFFER, l->errbuf);
+	curl_easy_setopt(l->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(l->easy, CURLOPT_USERAGENT, "herald");
+	curl_easy_setopt(l->easy, CURLOPT_FOLLOWLOCATION, 0L);
+	return 0;
+}
+
+static void
+lane_free(struct http *h, struct lane *l)
+{
+	if (l->easy != NULL) {
+		if (l->state == LANE_SENDING)
+			curl_multi_remove_handle(h->multi, l->easy);
+		curl_easy_cleanup(l->easy);
+	}
+	if (l->timer != NULL)
+		event_free(l->timer);
+	curl_slist_free_all(l->hdrs);
+	free(l->q);
+	free(l->body);
+	memset(l, 0, sizeof(*l));
+}
+
+static int
+lanes_fill(void *arg, const struct spool_rec *r)
+{
+	struct http *h = arg;
+
+	return lane_push(&h->lanes[lane_of(h, r->device, r->devlen)], r->seq);
+}
+
+/* Lanes from the spool's content, in sequence order (each device's order). */
+static int
+http_lanes(struct http *h, int n)
+{
+	if (n < 1)
+		n = 1;
+	if ((h->lanes = calloc((size_t)n, sizeof(*h->lanes))) == NULL)
+		return -1;
+	h->nlanes = n;
+	for (int i = 0; i < n; i++)
+		if (lane_init(h, &h->lanes[i], i) == -1)
+			return -1;
+	if (spool_foreach(h->sp, lanes_fill, h) < 0)
+		return -1;
+	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)(2 * n + 4));
+	return 0;
+}
+
+static void
+http_lanes_free(struct http *h)
+{
+	for (int i = 0; i < h->nlanes; i++)
+		lane_free(h, &h->lanes[i]);
+	free(h->lanes);
+	h->lanes = NULL;
+	h->nlanes = 0;
+}
+
+/* A new concurrency: only with no POST in flight (lanes map devices). */
+static void
+http_relane(struct http *h)
+{
+	int n = h->want_lanes;
+
+	if (n <= 0 || h->sending > 0 || h->sp == NULL)
+		return;
+	http_flush(h);
+	if (h->fatal)
+		return;
+	h->want_lanes = 0;
+	http_lanes_free(h);
+	if (http_lanes(h, n) == -1) {
+		http_fatal(h, "rebuilding lanes");
+		return;
+	}
+	log_info("backend concurrency now %d lanes", n);
+	http_gauge_retrying(h);
+	for (int i = 0; i < h->nlanes; i++)
+		lane_kick(&h->lanes[i]);
+}
+
+/* ---- fabric messages ---- */
+
+static void
+http_bad(struct http *h, int type)
+{
+	worker_count(h->w, STAT_ipc_bad, 1);
+	log_ratelimited(LOG_WARNING, "malformed %s dropped", hm_type_name(type));
+}
+
+/* A dead-letter record for what cannot be spooled under its own id. */
+static int
+http_dead_orphan(struct http *h, const char *device, size_t devlen, const char *topic,
+    size_t topiclen, const char *reason, const char *detail, const void *data,
+    size_t datalen, int64_t received_ms)
+{
+	struct spool_dead d;
+	char id[ULID_LEN];
+
+	ulid_random(id);
+	memset(&d, 0, sizeof(d));
+	d.id = id;
+	d.idlen = strlen(id);
+	d.device = device;
+	d.devlen = devlen;
+	d.topic = topic;
+	d.topiclen = topiclen;
+	d.reason = reason;
+	d.reasonlen = strlen(reason);
+	d.detail = detail;
+	d.detaillen = strlen(detail);
+	d.data = data;
+	d.datalen = datalen;
+	d.received_ms = received_ms;
+	d.dead_ms = now_ms();
+	return spool_dead_put(h->sp, &d);
+}
+
+static void
+http_envelope(struct http *h, struct hmr *r)
+{
+	struct msg_envelope m;
+	uint64_t seq = 0;
+	int rc;
+
+	if (proto_read_envelope(r, &m) == -1) {
+		http_bad(h, r->type);
+		return;
+	}
+	if (http_batch(h) == -1)
+		return;
+	rc = spool_put(h->sp, m.id.p, m.id.len, m.device.p, m.device.len,
+	    m.received_ms, m.json.p, m.json.len, &seq);
+	if (rc == SPOOL_INVAL) {
+		/* An id or device the spool cannot key: keep it, never drop it. */
+		log_ratelimited(LOG_WARNING, "envelope with a bad id or device: "
+		    "to the dead-letter store");
+		rc = http_dead_orphan(h, m.device.p, m.device.len > SPOOL_DEVICE_MAX ?
+		    SPOOL_DEVICE_MAX : m.device.len, NULL, 0, "bad_envelope",
+		    "id or device unusable as a key", m.json.p, m.json.len, m.received_ms);
+		if (rc == SPOOL_OK) {
+			worker_count(h->w, STAT_deadlettered, 1);
+			rc = SPOOL_DUP;     /* acknowledged, not queued */
+		}
+	}
+	switch (rc) {
+	case SPOOL_OK:
+		worker_count(h->w, STAT_spooled, 1);
+		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		http_add_new(h, seq, lane_of(h, m.device.p, m.device.len));
+		break;
+	case SPOOL_DUP:
+		worker_count(h->w, STAT_spool_duplicates, 1);
+		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		break;
+	case SPOOL_FULL:
+		/* Not acknowledged: the outbox keeps it and sends it again. */
+		h->refused_full++;
+		log_ratelimited(LOG_WARNING, "spool map full: envelope %.*s not taken "
+		    "(its outbox resends it)", (int)m.id.len, m.id.p);
+		break;
+	default:
+		http_fatal(h, "put");
+		return;
+	}
+	http_op_done(h, true);
+}
+
+static void
+http_reject(struct http *h, struct hmr *r)
+{
+	struct msg_reject m;
+	struct spool_dead d;
+	char reason[SPOOL_REASON_MAX + 1], detail[SPOOL_DETAIL_MAX + 1];
+	int rc;
+
+	if (proto_read_reject(r, &m) == -1) {
+		http_bad(h, r->type);
+		return;
+	}
+	if (http_batch(h) == -1)
+		return;
+	snprintf(reason, sizeof(reason), "rejected: %.*s", (int)m.reason.len, m.reason.p);
+	snprintf(detail, sizeof(detail), "%.*s", (int)m.detail.len, m.detail.p);
+	memset(&d, 0, sizeof(d));
+	d.id = m.id.p;
+	d.idlen = m.id.len;
+	d.device = m.device.p;
+	d.devlen = m.device.len;
+	d.topic = m.topic.p;
+	d.topiclen = m.topic.len;
+	d.reason = reason;
+	d.reasonlen = strlen(reason);
+	d.detail = detail;
+	d.detaillen = strlen(detail);
+	d.data = m.payload.p;
+	d.datalen = m.payload.len;
+	d.received_ms = m.received_ms;
+	d.dead_ms = now_ms();
+	rc = spool_dead_put(h->sp, &d);
+	if (rc == SPOOL_INVAL)
+		rc = http_dead_orphan(h, m.device.p, m.device.len > SPOOL_DEVICE_MAX ?
+		    SPOOL_DEVICE_MAX : m.device.len, m.topic.p, m.topic.len, reason,
+		    detail, m.payload.p, m.payload.len, m.received_ms);
+	switch (rc) {
+	case SPOOL_OK:
+		worker_count(h->w, STAT_deadlettered, 1);
+		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		break;
+	case SPOOL_DUP:
+		worker_count(h->w, STAT_spool_duplicates, 1);
+		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		break;
+	case SPOOL_FULL:
+		h->refused_full++;
+		log_ratelimited(LOG_WARNING, "spool map full: rejected message not taken "
+		    "(its outbox resends it)");
+		break;
+	default:
+		http_fatal(h, "dead-letter put");
+		return;
+	}
+	http_op_done(h, true);
+}
+
+static void
+http_fabric(struct worker *w, const char *peer, struct hmr *r)
+{
+	struct http *h = w->arg;
+
+	/* After the spool closed (stopping) nothing is taken or acknowledged. */
+	if (h->sp == NULL || h->fatal)
+		return;
+	switch (r->type) {
+	case HM_FAB_ENVELOPE:
+		http_envelope(h, r);
+		break;
+	case HM_FAB_REJECT:
+		http_reject(h, r);
+		break;
+	default:
+		http_bad(h, r->type);
+		break;
+	}
+}
+
+/* ---- admin ---- */
+
+static json_t *
+http_err(const char *code, const char *msg)
+{
+	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
+}
+
+static json_t *
+http_admin_spool(struct http *h)
+{
+	struct spool_stats st;
+	json_t *lanes = json_array(), *o;
+	int64_t mono = mono_ms(), retrying = 0;
+
+	spool_stats(h->sp, &st);
+	for (int i = 0; i < h->nlanes; i++) {
+		struct lane *l = &h->lanes[i];
+		int64_t next = 0;
+
+		if (l->state == LANE_BACKOFF) {
+			retrying++;
+			next = l->next_retry_ms > mono ? l->next_retry_ms - mono : 0;
+		}
+		json_array_append_new(lanes, json_pack("{s:i,s:I,s:s,s:I,s:I,s:i}",
+		    "lane", i, "depth", (json_int_t)l->n, "state",
+		    lane_state_names[l->state], "next_retry_ms", (json_int_t)next,
+		    "inflight", (json_int_t)(l->state == LANE_SENDING ||
+		    l->state == LANE_BACKOFF ? l->inflight : 0), "attempt", l->attempt));
+	}
+	o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:I,s:o}",
+	    "depth", (json_int_t)st.depth,
+	    "bytes", (json_int_t)st.bytes,
+	    "max_bytes", (json_int_t)h->w->cf->spool_max_bytes,
+	    "oldest_age_ms", (json_int_t)(st.depth > 0 && st.oldest_ms > 0 ?
+	        now_ms() - st.oldest_ms : 0),
+	    "delivered", (json_int_t)h->w->stats->counters[STAT_delivered],
+	    "retrying", (json_int_t)retrying,
+	    "dead", (json_int_t)st.dead_depth,
+	    "paused", h->paused,
+	    "refused_full", (json_int_t)h->refused_full,
+	    "map_bytes", (json_int_t)st.map_size,
+	    "lanes", lanes);
+	return o;
+}
+
+/* A JSON string from bytes that may not be UTF-8. */
+static json_t *
+http_jstr(const char *p, size_t len)
+{
+	json_t *s = json_stringn(p, len);
+	char *c;
+
+	if (s != NULL)
+		return s;
+	if ((c = malloc(len + 1)) == NULL)
+		return json_string("");
+	for (size_t i = 0; i < len; i++)
+		c[i] = (unsigned char)p[i] < 0x80 && p[i] != '\0' ? p[i] : '?';
+	s = json_stringn(c, len);
+	free(c);
+	return s ? s : json_string("");
+}
+
+struct dead_list {
+	json_t *entries;
+};
+
+static int
+http_dead_entry(void *arg, const struct spool_dead *d)
+{
+	struct dead_list *dl = arg;
+	char rat[RFC3339_LEN], dat[RFC3339_LEN];
+	json_t *e;
+
+	fmt_rfc3339(d->received_ms, rat);
+	fmt_rfc3339(d->dead_ms, dat);
+	e = json_object();
+	json_object_set_new(e, "id", http_jstr(d->id, d->idlen));
+	json_object_set_new(e, "device", http_jstr(d->device, d->devlen));
+	json_object_set_new(e, "topic", http_jstr(d->topic, d->topiclen));
+	json_object_set_new(e, "reason", http_jstr(d->reason, d->reasonlen));
+	json_object_set_new(e, "status", json_integer(d->status));
+	json_object_set_new(e, "detail", http_jstr(d->detail, d->detaillen));
+	json_object_set_new(e, "receivedAt", json_string(rat));
+	json_object_set_new(e, "deadAt", json_string(dat));
+	json_object_set_new(e, "replayable", json_boolean(d->replayable));
+	json_object_set_new(e, "bytes", json_integer((json_int_t)d->datalen));
+	json_array_append_new(dl->entries, e);
+	return 0;
+}
+
+static int
+http_replayed(void *arg, const struct spool_rec *r)
+{
+	struct http *h = arg;
+
+	return lane_push(&h->lanes[lane_of(h, r->device, r->devlen)], r->seq);
+}
+
+static json_t *
+http_admin_dead(struct http *h, int argc, char **argv)
+{
+	const char *sub = argc > 1 ? argv[1] : "list";
+	struct spool_stats st;
+	size_t a = 0, b = 0;
+	int rc;
+
+	if (strcmp(sub, "list") == 0) {
+		struct dead_list dl = { json_array() };
+		long limit = HTTP_LIST_DEFAULT;
+		char *end;
+
+		if (argc > 2) {
+			limit = strtol(argv[2], &end, 10);
+			if (*end != '\0' || limit < 0)
+				return http_err("usage", "deadletter list [LIMIT]");
+		}
+		if (spool_dead_list(h->sp, (size_t)limit, http_dead_entry, &dl) < 0) {
+			json_decref(dl.entries);
+			return http_err("internal", "cannot read the dead-letter store");
+		}
+		spool_stats(h->sp, &st);
+		return json_pack("{s:o,s:I}", "entries", dl.entries, "total",
+		    (json_int_t)st.dead_depth);
+	}
+	if (strcmp(sub, "replay") != 0 && strcmp(sub, "purge") != 0)
+		return http_err("usage", "deadletter list [LIMIT] | replay ID|all | purge ID|all");
+	if (argc < 3)
+		return http_err("usage", sub[0] == 'r' ? "deadletter replay ID|all" :
+		    "deadletter purge ID|all");
+	/* Both work outside the pass's batch. */
+	http_flush(h);
+	if (h->fatal)
+		return http_err("internal", "spool failure");
+	const char *id = strcmp(argv[2], "all") == 0 ? NULL : argv[2];
+	size_t idlen = id ? strlen(id) : 0;
+	if (sub[0] == 'r') {
+		rc = spool_dead_replay(h->sp, id, idlen, http_replayed, h, &a, &b);
+		if (rc == SPOOL_ERR) {
+			http_fatal(h, "replay");
+			return http_err("internal", "spool failure");
+		}
+		if (rc == SPOOL_NOTFOUND)
+			return http_err("not_found", "no such dead-letter entry");
+		log_info("dead-letter replay: %zu replayed, %zu skipped", a, b);
+		for (int i = 0; i < h->nlanes; i++)
+			lane_kick(&h->lanes[i]);
+		http_gauges(h);
+		if (rc == SPOOL_FULL)
+			return json_pack("{s:I,s:I,s:b}", "replayed", (json_int_t)a,
+			    "skipped", (json_int_t)b, "full", 1);
+		return json_pack("{s:I,s:I}", "replayed", (json_int_t)a, "skipped",
+		    (json_int_t)b);
+	}
+	rc = spool_dead_purge(h->sp, id, idlen, &a);
+	if (rc == SPOOL_ERR) {
+		http_fatal(h, "purge");
+		return http_err("internal", "spool failure");
+	}
+	if (rc == SPOOL_NOTFOUND && id != NULL)
+		return http_err("not_found", "no such dead-letter entry");
+	log_info("dead-letter purge: %zu removed", a);
+	http_gauges(h);
+	return json_pack("{s:I}", "purged", (json_int_t)a);
+}
+
+static json_t *
+http_admin(struct worker *w, int argc, char **argv)
+{
+	struct http *h = w->arg;
+
+	if (h->sp == NULL)
+		return NULL;
+	if (strcmp(argv[0], "spool") == 0)
+		return http_admin_spool(h);
+	if (strcmp(argv[0], "deadletter") == 0)
+		return http_admin_dead(h, argc, argv);
+	return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static void
+http_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct http *h = arg;
+
+	if (h->sp == NULL || h->fatal)
+		return;
+	if (h->paused && mono_ms() - h->pause_sent_ms >= HTTP_PAUSE_RESEND_MS)
+		http_say(h, HM_FAB_PAUSE);
+	http_gauges(h);
+}
+
+static void
+http_finish(struct http *h)
+{
+	if (h->sp == NULL)
+		return;
+	http_flush(h);
+	if (h->sending > 0)
+		log_notice("stopping with %d POST(s) unanswered: they are sent again "
+		    "after the restart", h->sending);
+	spool_close(h->sp);
+	h->sp = NULL;
+	worker_exit(h->w, h->fatal ? 1 : 0);
+}
+
+static void
+http_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	http_finish(arg);
+}
+
+static void
+http_stop(struct worker *w)
+{
+	struct http *h = w->arg;
+
+	h->stopping = true;
+	for (int i = 0; i < h->nlanes; i++) {
+		struct lane *l = &h->lanes[i];
+
+		if (l->state == LANE_LINGER || l->state == LANE_BACKOFF)
+			evtimer_del(l->timer);
+		if (l->state == LANE_LINGER)
+			l->state = LANE_IDLE;
+	}
+	if (h->sending == 0) {
+		http_finish(h);
+		return;
+	}
+	log_info("stopping: waiting up to %d ms for %d POST(s)", HTTP_DRAIN_MS, h->sending);
+	http_after(h->drain_ev, HTTP_DRAIN_MS);
+}
+
+static void
+http_reload(struct worker *w, const struct config *old)
+{
+	struct http *h = w->arg;
+	const struct config *cf = w->cf;
+
+	if (strcmp(cf->backend_secret, old->backend_secret) != 0 &&
+	    http_key(h, cf->backend_secret) == -1) {
+		log_err("reload: keeping the previous signing key");
+		http_key(h, old->backend_secret);
+	}
+	/* url, timeout_ms and batch_max are read at every POST. */
+	if (cf->concurrency != h->nlanes && cf->concurrency > 0) {
+		h->want_lanes = cf->concurrency;
+		if (h->sending > 0)
+			log_info("concurrency %d -> %d once the POSTs in flight are answered",
+			    h->nlanes, cf->concurrency);
+		http_relane(h);
+	}
+	if (cf->spool_max_bytes != old->spool_max_bytes)
+		http_gauges(h);
+	if (cf->spool_fsync != old->spool_fsync)
+		log_notice("[spool] fsync change applies after a restart of the http worker");
+}
+
+static void
+http_cleanup(struct http *h)
+{
+	if (h->sp != NULL) {
+		http_flush(h);
+		spool_close(h->sp);
+		h->sp = NULL;
+	}
+	http_lanes_free(h);
+	if (h->multi != NULL)
+		curl_multi_cleanup(h->multi);
+	h->multi = NULL;
+	if (h->curl_timer != NULL)
+		event_free(h->curl_timer);
+	if (h->commit_ev != NULL)
+		event_free(h->commit_ev);
+	if (h->tick != NULL)
+		event_free(h->tick);
+	if (h->drain_ev != NULL)
+		event_free(h->drain_ev);
+	h->curl_timer = h->commit_ev = h->tick = h->drain_ev = NULL;
+	free(h->acks);
+	free(h->news);
+	curl_global_cleanup();
+}
 
 int
 http_main(struct worker *w)
 {
-	return worker_loop(w);
+	struct http *h = &http_state;
+	char path[600], err[512];
+	int code;
+
+	memset(h, 0, sizeof(*h));
+	h->w = w;
+	w->arg = h;
+	if (sodium_init() < 0) {
+		log_err("libsodium failed to initialise");
+		return 1;
+	}
+	if (http_key(h, w->cf->backend_secret) == -1)
+		return WORKER_EXIT_FATAL;
+	snprintf(path, sizeof(path), "%s/spool", w->cf->state_dir);
+	h->sp = spool_open(path, w->cf->spool_max_bytes, w->cf->spool_fsync, err,
+	    sizeof(err));
+	if (h->sp == NULL) {
+		log_err("spool: %s", err);
+		return 1;
+	}
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK ||
+	    (h->multi = curl_multi_init()) == NULL) {
+		log_err("libcurl failed to initialise");
+		spool_close(h->sp);
+		return 1;
+	}
+	curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, http_sock_cb);
+	curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+	curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, http_timer_cb);
+	curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+	h->curl_timer = evtimer_new(w->base, http_timer_event, h);
+	h->commit_ev = event_new(w->base, -1, 0, http_commit_event, h);
+	h->tick = event_new(w->base, -1, EV_PERSIST, http_tick, h);
+	h->drain_ev = evtimer_new(w->base, http_drain_timeout, h);
+	if (h->curl_timer == NULL || h->commit_ev == NULL || h->tick == NULL ||
+	    h->drain_ev == NULL || http_lanes(h, w->cf->concurrency) == -1) {
+		log_err("http worker set-up failed");
+		http_cleanup(h);
+		return 1;
+	}
+	event_add(h->tick, &(struct timeval){ HTTP_TICK_MS / 1000, 0 });
+	w->hooks.fabric = http_fabric;
+	w->hooks.stop = http_stop;
+	w->hooks.reload = http_reload;
+	w->hooks.admin = http_admin;
+	if (worker_join_fabric(w) == -1) {
+		http_cleanup(h);
+		return 1;
+	}
+	{
+		struct spool_stats st;
+
+		spool_stats(h->sp, &st);
+		log_info("spool: %llu envelope(s), %llu bytes, %llu dead; %d lanes",
+		    (unsigned long long)st.depth, (unsigned long long)st.bytes,
+		    (unsigned long long)st.dead_depth, h->nlanes);
+		/* The router may remember a pause of our previous life. */
+		http_gauges(h);
+		if (!h->paused)
+			http_say(h, HM_FAB_RESUME);
+	}
+	for (int i = 0; i < h->nlanes; i++)
+		lane_kick(&h->lanes[i]);
+	code = worker_loop(w);
+	http_cleanup(h);
+	return code;
 }

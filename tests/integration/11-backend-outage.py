@@ -1,0 +1,70 @@
+"""The backend answers 503 for 20 s, then refuses connections for 20 s, then
+recovers: nothing is lost; the gaps between retries grow; a Retry-After answer
+is honoured."""
+import json
+import threading
+import time
+from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_delivery,
+                        distinct_delivered, main, wait_for)
+
+
+def test_outage():
+    state = {"mode": "503", "answers": 0, "retry_after_at": None}
+    lock = threading.Lock()
+    attempts = []            # (time, webhook-id) of refused POSTs of the first lane seen
+
+    def respond(handler, body):
+        with lock:
+            if state["mode"] == "ok":
+                return 204, {}
+            state["answers"] += 1
+            attempts.append((time.monotonic(), json.loads(body)["id"]))
+            # The 6th refusal carries Retry-After: 4.
+            if state["answers"] == 6:
+                state["retry_after_at"] = (time.monotonic(), json.loads(body)["id"])
+                return 503, {"Retry-After": "4"}
+            return 503, {}
+
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend(respond=respond)
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"backend": {"concurrency": 1, "timeout_ms": 2000}}).wait_ready()
+    pub = Publisher(broker.port, ["o-%d" % i for i in range(20)], count=25).run()   # 2,000
+    wait_for(lambda: h.ctl("spool")["depth"] == pub.total(), 30, 0.2, "everything spooled")
+    t_start = time.monotonic()
+    wait_for(lambda: time.monotonic() - t_start >= 20, 21, 0.5, "20 s of 503")
+    # Retry gaps of the one lane: they grow (exponential backoff), and the
+    # retry after the Retry-After answer came no sooner than 4 s.
+    with lock:
+        times = [t for t, _ in attempts]
+        ra = state["retry_after_at"]
+    assert ra is not None, "fewer than 6 attempts in 20 s"
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    after_ra = [t for t in times if t > ra[0]]
+    assert after_ra and after_ra[0] - ra[0] >= 3.9, (ra, after_ra[:1])
+    before = [g for a, g in zip(times, gaps) if a < ra[0]]
+    assert len(before) >= 4 and before[-1] > before[0] * 2, before
+    st = h.ctl("spool")
+    assert st["retrying"] >= 1 and st["depth"] == pub.total(), st
+    print("# retry gaps (s):", ["%.2f" % g for g in gaps])
+
+    # Connection refused for 20 s.
+    backend.refuse()
+    with lock:
+        state["mode"] = "refuse"
+    time.sleep(20)
+    assert h.ctl("spool")["depth"] == pub.total()
+    with lock:
+        state["mode"] = "ok"
+    backend.accept_again()
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 60, 0.2, "delivery after recovery")
+    distinct, dups = check_delivery(backend.delivered(), pub)
+    assert distinct == pub.total()
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 10, what="an empty spool")
+    assert h.all_ready()
+    assert h.stop() == 0
+
+
+if __name__ == "__main__":
+    main(test_outage)

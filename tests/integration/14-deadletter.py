@@ -1,0 +1,64 @@
+"""A backend that answers 400 for one device: its messages go to the dead-letter
+store with status and reason while the others flow; once the backend is fixed,
+`heraldctl deadletter replay` delivers them.  Invalid JSON and oversized
+payloads land in the dead-letter store with their reasons."""
+import json
+import subprocess
+from heraldtest import (MOSQUITTO_PUB, Backend, Herald, Mosquitto, Publisher, TmpDir,
+                        check_delivery, distinct_delivered, main, wait_for)
+
+
+def test_deadletter_and_replay():
+    state = {"broken": True}
+
+    def respond(handler, body):
+        doc = json.loads(body)
+        if state["broken"] and doc["device"] == "bad-1":
+            return 400, {}
+        return 204, {}
+
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend(respond=respond)
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"limits": {"max_payload": 1024}}).wait_ready()
+    good = Publisher(broker.port, ["good-%d" % i for i in range(5)], count=20)
+    bad = Publisher(broker.port, ["bad-1"], count=20)
+    good.run()
+    bad.run()
+    wait_for(lambda: distinct_delivered(backend) >= good.total(), 30, 0.1, "the good devices")
+    check_delivery(backend.delivered(), good)
+    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total(), 30, 0.1,
+             "bad-1's messages in the dead-letter store")
+    dl = h.ctl("deadletter", "list", "1000")
+    assert all(e["device"] == "bad-1" and e["status"] == 400 and e["reason"] == "http_400"
+               and e["replayable"] for e in dl["entries"]), dl["entries"][:2]
+    assert not any(e["device"] == "bad-1" for e in backend.delivered())
+
+    # Device payloads that cannot become envelopes.
+    for topic, msg in (("device/junk-1/telemetry", "not json {"),
+                       ("device/junk-1/telemetry", json.dumps({"pad": "y" * 2000})),
+                       ("device/junk-1/events", json.dumps({"no": "type"}))):
+        subprocess.run([MOSQUITTO_PUB, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", msg],
+                       check=True, timeout=10)
+    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 3, 20, 0.1,
+             "rejected payloads in the dead-letter store")
+    reasons = sorted(e["reason"] for e in h.ctl("deadletter", "list", "1000")["entries"]
+                     if e["device"] == "junk-1")
+    assert len(reasons) == 3 and any("invalid_json" in r for r in reasons) and \
+        any("too_large" in r for r in reasons) and any("missing_type" in r for r in reasons), reasons
+
+    # Fixed backend: replay delivers bad-1's messages; rejected payloads stay.
+    state["broken"] = False
+    r = h.ctl("deadletter", "replay", "all")
+    assert r["replayed"] == bad.total() and r["skipped"] == 3, r
+    wait_for(lambda: distinct_delivered(backend) >= good.total() + bad.total(), 30, 0.1, "replayed")
+    check_delivery([e for e in backend.delivered() if e["device"] == "bad-1"], bad)
+    assert h.ctl("deadletter", "list", "1000")["total"] == 3
+    assert h.ctl("deadletter", "purge", "all")["purged"] == 3
+    assert h.ctl("deadletter", "list")["total"] == 0
+    assert h.stop() == 0
+
+
+if __name__ == "__main__":
+    main(test_deadletter_and_replay)

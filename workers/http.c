@@ -531,6 +531,8 @@ lane_post(struct lane *l)
 	l->state = LANE_SENDING;
 	h->sending++;
 	worker_count(h->w, STAT_http_requests, 1);
+	log_debug("lane %d: POST %s (%zu envelope(s), attempt %d)", l->idx, l->whid,
+	    l->inflight, l->attempt);
 	return;
 nomem:
 	log_ratelimited(LOG_ERR, "lane %d: out of memory for headers", l->idx);
@@ -777,6 +779,8 @@ lane_done(struct lane *l, CURLcode res)
 	h->sending--;
 	l->state = LANE_IDLE;
 	curl_easy_getinfo(l->easy, CURLINFO_RESPONSE_CODE, &status);
+	log_debug("lane %d: %s answered %ld (%s)", l->idx, l->whid, status,
+	    res == CURLE_OK ? "ok" : curl_easy_strerror(res));
 	if (h->sp == NULL || h->fatal)
 		return;
 	if (res == CURLE_OK && status >= 200 && status < 300)
@@ -830,9 +834,9 @@ http_sock_event(evutil_socket_t fd, short what, void *arg)
 	if (what & EV_WRITE)
 		flags |= CURL_CSELECT_OUT;
 	curl_multi_socket_action(h->multi, fd, flags, &running);
+	/* No evtimer_del when nothing runs: a lane may have just added its next
+	 * POST, and libcurl set the timer that starts it. */
 	http_check_multi(h);
-	if (running <= 0 && h->curl_timer != NULL)
-		evtimer_del(h->curl_timer);
 }
 
 static void

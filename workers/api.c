@@ -1,9 +1,1045 @@
-/* herald api worker (stub until its issue lands). */
+/*
+ * The api worker: the REST API of SPEC §3 on libevent's evhttp.  It checks
+ * bearer tokens, parses and validates every input (the router gets only
+ * well-formed arguments), turns each call into one FAB_REQUEST and answers
+ * when the router's FAB_REPLY arrives; /metrics and /healthz are read
+ * straight from the shared stats region.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+#include <sys/resource.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <jansson.h>
+#include <sodium.h>
+
+#include "log.h"
+#include "proto.h"
+#include "util.h"
 #include "worker.h"
 #include "workers.h"
+
+#define API_MAX_HEADERS     (16 * 1024)
+#define API_CLIENT_TIMEOUT  30        /* seconds a client may stay silent */
+#define API_CALL_TIMEOUT_MS 15000     /* the router answers within this ... */
+#define API_WAIT_GRACE_MS   5000      /* ... or ?wait=S plus this */
+#define API_WAIT_MAX        60
+#define API_LIST_MAX        1000
+#define API_TYPE_MAX        256
+#define API_STOP_GRACE_MS   3000
+#define API_MAX_SEGS        5
+#define API_NCALLB          1024      /* buckets of the pending-call table */
+
+struct api_call {
+	LIST_ENTRY(api_call) link;
+	struct api             *a;
+	uint64_t                reqid;
+	struct evhttp_request  *req;
+	struct event           *timer;
+};
+LIST_HEAD(api_calls, api_call);
+
+struct api {
+	struct worker              *w;
+	struct evhttp              *http;
+	struct evhttp_bound_socket *bound;
+	struct event               *accept_resume;
+	struct event               *stop_timer;
+	int64_t                     stop_deadline;
+	bool                        flushed;
+	uint64_t                    next_reqid;
+	struct api_calls            calls[API_NCALLB];
+	size_t                      ncalls;
+	unsigned char               tokens[CONFIG_MAX_TOKENS][crypto_generichash_BYTES];
+	int                         ntokens;
+};
+
+static struct api api;
+
+/* ---- answers ---- */
+
+static const char *
+api_reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 201: return "Created";
+	case 202: return "Accepted";
+	case 204: return "No Content";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
+	case 413: return "Payload Too Large";
+	case 417: return "Expectation Failed";
+	case 429: return "Too Many Requests";
+	case 501: return "Not Implemented";
+	case 503: return "Service Unavailable";
+	default:  return status < 400 ? "OK" : "Error";
+	}
+}
+
+static void
+api_send(struct api *a, struct evhttp_request *req, int status, const char *ctype,
+    const char *body, size_t len)
+{
+	struct evbuffer *buf = NULL;
+
+	if (status >= 400)
+		worker_count(a->w, STAT_api_errors, 1);
+	if (status != 204 && body != NULL) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", ctype);
+		buf = evbuffer_new();
+		if (buf != NULL)
+			evbuffer_add(buf, body, len);
+	}
+	evhttp_send_reply(req, status, api_reason(status), buf);
+	if (buf != NULL)
+		evbuffer_free(buf);
+}
+
+static void
+api_send_json(struct api *a, struct evhttp_request *req, int status, json_t *doc)
+{
+	char *text = json_dumps(doc, JSON_COMPACT);
+
+	json_decref(doc);
+	if (text == NULL) {
+		static const char oom[] = "{\"error\":{\"code\":\"unavailable\",\"message\":\"out of memory\"}}";
+		api_send(a, req, 503, "application/json", oom, sizeof(oom) - 1);
+		return;
+	}
+	api_send(a, req, status, "application/json", text, strlen(text));
+	free(text);
+}
+
+static void __attribute__((format(printf, 5, 6)))
+api_error(struct api *a, struct evhttp_request *req, int status, const char *code,
+    const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	api_send_json(a, req, status, json_pack("{s:{s:s,s:s}}", "error", "code", code,
+	    "message", msg));
+}
+
+/*
+ * libevent 2.1 answers what it rejects itself (a body over max_body,
+ * headers over the limit, a malformed request line) with a fixed HTML page
+ * and offers no hook to change it (2.2 adds evhttp_set_errorcb).  Every
+ * connection's output buffer is watched: when such a page has just been
+ * written, and before the loop sends it, it is replaced with SPEC's JSON
+ * error body.  Our own bodies are JSON or metrics text and cannot contain
+ * the page's markup with its raw newlines.
+ */
+static const char canned_body[] = "<HTML><HEAD>\n<TITLE>";
+static const char canned_end[] = "</BODY></HTML>\n";
+
+static void
+api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	static bool busy;
+	struct api *a = arg;
+	size_t len = evbuffer_get_length(buf), elen = sizeof(canned_end) - 1, start;
+	struct evbuffer_ptr p, body;
+	char tail[sizeof(canned_end)], line[16], json[320], *text;
+	const char *code, *msg;
+	struct evbuffer *prefix;
+	int status, n;
+
+	if (busy || info->n_added == 0 || len < elen)
+		return;
+	if (evbuffer_ptr_set(buf, &p, len - elen, EVBUFFER_PTR_SET) == -1 ||
+	    evbuffer_copyout_from(buf, &p, tail, elen) != (ev_ssize_t)elen ||
+	    memcmp(tail, canned_end, elen) != 0)
+		return;
+	evbuffer_ptr_set(buf, &p, len > 1024 ? len - 1024 : 0, EVBUFFER_PTR_SET);
+	body = evbuffer_search(buf, canned_body, sizeof(canned_body) - 1, &p);
+	if (body.pos < 0)
+		return;
+	/* The page's status line: the last "HTTP/1." before its body. */
+	start = (size_t)-1;
+	evbuffer_ptr_set(buf, &p, body.pos > 2048 ? (size_t)body.pos - 2048 : 0, EVBUFFER_PTR_SET);
+	for (;;) {
+		p = evbuffer_search(buf, "HTTP/1.", 7, &p);
+		if (p.pos < 0 || p.pos >= body.pos)
+			break;
+		start = (size_t)p.pos;
+		if (evbuffer_ptr_set(buf, &p, 1, EVBUFFER_PTR_ADD) == -1)
+			break;
+	}
+	if (start == (size_t)-1)
+		return;
+	evbuffer_ptr_set(buf, &p, start, EVBUFFER_PTR_SET);
+	memset(line, 0, sizeof(line));
+	evbuffer_copyout_from(buf, &p, line, 12);
+	status = atoi(line + 9);
+	switch (status) {
+	case 413:
+		code = "payload_too_large";
+		msg = "the request body is over [api] max_body or its headers are too large";
+		break;
+	case 400:
+		code = "bad_request";
+		msg = "malformed HTTP request";
+		break;
+	case 417:
+		code = "expectation_failed";
+		msg = "unsupported Expect header";
+		break;
+	case 501:
+		code = "not_implemented";
+		msg = "method not implemented";
+		break;
+	default:
+		code = "http_error";
+		msg = "the request could not be served";
+	}
+	snprintf(json, sizeof(json), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, msg);
+	n = asprintf(&text, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+	    "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", status, api_reason(status),
+	    strlen(json), json);
+	if (n < 0 || (prefix = evbuffer_new()) == NULL) {
+		if (n >= 0)
+			free(text);
+		return;
+	}
+	busy = true;
+	evbuffer_remove_buffer(buf, prefix, start);
+	evbuffer_drain(buf, evbuffer_get_length(buf));
+	evbuffer_add_buffer(buf, prefix);
+	evbuffer_add(buf, text, (size_t)n);
+	busy = false;
+	evbuffer_free(prefix);
+	free(text);
+	worker_count(a->w, STAT_api_requests, 1);
+	worker_count(a->w, STAT_api_errors, 1);
+	log_ratelimited(LOG_INFO, "rejected a malformed or oversized HTTP request (%d)", status);
+}
+
+static struct bufferevent *
+api_bevcb(struct event_base *base, void *arg)
+{
+	struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+
+	if (bev != NULL)
+		evbuffer_add_cb(bufferevent_get_output(bev), api_canned_cb, arg);
+	return bev;
+}
+
+/* ---- pending calls to the router ---- */
+
+static struct api_calls *
+api_bucket(struct api *a, uint64_t reqid)
+{
+	return &a->calls[reqid % API_NCALLB];
+}
+
+static void
+api_call_free(struct api *a, struct api_call *c)
+{
+	LIST_REMOVE(c, link);
+	a->ncalls--;
+	event_free(c->timer);
+	free(c);
+}
+
+static void
+api_call_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct api_call *c = arg;
+	struct api *a = c->a;
+
+	log_ratelimited(LOG_WARNING, "the router did not answer call %llu in time",
+	    (unsigned long long)c->reqid);
+	api_error(a, c->req, 503, "unavailable", "the request router did not answer in time");
+	api_call_free(a, c);
+}
+
+/* Hand a validated call to the router; the answer comes in api_reply(). */
+static void
+api_call(struct api *a, struct evhttp_request *req, const char *op, json_t *args, int wait_s)
+{
+	struct api_call *c;
+	struct msg_request m;
+	struct hmw out;
+	char *text = json_dumps(args, JSON_COMPACT);
+	int64_t ms = API_CALL_TIMEOUT_MS;
+	struct timeval tv;
+	int rc;
+
+	json_decref(args);
+	if (text == NULL || (c = calloc(1, sizeof(*c))) == NULL) {
+		free(text);
+		api_error(a, req, 503, "unavailable", "out of memory");
+		return;
+	}
+	c->a = a;
+	c->req = req;
+	c->reqid = ++a->next_reqid;
+	if ((c->timer = evtimer_new(a->w->base, api_call_timeout, c)) == NULL) {
+		free(c);
+		free(text);
+		api_error(a, req, 503, "unavailable", "out of memory");
+		return;
+	}
+	m.reqid = c->reqid;
+	m.op = (struct pstr){ op, strlen(op) };
+	m.args = (struct pstr){ text, strlen(text) };
+	hmw_init(&out, HM_FAB_REQUEST);
+	proto_write_request(&out, &m);
+	rc = worker_send(a->w, NULL, &out);
+	hmw_free(&out);
+	free(text);
+	if (rc == -1) {
+		event_free(c->timer);
+		free(c);
+		api_error(a, req, 503, "unavailable", "the request router is not reachable");
+		return;
+	}
+	if (wait_s * 1000 + API_WAIT_GRACE_MS > ms)
+		ms = wait_s * 1000 + API_WAIT_GRACE_MS;
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(c->timer, &tv);
+	LIST_INSERT_HEAD(api_bucket(a, c->reqid), c, link);
+	a->ncalls++;
+}
+
+static void
+api_reply(struct api *a, struct hmr *r)
+{
+	struct msg_reply rep;
+	struct api_call *c;
+
+	if (proto_read_reply(r, &rep) == -1) {
+		worker_count(a->w, STAT_ipc_bad, 1);
+		log_ratelimited(LOG_WARNING, "malformed REPLY dropped");
+		return;
+	}
+	LIST_FOREACH(c, api_bucket(a, rep.reqid), link)
+		if (c->reqid == rep.reqid)
+			break;
+	if (c == NULL) {
+		/* Answered after its timeout, or meant for an earlier life. */
+		log_debug("reply to unknown call %llu dropped", (unsigned long long)rep.reqid);
+		return;
+	}
+	if (rep.status < 200 || rep.status > 599)
+		api_error(a, c->req, 503, "unavailable", "the router gave no valid answer");
+	else
+		api_send(a, c->req, (int)rep.status, "application/json", rep.body.p, rep.body.len);
+	api_call_free(a, c);
+}
+
+static void
+api_fabric(struct worker *w, const char *peer, struct hmr *r)
+{
+	struct api *a = w->arg;
+
+	if (r->type == HM_FAB_REPLY) {
+		api_reply(a, r);
+		return;
+	}
+	worker_count(w, STAT_ipc_bad, 1);
+	log_ratelimited(LOG_WARNING, "unexpected %s dropped", hm_type_name(r->type));
+}
+
+/* ---- /metrics and /healthz ---- */
+
+static void
+api_label(struct evbuffer *b, const struct stats_slot *s)
+{
+	evbuffer_add_printf(b, "{role=\"%s\",slot=\"%d\"}", stats_role_name(s->role), s->slot);
+}
+
+static bool
+api_slot_used(const struct stats_slot *s)
+{
+	return __atomic_load_n(&s->state, __ATOMIC_RELAXED) != WS_EMPTY ||
+	    __atomic_load_n(&s->pid, __ATOMIC_RELAXED) != 0;
+}
+
+static void
+api_metrics(struct api *a, struct evhttp_request *req)
+{
+	const struct stats_region *rg = a->w->region;
+	uint32_t n = rg->hdr.nslots;
+	struct evbuffer *b = evbuffer_new();
+	const struct stats_slot *s;
+
+	if (b == NULL) {
+		api_error(a, req, 503, "unavailable", "out of memory");
+		return;
+	}
+	/* Exposition format 0.0.4: each family's HELP and TYPE, then its samples. */
+	for (int c = 0; c < STAT_NCOUNTERS; c++) {
+		evbuffer_add_printf(b, "# HELP herald_%s_total %s\n# TYPE herald_%s_total counter\n",
+		    stats_counter_name(c), stats_counter_help(c), stats_counter_name(c));
+		for (uint32_t i = 0; i < n; i++) {
+			s = &rg->slots[i];
+			if (!api_slot_used(s))
+				continue;
+			evbuffer_add_printf(b, "herald_%s_total", stats_counter_name(c));
+			api_label(b, s);
+			evbuffer_add_printf(b, " %llu\n", (unsigned long long)
+			    __atomic_load_n(&s->counters[c], __ATOMIC_RELAXED));
+		}
+	}
+	for (int g = 0; g < STAT_NGAUGES; g++) {
+		evbuffer_add_printf(b, "# HELP herald_%s %s\n# TYPE herald_%s gauge\n",
+		    stats_gauge_name(g), stats_gauge_help(g), stats_gauge_name(g));
+		for (uint32_t i = 0; i < n; i++) {
+			s = &rg->slots[i];
+			if (!api_slot_used(s))
+				continue;
+			evbuffer_add_printf(b, "herald_%s", stats_gauge_name(g));
+			api_label(b, s);
+			evbuffer_add_printf(b, " %lld\n", (long long)
+			    __atomic_load_n(&s->gauges[g], __ATOMIC_RELAXED));
+		}
+	}
+	evbuffer_add_printf(b, "# HELP herald_worker_restarts_total times the supervisor restarted the worker\n"
+	    "# TYPE herald_worker_restarts_total counter\n");
+	for (uint32_t i = 0; i < n; i++) {
+		s = &rg->slots[i];
+		if (!api_slot_used(s))
+			continue;
+		evbuffer_add_printf(b, "herald_worker_restarts_total");
+		api_label(b, s);
+		evbuffer_add_printf(b, " %u\n", __atomic_load_n(&s->restarts, __ATOMIC_RELAXED));
+	}
+	evbuffer_add_printf(b, "# HELP herald_worker_up 1 while the worker is ready\n"
+	    "# TYPE herald_worker_up gauge\n");
+	for (uint32_t i = 0; i < n; i++) {
+		s = &rg->slots[i];
+		if (!api_slot_used(s))
+			continue;
+		evbuffer_add_printf(b, "herald_worker_up");
+		api_label(b, s);
+		evbuffer_add_printf(b, " %d\n",
+		    __atomic_load_n(&s->state, __ATOMIC_RELAXED) == WS_READY);
+	}
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+	    "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
+static void
+api_healthz(struct api *a, struct evhttp_request *req)
+{
+	static const int roles[] = { ROLE_ROUTER, ROLE_CRYPTO, ROLE_HTTP, ROLE_API };
+	const struct stats_region *rg = a->w->region;
+	json_t *bad = json_array();
+	int idx, state;
+	char name[32];
+
+	for (int i = 0; i < 4 + a->w->cf->mqtt_workers; i++) {
+		int role = i < 4 ? roles[i] : ROLE_MQTT, slot = i < 4 ? 0 : i - 4;
+		idx = stats_slot_index(role, slot);
+		state = idx >= 0 && (uint32_t)idx < rg->hdr.nslots ?
+		    __atomic_load_n(&rg->slots[idx].state, __ATOMIC_RELAXED) : WS_EMPTY;
+		if (state == WS_READY)
+			continue;
+		snprintf(name, sizeof(name), "%s.%d", stats_role_name(role), slot);
+		json_array_append_new(bad, json_pack("{s:s,s:s}", "worker", name,
+		    "state", stats_state_name(state)));
+	}
+	if (json_array_size(bad) == 0) {
+		json_decref(bad);
+		api_send_json(a, req, 200, json_pack("{s:s}", "status", "ok"));
+	} else
+		api_send_json(a, req, 503, json_pack("{s:s,s:o}", "status", "unavailable",
+		    "notReady", bad));
+}
+
+/* ---- input ---- */
+
+static void
+api_hash_tokens(struct api *a)
+{
+	const struct config *cf = a->w->cf;
+
+	a->ntokens = cf->api_ntokens;
+	for (int i = 0; i < cf->api_ntokens; i++)
+		crypto_generichash(a->tokens[i], sizeof(a->tokens[i]),
+		    (const unsigned char *)cf->api_tokens[i], strlen(cf->api_tokens[i]), NULL, 0);
+}
+
+/* Compares hashes, so neither a token's length nor its bytes leak by timing. */
+static bool
+api_authorized(struct api *a, struct evhttp_request *req)
+{
+	const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	unsigned char got[crypto_generichash_BYTES];
+	bool ok = false;
+
+	if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+		return false;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	if (*h == '\0')
+		return false;
+	crypto_generichash(got, sizeof(got), (const unsigned char *)h, strlen(h), NULL, 0);
+	for (int i = 0; i < a->ntokens; i++)
+		ok |= sodium_memcmp(got, a->tokens[i], sizeof(got)) == 0;
+	return ok;
+}
+
+/* The body as a JSON object, or an error answered. */
+static json_t *
+api_body(struct api *a, struct evhttp_request *req)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(in);
+	json_error_t err;
+	json_t *doc;
+	unsigned char *p;
+
+	if (len > a->w->cf->api_max_body) {
+		api_error(a, req, 413, "payload_too_large", "the body is over [api] max_body (%zu bytes)",
+		    a->w->cf->api_max_body);
+		return NULL;
+	}
+	if (len == 0) {
+		api_error(a, req, 400, "invalid_json", "a JSON object body is required");
+		return NULL;
+	}
+	p = evbuffer_pullup(in, -1);
+	doc = p ? json_loadb((const char *)p, len, JSON_REJECT_DUPLICATES, &err) : NULL;
+	if (doc == NULL) {
+		api_error(a, req, 400, "invalid_json", "invalid JSON at byte %d: %s", err.position, err.text);
+		return NULL;
+	}
+	if (!json_is_object(doc)) {
+		json_decref(doc);
+		api_error(a, req, 400, "invalid_json", "the body must be a JSON object");
+		return NULL;
+	}
+	return doc;
+}
+
+static bool
+api_id_ok(const char *s)
+{
+	return s != NULL && device_id_valid(s, strlen(s));
+}
+
+/* "type" and "params" of an event or a request. */
+static bool
+api_type_params(struct api *a, struct evhttp_request *req, json_t *body, json_t *args)
+{
+	json_t *type = json_object_get(body, "type"), *params = json_object_get(body, "params");
+
+	if (!json_is_string(type) || json_string_length(type) == 0 ||
+	    json_string_length(type) > API_TYPE_MAX) {
+		api_error(a, req, 400, "invalid_field", "\"type\" must be a non-empty string of at most %d bytes",
+		    API_TYPE_MAX);
+		return false;
+	}
+	if (params != NULL && !json_is_object(params)) {
+		api_error(a, req, 400, "invalid_field", "\"params\" must be an object");
+		return false;
+	}
+	json_object_set(args, "type", type);
+	if (params != NULL)
+		json_object_set(args, "params", params);
+	return true;
+}
+
+/* A query parameter as a bounded integer: -1 if malformed or out of range. */
+static long
+api_query_int(const char *v, long lo, long hi)
+{
+	char *end;
+	long n;
+
+	if (v == NULL || !isdigit((unsigned char)v[0]) || strlen(v) > 9)
+		return -1;
+	errno = 0;
+	n = strtol(v, &end, 10);
+	if (*end != '\0' || errno != 0 || n < lo || n > hi)
+		return -1;
+	return n;
+}
+
+struct route {
+	struct api            *a;
+	struct evhttp_request *req;
+	int                    method;
+	int                    nseg;
+	char                  *seg[API_MAX_SEGS];
+	struct evkeyvalq       query;
+};
+
+static void
+api_method_not_allowed(struct route *rt, const char *allow)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(rt->req), "Allow", allow);
+	api_error(rt->a, rt->req, 405, "method_not_allowed", "allowed: %s", allow);
+}
+
+static bool
+api_is_get(const struct route *rt)
+{
+	return rt->method == EVHTTP_REQ_GET || rt->method == EVHTTP_REQ_HEAD;
+}
+
+static void
+api_device_requests(struct route *rt, const char *device)
+{
+	struct api *a = rt->a;
+	const char *v;
+	json_t *body, *args, *x;
+	long wait = 0;
+
+	if (api_is_get(rt)) {
+		args = json_pack("{s:s}", "device", device);
+		if ((v = evhttp_find_header(&rt->query, "state")) != NULL) {
+			static const char *states[] = { "queued", "sent", "confirmed", "failed",
+			    "timeout", "expired", "cancelled" };
+			bool known = false;
+			for (size_t i = 0; i < sizeof(states) / sizeof(states[0]); i++)
+				known |= strcmp(v, states[i]) == 0;
+			if (!known) {
+				json_decref(args);
+				api_error(a, rt->req, 400, "invalid_field", "unknown state \"%.32s\"", v);
+				return;
+			}
+			json_object_set_new(args, "state", json_string(v));
+		}
+		api_call(a, rt->req, "device.requests", args, 0);
+		return;
+	}
+	if (rt->method != EVHTTP_REQ_POST) {
+		api_method_not_allowed(rt, "GET, POST");
+		return;
+	}
+	if ((v = evhttp_find_header(&rt->query, "wait")) != NULL &&
+	    (wait = api_query_int(v, 0, API_WAIT_MAX)) < 0) {
+		api_error(a, rt->req, 400, "invalid_field", "wait must be an integer of 0..%d seconds",
+		    API_WAIT_MAX);
+		return;
+	}
+	if ((body = api_body(a, rt->req)) == NULL)
+		return;
+	args = json_pack("{s:s,s:I}", "device", device, "wait", (json_int_t)wait);
+	if (!api_type_params(a, rt->req, body, args))
+		goto out;
+	if ((x = json_object_get(body, "timeout")) != NULL) {
+		if (!json_is_integer(x) || json_integer_value(x) < 1 ||
+		    json_integer_value(x) > a->w->cf->max_timeout) {
+			api_error(a, rt->req, 400, "invalid_field",
+			    "\"timeout\" must be an integer of 1..%d seconds", a->w->cf->max_timeout);
+			goto out;
+		}
+		json_object_set(args, "timeout", x);
+	}
+	if ((x = json_object_get(body, "commandId")) != NULL) {
+		if (!api_id_ok(json_string_value(x))) {
+			api_error(a, rt->req, 400, "invalid_field",
+			    "\"commandId\" must be a string of [A-Za-z0-9._:-], at most 128 characters");
+			goto out;
+		}
+		json_object_set(args, "commandId", x);
+	}
+	json_decref(body);
+	api_call(a, rt->req, "request.create", args, (int)wait);
+	return;
+out:
+	json_decref(args);
+	json_decref(body);
+}
+
+static void
+api_devices(struct route *rt)
+{
+	struct api *a = rt->a;
+	const char *device = rt->nseg > 2 ? rt->seg[2] : NULL, *sub = rt->nseg > 3 ? rt->seg[3] : NULL;
+	const char *v;
+	json_t *body, *args;
+	long limit;
+
+	if (device == NULL) {
+		if (rt->method == EVHTTP_REQ_POST) {
+			api_error(a, rt->req, 501, "not_implemented", "device provisioning is not available yet");
+			return;
+		}
+		if (!api_is_get(rt)) {
+			api_method_not_allowed(rt, "GET, POST");
+			return;
+		}
+		args = json_object();
+		if ((v = evhttp_find_header(&rt->query, "online")) != NULL) {
+			if (strcmp(v, "true") != 0 && strcmp(v, "false") != 0) {
+				json_decref(args);
+				api_error(a, rt->req, 400, "invalid_field", "online must be true or false");
+				return;
+			}
+			json_object_set_new(args, "online", json_boolean(strcmp(v, "true") == 0));
+		}
+		if ((v = evhttp_find_header(&rt->query, "limit")) != NULL) {
+			if ((limit = api_query_int(v, 1, API_LIST_MAX)) < 0) {
+				json_decref(args);
+				api_error(a, rt->req, 400, "invalid_field", "limit must be 1..%d", API_LIST_MAX);
+				return;
+			}
+			json_object_set_new(args, "limit", json_integer(limit));
+		}
+		if ((v = evhttp_find_header(&rt->query, "cursor")) != NULL && *v != '\0') {
+			if (!api_id_ok(v)) {
+				json_decref(args);
+				api_error(a, rt->req, 400, "invalid_field", "bad cursor");
+				return;
+			}
+			json_object_set_new(args, "cursor", json_string(v));
+		}
+		api_call(a, rt->req, "device.list", args, 0);
+		return;
+	}
+	if (!api_id_ok(device)) {
+		api_error(a, rt->req, 400, "invalid_id",
+		    "a device id is 1..128 characters of [A-Za-z0-9._:-], starting alphanumeric");
+		return;
+	}
+	if (sub == NULL) {
+		if (api_is_get(rt))
+			api_call(a, rt->req, "device.get", json_pack("{s:s}", "device", device), 0);
+		else if (rt->method == EVHTTP_REQ_DELETE)
+			api_error(a, rt->req, 501, "not_implemented", "device revocation is not available yet");
+		else
+			api_method_not_allowed(rt, "GET, DELETE");
+		return;
+	}
+	if (rt->nseg > 4) {
+		api_error(a, rt->req, 404, "not_found", "no such resource");
+		return;
+	}
+	if (strcmp(sub, "requests") == 0) {
+		api_device_requests(rt, device);
+	} else if (strcmp(sub, "events") == 0) {
+		if (rt->method != EVHTTP_REQ_POST) {
+			api_method_not_allowed(rt, "POST");
+			return;
+		}
+		if ((body = api_body(a, rt->req)) == NULL)
+			return;
+		args = json_pack("{s:s}", "device", device);
+		if (api_type_params(a, rt->req, body, args))
+			api_call(a, rt->req, "event.publish", json_incref(args), 0);
+		json_decref(args);
+		json_decref(body);
+	} else if (strcmp(sub, "config") == 0) {
+		if (rt->method == EVHTTP_REQ_PUT) {
+			if ((body = api_body(a, rt->req)) == NULL)
+				return;
+			api_call(a, rt->req, "config.put", json_pack("{s:s,s:o}", "device", device,
+			    "config", body), 0);
+		} else if (rt->method == EVHTTP_REQ_DELETE)
+			api_call(a, rt->req, "config.delete", json_pack("{s:s}", "device", device), 0);
+		else
+			api_method_not_allowed(rt, "PUT, DELETE");
+	} else if (strcmp(sub, "rotate") == 0) {
+		if (rt->method == EVHTTP_REQ_POST)
+			api_error(a, rt->req, 501, "not_implemented", "key rotation is not available yet");
+		else
+			api_method_not_allowed(rt, "POST");
+	} else
+		api_error(a, rt->req, 404, "not_found", "no such resource");
+}
+
+static void
+api_requests(struct route *rt)
+{
+	struct api *a = rt->a;
+	const char *cid = rt->nseg == 3 ? rt->seg[2] : NULL;
+
+	if (cid == NULL) {
+		api_error(a, rt->req, 404, "not_found", "no such resource");
+		return;
+	}
+	if (!api_id_ok(cid)) {
+		api_error(a, rt->req, 400, "invalid_id",
+		    "a commandId is 1..128 characters of [A-Za-z0-9._:-], starting alphanumeric");
+		return;
+	}
+	if (api_is_get(rt))
+		api_call(a, rt->req, "request.get", json_pack("{s:s}", "commandId", cid), 0);
+	else if (rt->method == EVHTTP_REQ_DELETE)
+		api_call(a, rt->req, "request.cancel", json_pack("{s:s}", "commandId", cid), 0);
+	else
+		api_method_not_allowed(rt, "GET, DELETE");
+}
+
+/* Split "/v1/devices/x/requests" into decoded segments; -1 if malformed. */
+static int
+api_split(struct route *rt, const char *path)
+{
+	const char *p = path, *slash;
+	char enc[512];
+	size_t len, dlen;
+
+	if (*p != '/')
+		return -1;
+	while (*p == '/') {
+		p++;
+		if (*p == '\0')
+			break;       /* a trailing slash */
+		if (rt->nseg == API_MAX_SEGS)
+			return -1;
+		slash = strchr(p, '/');
+		len = slash ? (size_t)(slash - p) : strlen(p);
+		if (len == 0 || len >= sizeof(enc))
+			return -1;
+		memcpy(enc, p, len);
+		enc[len] = '\0';
+		rt->seg[rt->nseg] = evhttp_uridecode(enc, 0, &dlen);
+		if (rt->seg[rt->nseg] == NULL)
+			return -1;
+		if (strlen(rt->seg[rt->nseg]) != dlen) {   /* an encoded NUL */
+			free(rt->seg[rt->nseg]);
+			return -1;
+		}
+		rt->nseg++;
+		p += len;
+	}
+	return 0;
+}
+
+static void
+api_handle(struct evhttp_request *req, void *arg)
+{
+	struct api *a = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	struct route rt;
+
+	worker_count(a->w, STAT_api_requests, 1);
+	memset(&rt, 0, sizeof(rt));
+	rt.a = a;
+	rt.req = req;
+	rt.method = evhttp_request_get_command(req);
+	TAILQ_INIT(&rt.query);
+	if (a->w->stopping) {
+		api_error(a, req, 503, "shutting_down", "herald is shutting down");
+		return;
+	}
+	if (path == NULL || *path == '\0')
+		path = "/";
+	if (strcmp(path, "/metrics") == 0 || strcmp(path, "/healthz") == 0) {
+		if (!api_is_get(&rt))
+			api_method_not_allowed(&rt, "GET");
+		else if (path[1] == 'm')
+			api_metrics(a, req);
+		else
+			api_healthz(a, req);
+		return;
+	}
+	if (!api_authorized(a, req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+		    "Bearer realm=\"herald\"");
+		api_error(a, req, 401, "unauthorized", "a valid bearer token is required");
+		return;
+	}
+	if (api_split(&rt, path) == -1 ||
+	    (query != NULL && evhttp_parse_query_str(query, &rt.query) == -1)) {
+		api_error(a, req, 400, "bad_request", "malformed path or query");
+		goto out;
+	}
+	if (rt.nseg < 2 || strcmp(rt.seg[0], "v1") != 0)
+		api_error(a, req, 404, "not_found", "no such resource");
+	else if (strcmp(rt.seg[1], "devices") == 0)
+		api_devices(&rt);
+	else if (strcmp(rt.seg[1], "requests") == 0)
+		api_requests(&rt);
+	else
+		api_error(a, req, 404, "not_found", "no such resource");
+out:
+	for (int i = 0; i < rt.nseg; i++)
+		free(rt.seg[i]);
+	evhttp_clear_headers(&rt.query);
+}
+
+/* ---- listening ---- */
+
+static void
+api_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct api *a = arg;
+
+	if (a->bound != NULL && !a->w->stopping)
+		evconnlistener_enable(evhttp_bound_socket_get_listener(a->bound));
+}
+
+/* Out of file descriptors: pause accepting instead of spinning on accept(). */
+static void
+api_accept_error(struct evconnlistener *l, void *arg)
+{
+	struct api *a = &api;   /* arg is evhttp's, not ours */
+	struct timeval tv = { 0, 200 * 1000 };
+	int err = EVUTIL_SOCKET_ERROR();
+
+	log_ratelimited(LOG_WARNING, "accept: %s; pausing for 200 ms", strerror(err));
+	evconnlistener_disable(l);
+	evtimer_add(a->accept_resume, &tv);
+}
+
+static int
+api_bind(struct api *a)
+{
+	char host[256];
+	const char *listen = a->w->cf->api_listen, *colon;
+	long port;
+
+	if (listen[0] == '[') {
+		const char *end = strchr(listen, ']');
+		if (end == NULL || end[1] != ':')
+			return -1;
+		snprintf(host, sizeof(host), "%.*s", (int)(end - listen - 1), listen + 1);
+		colon = end + 1;
+	} else {
+		colon = strrchr(listen, ':');
+		if (colon == NULL)
+			return -1;
+		snprintf(host, sizeof(host), "%.*s", (int)(colon - listen), listen);
+	}
+	port = strtol(colon + 1, NULL, 10);
+	if (port < 0 || port > 65535)
+		return -1;
+	a->bound = evhttp_bind_socket_with_handle(a->http, host, (ev_uint16_t)port);
+	if (a->bound == NULL)
+		return -1;
+	evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(a->bound), api_accept_error);
+	return 0;
+}
+
+static void
+api_limits(struct api *a)
+{
+	evhttp_set_max_body_size(a->http, (ev_ssize_t)a->w->cf->api_max_body);
+	api_hash_tokens(a);
+}
+
+static void
+api_reload(struct worker *w, const struct config *old)
+{
+	struct api *a = w->arg;
+
+	api_limits(a);
+	if (strcmp(old->api_listen, w->cf->api_listen) != 0)
+		log_warn("[api] listen changed; it takes effect when herald restarts");
+}
+
+/* ---- stopping ---- */
+
+static void
+api_stop_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct api *a = arg;
+	struct timeval tv = { 0, 100 * 1000 };
+	struct api_call *c;
+
+	if (a->ncalls > 0 && mono_ms() < a->stop_deadline) {
+		evtimer_add(a->stop_timer, &tv);
+		return;
+	}
+	for (int i = 0; i < API_NCALLB; i++)
+		while ((c = LIST_FIRST(&a->calls[i])) != NULL) {
+			api_error(a, c->req, 503, "shutting_down", "herald is shutting down");
+			api_call_free(a, c);
+		}
+	/* One more pass of the loop writes the last answers out. */
+	if (!a->flushed) {
+		a->flushed = true;
+		evtimer_add(a->stop_timer, &tv);
+		return;
+	}
+	worker_exit(a->w, 0);
+}
+
+static void
+api_stop(struct worker *w)
+{
+	struct api *a = w->arg;
+	struct timeval tv = { 0, 0 };
+
+	/* Stop taking connections; calls in flight get their answers first. */
+	if (a->bound != NULL) {
+		evhttp_del_accept_socket(a->http, a->bound);
+		a->bound = NULL;
+	}
+	a->stop_deadline = mono_ms() + API_STOP_GRACE_MS;
+	evtimer_add(a->stop_timer, &tv);
+}
 
 int
 api_main(struct worker *w)
 {
-	return worker_loop(w);
+	struct api *a = &api;
+	struct rlimit rl;
+	int code;
+
+	a->w = w;
+	w->arg = a;
+	for (int i = 0; i < API_NCALLB; i++)
+		LIST_INIT(&a->calls[i]);
+	if (sodium_init() < 0) {
+		log_err("libsodium failed to initialize");
+		return 1;
+	}
+	/* Room for many slow clients before accept() runs out of descriptors. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max > 65536 ? 65536 : rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+	a->http = evhttp_new(w->base);
+	a->accept_resume = evtimer_new(w->base, api_accept_resume, a);
+	a->stop_timer = evtimer_new(w->base, api_stop_check, a);
+	if (a->http == NULL || a->accept_resume == NULL || a->stop_timer == NULL)
+		return 1;
+	/* Every method reaches api_handle, which answers 405 with SPEC's body. */
+	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+	    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
+	    EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+	evhttp_set_max_headers_size(a->http, API_MAX_HEADERS);
+	evhttp_set_timeout(a->http, API_CLIENT_TIMEOUT);
+	/* Read an oversized body to its end before answering 413, so the
+	 * client sees the answer instead of a reset connection. */
+	evhttp_set_flags(a->http, EVHTTP_SERVER_LINGERING_CLOSE);
+	evhttp_set_bevcb(a->http, api_bevcb, a);
+	evhttp_set_gencb(a->http, api_handle, a);
+	api_limits(a);
+	if (api_bind(a) == -1) {
+		log_err("[api] listen %s: cannot listen there: %s", w->cf->api_listen, strerror(errno));
+		return WORKER_EXIT_FATAL;
+	}
+	w->hooks.fabric = api_fabric;
+	w->hooks.reload = api_reload;
+	w->hooks.stop = api_stop;
+	if (worker_join_fabric(w) == -1)
+		return 1;
+	log_info("REST API listening on %s", w->cf->api_listen);
+	code = worker_loop(w);
+	evhttp_free(a->http);
+	return code;
 }

@@ -1,45 +1,1783 @@
 /*
- * The router's request store (stub until the backend -> device issue lands):
- * it answers every API operation with 503 so nothing pretends to work.
+ * The router's request state machine and device presence (SPEC §3): requests
+ * are committed to the store (reqstore.c) before the API is answered, go out
+ * to an online device one at a time in accept order, move on broker
+ * acknowledgements, device responses and deadline timers, and each change
+ * after "queued" is sent to the spool as a kind "request" envelope that is
+ * kept until the spool acknowledged it.
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <event2/event.h>
 
+#include "log.h"
+#include "reqstore.h"
 #include "requests.h"
+#include "util.h"
 #include "worker.h"
 
-struct requests {
-	struct worker *w;
+#define REQUESTS_MAP_SIZE    (4ULL << 30)
+#define REQUESTS_KEEP_MS     (24LL * 3600 * 1000)  /* ended records stay readable this long */
+#define REQUESTS_TICK_MS     1000
+#define REQUESTS_PRUNE_MS    60000
+#define REQUESTS_PRUNE_BATCH 5000
+#define PUBLISH_TIMEOUT_MS   10000   /* no PUBLISHED from the mqtt worker: retry */
+#define PUBLISH_RETRY_MS     1000
+#define NOTE_RESEND_MS       5000    /* no ACK from the spool: send again */
+#define NOTE_RESEND_BATCH    1000
+#define LIST_MAX             1000
+#define WAIT_MAX             60
+#define PEER_MAX             32
+
+enum rstate { RS_QUEUED, RS_SENT, RS_CONFIRMED, RS_FAILED, RS_TIMEOUT, RS_EXPIRED, RS_CANCELLED, RS_N };
+static const char *rstate_names[RS_N] = {
+	"queued", "sent", "confirmed", "failed", "timeout", "expired", "cancelled"
 };
+
+/* Intrusive hash table: a node is the first member of what it indexes. */
+struct hnode {
+	struct hnode *next;
+	uint64_t      hash;
+	const char   *key;       /* string tables */
+};
+struct htab {
+	struct hnode **b;
+	size_t         nb, n;
+};
+
+struct requests;
+struct req;
+
+struct waiter {
+	LIST_ENTRY(waiter) link;
+	struct requests *q;
+	struct req      *r;
+	struct event    *timer;
+	uint64_t         reqid;
+	char             peer[PEER_MAX];
+};
+
+struct req {
+	struct hnode      hn;           /* by commandId, live requests only */
+	TAILQ_ENTRY(req)  dlink;        /* in dev->live, accept order */
+	struct requests  *q;
+	struct dev       *dev;
+	char              cid[REQSTORE_ID_MAX + 1];
+	uint64_t          seq;
+	int               state;        /* RS_QUEUED or RS_SENT */
+	int64_t           deadline_ms;
+	struct event     *timer;
+	struct pub       *pub;          /* its publish in flight */
+	LIST_HEAD(, waiter) waiters;
+};
+
+struct dev {
+	struct hnode      hn;
+	TAILQ_ENTRY(dev)  dirty_link;
+	struct requests  *q;
+	char              id[REQSTORE_ID_MAX + 1];
+	bool              online;
+	bool              dirty;
+	int64_t           last_seen_ms, status_ms, telemetry_ms;
+	json_t           *status;
+	int               pending;      /* live requests */
+	TAILQ_HEAD(, req) live;
+	struct pub       *pub;          /* the command publish in flight */
+	struct event     *retry;
+};
+
+enum pub_kind { PUB_REQUEST, PUB_EVENT, PUB_CONFIG_SET, PUB_CONFIG_CLEAR };
+
+struct pub {
+	struct hnode      hn;           /* by ref (hash = ref) */
+	struct requests  *q;
+	uint64_t          ref;
+	int               kind;
+	struct event     *timer;
+	struct dev       *dev;
+	struct req       *r;            /* PUB_REQUEST; NULL once it ended */
+	uint64_t          reqid;        /* the API call waiting (others) */
+	char              peer[PEER_MAX];
+	char              event_id[ULID_LEN];
+};
+
+struct note { uint64_t seq; int64_t sent_mono; bool acked; };
+
+struct requests {
+	struct worker   *w;
+	struct reqstore *st;
+	struct htab      reqs, devs, pubs;
+	TAILQ_HEAD(, dev) dirty;
+	uint64_t         next_seq, next_nseq, next_ref;
+	struct note     *notes;         /* unacknowledged, by seq */
+	size_t           nnotes, capnotes, nacked;
+	struct event    *tick;
+	int64_t          last_prune_ms;
+	int              n_online, n_queued, n_sent;
+};
+
+static void req_change(struct requests *q, struct req *r, int state, json_t *fields);
+static void dev_kick(struct requests *q, struct dev *d);
+
+/* ---- hash tables ---- */
+
+static uint64_t
+hash_str(const char *s)
+{
+	return hash32(s, strlen(s));
+}
+
+static int
+ht_grow(struct htab *t)
+{
+	size_t nb = t->nb ? t->nb * 2 : 256;
+	struct hnode **b = calloc(nb, sizeof(*b));
+
+	if (b == NULL)
+		return -1;
+	for (size_t i = 0; i < t->nb; i++) {
+		struct hnode *n = t->b[i], *next;
+		for (; n != NULL; n = next) {
+			next = n->next;
+			n->next = b[n->hash % nb];
+			b[n->hash % nb] = n;
+		}
+	}
+	free(t->b);
+	t->b = b;
+	t->nb = nb;
+	return 0;
+}
+
+static int
+ht_add(struct htab *t, struct hnode *n)
+{
+	if ((t->n + 1 > t->nb * 2 || t->nb == 0) && ht_grow(t) == -1 && t->nb == 0)
+		return -1;
+	n->next = t->b[n->hash % t->nb];
+	t->b[n->hash % t->nb] = n;
+	t->n++;
+	return 0;
+}
+
+static void
+ht_del(struct htab *t, struct hnode *n)
+{
+	struct hnode **pp;
+
+	if (t->nb == 0)
+		return;
+	for (pp = &t->b[n->hash % t->nb]; *pp != NULL; pp = &(*pp)->next) {
+		if (*pp == n) {
+			*pp = n->next;
+			t->n--;
+			return;
+		}
+	}
+}
+
+static struct hnode *
+ht_find_str(const struct htab *t, const char *key)
+{
+	uint64_t h = hash_str(key);
+
+	if (t->nb == 0)
+		return NULL;
+	for (struct hnode *n = t->b[h % t->nb]; n != NULL; n = n->next)
+		if (n->hash == h && strcmp(n->key, key) == 0)
+			return n;
+	return NULL;
+}
+
+static struct hnode *
+ht_find_u64(const struct htab *t, uint64_t key)
+{
+	if (t->nb == 0)
+		return NULL;
+	for (struct hnode *n = t->b[key % t->nb]; n != NULL; n = n->next)
+		if (n->hash == key)
+			return n;
+	return NULL;
+}
+
+/* ---- small helpers ---- */
+
+static bool
+pstr_eq(struct pstr s, const char *c)
+{
+	return s.len == strlen(c) && memcmp(s.p, c, s.len) == 0;
+}
+
+static void
+rfc3339_set(json_t *o, const char *key, int64_t ms)
+{
+	char ts[RFC3339_LEN];
+
+	fmt_rfc3339(ms, ts);
+	json_object_set_new(o, key, json_string(ts));
+}
+
+static int
+state_parse(const char *s)
+{
+	for (int i = 0; i < RS_N; i++)
+		if (strcmp(s, rstate_names[i]) == 0)
+			return i;
+	return -1;
+}
+
+static bool
+state_ended(int s)
+{
+	return s >= RS_CONFIRMED;
+}
+
+static int64_t
+rec_int(const json_t *rec, const char *key)
+{
+	return json_integer_value(json_object_get(rec, key));
+}
+
+/* The record as the API shows it: without the store's "_" fields. */
+static json_t *
+rec_public(const json_t *rec)
+{
+	json_t *o = json_object();
+	const char *k;
+	json_t *v;
+
+	json_object_foreach((json_t *)rec, k, v)
+		if (k[0] != '_')
+			json_object_set(o, k, v);
+	return o;
+}
+
+static void
+gauges(struct requests *q)
+{
+	worker_gauge(q->w, GAUGE_devices_online, q->n_online);
+	worker_gauge(q->w, GAUGE_req_queued, q->n_queued);
+	worker_gauge(q->w, GAUGE_req_sent, q->n_sent);
+}
+
+/* ---- answers to the api worker ---- */
+
+static void
+reply(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *body)
+{
+	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+	struct msg_reply rep;
+	struct hmw m;
+
+	rep.reqid = reqid;
+	rep.status = (uint32_t)status;
+	rep.body = (struct pstr){ text ? text : "", text ? strlen(text) : 0 };
+	hmw_init(&m, HM_FAB_REPLY);
+	proto_write_reply(&m, &rep);
+	if (worker_send(q->w, peer, &m) == -1)
+		log_ratelimited(LOG_WARNING, "answer to %s lost (api worker gone?)", peer);
+	hmw_free(&m);
+	free(text);
+	json_decref(body);
+}
+
+static void __attribute__((format(printf, 6, 7)))
+reply_error(struct requests *q, const char *peer, uint64_t reqid, int status, const char *code,
+    const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	reply(q, peer, reqid, status, json_pack("{s:{s:s,s:s}}", "error", "code", code,
+	    "message", msg));
+}
+
+/* ---- notifications (kind "request" envelopes) ---- */
+
+static void
+note_send(struct requests *q, const struct reqstore_note *n)
+{
+	struct msg_envelope e;
+	struct hmw m;
+
+	e.slot = PROTO_SLOT_ROUTER;
+	e.epoch = 0;
+	e.seq = n->seq;
+	e.received_ms = n->received_ms;
+	e.id = (struct pstr){ n->id, n->idlen };
+	e.device = (struct pstr){ n->device, n->devlen };
+	e.json = (struct pstr){ n->json, n->jsonlen };
+	hmw_init(&m, HM_FAB_ENVELOPE);
+	proto_write_envelope(&m, &e);
+	/* If the http worker is away this fails; the resend timer tries again. */
+	worker_send(q->w, "http.0", &m);
+	hmw_free(&m);
+}
+
+static void
+note_track(struct requests *q, uint64_t seq, int64_t sent_mono)
+{
+	if (q->nnotes == q->capnotes) {
+		size_t cap = q->capnotes ? q->capnotes * 2 : 1024;
+		struct note *p = realloc(q->notes, cap * sizeof(*p));
+		if (p == NULL) {
+			log_err("out of memory tracking notifications; they are resent at restart");
+			return;
+		}
+		q->notes = p;
+		q->capnotes = cap;
+	}
+	q->notes[q->nnotes++] = (struct note){ seq, sent_mono, false };
+}
+
+static struct note *
+note_find(struct requests *q, uint64_t seq)
+{
+	size_t lo = 0, hi = q->nnotes;
+
+	/* Appended in sequence order, so the array is sorted. */
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		if (q->notes[mid].seq == seq)
+			return q->notes[mid].acked ? NULL : &q->notes[mid];
+		if (q->notes[mid].seq < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return NULL;
+}
+
+static void
+note_acked(struct requests *q, struct note *n)
+{
+	n->acked = true;
+	q->nacked++;
+}
+
+static void
+note_compact(struct requests *q)
+{
+	size_t j = 0;
+
+	if (q->nacked <= 64 || q->nacked * 2 <= q->nnotes)
+		return;
+	for (size_t i = 0; i < q->nnotes; i++)
+		if (!q->notes[i].acked)
+			q->notes[j++] = q->notes[i];
+	q->nnotes = j;
+	q->nacked = 0;
+}
+
+/*
+ * Writes the notification into the open transaction; it is sent after the
+ * commit by note_flush_new().  Returns its sequence.
+ */
+static uint64_t
+note_add(struct requests *q, const json_t *pubrec, const char *device, int64_t at_ms)
+{
+	char id[ULID_LEN], ts[RFC3339_LEN];
+	struct reqstore_note n;
+	json_t *env;
+	char *text;
+	uint64_t seq = q->next_nseq;
+
+	ulid_random(id);
+	fmt_rfc3339(at_ms, ts);
+	env = json_pack("{s:s,s:s,s:s,s:s,s:s,s:O}", "id", id, "device", device,
+	    "kind", "request", "receivedAt", ts, "gateway", q->w->cf->node_name,
+	    "payload", pubrec);
+	text = env ? json_dumps(env, JSON_COMPACT) : NULL;
+	json_decref(env);
+	if (text == NULL)
+		return 0;
+	n.seq = seq;
+	n.received_ms = at_ms;
+	n.id = id;
+	n.idlen = strlen(id);
+	n.device = device;
+	n.devlen = strlen(device);
+	n.json = text;
+	n.jsonlen = strlen(text);
+	if (reqstore_note_put(q->st, &n) == -1 ||
+	    reqstore_meta_put(q->st, "nseq", seq + 1) == -1) {
+		free(text);
+		return 0;
+	}
+	free(text);
+	q->next_nseq = seq + 1;
+	return seq;
+}
+
+static void
+note_send_seq(struct requests *q, uint64_t seq)
+{
+	struct reqstore_note n;
+
+	if (seq == 0 || reqstore_note_get(q->st, seq, &n) == -1)
+		return;
+	note_send(q, &n);
+	note_track(q, seq, mono_ms());
+}
+
+void
+requests_on_ack(struct requests *q, const struct msg_ack *m)
+{
+	struct note *n;
+	bool any = false;
+
+	if (m->slot != PROTO_SLOT_ROUTER)
+		return;
+	if (reqstore_begin(q->st) == -1)
+		return;
+	for (uint32_t i = 0; i < m->n && i < ACK_MAX; i++) {
+		if ((n = note_find(q, m->seqs[i])) != NULL)
+			note_acked(q, n);
+		if (reqstore_note_del(q->st, m->seqs[i]) == 0)
+			any = true;
+	}
+	if (!any || reqstore_commit(q->st) == -1)
+		reqstore_abort(q->st);
+	note_compact(q);
+}
+
+static void
+note_resend(struct requests *q)
+{
+	int64_t now = mono_ms();
+	struct reqstore_note n;
+	int sent = 0;
+
+	for (size_t i = 0; i < q->nnotes && sent < NOTE_RESEND_BATCH; i++) {
+		struct note *e = &q->notes[i];
+		if (e->acked || now - e->sent_mono < NOTE_RESEND_MS)
+			continue;
+		if (reqstore_note_get(q->st, e->seq, &n) == -1) {
+			/* acknowledged by an earlier life, or lost: nothing to send */
+			note_acked(q, e);
+			continue;
+		}
+		note_send(q, &n);
+		e->sent_mono = now;
+		sent++;
+	}
+	if (sent > 0)
+		log_debug("resent %d request notifications", sent);
+	note_compact(q);
+}
+
+/* ---- devices ---- */
+
+static json_t *
+dev_doc(const struct dev *d)
+{
+	json_t *o = json_pack("{s:b}", "online", d->online);
+
+	if (d->last_seen_ms)
+		json_object_set_new(o, "lastSeen", json_integer(d->last_seen_ms));
+	if (d->status_ms)
+		json_object_set_new(o, "statusAt", json_integer(d->status_ms));
+	if (d->telemetry_ms)
+		json_object_set_new(o, "telemetryAt", json_integer(d->telemetry_ms));
+	if (d->status != NULL)
+		json_object_set(o, "status", d->status);
+	return o;
+}
+
+/* The device as GET /v1/devices/{id} shows it. */
+static json_t *
+dev_view(const struct dev *d)
+{
+	json_t *o = json_pack("{s:s,s:b}", "id", d->id, "online", d->online);
+
+	if (d->last_seen_ms)
+		rfc3339_set(o, "lastSeen", d->last_seen_ms);
+	json_object_set(o, "status", d->status ? d->status : json_null());
+	/* Telemetry payloads do not reach the router (the crypto worker sends
+	 * only that one arrived), so all it can show is when. */
+	json_object_set_new(o, "telemetry", json_null());
+	if (d->telemetry_ms)
+		rfc3339_set(o, "telemetryAt", d->telemetry_ms);
+	json_object_set_new(o, "pending", json_integer(d->pending));
+	return o;
+}
+
+static void
+dev_save(struct requests *q, struct dev *d)
+{
+	json_t *doc = dev_doc(d);
+
+	if (reqstore_begin(q->st) == 0) {
+		if (reqstore_dev_put(q->st, d->id, doc) == 0 && reqstore_commit(q->st) == 0) {
+			if (d->dirty) {
+				TAILQ_REMOVE(&q->dirty, d, dirty_link);
+				d->dirty = false;
+			}
+		} else
+			reqstore_abort(q->st);
+	}
+	json_decref(doc);
+}
+
+static void
+dev_mark_dirty(struct requests *q, struct dev *d)
+{
+	if (!d->dirty) {
+		d->dirty = true;
+		TAILQ_INSERT_TAIL(&q->dirty, d, dirty_link);
+	}
+}
+
+static void
+dev_flush(struct requests *q)
+{
+	struct dev *d;
+	json_t *doc;
+
+	if (TAILQ_EMPTY(&q->dirty) || reqstore_begin(q->st) == -1)
+		return;
+	TAILQ_FOREACH(d, &q->dirty, dirty_link) {
+		doc = dev_doc(d);
+		reqstore_dev_put(q->st, d->id, doc);
+		json_decref(doc);
+	}
+	if (reqstore_commit(q->st) == -1)
+		return;  /* stays dirty, tried again next tick */
+	while ((d = TAILQ_FIRST(&q->dirty)) != NULL) {
+		TAILQ_REMOVE(&q->dirty, d, dirty_link);
+		d->dirty = false;
+	}
+}
+
+static void
+dev_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct dev *d = arg;
+
+	dev_kick(d->q, d);
+}
+
+static struct dev *
+dev_new(struct requests *q, const char *id)
+{
+	struct dev *d = calloc(1, sizeof(*d));
+
+	if (d == NULL)
+		return NULL;
+	d->q = q;
+	strlcpy_h(d->id, id, sizeof(d->id));
+	d->hn.key = d->id;
+	d->hn.hash = hash_str(d->id);
+	TAILQ_INIT(&d->live);
+	d->retry = evtimer_new(q->w->base, dev_retry_cb, d);
+	if (d->retry == NULL || ht_add(&q->devs, &d->hn) == -1) {
+		if (d->retry)
+			event_free(d->retry);
+		free(d);
+		return NULL;
+	}
+	return d;
+}
+
+static struct dev *
+dev_find(struct requests *q, const char *id)
+{
+	return (struct dev *)ht_find_str(&q->devs, id);
+}
+
+/* The device, created (and stored) on first sight. */
+static struct dev *
+dev_get(struct requests *q, const char *id)
+{
+	struct dev *d = dev_find(q, id);
+
+	if (d != NULL)
+		return d;
+	if ((d = dev_new(q, id)) == NULL)
+		return NULL;
+	dev_save(q, d);
+	return d;
+}
+
+static void
+dev_set_online(struct requests *q, struct dev *d, bool online)
+{
+	if (d->online == online)
+		return;
+	d->online = online;
+	q->n_online += online ? 1 : -1;
+	gauges(q);
+	log_debug("device %s is %s", d->id, online ? "online" : "offline");
+	/* Written at once: after a restart the router trusts this flag. */
+	dev_save(q, d);
+	if (online)
+		dev_kick(q, d);
+}
+
+/* ---- publishing ---- */
+
+static void pub_done(struct requests *q, struct pub *p, bool ok);
+
+static void
+pub_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct pub *p = arg;
+
+	log_ratelimited(LOG_WARNING, "no broker acknowledgement for publish %llu within %d ms",
+	    (unsigned long long)p->ref, PUBLISH_TIMEOUT_MS);
+	pub_done(p->q, p, false);
+}
+
+/* Publish at QoS 1; the pub is answered by requests_on_published or its timeout. */
+static struct pub *
+pub_start(struct requests *q, int kind, struct dev *d, const char *topic_kind,
+    const char *payload, size_t len, bool retain)
+{
+	struct pub *p = calloc(1, sizeof(*p));
+	struct msg_publish m;
+	char topic[REQSTORE_ID_MAX + 32];
+	struct timeval tv = { PUBLISH_TIMEOUT_MS / 1000, (PUBLISH_TIMEOUT_MS % 1000) * 1000 };
+
+	if (p == NULL)
+		return NULL;
+	p->q = q;
+	p->kind = kind;
+	p->dev = d;
+	p->ref = ++q->next_ref;
+	p->hn.hash = p->ref;
+	snprintf(topic, sizeof(topic), "device/%s/%s", d->id, topic_kind);
+	m.ref = p->ref;
+	m.topic = (struct pstr){ topic, strlen(topic) };
+	m.payload = (struct pstr){ payload, len };
+	m.qos = 1;
+	m.retain = retain;
+	p->timer = evtimer_new(q->w->base, pub_timeout_cb, p);
+	if (p->timer == NULL || router_publish(q->w, &m) == -1) {
+		if (p->timer)
+			event_free(p->timer);
+		free(p);
+		return NULL;
+	}
+	ht_add(&q->pubs, &p->hn);
+	evtimer_add(p->timer, &tv);
+	return p;
+}
+
+static void
+pub_done(struct requests *q, struct pub *p, bool ok)
+{
+	struct dev *d = p->dev;
+	struct req *r = p->r;
+	struct timeval tv = { PUBLISH_RETRY_MS / 1000, (PUBLISH_RETRY_MS % 1000) * 1000 };
+
+	ht_del(&q->pubs, &p->hn);
+	event_free(p->timer);
+	switch (p->kind) {
+	case PUB_REQUEST:
+		if (d->pub == p)
+			d->pub = NULL;
+		if (r != NULL)
+			r->pub = NULL;
+		if (ok && r != NULL && r->state == RS_QUEUED)
+			req_change(q, r, RS_SENT, NULL);
+		if (ok)
+			dev_kick(q, d);
+		else if (!evtimer_pending(d->retry, NULL))
+			evtimer_add(d->retry, &tv);
+		break;
+	case PUB_EVENT:
+		if (ok)
+			reply(q, p->peer, p->reqid, 202, json_pack("{s:s,s:s}", "eventId",
+			    p->event_id, "state", "sent"));
+		else
+			reply_error(q, p->peer, p->reqid, 503, "unavailable",
+			    "the broker did not acknowledge the event");
+		break;
+	case PUB_CONFIG_SET:
+	case PUB_CONFIG_CLEAR:
+		if (!ok)
+			reply_error(q, p->peer, p->reqid, 503, "unavailable",
+			    "the broker did not acknowledge the configuration");
+		else if (p->kind == PUB_CONFIG_CLEAR)
+			reply(q, p->peer, p->reqid, 204, NULL);
+		else
+			reply(q, p->peer, p->reqid, 200, json_pack("{s:s,s:s}", "id", d->id,
+			    "state", "sent"));
+		break;
+	}
+	free(p);
+}
+
+void
+requests_on_published(struct requests *q, const struct msg_published *m)
+{
+	struct pub *p = (struct pub *)ht_find_u64(&q->pubs, m->ref);
+
+	if (p == NULL) {
+		/* Answered after its timeout: the request is retried anyway. */
+		log_debug("late or unknown PUBLISHED %llu ignored", (unsigned long long)m->ref);
+		return;
+	}
+	pub_done(q, p, m->ok != 0);
+}
+
+/*
+ * Send the device's oldest queued request, one at a time: the next goes
+ * out only after the broker acknowledged this one, so a device receives
+ * its commands in accept order whichever connection publishes them.
+ */
+static void
+dev_kick(struct requests *q, struct dev *d)
+{
+	struct req *r, *next;
+	json_t *rec, *cmd;
+	char *text;
+
+	if (!d->online || d->pub != NULL)
+		return;
+	for (r = TAILQ_FIRST(&d->live); r != NULL; r = next) {
+		next = TAILQ_NEXT(r, dlink);
+		if (r->state != RS_QUEUED)
+			continue;
+		if (r->deadline_ms <= now_ms()) {
+			req_change(q, r, RS_EXPIRED, NULL);
+			continue;
+		}
+		break;
+	}
+	if (r == NULL)
+		return;
+	if (evtimer_pending(d->retry, NULL))
+		evtimer_del(d->retry);
+	if ((rec = reqstore_get(q->st, r->cid)) == NULL) {
+		log_err("request %s vanished from the store", r->cid);
+		return;
+	}
+	cmd = json_pack("{s:s,s:O,s:O,s:O}", "commandId", r->cid,
+	    "type", json_object_get(rec, "type"),
+	    "params", json_object_get(rec, "params"),
+	    "expiresAt", json_object_get(rec, "expiresAt"));
+	json_decref(rec);
+	text = cmd ? json_dumps(cmd, JSON_COMPACT) : NULL;
+	json_decref(cmd);
+	if (text == NULL)
+		return;
+	d->pub = pub_start(q, PUB_REQUEST, d, "command", text, strlen(text), false);
+	free(text);
+	if (d->pub == NULL) {
+		struct timeval tv = { PUBLISH_RETRY_MS / 1000, (PUBLISH_RETRY_MS % 1000) * 1000 };
+		log_ratelimited(LOG_WARNING, "no mqtt worker to publish to %s; retrying", d->id);
+		evtimer_add(d->retry, &tv);
+		return;
+	}
+	d->pub->r = r;
+	r->pub = d->pub;
+}
+
+/* ---- requests ---- */
+
+static void
+waiter_free(struct waiter *wt)
+{
+	LIST_REMOVE(wt, link);
+	event_free(wt->timer);
+	free(wt);
+}
+
+static void
+waiter_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct waiter *wt = arg;
+	struct requests *q = wt->q;
+	json_t *rec = reqstore_get(q->st, wt->r->cid);
+
+	if (rec == NULL)
+		reply_error(q, wt->peer, wt->reqid, 503, "unavailable", "request store unreadable");
+	else
+		reply(q, wt->peer, wt->reqid, 202, rec_public(rec));
+	json_decref(rec);
+	waiter_free(wt);
+}
+
+static void
+req_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct req *r = arg;
+
+	req_change(r->q, r, r->state == RS_SENT ? RS_TIMEOUT : RS_EXPIRED, NULL);
+}
+
+static struct req *
+req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int state,
+    int64_t deadline_ms)
+{
+	struct req *r = calloc(1, sizeof(*r));
+	int64_t delay;
+	struct timeval tv;
+
+	if (r == NULL)
+		return NULL;
+	r->q = q;
+	r->dev = d;
+	strlcpy_h(r->cid, cid, sizeof(r->cid));
+	r->hn.key = r->cid;
+	r->hn.hash = hash_str(r->cid);
+	r->seq = seq;
+	r->state = state;
+	r->deadline_ms = deadline_ms;
+	LIST_INIT(&r->waiters);
+	r->timer = evtimer_new(q->w->base, req_timer_cb, r);
+	if (r->timer == NULL || ht_add(&q->reqs, &r->hn) == -1) {
+		if (r->timer)
+			event_free(r->timer);
+		free(r);
+		return NULL;
+	}
+	/* Accept order: seqs grow, but a restart loads them in order too. */
+	TAILQ_INSERT_TAIL(&d->live, r, dlink);
+	d->pending++;
+	if (state == RS_QUEUED)
+		q->n_queued++;
+	else
+		q->n_sent++;
+	delay = deadline_ms - now_ms();
+	if (delay < 0)
+		delay = 0;
+	tv.tv_sec = delay / 1000;
+	tv.tv_usec = (delay % 1000) * 1000;
+	evtimer_add(r->timer, &tv);
+	return r;
+}
+
+static void
+req_free(struct requests *q, struct req *r)
+{
+	struct waiter *wt;
+
+	while ((wt = LIST_FIRST(&r->waiters)) != NULL)
+		waiter_free(wt);
+	if (r->pub != NULL)
+		r->pub->r = NULL;
+	TAILQ_REMOVE(&r->dev->live, r, dlink);
+	r->dev->pending--;
+	if (r->state == RS_QUEUED)
+		q->n_queued--;
+	else
+		q->n_sent--;
+	ht_del(&q->reqs, &r->hn);
+	event_free(r->timer);
+	free(r);
+}
+
+/*
+ * One state change: record, live index and notification in one commit,
+ * then the notification goes out and waiters of an ended request get it.
+ * fields (stolen, may be NULL) are merged into the record.
+ */
+static void
+req_change(struct requests *q, struct req *r, int state, json_t *fields)
+{
+	int64_t now = now_ms();
+	json_t *rec = reqstore_get(q->st, r->cid), *pub;
+	uint64_t nseq = 0;
+	struct waiter *wt;
+
+	if (rec == NULL) {
+		/* Cannot happen unless the store was damaged: forget it. */
+		log_err("request %s is not in the store any more; dropping it", r->cid);
+		json_decref(fields);
+		req_free(q, r);
+		gauges(q);
+		return;
+	}
+	json_object_set_new(rec, "state", json_string(rstate_names[state]));
+	if (state == RS_SENT || ((state == RS_CONFIRMED || state == RS_FAILED) &&
+	    json_object_get(rec, "sentAt") == NULL))
+		rfc3339_set(rec, "sentAt", now);
+	if (state_ended(state)) {
+		rfc3339_set(rec, "completedAt", now);
+		json_object_set_new(rec, "_ended", json_integer(now));
+	}
+	if (fields != NULL) {
+		json_object_update(rec, fields);
+		json_decref(fields);
+	}
+	pub = rec_public(rec);
+	if (reqstore_begin(q->st) == 0) {
+		if (reqstore_update(q->st, r->cid, rec) == 0 &&
+		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
+		    (nseq = note_add(q, pub, r->dev->id, now)) != 0 &&
+		    reqstore_commit(q->st) == 0) {
+			note_send_seq(q, nseq);
+		} else {
+			reqstore_abort(q->st);
+			log_ratelimited(LOG_ERR, "request %s: state %s could not be stored",
+			    r->cid, rstate_names[state]);
+		}
+	}
+	log_debug("request %s -> %s", r->cid, rstate_names[state]);
+	if (!state_ended(state)) {
+		if (r->state == RS_QUEUED && state == RS_SENT) {
+			q->n_queued--;
+			q->n_sent++;
+		}
+		r->state = state;
+	} else {
+		while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
+			reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
+			waiter_free(wt);
+		}
+		worker_count(q->w, STAT_req_completed, 1);
+		req_free(q, r);
+	}
+	json_decref(pub);
+	json_decref(rec);
+	gauges(q);
+}
+
+static struct req *
+req_find(struct requests *q, const char *cid)
+{
+	return (struct req *)ht_find_str(&q->reqs, cid);
+}
+
+/* ---- responses from devices ---- */
+
+static void
+reject_response(struct requests *q, const struct msg_device_info *m, const char *detail)
+{
+	char id[ULID_LEN], topic[REQSTORE_ID_MAX + 32];
+	struct msg_reject rj;
+	struct hmw out;
+
+	ulid_random(id);
+	snprintf(topic, sizeof(topic), "device/%.*s/response", (int)m->device.len, m->device.p);
+	memset(&rj, 0, sizeof(rj));
+	rj.slot = PROTO_SLOT_NONE;
+	rj.received_ms = m->received_ms;
+	rj.id = (struct pstr){ id, strlen(id) };
+	rj.device = m->device;
+	rj.topic = (struct pstr){ topic, strlen(topic) };
+	rj.reason = (struct pstr){ "unknown_command", 15 };
+	rj.detail = (struct pstr){ detail, strlen(detail) };
+	rj.payload = m->json;
+	hmw_init(&out, HM_FAB_REJECT);
+	proto_write_reject(&out, &rj);
+	worker_send(q->w, "http.0", &out);
+	hmw_free(&out);
+	log_ratelimited(LOG_INFO, "response from %.*s rejected: %s", (int)m->device.len,
+	    m->device.p, detail);
+}
+
+static void
+on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
+{
+	json_t *doc = json_loadb(m->json.p, m->json.len, 0, NULL), *cidv, *fields, *old;
+	const char *cid;
+	struct req *r;
+	bool ok;
+
+	cidv = json_object_get(doc, "commandId");
+	cid = json_string_value(cidv);
+	if (cid == NULL || !device_id_valid(cid, strlen(cid))) {
+		reject_response(q, m, "the response has no valid commandId");
+		goto out;
+	}
+	if ((r = req_find(q, cid)) == NULL) {
+		old = reqstore_get(q->st, cid);
+		if (old != NULL && strcmp(json_string_value(json_object_get(old, "device")) ?: "",
+		    d->id) == 0) {
+			/* A late or repeated answer: the request already ended. */
+			log_debug("response to ended request %s ignored", cid);
+			json_decref(old);
+			goto out;
+		}
+		json_decref(old);
+		reject_response(q, m, "no request has this commandId");
+		goto out;
+	}
+	if (r->dev != d) {
+		reject_response(q, m, "the commandId belongs to another device");
+		goto out;
+	}
+	ok = json_is_true(json_object_get(doc, "success"));
+	fields = json_pack("{s:b}", "success", ok);
+	if (ok && json_object_get(doc, "result") != NULL)
+		json_object_set(fields, "result", json_object_get(doc, "result"));
+	if (!ok) {
+		if (json_object_get(doc, "error") != NULL)
+			json_object_set(fields, "error", json_object_get(doc, "error"));
+		else if (!json_is_boolean(json_object_get(doc, "success")))
+			json_object_set_new(fields, "error", json_pack("{s:s,s:s}", "code",
+			    "bad_response", "message", "the response has no boolean \"success\""));
+	}
+	req_change(q, r, ok ? RS_CONFIRMED : RS_FAILED, fields);
+out:
+	json_decref(doc);
+}
+
+void
+requests_on_device(struct requests *q, const struct msg_device_info *m)
+{
+	char id[REQSTORE_ID_MAX + 1];
+	struct dev *d;
+	json_t *doc;
+	const char *state;
+
+	if (!device_id_valid(m->device.p, m->device.len)) {
+		worker_count(q->w, STAT_ipc_bad, 1);
+		return;
+	}
+	memcpy(id, m->device.p, m->device.len);
+	id[m->device.len] = '\0';
+	if ((d = dev_get(q, id)) == NULL)
+		return;
+	if (m->received_ms > d->last_seen_ms) {
+		d->last_seen_ms = m->received_ms;
+		dev_mark_dirty(q, d);
+	}
+	if (pstr_eq(m->kind, "status")) {
+		doc = json_loadb(m->json.p, m->json.len, 0, NULL);
+		if (json_is_object(doc)) {
+			json_decref(d->status);
+			d->status = json_incref(doc);
+			d->status_ms = m->received_ms;
+			dev_mark_dirty(q, d);
+		}
+		state = json_string_value(json_object_get(doc, "state"));
+		/* "offline" is also the device's Last Will, sent by the broker. */
+		dev_set_online(q, d, state == NULL || strcmp(state, "offline") != 0);
+		json_decref(doc);
+		return;
+	}
+	dev_set_online(q, d, true);
+	if (pstr_eq(m->kind, "telemetry")) {
+		d->telemetry_ms = m->received_ms;
+		dev_mark_dirty(q, d);
+	} else if (pstr_eq(m->kind, "response"))
+		on_response(q, d, m);
+}
+
+/* ---- API operations ---- */
+
+struct call {
+	struct requests *q;
+	const char      *peer;
+	uint64_t         reqid;
+	json_t          *args;
+};
+
+static const char *
+arg_str(const struct call *c, const char *key)
+{
+	return json_string_value(json_object_get(c->args, key));
+}
+
+static bool
+arg_id(const struct call *c, const char *key, const char **out)
+{
+	const char *s = arg_str(c, key);
+
+	if (s == NULL || !device_id_valid(s, strlen(s))) {
+		reply_error(c->q, c->peer, c->reqid, 400, "invalid_field",
+		    "\"%s\" must be an id of [A-Za-z0-9._:-], at most 128 characters", key);
+		return false;
+	}
+	*out = s;
+	return true;
+}
+
+static void
+op_request_create(struct call *c)
+{
+	struct requests *q = c->q;
+	const struct config *cf = q->w->cf;
+	const char *device, *type, *cidarg = NULL;
+	json_t *params = json_object_get(c->args, "params"), *tv = json_object_get(c->args, "timeout");
+	json_t *wv = json_object_get(c->args, "wait"), *old, *rec;
+	char cid[ULID_LEN > REQSTORE_ID_MAX + 1 ? ULID_LEN : REQSTORE_ID_MAX + 1];
+	int64_t timeout = cf->default_timeout, wait = 0, now;
+	uint64_t seq;
+	struct dev *d;
+	struct req *r;
+	char ts[RFC3339_LEN], exp[RFC3339_LEN];
+
+	if (!arg_id(c, "device", &device))
+		return;
+	type = arg_str(c, "type");
+	if (type == NULL || *type == '\0') {
+		reply_error(q, c->peer, c->reqid, 400, "invalid_field", "\"type\" must be a non-empty string");
+		return;
+	}
+	if (params != NULL && !json_is_object(params)) {
+		reply_error(q, c->peer, c->reqid, 400, "invalid_field", "\"params\" must be an object");
+		return;
+	}
+	if (tv != NULL) {
+		if (!json_is_integer(tv) || json_integer_value(tv) < 1 ||
+		    json_integer_value(tv) > cf->max_timeout) {
+			reply_error(q, c->peer, c->reqid, 400, "invalid_field",
+			    "\"timeout\" must be an integer of 1..%d seconds", cf->max_timeout);
+			return;
+		}
+		timeout = json_integer_value(tv);
+	}
+	if (wv != NULL) {
+		if (!json_is_integer(wv) || json_integer_value(wv) < 0 ||
+		    json_integer_value(wv) > WAIT_MAX) {
+			reply_error(q, c->peer, c->reqid, 400, "invalid_field", "wait must be 0..%d", WAIT_MAX);
+			return;
+		}
+		wait = json_integer_value(wv);
+	}
+	if (json_object_get(c->args, "commandId") != NULL && !arg_id(c, "commandId", &cidarg))
+		return;
+
+	if (cidarg != NULL) {
+		strlcpy_h(cid, cidarg, sizeof(cid));
+		if ((old = reqstore_get(q->st, cid)) != NULL) {
+			const char *odev = json_string_value(json_object_get(old, "device"));
+			const char *otype = json_string_value(json_object_get(old, "type"));
+			json_t *oparams = json_object_get(old, "params"), *empty = json_object();
+			bool same = odev && otype && strcmp(odev, device) == 0 && strcmp(otype, type) == 0 &&
+			    json_equal(oparams ? oparams : empty, params ? params : empty) &&
+			    (tv == NULL || rec_int(old, "_timeout") == timeout);
+			json_decref(empty);
+			if (same)
+				reply(q, c->peer, c->reqid, 200, rec_public(old));
+			else
+				reply_error(q, c->peer, c->reqid, 409, "command_id_conflict",
+				    "a request with commandId %s exists with other fields", cid);
+			json_decref(old);
+			return;
+		}
+	} else
+		ulid_random(cid);
+
+	if ((d = dev_get(q, device)) == NULL) {
+		reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
+		return;
+	}
+	if (d->pending >= cf->max_pending_per_device) {
+		reply_error(q, c->peer, c->reqid, 429, "too_many_pending",
+		    "device %s has %d requests pending (max_pending_per_device)", device, d->pending);
+		return;
+	}
+	now = now_ms();
+	fmt_rfc3339(now, ts);
+	fmt_rfc3339(now + timeout * 1000, exp);
+	seq = q->next_seq;
+	rec = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:b}",
+	    "commandId", cid, "device", device, "type", type,
+	    "params", params ? json_incref(params) : json_object(), "state", "queued",
+	    "createdAt", ts, "expiresAt", exp,
+	    "_seq", (json_int_t)seq, "_created", (json_int_t)now,
+	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
+	    "_tgiven", tv != NULL);
+	if (rec == NULL || reqstore_begin(q->st) == -1) {
+		json_decref(rec);
+		reply_error(q, c->peer, c->reqid, 503, "unavailable", "the request store is unavailable");
+		return;
+	}
+	if (reqstore_add(q->st, seq, cid, device, rec) == -1 ||
+	    reqstore_meta_put(q->st, "seq", seq + 1) == -1 || reqstore_commit(q->st) == -1) {
+		bool full = reqstore_full(q->st);
+		reqstore_abort(q->st);
+		json_decref(rec);
+		reply_error(q, c->peer, c->reqid, 503, full ? "store_full" : "unavailable",
+		    full ? "the request store is full" : "the request could not be stored");
+		return;
+	}
+	q->next_seq = seq + 1;
+	worker_count(q->w, STAT_req_accepted, 1);
+	r = req_new(q, d, cid, seq, RS_QUEUED, now + timeout * 1000);
+	if (r == NULL) {
+		/* Stored but not tracked: it is picked up at the next start. */
+		log_err("out of memory tracking request %s", cid);
+		reply(q, c->peer, c->reqid, 202, rec_public(rec));
+		json_decref(rec);
+		return;
+	}
+	gauges(q);
+	if (wait > 0) {
+		struct waiter *wt = calloc(1, sizeof(*wt));
+		struct timeval wtv = { (time_t)wait, 0 };
+		if (wt != NULL && (wt->timer = evtimer_new(q->w->base, waiter_timeout_cb, wt)) != NULL) {
+			wt->q = q;
+			wt->r = r;
+			wt->reqid = c->reqid;
+			strlcpy_h(wt->peer, c->peer, sizeof(wt->peer));
+			LIST_INSERT_HEAD(&r->waiters, wt, link);
+			evtimer_add(wt->timer, &wtv);
+			json_decref(rec);
+			dev_kick(q, d);
+			return;
+		}
+		free(wt);
+	}
+	reply(q, c->peer, c->reqid, 202, rec_public(rec));
+	json_decref(rec);
+	dev_kick(q, d);
+}
+
+static void
+op_request_get(struct call *c)
+{
+	const char *cid;
+	json_t *rec;
+
+	if (!arg_id(c, "commandId", &cid))
+		return;
+	if ((rec = reqstore_get(c->q->st, cid)) == NULL) {
+		reply_error(c->q, c->peer, c->reqid, 404, "not_found", "no request %s", cid);
+		return;
+	}
+	reply(c->q, c->peer, c->reqid, 200, rec_public(rec));
+	json_decref(rec);
+}
+
+static void
+op_request_cancel(struct call *c)
+{
+	const char *cid;
+	json_t *rec;
+	struct req *r;
+
+	if (!arg_id(c, "commandId", &cid))
+		return;
+	if ((r = req_find(c->q, cid)) != NULL) {
+		req_change(c->q, r, RS_CANCELLED, NULL);
+		rec = reqstore_get(c->q->st, cid);
+		if (rec == NULL) {
+			reply_error(c->q, c->peer, c->reqid, 503, "unavailable", "request store unreadable");
+			return;
+		}
+		reply(c->q, c->peer, c->reqid, 200, rec_public(rec));
+		json_decref(rec);
+		return;
+	}
+	if ((rec = reqstore_get(c->q->st, cid)) == NULL) {
+		reply_error(c->q, c->peer, c->reqid, 404, "not_found", "no request %s", cid);
+		return;
+	}
+	reply_error(c->q, c->peer, c->reqid, 409, "already_ended", "request %s already ended (%s)",
+	    cid, json_string_value(json_object_get(rec, "state")) ?: "?");
+	json_decref(rec);
+}
+
+struct collect {
+	struct requests *q;
+	json_t          *list;
+	int              state;   /* -1: any */
+	int              scanned, max;
+};
+
+static int
+collect_cb(uint64_t seq, const char *cid, void *arg)
+{
+	struct collect *k = arg;
+	json_t *rec = reqstore_get(k->q->st, cid);
+	const char *st;
+
+	if (rec != NULL) {
+		st = json_string_value(json_object_get(rec, "state"));
+		if (k->state < 0 || (st != NULL && state_parse(st) == k->state))
+			json_array_append_new(k->list, rec_public(rec));
+		json_decref(rec);
+	}
+	/* Bound the work for a device with a long history. */
+	return ++k->scanned >= 100000 || (int)json_array_size(k->list) >= k->max;
+}
+
+static void
+op_device_requests(struct call *c)
+{
+	struct collect k = { c->q, json_array(), -1, 0, LIST_MAX };
+	const char *device, *st = arg_str(c, "state");
+	struct dev *d;
+	struct req *r;
+	json_t *rec, *rev;
+
+	if (!arg_id(c, "device", &device)) {
+		json_decref(k.list);
+		return;
+	}
+	if (st != NULL && (k.state = state_parse(st)) < 0) {
+		json_decref(k.list);
+		reply_error(c->q, c->peer, c->reqid, 400, "invalid_field", "unknown state \"%s\"", st);
+		return;
+	}
+	if (k.state == RS_QUEUED || k.state == RS_SENT) {
+		/* Live requests are in memory, in accept order. */
+		if ((d = dev_find(c->q, device)) != NULL)
+			TAILQ_FOREACH(r, &d->live, dlink) {
+				if (r->state != k.state || (rec = reqstore_get(c->q->st, r->cid)) == NULL)
+					continue;
+				json_array_append_new(k.list, rec_public(rec));
+				json_decref(rec);
+			}
+	} else {
+		/* Newest first while collecting, shown in accept order. */
+		reqstore_walk_device(c->q->st, device, true, collect_cb, &k);
+		rev = json_array();
+		for (size_t i = json_array_size(k.list); i > 0; i--)
+			json_array_append(rev, json_array_get(k.list, i - 1));
+		json_decref(k.list);
+		k.list = rev;
+	}
+	reply(c->q, c->peer, c->reqid, 200, json_pack("{s:o}", "requests", k.list));
+}
+
+static void
+op_event(struct call *c)
+{
+	struct requests *q = c->q;
+	const char *device, *type;
+	json_t *params = json_object_get(c->args, "params"), *ev;
+	struct dev *d;
+	struct pub *p;
+	char id[ULID_LEN], *text;
+
+	if (!arg_id(c, "device", &device))
+		return;
+	type = arg_str(c, "type");
+	if (type == NULL || *type == '\0' || (params != NULL && !json_is_object(params))) {
+		reply_error(q, c->peer, c->reqid, 400, "invalid_field",
+		    "an event needs a non-empty string \"type\" and an object \"params\"");
+		return;
+	}
+	if ((d = dev_get(q, device)) == NULL) {
+		reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
+		return;
+	}
+	ulid_random(id);
+	ev = json_pack("{s:s,s:s,s:o}", "eventId", id, "type", type, "params",
+	    params ? json_incref(params) : json_object());
+	text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
+	json_decref(ev);
+	p = text ? pub_start(q, PUB_EVENT, d, "command", text, strlen(text), false) : NULL;
+	free(text);
+	if (p == NULL) {
+		reply_error(q, c->peer, c->reqid, 503, "unavailable", "no broker connection to publish on");
+		return;
+	}
+	p->reqid = c->reqid;
+	strlcpy_h(p->peer, c->peer, sizeof(p->peer));
+	memcpy(p->event_id, id, sizeof(id));
+}
+
+static void
+op_config(struct call *c, bool set)
+{
+	struct requests *q = c->q;
+	const char *device;
+	json_t *cfg = json_object_get(c->args, "config");
+	struct dev *d;
+	struct pub *p;
+	char *text = NULL;
+
+	if (!arg_id(c, "device", &device))
+		return;
+	if (set && !json_is_object(cfg)) {
+		reply_error(q, c->peer, c->reqid, 400, "invalid_json", "the configuration must be a JSON object");
+		return;
+	}
+	if ((d = dev_get(q, device)) == NULL) {
+		reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
+		return;
+	}
+	if (set && (text = json_dumps(cfg, JSON_COMPACT)) == NULL) {
+		reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
+		return;
+	}
+	/* An empty retained message clears what the broker keeps. */
+	p = pub_start(q, set ? PUB_CONFIG_SET : PUB_CONFIG_CLEAR, d, "config",
+	    set ? text : "", set ? strlen(text) : 0, true);
+	free(text);
+	if (p == NULL) {
+		reply_error(q, c->peer, c->reqid, 503, "unavailable", "no broker connection to publish on");
+		return;
+	}
+	p->reqid = c->reqid;
+	strlcpy_h(p->peer, c->peer, sizeof(p->peer));
+}
+
+static void
+op_device_get(struct call *c)
+{
+	const char *device;
+	struct dev *d;
+
+	if (!arg_id(c, "device", &device))
+		return;
+	if ((d = dev_find(c->q, device)) == NULL) {
+		reply_error(c->q, c->peer, c->reqid, 404, "not_found", "no device %s", device);
+		return;
+	}
+	reply(c->q, c->peer, c->reqid, 200, dev_view(d));
+}
+
+struct devlist {
+	struct requests *q;
+	json_t          *list;
+	int              online;  /* -1 any, 0, 1 */
+	int              limit;
+	bool             more;
+	char             last[REQSTORE_ID_MAX + 1];
+};
+
+static int
+devlist_cb(const char *id, json_t *doc, void *arg)
+{
+	struct devlist *l = arg;
+	struct dev *d = dev_find(l->q, id);
+
+	if (d == NULL)
+		return 0;
+	if (l->online >= 0 && d->online != (l->online == 1))
+		return 0;
+	if ((int)json_array_size(l->list) >= l->limit) {
+		l->more = true;
+		return 1;
+	}
+	json_array_append_new(l->list, dev_view(d));
+	strlcpy_h(l->last, id, sizeof(l->last));
+	return 0;
+}
+
+static void
+op_device_list(struct call *c)
+{
+	struct devlist l = { c->q, json_array(), -1, 100, false, "" };
+	json_t *on = json_object_get(c->args, "online"), *lim = json_object_get(c->args, "limit");
+	const char *cursor = arg_str(c, "cursor");
+
+	if (on != NULL)
+		l.online = json_is_true(on) ? 1 : 0;
+	if (json_is_integer(lim) && json_integer_value(lim) >= 1 && json_integer_value(lim) <= LIST_MAX)
+		l.limit = (int)json_integer_value(lim);
+	reqstore_walk_devs(c->q->st, cursor, devlist_cb, &l);
+	reply(c->q, c->peer, c->reqid, 200, json_pack("{s:o,s:o}", "devices", l.list,
+	    "next", l.more ? json_string(l.last) : json_null()));
+}
+
+void
+requests_on_request(struct requests *q, const char *peer, const struct msg_request *m)
+{
+	static const struct {
+		const char *op;
+		void (*fn)(struct call *);
+	} ops[] = {
+		{ "request.create", op_request_create },
+		{ "request.get", op_request_get },
+		{ "request.cancel", op_request_cancel },
+		{ "device.requests", op_device_requests },
+		{ "device.get", op_device_get },
+		{ "device.list", op_device_list },
+		{ "event.publish", op_event },
+	};
+	struct call c = { q, peer, m->reqid, NULL };
+
+	c.args = json_loadb(m->args.p, m->args.len, 0, NULL);
+	if (!json_is_object(c.args)) {
+		worker_count(q->w, STAT_ipc_bad, 1);
+		reply_error(q, peer, m->reqid, 400, "bad_request", "malformed operation arguments");
+		goto out;
+	}
+	if (pstr_eq(m->op, "config.put") || pstr_eq(m->op, "config.delete")) {
+		op_config(&c, pstr_eq(m->op, "config.put"));
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		if (pstr_eq(m->op, ops[i].op)) {
+			ops[i].fn(&c);
+			goto out;
+		}
+	}
+	reply_error(q, peer, m->reqid, 501, "not_implemented", "operation %.*s is not implemented",
+	    (int)(m->op.len > 64 ? 64 : m->op.len), m->op.p);
+out:
+	json_decref(c.args);
+}
+
+/* ---- upkeep ---- */
+
+struct prune {
+	struct requests *q;
+	int64_t          cutoff;
+	int              n, scanned;
+	uint64_t         seq[REQUESTS_PRUNE_BATCH];
+	char           (*cid)[REQSTORE_ID_MAX + 1];
+	char           (*dev)[REQSTORE_ID_MAX + 1];
+};
+
+static int
+prune_cb(uint64_t seq, const char *cid, void *arg)
+{
+	struct prune *p = arg;
+	json_t *rec;
+	int64_t ended;
+	const char *dev;
+
+	if (++p->scanned > 4 * REQUESTS_PRUNE_BATCH || p->n >= REQUESTS_PRUNE_BATCH)
+		return 1;
+	if (req_find(p->q, cid) != NULL)
+		return 0;   /* still live: later ones may be old enough */
+	if ((rec = reqstore_get(p->q->st, cid)) == NULL)
+		return 0;
+	ended = rec_int(rec, "_ended");
+	dev = json_string_value(json_object_get(rec, "device"));
+	if (ended == 0 || ended > p->cutoff || dev == NULL) {
+		json_decref(rec);
+		/* Requests end roughly in accept order: stop at the first young one. */
+		return ended > p->cutoff;
+	}
+	p->seq[p->n] = seq;
+	strlcpy_h(p->cid[p->n], cid, sizeof(p->cid[0]));
+	strlcpy_h(p->dev[p->n], dev, sizeof(p->dev[0]));
+	p->n++;
+	json_decref(rec);
+	return 0;
+}
+
+static void
+requests_prune(struct requests *q)
+{
+	struct prune *p = calloc(1, sizeof(*p));
+
+	if (p == NULL)
+		return;
+	p->q = q;
+	p->cutoff = now_ms() - REQUESTS_KEEP_MS;
+	p->cid = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->cid));
+	p->dev = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->dev));
+	if (p->cid != NULL && p->dev != NULL) {
+		reqstore_walk_all(q->st, false, prune_cb, p);
+		if (p->n > 0 && reqstore_begin(q->st) == 0) {
+			for (int i = 0; i < p->n; i++)
+				reqstore_remove(q->st, p->seq[i], p->cid[i], p->dev[i]);
+			if (reqstore_commit(q->st) == 0)
+				log_info("pruned %d requests ended more than %lld h ago", p->n,
+				    (long long)(REQUESTS_KEEP_MS / 3600000));
+		}
+	}
+	free(p->cid);
+	free(p->dev);
+	free(p);
+}
+
+static void
+requests_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct requests *q = arg;
+	int64_t now = now_ms();
+
+	dev_flush(q);
+	note_resend(q);
+	if (q->w->cf->spool_fsync == FSYNC_BATCH)
+		reqstore_sync(q->st);
+	if (now - q->last_prune_ms >= REQUESTS_PRUNE_MS) {
+		q->last_prune_ms = now;
+		requests_prune(q);
+	}
+}
+
+void
+requests_on_mqtt_up(struct requests *q, int slot)
+{
+	/* Devices whose publishing failed for want of a connection go now. */
+	for (size_t i = 0; i < q->devs.nb; i++)
+		for (struct hnode *n = q->devs.b[i]; n != NULL; n = n->next) {
+			struct dev *d = (struct dev *)n;
+			if (d->online && d->pub == NULL && !TAILQ_EMPTY(&d->live))
+				dev_kick(q, d);
+		}
+}
+
+/* ---- admin ---- */
+
+json_t *
+requests_admin(struct requests *q, int argc, char **argv)
+{
+	struct collect k = { q, json_array(), -1, 0, LIST_MAX };
+	json_t *list;
+
+	if (strcmp(argv[0], "requests") == 0) {
+		if (argc > 1) {
+			if (!device_id_valid(argv[1], strlen(argv[1]))) {
+				json_decref(k.list);
+				return json_pack("{s:{s:s,s:s}}", "error", "code", "bad_argument",
+				    "message", "not a device id");
+			}
+			reqstore_walk_device(q->st, argv[1], true, collect_cb, &k);
+		} else
+			reqstore_walk_all(q->st, true, collect_cb, &k);
+		return json_pack("{s:o,s:i,s:i}", "requests", k.list, "queued", q->n_queued,
+		    "sent", q->n_sent);
+	}
+	json_decref(k.list);
+	if (strcmp(argv[0], "devices") == 0) {
+		list = json_array();
+		for (size_t i = 0; i < q->devs.nb; i++)
+			for (struct hnode *n = q->devs.b[i]; n != NULL; n = n->next)
+				if (json_array_size(list) < 10000)
+					json_array_append_new(list, dev_view((struct dev *)n));
+		return json_pack("{s:o,s:i}", "devices", list, "online", q->n_online);
+	}
+	return NULL;
+}
+
+void
+requests_reload(struct requests *q)
+{
+	/* Limits are read from w->cf on each use; nothing is cached. */
+	(void)q;
+}
+
+/* ---- start and stop ---- */
+
+static int
+load_dev_cb(const char *id, json_t *doc, void *arg)
+{
+	struct requests *q = arg;
+	struct dev *d;
+
+	if (!device_id_valid(id, strlen(id)) || (d = dev_new(q, id)) == NULL)
+		return 0;
+	/* Presence is not known after a restart until the device speaks; a
+	 * device that was online is taken to still be, so its queue moves. */
+	d->online = json_is_true(json_object_get(doc, "online"));
+	d->last_seen_ms = json_integer_value(json_object_get(doc, "lastSeen"));
+	d->status_ms = json_integer_value(json_object_get(doc, "statusAt"));
+	d->telemetry_ms = json_integer_value(json_object_get(doc, "telemetryAt"));
+	if (json_is_object(json_object_get(doc, "status")))
+		d->status = json_incref(json_object_get(doc, "status"));
+	if (d->online)
+		q->n_online++;
+	return 0;
+}
+
+static int
+load_live_cb(uint64_t seq, const char *cid, void *arg)
+{
+	struct requests *q = arg;
+	json_t *rec = reqstore_get(q->st, cid);
+	const char *dev, *st;
+	struct dev *d;
+	int state;
+
+	if (rec == NULL)
+		return 0;
+	dev = json_string_value(json_object_get(rec, "device"));
+	st = json_string_value(json_object_get(rec, "state"));
+	state = st ? state_parse(st) : -1;
+	if (dev != NULL && device_id_valid(dev, strlen(dev)) && (state == RS_QUEUED || state == RS_SENT) &&
+	    ((d = dev_find(q, dev)) != NULL || (d = dev_new(q, dev)) != NULL))
+		req_new(q, d, cid, seq, state, rec_int(rec, "_deadline"));
+	else
+		log_warn("request %s in the live index is not live (%s); ignored", cid, st ? st : "?");
+	json_decref(rec);
+	return 0;
+}
+
+static int
+load_note_cb(const struct reqstore_note *n, void *arg)
+{
+	/* Sent again at the first tick: the spool drops duplicates by id. */
+	note_track(arg, n->seq, mono_ms() - NOTE_RESEND_MS);
+	return 0;
+}
 
 struct requests *
 requests_open(struct worker *w)
 {
 	struct requests *q = calloc(1, sizeof(*q));
+	char dir[600], err[700];
+	struct timeval tv = { REQUESTS_TICK_MS / 1000, (REQUESTS_TICK_MS % 1000) * 1000 };
 
-	if (q != NULL)
-		q->w = w;
+	if (q == NULL)
+		return NULL;
+	q->w = w;
+	TAILQ_INIT(&q->dirty);
+	snprintf(dir, sizeof(dir), "%s/requests", w->cf->state_dir);
+	q->st = reqstore_open(dir, REQUESTS_MAP_SIZE, w->cf->spool_fsync, err, sizeof(err));
+	if (q->st == NULL) {
+		log_err("request store: %s", err);
+		free(q);
+		return NULL;
+	}
+	q->next_seq = reqstore_meta_get(q->st, "seq");
+	q->next_nseq = reqstore_meta_get(q->st, "nseq");
+	if (q->next_seq == 0)
+		q->next_seq = 1;
+	if (q->next_nseq == 0)
+		q->next_nseq = 1;   /* 0 means "none" in note_add */
+	reqstore_walk_devs(q->st, NULL, load_dev_cb, q);
+	reqstore_walk_live(q->st, load_live_cb, q);
+	reqstore_walk_notes(q->st, load_note_cb, q);
+	q->last_prune_ms = now_ms() - REQUESTS_PRUNE_MS + 5000;
+	log_info("request store: %zu live requests, %zu devices (%d online), %zu notifications to send",
+	    q->reqs.n, q->devs.n, q->n_online, q->nnotes);
+	gauges(q);
+	q->tick = event_new(w->base, -1, EV_PERSIST, requests_tick, q);
+	event_add(q->tick, &tv);
+	/* Queues of devices taken to be online go out once an mqtt worker is
+	 * reachable (first try now; failures retry every second). */
+	for (size_t i = 0; i < q->devs.nb; i++)
+		for (struct hnode *n = q->devs.b[i]; n != NULL; n = n->next) {
+			struct dev *d = (struct dev *)n;
+			struct timeval now = { 0, 0 };
+			if (d->online && !TAILQ_EMPTY(&d->live))
+				evtimer_add(d->retry, &now);
+		}
 	return q;
 }
 
-void requests_close(struct requests *q) { free(q); }
-
 void
-requests_on_request(struct requests *q, const char *peer, const struct msg_request *m)
+requests_close(struct requests *q)
 {
-	static const char body[] =
-	    "{\"error\":{\"code\":\"not_implemented\",\"message\":\"requests are not available yet\"}}";
-	struct msg_reply rep = { m->reqid, 503, { body, sizeof(body) - 1 } };
-	struct hmw out;
+	struct hnode *n, *next;
 
-	hmw_init(&out, HM_FAB_REPLY);
-	proto_write_reply(&out, &rep);
-	worker_send(q->w, peer, &out);
-	hmw_free(&out);
+	if (q == NULL)
+		return;
+	dev_flush(q);
+	if (q->tick)
+		event_free(q->tick);
+	for (size_t i = 0; i < q->pubs.nb; i++)
+		for (n = q->pubs.b[i]; n != NULL; n = next) {
+			struct pub *p = (struct pub *)n;
+			next = n->next;
+			event_free(p->timer);
+			free(p);
+		}
+	for (size_t i = 0; i < q->reqs.nb; i++)
+		for (n = q->reqs.b[i]; n != NULL; n = next) {
+			struct req *r = (struct req *)n;
+			struct waiter *wt;
+			next = n->next;
+			while ((wt = LIST_FIRST(&r->waiters)) != NULL)
+				waiter_free(wt);
+			event_free(r->timer);
+			free(r);
+		}
+	for (size_t i = 0; i < q->devs.nb; i++)
+		for (n = q->devs.b[i]; n != NULL; n = next) {
+			struct dev *d = (struct dev *)n;
+			next = n->next;
+			json_decref(d->status);
+			event_free(d->retry);
+			free(d);
+		}
+	free(q->reqs.b);
+	free(q->devs.b);
+	free(q->pubs.b);
+	free(q->notes);
+	reqstore_close(q->st);
+	free(q);
 }
-
-void requests_on_published(struct requests *q, const struct msg_published *m) { (void)q; (void)m; }
-void requests_on_device(struct requests *q, const struct msg_device_info *m) { (void)q; (void)m; }
-void requests_on_ack(struct requests *q, const struct msg_ack *m) { (void)q; (void)m; }
-void requests_on_mqtt_up(struct requests *q, int slot) { (void)q; (void)slot; }
-json_t *requests_admin(struct requests *q, int argc, char **argv) { (void)q; (void)argc; (void)argv; return NULL; }
-void requests_reload(struct requests *q) { (void)q; }

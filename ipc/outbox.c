@@ -37,7 +37,8 @@
 #define OB_MINDATA  4096u
 
 #define OB_FREE     0u
-#define OB_LIVE     0x4556494cu        /* "LIVE" */
+#define OB_LIVE     0x4556494cu        /* "LIVE": waiting for the spool */
+#define OB_PUBD     0x44425550u        /* "PUBD": the same, and its PUBACK was written */
 #define OB_ACKED    0x444b4341u        /* "ACKD" */
 #define OB_SKIP     0x50494b53u        /* "SKIP" */
 
@@ -59,8 +60,8 @@ struct ob_rec {
 	int64_t  received_ms;
 	uint32_t topic_len;
 	uint32_t payload_len;
+	uint32_t origin;        /* the caller's: where the message came from */
 	uint32_t check;         /* of the fields above but mark, the epoch, topic, payload */
-	uint32_t pad;
 	/* topic, payload, zeros up to 8 */
 };
 #define OB_RECHDR   sizeof(struct ob_rec)
@@ -76,6 +77,7 @@ struct ob_ent {
 	int64_t  last_sent;
 	uint32_t len;
 	uint32_t acked;
+	uint32_t pubd;
 };
 
 struct outbox {
@@ -90,7 +92,6 @@ struct outbox {
 	uint64_t        head, tail, next_seq;
 	uint64_t        synced_head;    /* records before this are on disk */
 	uint64_t        synced_tail;    /* the tail the on-disk header holds */
-	bool            hdr_dirty;
 	enum fsync_mode fsync;
 	struct ob_ent  *ents;
 	size_t          cap, first, n, live;
@@ -275,7 +276,8 @@ ob_hdr_problem(const struct ob_hdr *h, uint64_t st_size)
 }
 
 static int
-ob_index_push(struct outbox *ob, uint64_t seq, uint64_t pos, uint32_t len, bool acked)
+ob_index_push(struct outbox *ob, uint64_t seq, uint64_t pos, uint32_t len, bool acked,
+    bool pubd)
 {
 	struct ob_ent *e;
 
@@ -297,6 +299,7 @@ ob_index_push(struct outbox *ob, uint64_t seq, uint64_t pos, uint32_t len, bool 
 	e->pos = pos;
 	e->len = len;
 	e->acked = acked;
+	e->pubd = pubd;
 	e->last_sent = 0;
 	ob->n++;
 	if (!acked)
@@ -336,10 +339,8 @@ ob_advance_tail(struct outbox *ob)
 		ob->n--;
 	}
 	ob->tail = ob->n > 0 ? ob_ent(ob, 0)->pos : ob->head;
-	if (ob->hdr->tail != ob->tail) {
+	if (ob->hdr->tail != ob->tail)
 		__atomic_store_n(&ob->hdr->tail, ob->tail, __ATOMIC_RELEASE);
-		ob->hdr_dirty = true;
-	}
 }
 
 /*
@@ -365,7 +366,7 @@ ob_scan(struct outbox *ob)
 			pos += room;
 			continue;
 		}
-		if (state != OB_LIVE && state != OB_ACKED)
+		if (state != OB_LIVE && state != OB_PUBD && state != OB_ACKED)
 			break;
 		if (room < OB_RECHDR || len < OB_RECHDR || len % 8 != 0 || len > room ||
 		    pos - start + len > ob->dlen)
@@ -381,7 +382,7 @@ ob_scan(struct outbox *ob)
 		topic = (const uint8_t *)(r + 1);
 		if (r->check != ob_rec_check(ob->epoch, r, topic, topic + r->topic_len))
 			break;
-		if (ob_index_push(ob, r->seq, pos, len, state == OB_ACKED) == -1)
+		if (ob_index_push(ob, r->seq, pos, len, state == OB_ACKED, state != OB_LIVE) == -1)
 			return -1;
 		expect = r->seq + 1;
 		pos += len;
@@ -392,9 +393,11 @@ ob_scan(struct outbox *ob)
 		ob->next_seq = expect;
 	if (ob->next_seq == 0)
 		ob->next_seq = 1;
-	ob->synced_head = ob->head;
 	ob->synced_tail = ob->hdr->tail;
 	ob_advance_tail(ob);
+	/* A dead process leaves its records in the page cache, maybe not yet on
+	 * disk: the first outbox_sync() covers them all. */
+	ob->synced_head = ob->tail;
 	ob->hdr->next_seq = ob->next_seq;
 	return 0;
 }
@@ -564,41 +567,44 @@ ob_sync_header(struct outbox *ob)
 	if (ob_msync(ob, 0, sizeof(struct ob_hdr)) == -1)
 		return -1;
 	ob->synced_tail = tail;
-	ob->hdr_dirty = false;
 	return 0;
 }
 
 int
 outbox_sync(struct outbox *ob, enum fsync_mode mode)
 {
-	uint64_t from = ob->synced_head, to = ob->head;
+	uint64_t from = ob->synced_head, to = ob->head, tail = ob->tail, a, b;
 
 	if (mode == FSYNC_OFF) {
 		ob->synced_head = to;
 		return 0;
 	}
-	if (from == to && !ob->hdr_dirty)
+	if (from == to)
 		return 0;
-	/* The header first: once a record is on disk, the tail that leads to
-	 * it must be too (see outbox_append). */
-	if (ob_sync_header(ob) == -1)
-		return -1;
+	/*
+	 * One msync from the header page to the last new record (only dirty
+	 * pages cost anything), two when the new records wrap.  The order in
+	 * which the kernel writes these pages does not matter: the header on
+	 * disk may lag, but never points into overwritten space (outbox_append
+	 * syncs it first when it would).
+	 */
+	a = from % ob->dlen;
+	b = to % ob->dlen;
+	if (b == 0)
+		b = ob->dlen;
 	if (to - from >= ob->dlen) {
-		if (ob_msync(ob, OB_HDRSIZE, ob->dlen) == -1)
+		if (ob_msync(ob, 0, ob->map_len) == -1)
 			return -1;
-	} else if (to > from) {
-		uint64_t a = from % ob->dlen, b = to % ob->dlen;
-
-		if (a < b || b == 0) {
-			if (ob_msync(ob, OB_HDRSIZE + a, (b == 0 ? ob->dlen : b) - a) == -1)
-				return -1;
-		} else {
-			if (ob_msync(ob, OB_HDRSIZE + a, ob->dlen - a) == -1 ||
-			    ob_msync(ob, OB_HDRSIZE, b) == -1)
-				return -1;
-		}
+	} else if (a < b) {
+		if (ob_msync(ob, 0, OB_HDRSIZE + b) == -1)
+			return -1;
+	} else {
+		if (ob_msync(ob, OB_HDRSIZE + a, ob->dlen - a) == -1 ||
+		    ob_msync(ob, 0, OB_HDRSIZE + b) == -1)
+			return -1;
 	}
 	ob->synced_head = to;
+	ob->synced_tail = tail;
 	return 0;
 }
 
@@ -622,7 +628,8 @@ outbox_room(const struct outbox *ob)
 
 int
 outbox_append(struct outbox *ob, const char *topic, size_t topic_len,
-    const void *payload, size_t payload_len, int64_t received_ms, uint64_t *seqp)
+    const void *payload, size_t payload_len, int64_t received_ms, uint32_t origin,
+    uint64_t *seqp)
 {
 	size_t need;
 	uint64_t hp, to_end, used, freeb, skip, end;
@@ -648,7 +655,6 @@ outbox_append(struct outbox *ob, const char *topic, size_t topic_len,
 		ob->head += to_end;
 		ob->tail = ob->head;
 		__atomic_store_n(&ob->hdr->tail, ob->tail, __ATOMIC_RELEASE);
-		ob->hdr_dirty = true;
 		skip = 0;
 		hp = 0;
 	} else if (skip + need > freeb) {
@@ -663,7 +669,7 @@ outbox_append(struct outbox *ob, const char *topic, size_t topic_len,
 	if (ob->fsync != FSYNC_OFF && end > ob->synced_tail + ob->dlen &&
 	    ob_sync_header(ob) == -1)
 		log_ratelimited(LOG_ERR, "outbox %s: msync: %s", ob->path, strerror(errno));
-	if (ob_index_push(ob, ob->next_seq, ob->head + skip, (uint32_t)need, false) == -1) {
+	if (ob_index_push(ob, ob->next_seq, ob->head + skip, (uint32_t)need, false, false) == -1) {
 		errno = ENOMEM;
 		return -1;
 	}
@@ -680,7 +686,7 @@ outbox_append(struct outbox *ob, const char *topic, size_t topic_len,
 	r->received_ms = received_ms;
 	r->topic_len = (uint32_t)topic_len;
 	r->payload_len = (uint32_t)payload_len;
-	r->pad = 0;
+	r->origin = origin;
 	body = (uint8_t *)(r + 1);
 	memcpy(body, topic, topic_len);
 	if (payload_len > 0)
@@ -717,6 +723,24 @@ outbox_ack(struct outbox *ob, uint64_t seq)
 }
 
 int
+outbox_mark_puback(struct outbox *ob, uint64_t seq)
+{
+	size_t i = ob_lower_bound(ob, seq);
+	struct ob_ent *e;
+	struct ob_rec *r;
+
+	if (i == ob->n)
+		return -1;
+	e = ob_ent(ob, i);
+	if (e->seq != seq || e->acked || e->pubd)
+		return -1;
+	r = (struct ob_rec *)(ob->data + e->pos % ob->dlen);
+	__atomic_store_n(&r->mark, MARK(e->len, OB_PUBD), __ATOMIC_RELEASE);
+	e->pubd = 1;
+	return 0;
+}
+
+int
 outbox_foreach(struct outbox *ob, uint64_t from, outbox_cb *cb, void *arg)
 {
 	for (size_t i = ob_lower_bound(ob, from); i < ob->n; i++) {
@@ -734,6 +758,8 @@ outbox_foreach(struct outbox *ob, uint64_t from, outbox_cb *cb, void *arg)
 		v.topic_len = r->topic_len;
 		v.payload = v.topic + r->topic_len;
 		v.payload_len = r->payload_len;
+		v.origin = r->origin;
+		v.pubacked = e->pubd != 0;
 		v.last_sent = &e->last_sent;
 		rc = cb(arg, &v);
 		if (rc != 0)

@@ -22,6 +22,8 @@ struct outbox_rec {
 	size_t      topic_len;
 	const void *payload;
 	size_t      payload_len;
+	uint32_t    origin;         /* as given to outbox_append */
+	bool        pubacked;       /* outbox_mark_puback() was called for it */
 	int64_t    *last_sent;      /* in-memory only; 0 = never sent by this process */
 };
 
@@ -37,11 +39,17 @@ void           outbox_close(struct outbox *ob);
 
 /*
  * Append a record; the record is complete in the mapping when this returns
- * (a process death afterwards keeps it).  0 with *seq set, or -1 with errno
+ * (a process death afterwards keeps it).  origin is the caller's (the mqtt
+ * worker: connection and packet id).  0 with *seq set, or -1 with errno
  * ENOSPC (no room now: acks free it) or EMSGSIZE (can never fit).
  */
 int  outbox_append(struct outbox *ob, const char *topic, size_t topic_len,
-         const void *payload, size_t payload_len, int64_t received_ms, uint64_t *seq);
+         const void *payload, size_t payload_len, int64_t received_ms, uint32_t origin,
+         uint64_t *seq);
+
+/* Note in the record that the broker was sent its PUBACK, so that a later
+ * life knows the broker will not deliver it again.  -1 if not live. */
+int  outbox_mark_puback(struct outbox *ob, uint64_t seq);
 
 /* Mark seq acknowledged and free the space of the acknowledged records at
  * the tail.  0 if seq was live, -1 if unknown or already acknowledged. */

@@ -1,9 +1,1223 @@
-/* herald mqtt worker (stub until its issue lands). */
+/*
+ * herald mqtt worker: a slice of the broker connections.  A device message
+ * is appended to the slot's outbox before the broker can see its PUBACK,
+ * then sent to the router; the spool's ACK frees it.  The worker also
+ * publishes what the router asks for (commands, events, retained config).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+
+#include "log.h"
+#include "outbox.h"
+#include "proto.h"
+#include "util.h"
 #include "worker.h"
 #include "workers.h"
+
+/*
+ * Why the PUBACK waits for the outbox (libmosquitto 2.0.11): handle__publish()
+ * (lib/handle_publish.c) calls send__puback() *before* on_message for a QoS 1
+ * message; send__puback() ends in packet__queue() (lib/packet_mosq.c), which
+ * writes the packet at once only when `in_callback == false && threaded ==
+ * mosq_ts_none`.  mosquitto_threaded_set(m, true) makes it mosq_ts_external,
+ * so the PUBACK only sits in the out queue until our next
+ * mosquitto_loop_write(), which mqtt_flush() runs after on_message returned,
+ * after outbox_sync(), and never from inside a read.
+ */
+
+#define MQTT_SESSION_EXPIRY_S  86400    /* the broker keeps our sessions a day */
+#define MQTT_RECEIVE_MAX       512      /* unacknowledged QoS 1 the broker may send */
+#define MQTT_READ_BUDGET       64       /* packets per connection per wakeup */
+#define MQTT_TICK_MS           1000
+#define MQTT_STARTUP_TICK_MS   10       /* the first resend of a reopened outbox */
+#define MQTT_RESEND_AFTER_MS   5000
+#define MQTT_RESEND_PER_TICK   2000
+#define MQTT_BACKOFF_MIN_MS    100
+#define MQTT_BACKOFF_MAX_MS    10000
+#define MQTT_SYNC_RETRY_MS     100
+#define MQTT_STOP_POLL_MS      20
+#define MQTT_STOP_DEADLINE_MS  2000
+#define MQTT_PUB_BUCKETS       256
+#define MQTT_REDELIV_BUCKETS   1024
+#define MQTT_TOPIC_MAX         65535
+#define MQTT_ORIGIN_NONE       0xffffffffu   /* QoS 0: no PUBACK, never redelivered */
+
+/*
+ * A message the broker may deliver again because it may not have its PUBACK
+ * (queued when the connection or the process died).  Such a delivery comes
+ * on the same session (same client id, so the same connection index) with
+ * the same packet id; matched on (connection, packet id, content) it keeps
+ * the record, and so the id, of its first delivery instead of becoming a
+ * second message.  The content check guards against a packet id the broker
+ * reused because it did get the PUBACK.
+ */
+struct redeliv {
+	uint32_t        origin;     /* connection index << 16 | packet id */
+	uint64_t        hash;       /* of topic and payload */
+	uint64_t        seq;
+	struct redeliv *next;
+};
+
+/* A record whose PUBACK is queued on a connection but not yet written. */
+struct pend {
+	uint64_t seq;
+	uint64_t hash;
+	uint32_t origin;
+};
+
+/* A publish for the router waiting for the broker's acknowledgement. */
+struct mpub {
+	uint16_t     mid;
+	uint64_t     ref;
+	struct mpub *next;
+};
+
+struct mconn {
+	struct mqttw     *mw;
+	int               idx;
+	char              id[192];
+	struct mosquitto *m;
+	int               sock;        /* -1 when closed */
+	struct event     *rev, *wev, *retry;
+	bool              up;          /* a connection attempt is under way or open */
+	bool              connected;   /* CONNACK accepted */
+	bool              reading, writing;
+	bool              bye_sent;    /* DISCONNECT queued while stopping */
+	int64_t           backoff_ms;
+	int64_t           last_read_ms;
+	struct mpub      *pubs[MQTT_PUB_BUCKETS];
+	struct pend      *pend;
+	size_t            npend, pendcap;
+};
+
+struct mqttw {
+	struct worker    *w;
+	struct outbox    *ob;
+	struct mconn     *conns;
+	int               nconns;
+	int               rr;
+	struct event     *flush_ev, *tick_ev, *resend_ev, *stop_ev;
+	bool              paused_spool, paused_full, stopping, sync_failing;
+	int64_t           stop_deadline;
+	uint32_t          node_hash;
+	uint64_t          unsent_from;      /* appended in this life, not sent yet */
+	uint64_t          startup_from;     /* first resend pass in progress from here; 0: done */
+	size_t            trunc_limit;      /* longer payloads are cut (crypto rejects them) */
+	size_t            high_water;       /* outbox room under which reading stops */
+	long              die_after, appended;
+	char              die_marker[600];
+	enum fsync_mode   fsync;
+	/* copies of the configuration used after start */
+	char              host[256], user[128], pass[256], group[64];
+	int               port, keepalive;
+	struct redeliv   *redeliv[MQTT_REDELIV_BUCKETS];
+	size_t            nredeliv;
+	struct msg_ack    ack;              /* 8 KiB: not on the stack */
+	char              topic[MQTT_TOPIC_MAX + 1];
+};
+
+static void mqtt_schedule_flush(struct mqttw *mw);
+static void conn_start(struct mconn *c);
+static void conn_down(struct mconn *c, int rc);
+
+static bool
+mqtt_may_read(const struct mqttw *mw)
+{
+	return !mw->paused_spool && !mw->paused_full && !mw->stopping;
+}
+
+/* Add or remove the read interest of a connection.  Before its CONNACK a
+ * connection reads even while paused: the broker holds device messages
+ * behind the CONNACK anyway, and the loop stops after it. */
+static void
+conn_update_read(struct mconn *c)
+{
+	bool want = c->sock != -1 && !c->mw->stopping && (mqtt_may_read(c->mw) || !c->connected);
+
+	if (want && !c->reading)
+		event_add(c->rev, NULL);
+	else if (!want && c->reading)
+		event_del(c->rev);
+	c->reading = want;
+}
+
+static void
+mqtt_update_reading(struct mqttw *mw)
+{
+	for (int i = 0; i < mw->nconns; i++)
+		conn_update_read(&mw->conns[i]);
+	worker_gauge(mw->w, GAUGE_paused, (mw->paused_spool || mw->paused_full) ? 1 : 0);
+}
+
+static void
+mqtt_set_full(struct mqttw *mw, bool full)
+{
+	if (full == mw->paused_full)
+		return;
+	mw->paused_full = full;
+	if (full) {
+		worker_count(mw->w, STAT_outbox_full, 1);
+		log_warn("outbox nearly full (%zu records, %zu bytes): reading stopped until "
+		    "the spool acknowledges", outbox_depth(mw->ob), outbox_bytes(mw->ob));
+	} else {
+		log_info("outbox has room again: reading resumed");
+	}
+	mqtt_update_reading(mw);
+}
+
+static void
+mqtt_check_room(struct mqttw *mw)
+{
+	worker_gauge(mw->w, GAUGE_outbox_depth, (int64_t)outbox_depth(mw->ob));
+	if (mw->paused_full && outbox_room(mw->ob) >= mw->high_water)
+		mqtt_set_full(mw, false);
+}
+
+/* ---- redeliveries ---- */
+
+static uint64_t
+mqtt_content_hash(const char *topic, size_t tlen, const void *payload, size_t plen)
+{
+	const uint8_t *p = (const uint8_t *)topic;
+	uint64_t h = 0xcbf29ce484222325ULL;
+
+	for (size_t i = 0; i < tlen; i++)
+		h = (h ^ p[i]) * 0x100000001b3ULL;
+	h = (h ^ 0xff) * 0x100000001b3ULL;
+	p = payload;
+	for (size_t i = 0; i < plen; i++)
+		h = (h ^ p[i]) * 0x100000001b3ULL;
+	return h;
+}
+
+static void
+mqtt_redeliv_put(struct mqttw *mw, uint32_t origin, uint64_t hash, uint64_t seq)
+{
+	struct redeliv **pp = &mw->redeliv[origin % MQTT_REDELIV_BUCKETS], *e;
+
+	for (e = *pp; e != NULL; e = e->next)
+		if (e->origin == origin) {
+			/* The newer record with that packet id is the one that can come back. */
+			e->hash = hash;
+			e->seq = seq;
+			return;
+		}
+	e = malloc(sizeof(*e));
+	if (e == NULL)
+		return;     /* at worst a duplicate with its own id */
+	e->origin = origin;
+	e->hash = hash;
+	e->seq = seq;
+	e->next = *pp;
+	*pp = e;
+	mw->nredeliv++;
+}
+
+/* Remove and return the entry of origin (the caller frees it), or NULL. */
+static struct redeliv *
+mqtt_redeliv_take(struct mqttw *mw, uint32_t origin)
+{
+	struct redeliv **pp = &mw->redeliv[origin % MQTT_REDELIV_BUCKETS], *e;
+
+	for (; (e = *pp) != NULL; pp = &e->next)
+		if (e->origin == origin) {
+			*pp = e->next;
+			mw->nredeliv--;
+			return e;
+		}
+	return NULL;
+}
+
+static int
+mqtt_redeliv_load_cb(void *arg, const struct outbox_rec *r)
+{
+	struct mqttw *mw = arg;
+
+	if (!r->pubacked && r->origin != MQTT_ORIGIN_NONE)
+		mqtt_redeliv_put(mw, r->origin, mqtt_content_hash(r->topic, r->topic_len,
+		    r->payload, r->payload_len), r->seq);
+	return 0;
+}
+
+static void
+conn_pend_push(struct mconn *c, uint64_t seq, uint64_t hash, uint32_t origin)
+{
+	if (c->npend == c->pendcap) {
+		size_t ncap = c->pendcap ? c->pendcap * 2 : 64;
+		struct pend *np = realloc(c->pend, ncap * sizeof(*np));
+
+		if (np == NULL)
+			return;     /* at worst a duplicate with its own id */
+		c->pend = np;
+		c->pendcap = ncap;
+	}
+	c->pend[c->npend].seq = seq;
+	c->pend[c->npend].hash = hash;
+	c->pend[c->npend].origin = origin;
+	c->npend++;
+}
+
+/* ---- messages to the router ---- */
+
+static void
+mqtt_published(struct mqttw *mw, uint64_t ref, bool ok)
+{
+	struct msg_published p = { ref, ok ? 1 : 0 };
+	struct hmw m;
+
+	hmw_init(&m, HM_FAB_PUBLISHED);
+	proto_write_published(&m, &p);
+	if (worker_send(mw->w, NULL, &m) == -1)
+		log_ratelimited(LOG_WARNING, "cannot tell the router about publish %llu",
+		    (unsigned long long)ref);
+	hmw_free(&m);
+}
+
+/* DEV_IN for one outbox record; its id depends only on what the record holds. */
+static int
+mqtt_send_rec(struct mqttw *mw, const struct outbox_rec *r)
+{
+	char id[ULID_LEN];
+	struct msg_dev_in d;
+	struct hmw m;
+	int rc;
+
+	msgid_make(r->received_ms, mw->node_hash, (uint32_t)mw->w->slot,
+	    outbox_epoch(mw->ob), r->seq, id);
+	memset(&d, 0, sizeof(d));
+	d.slot = (uint32_t)mw->w->slot;
+	d.epoch = outbox_epoch(mw->ob);
+	d.seq = r->seq;
+	d.received_ms = r->received_ms;
+	d.id.p = id;
+	d.id.len = strlen(id);
+	d.topic.p = r->topic;
+	d.topic.len = r->topic_len;
+	d.payload.p = r->payload;
+	d.payload.len = r->payload_len;
+	hmw_init(&m, HM_FAB_DEV_IN);
+	proto_write_dev_in(&m, &d);
+	rc = worker_send(mw->w, NULL, &m);
+	hmw_free(&m);
+	/* Sent or not, try again after the timeout: the router may be away. */
+	*r->last_sent = mono_ms();
+	return rc;
+}
+
+static int
+mqtt_send_new_cb(void *arg, const struct outbox_rec *r)
+{
+	mqtt_send_rec(arg, r);
+	return 0;
+}
+
+struct resend {
+	struct mqttw *mw;
+	int64_t       now;
+	int           budget;
+	uint64_t      next;     /* where a budget-limited walk stopped */
+	bool          blocked;  /* the fabric refused: stop for this tick */
+};
+
+static int
+mqtt_resend_cb(void *arg, const struct outbox_rec *r)
+{
+	struct resend *rs = arg;
+
+	if (r->seq >= rs->mw->unsent_from)
+		return 1;       /* new in this life: mqtt_flush sends it */
+	if (*r->last_sent != 0 && rs->now - *r->last_sent < MQTT_RESEND_AFTER_MS)
+		return 0;
+	if (rs->budget == 0) {
+		rs->next = r->seq;
+		return 1;
+	}
+	rs->budget--;
+	worker_count(rs->mw->w, STAT_outbox_resent, 1);
+	if (mqtt_send_rec(rs->mw, r) == -1) {
+		rs->blocked = true;
+		rs->next = r->seq + 1;
+		return 1;
+	}
+	return 0;
+}
+
+static void
+mqtt_resend_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct mqttw *mw = arg;
+	struct resend rs = { mw, mono_ms(), MQTT_RESEND_PER_TICK, 0, false };
+	struct timeval tv;
+
+	if (mw->startup_from != 0) {
+		/* Everything a previous life left, once, at a higher pace. */
+		outbox_foreach(mw->ob, mw->startup_from, mqtt_resend_cb, &rs);
+		mw->startup_from = rs.next;
+		if (mw->startup_from == 0)
+			log_info("outbox: records of the previous life sent again");
+	} else if (!mw->stopping) {
+		outbox_foreach(mw->ob, 0, mqtt_resend_cb, &rs);
+	}
+	tv.tv_sec = 0;
+	tv.tv_usec = (mw->startup_from != 0 ? MQTT_STARTUP_TICK_MS : MQTT_TICK_MS) * 1000;
+	if (tv.tv_usec >= 1000000) {
+		tv.tv_sec = tv.tv_usec / 1000000;
+		tv.tv_usec %= 1000000;
+	}
+	evtimer_add(mw->resend_ev, &tv);
+}
+
+/* ---- the loop pass: reads, then one sync, then the messages and the writes ---- */
+
+static void
+conn_write(struct mconn *c)
+{
+	bool want;
+
+	if (c->sock == -1)
+		return;
+	if (mosquitto_want_write(c->m)) {
+		int rc = mosquitto_loop_write(c->m, 1);
+
+		if (rc != MOSQ_ERR_SUCCESS) {
+			conn_down(c, rc);
+			return;
+		}
+	}
+	if (c->sock == -1)
+		return;
+	want = mosquitto_want_write(c->m);
+	if (!want && c->npend > 0) {
+		/* Every PUBACK queued so far is in the kernel: the broker will not
+		 * deliver those messages again. */
+		for (size_t i = 0; i < c->npend; i++)
+			outbox_mark_puback(c->mw->ob, c->pend[i].seq);
+		c->npend = 0;
+	}
+	if (want && !c->writing)
+		event_add(c->wev, NULL);
+	else if (!want && c->writing)
+		event_del(c->wev);
+	c->writing = want;
+}
+
+static void
+mqtt_flush(struct mqttw *mw)
+{
+	/*
+	 * Every PUBACK queued so far belongs to a record appended before it;
+	 * those records reach the disk (fsync always|batch) before any PUBACK
+	 * is written, and before their ids leave the process.
+	 */
+	if (outbox_dirty(mw->ob)) {
+		if (outbox_sync(mw->ob, mw->fsync) == -1) {
+			struct timeval tv = { 0, MQTT_SYNC_RETRY_MS * 1000 };
+
+			log_ratelimited(LOG_ERR, "outbox msync: %s; holding the PUBACKs",
+			    strerror(errno));
+			mw->sync_failing = true;
+			for (int i = 0; i < mw->nconns; i++)
+				if (mw->conns[i].writing) {
+					event_del(mw->conns[i].wev);
+					mw->conns[i].writing = false;
+				}
+			event_del(mw->flush_ev);
+			event_add(mw->flush_ev, &tv);
+			return;
+		}
+	}
+	if (mw->sync_failing) {
+		log_notice("outbox msync works again");
+		mw->sync_failing = false;
+	}
+	if (mw->unsent_from < outbox_next_seq(mw->ob)) {
+		outbox_foreach(mw->ob, mw->unsent_from, mqtt_send_new_cb, mw);
+		mw->unsent_from = outbox_next_seq(mw->ob);
+	}
+	for (int i = 0; i < mw->nconns; i++)
+		conn_write(&mw->conns[i]);
+}
+
+static void
+mqtt_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	mqtt_flush(arg);
+}
+
+/* Run the flush after every callback already due in this loop pass (reads
+ * of the other connections included): one msync for all of them. */
+static void
+mqtt_schedule_flush(struct mqttw *mw)
+{
+	if (!mw->sync_failing)
+		event_active(mw->flush_ev, EV_TIMEOUT, 1);
+}
+
+static bool
+conn_pending(const struct mconn *c)
+{
+	int n = 0;
+
+	return c->sock != -1 && ioctl(c->sock, FIONREAD, &n) == 0 && n > 0;
+}
+
+/* Read up to budget packets; `force` reads even while paused (keepalive). */
+static void
+conn_read(struct mconn *c, int budget, bool force)
+{
+	struct mqttw *mw = c->mw;
+
+	for (int i = 0; i < budget; i++) {
+		int rc;
+
+		if (c->sock == -1 || mw->stopping)
+			break;
+		if (!force && !mqtt_may_read(mw) && c->connected)
+			break;
+		/* Room for the largest message first: one that on_message gets
+		 * must never be refused (its PUBACK is already queued). */
+		if (outbox_room(mw->ob) < mw->high_water) {
+			mqtt_set_full(mw, true);
+			break;
+		}
+		rc = mosquitto_loop_read(c->m, 1);
+		c->last_read_ms = mono_ms();
+		if (rc != MOSQ_ERR_SUCCESS) {
+			conn_down(c, rc);
+			break;
+		}
+		if (!conn_pending(c))
+			break;
+	}
+	mqtt_schedule_flush(mw);
+}
+
+static void
+conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+	conn_read(arg, MQTT_READ_BUDGET, false);
+}
+
+static void
+conn_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct mconn *c = arg;
+
+	mqtt_flush(c->mw);
+}
+
+/* ---- libmosquitto callbacks ---- */
+
+static bool
+mqtt_topic_known(const char *topic)
+{
+	static const char *kinds[] = { "status", "telemetry", "response", "events" };
+	const char *id, *kind;
+	size_t idlen, kindlen;
+
+	if (topic_split(topic, &id, &idlen, &kind, &kindlen) == -1)
+		return false;
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+		if (kindlen == strlen(kinds[i]) && memcmp(kind, kinds[i], kindlen) == 0)
+			return true;
+	return false;
+}
+
+/* Test switch (issue 3, "must show" 7): die between the outbox append and
+ * the PUBACK, once per state_dir and slot. */
+static void
+mqtt_test_die(struct mqttw *mw, uint64_t seq)
+{
+	int fd;
+
+	if (mw->die_after <= 0 || ++mw->appended < mw->die_after)
+		return;
+	fd = open(mw->die_marker, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd == -1) {
+		mw->die_after = 0;
+		return;
+	}
+	close(fd);
+	log_err("HERALD_TEST_DIE_AFTER_APPEND: exiting 99 after append %ld (seq %llu), "
+	    "before its PUBACK", mw->appended, (unsigned long long)seq);
+	_exit(99);
+}
+
+static void
+on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
+{
+	struct mconn *c = arg;
+	struct mqttw *mw = c->mw;
+	size_t tlen = strlen(msg->topic), plen = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+	uint32_t origin = MQTT_ORIGIN_NONE;
+	uint64_t seq, hash = 0;
+
+	worker_count(mw->w, STAT_mqtt_received, 1);
+	if (!mqtt_topic_known(msg->topic))
+		log_ratelimited(LOG_WARNING, "unexpected topic \"%.100s\": passed on for the "
+		    "dead-letter store", msg->topic);
+	if (plen > mw->trunc_limit) {
+		log_ratelimited(LOG_WARNING, "%.100s: payload of %zu bytes cut to %zu (over "
+		    "max_payload, it goes to the dead-letter store)", msg->topic, plen,
+		    mw->trunc_limit);
+		plen = mw->trunc_limit;
+	}
+	if (msg->qos > 0) {
+		origin = ((uint32_t)c->idx << 16) | (uint16_t)msg->mid;
+		hash = mqtt_content_hash(msg->topic, tlen, msg->payload, plen);
+	}
+	if (origin != MQTT_ORIGIN_NONE && mw->nredeliv > 0) {
+		struct redeliv *e = mqtt_redeliv_take(mw, origin);
+
+		if (e != NULL && e->hash == hash) {
+			log_ratelimited(LOG_NOTICE, "%s: the broker delivered packet %d again; "
+			    "it is outbox record %llu already", c->id, msg->mid,
+			    (unsigned long long)e->seq);
+			conn_pend_push(c, e->seq, hash, origin);
+			free(e);
+			mqtt_schedule_flush(mw);
+			errno = EAGAIN;
+			return;
+		}
+		free(e);    /* NULL, or a packet id the broker reused: it got the PUBACK */
+	}
+	if (outbox_append(mw->ob, msg->topic, tlen, msg->payload, plen, now_ms(), origin,
+	    &seq) == -1) {
+		/*
+		 * Cannot happen while conn_read keeps high_water free; if it does,
+		 * the PUBACK queued for this message must never leave: cut the
+		 * connection so the broker keeps the message for the session.
+		 */
+		log_err("outbox append failed (%s): dropping the connection %s so the "
+		    "broker keeps the message", strerror(errno), c->id);
+		worker_count(mw->w, STAT_outbox_full, 1);
+		if (c->sock != -1)
+			shutdown(c->sock, SHUT_RDWR);
+		mqtt_set_full(mw, true);
+		errno = EAGAIN;
+		return;
+	}
+	worker_count(mw->w, STAT_outbox_appended, 1);
+	if (origin != MQTT_ORIGIN_NONE)
+		conn_pend_push(c, seq, hash, origin);
+	mqtt_test_die(mw, seq);
+	if (outbox_room(mw->ob) < mw->high_water)
+		mqtt_set_full(mw, true);
+	mqtt_schedule_flush(mw);
+	/* mosquitto_loop_read() handles several packets per call when it has
+	 * publishes in flight, stopping early on EAGAIN: one message per call,
+	 * so conn_read checks the room before the next. */
+	errno = EAGAIN;
+}
+
+static void
+on_connect(struct mosquitto *m, void *arg, int rc)
+{
+	struct mconn *c = arg;
+	struct mqttw *mw = c->mw;
+	static const char *kinds[] = { "status", "telemetry", "response", "events" };
+	char subs[4][160], *sp[4];
+	int src;
+
+	if (rc != 0) {
+		log_ratelimited(LOG_ERR, "%s: the broker refused the connection: %s", c->id,
+		    mosquitto_reason_string(rc));
+		return;     /* libmosquitto closes it; on_disconnect retries */
+	}
+	c->connected = true;
+	c->backoff_ms = 0;
+	worker_count(mw->w, STAT_mqtt_connects, 1);
+	log_info("%s connected to %s:%d", c->id, mw->host, mw->port);
+	for (int i = 0; i < 4; i++) {
+		snprintf(subs[i], sizeof(subs[i]), "$share/%s/device/+/%s", mw->group, kinds[i]);
+		sp[i] = subs[i];
+	}
+	src = mosquitto_subscribe_multiple(m, NULL, 4, sp, 1, 0, NULL);
+	if (src != MOSQ_ERR_SUCCESS)
+		log_err("%s: subscribe: %s", c->id, mosquitto_strerror(src));
+	conn_update_read(c);
+	mqtt_schedule_flush(mw);
+}
+
+static void
+on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const int *granted)
+{
+	struct mconn *c = arg;
+
+	for (int i = 0; i < n; i++)
+		if (granted[i] > 2)
+			log_ratelimited(LOG_ERR, "%s: the broker refused subscription %d: %s "
+			    "(check the ACL of herald's service account)", c->id, i,
+			    mosquitto_reason_string(granted[i]));
+}
+
+static void
+on_disconnect(struct mosquitto *m, void *arg, int rc)
+{
+	conn_down(arg, rc == 0 ? MOSQ_ERR_SUCCESS : rc);
+}
+
+static struct mpub **
+conn_pub_slot(struct mconn *c, uint16_t mid)
+{
+	struct mpub **pp = &c->pubs[mid % MQTT_PUB_BUCKETS];
+
+	while (*pp != NULL && (*pp)->mid != mid)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void
+on_publish(struct mosquitto *m, void *arg, int mid, int reason, const mosquitto_property *props)
+{
+	struct mconn *c = arg;
+	struct mpub **pp = conn_pub_slot(c, (uint16_t)mid), *p = *pp;
+	bool ok = reason < 0x80;
+
+	if (p == NULL)
+		return;     /* failed already when its connection dropped */
+	*pp = p->next;
+	if (ok)
+		worker_count(c->mw->w, STAT_mqtt_published, 1);
+	else
+		log_ratelimited(LOG_WARNING, "%s: the broker refused a publish: %s", c->id,
+		    mosquitto_reason_string(reason));
+	mqtt_published(c->mw, p->ref, ok);
+	free(p);
+}
+
+static void
+on_log(struct mosquitto *m, void *arg, int level, const char *line)
+{
+	struct mconn *c = arg;
+
+	if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING))
+		log_ratelimited(LOG_WARNING, "%s: libmosquitto: %s", c->id, line);
+	else
+		log_debug("%s: libmosquitto: %s", c->id, line);
+}
+
+/* ---- connections ---- */
+
+static void
+conn_fail_pubs(struct mconn *c)
+{
+	for (int b = 0; b < MQTT_PUB_BUCKETS; b++)
+		while (c->pubs[b] != NULL) {
+			struct mpub *p = c->pubs[b];
+
+			c->pubs[b] = p->next;
+			mqtt_published(c->mw, p->ref, false);
+			free(p);
+		}
+}
+
+static void
+conn_retry_cb(evutil_socket_t fd, short what, void *arg)
+{
+	conn_start(arg);
+}
+
+static void
+conn_schedule_retry(struct mconn *c)
+{
+	struct timeval tv;
+	int64_t d;
+
+	c->backoff_ms = c->backoff_ms == 0 ? MQTT_BACKOFF_MIN_MS : c->backoff_ms * 2;
+	if (c->backoff_ms > MQTT_BACKOFF_MAX_MS)
+		c->backoff_ms = MQTT_BACKOFF_MAX_MS;
+	/* Jitter: all connections of all workers do not come back at once. */
+	d = c->backoff_ms / 2 + random() % (c->backoff_ms / 2 + 1);
+	tv.tv_sec = d / 1000;
+	tv.tv_usec = (d % 1000) * 1000;
+	evtimer_add(c->retry, &tv);
+}
+
+/* The connection is gone (libmosquitto closed the socket already, or will
+ * when it is destroyed).  May run inside a libmosquitto call: never destroys. */
+static void
+conn_down(struct mconn *c, int rc)
+{
+	struct mqttw *mw = c->mw;
+
+	/* libmosquitto reports a loss both by on_disconnect and by the return
+	 * code of the call that saw it: handle it once. */
+	if (!c->up)
+		return;
+	c->up = false;
+	if (c->sock != -1) {
+		if (c->reading)
+			event_del(c->rev);
+		if (c->writing)
+			event_del(c->wev);
+		c->reading = c->writing = false;
+		c->sock = -1;
+	}
+	if (c->connected) {
+		c->connected = false;
+		worker_count(mw->w, STAT_mqtt_disconnects, 1);
+		if (mw->stopping)
+			log_info("%s disconnected", c->id);
+		else
+			log_warn("%s lost its connection: %s", c->id,
+			    rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+	} else if (!mw->stopping) {
+		log_ratelimited(LOG_WARNING, "%s: cannot connect to %s:%d: %s", c->id, mw->host,
+		    mw->port, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+	}
+	conn_fail_pubs(c);
+	/* PUBACKs that may not have left: the broker may deliver these again. */
+	for (size_t i = 0; i < c->npend; i++)
+		mqtt_redeliv_put(mw, c->pend[i].origin, c->pend[i].hash, c->pend[i].seq);
+	c->npend = 0;
+	if (!mw->stopping && !evtimer_pending(c->retry, NULL))
+		conn_schedule_retry(c);
+}
+
+/*
+ * A fresh client for every attempt: nothing of a lost connection (queued
+ * PUBACKs, publishes already reported failed) is replayed on the new one;
+ * the broker redelivers what it did not get a PUBACK for.
+ */
+static void
+conn_start(struct mconn *c)
+{
+	struct mqttw *mw = c->mw;
+	mosquitto_property *props = NULL;
+	int rc;
+
+	if (c->rev != NULL)
+		event_free(c->rev);
+	if (c->wev != NULL)
+		event_free(c->wev);
+	c->rev = c->wev = NULL;
+	c->up = false;
+	if (c->m != NULL)
+		mosquitto_destroy(c->m);
+	c->sock = -1;
+	c->m = mosquitto_new(c->id, false, c);
+	if (c->m == NULL) {
+		log_err("%s: mosquitto_new: %s", c->id, strerror(errno));
+		conn_schedule_retry(c);
+		return;
+	}
+	mosquitto_int_option(c->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+	mosquitto_int_option(c->m, MOSQ_OPT_RECEIVE_MAXIMUM, MQTT_RECEIVE_MAX);
+	mosquitto_int_option(c->m, MOSQ_OPT_TCP_NODELAY, 1);
+	mosquitto_threaded_set(c->m, true);
+	if (mw->user[0] != '\0')
+		mosquitto_username_pw_set(c->m, mw->user, mw->pass[0] ? mw->pass : NULL);
+	mosquitto_connect_callback_set(c->m, on_connect);
+	mosquitto_disconnect_callback_set(c->m, on_disconnect);
+	mosquitto_message_callback_set(c->m, on_message);
+	mosquitto_subscribe_callback_set(c->m, on_subscribe);
+	mosquitto_publish_v5_callback_set(c->m, on_publish);
+	mosquitto_log_callback_set(c->m, on_log);
+	/*
+	 * The session must outlive a dead worker (the broker keeps its
+	 * unacknowledged messages), so CONNECT carries a session expiry.  2.0.11
+	 * has no asynchronous connect with properties; mosquitto_connect_bind_v5()
+	 * stores them before it validates the port, so an invalid port stores
+	 * them without connecting, and mosquitto_connect_async() (like every
+	 * reconnect) sends them (lib/connect.c).
+	 */
+	if (mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+	    MQTT_SESSION_EXPIRY_S) != MOSQ_ERR_SUCCESS) {
+		log_err("%s: out of memory", c->id);
+		conn_schedule_retry(c);
+		return;
+	}
+	rc = mosquitto_connect_bind_v5(c->m, mw->host, -1, mw->keepalive, NULL, props);
+	mosquitto_property_free_all(&props);
+	if (rc != MOSQ_ERR_INVAL)
+		log_warn("%s: unexpected answer storing the CONNECT properties: %s", c->id,
+		    mosquitto_strerror(rc));
+	rc = mosquitto_connect_async(c->m, mw->host, mw->port, mw->keepalive);
+	if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(c->m) == -1) {
+		log_ratelimited(LOG_WARNING, "%s: cannot connect to %s:%d: %s", c->id, mw->host,
+		    mw->port, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+		conn_schedule_retry(c);
+		return;
+	}
+	c->sock = mosquitto_socket(c->m);
+	c->rev = event_new(mw->w->base, c->sock, EV_READ | EV_PERSIST, conn_read_cb, c);
+	c->wev = event_new(mw->w->base, c->sock, EV_WRITE | EV_PERSIST, conn_write_cb, c);
+	if (c->rev == NULL || c->wev == NULL) {
+		log_err("%s: event_new failed", c->id);
+		mosquitto_disconnect(c->m);
+		c->sock = -1;
+		conn_schedule_retry(c);
+		return;
+	}
+	c->reading = c->writing = false;
+	c->bye_sent = false;
+	c->up = true;
+	c->last_read_ms = mono_ms();
+	conn_update_read(c);
+	mqtt_schedule_flush(mw);    /* the CONNECT is queued: write it when connected */
+}
+
+/* ---- keepalive, pause, resend ---- */
+
+static void
+mqtt_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct mqttw *mw = arg;
+	int64_t now = mono_ms();
+
+	for (int i = 0; i < mw->nconns; i++) {
+		struct mconn *c = &mw->conns[i];
+
+		if (c->sock == -1)
+			continue;
+		/*
+		 * Paused, libmosquitto would not see the PINGRESP and would drop
+		 * the connection at the next keepalive.  So a paused connection
+		 * still reads what has arrived every half keepalive: at most one
+		 * window of MQTT_RECEIVE_MAX messages, which go to the outbox
+		 * (durable) like any other; the broker holds the rest.  When the
+		 * outbox itself is full nothing is read, and the connection is
+		 * dropped by its keepalive and comes back (nothing is lost: the
+		 * broker redelivers to the persistent session).
+		 */
+		if (!mqtt_may_read(mw) && !mw->stopping && c->connected &&
+		    now - c->last_read_ms >= (int64_t)mw->keepalive * 500)
+			conn_read(c, MQTT_RECEIVE_MAX + 16, true);
+		if (c->sock != -1) {
+			int rc = mosquitto_loop_misc(c->m);
+
+			if (rc != MOSQ_ERR_SUCCESS && rc != MOSQ_ERR_NO_CONN)
+				conn_down(c, rc);
+		}
+	}
+	mqtt_check_room(mw);
+	mqtt_schedule_flush(mw);
+}
+
+static void
+mqtt_set_paused(struct mqttw *mw, bool paused)
+{
+	if (paused == mw->paused_spool)
+		return;
+	mw->paused_spool = paused;
+	log_info("%s device reading (spool backpressure)", paused ? "pausing" : "resuming");
+	mqtt_update_reading(mw);
+}
+
+/* ---- fabric ---- */
+
+static void
+mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
+{
+	struct mconn *c = NULL;
+	struct mpub **pp, *n;
+	int mid = 0, rc;
+
+	if (p->topic.len == 0 || p->topic.len > MQTT_TOPIC_MAX ||
+	    memchr(p->topic.p, '\0', p->topic.len) != NULL || p->qos > 2 ||
+	    p->payload.len > MQTT_MAX_PAYLOAD) {
+		log_ratelimited(LOG_WARNING, "publish %llu refused: bad topic, QoS or size",
+		    (unsigned long long)p->ref);
+		mqtt_published(mw, p->ref, false);
+		return;
+	}
+	for (int i = 0; i < mw->nconns; i++) {
+		struct mconn *t = &mw->conns[(mw->rr + i) % mw->nconns];
+
+		if (t->connected && t->sock != -1) {
+			c = t;
+			mw->rr = (t->idx + 1) % mw->nconns;
+			break;
+		}
+	}
+	if (c == NULL) {
+		log_ratelimited(LOG_WARNING, "publish %llu: no broker connection",
+		    (unsigned long long)p->ref);
+		mqtt_published(mw, p->ref, false);
+		return;
+	}
+	memcpy(mw->topic, p->topic.p, p->topic.len);
+	mw->topic[p->topic.len] = '\0';
+	rc = mosquitto_publish_v5(c->m, &mid, mw->topic, (int)p->payload.len, p->payload.p,
+	    (int)p->qos, p->retain != 0, NULL);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		log_ratelimited(LOG_WARNING, "publish to %.100s: %s", mw->topic,
+		    mosquitto_strerror(rc));
+		mqtt_published(mw, p->ref, false);
+		return;
+	}
+	pp = conn_pub_slot(c, (uint16_t)mid);
+	if (*pp != NULL) {
+		/* 65535 publishes in flight on one connection: the oldest lost its mid. */
+		n = *pp;
+		*pp = n->next;
+		mqtt_published(mw, n->ref, false);
+		free(n);
+	}
+	n = malloc(sizeof(*n));
+	if (n == NULL) {
+		log_err("out of memory");
+		mqtt_published(mw, p->ref, false);
+		return;
+	}
+	n->mid = (uint16_t)mid;
+	n->ref = p->ref;
+	n->next = c->pubs[(uint16_t)mid % MQTT_PUB_BUCKETS];
+	c->pubs[(uint16_t)mid % MQTT_PUB_BUCKETS] = n;
+	mqtt_schedule_flush(mw);
+}
+
+static void
+mqtt_acks(struct mqttw *mw)
+{
+	uint64_t n = 0;
+
+	if (mw->ack.slot != (uint32_t)mw->w->slot || mw->ack.epoch != outbox_epoch(mw->ob)) {
+		log_debug("ack for slot %u epoch %llu ignored (ours: %d, %u)", mw->ack.slot,
+		    (unsigned long long)mw->ack.epoch, mw->w->slot, outbox_epoch(mw->ob));
+		return;
+	}
+	for (uint32_t i = 0; i < mw->ack.n; i++)
+		if (outbox_ack(mw->ob, mw->ack.seqs[i]) == 0)
+			n++;
+	worker_count(mw->w, STAT_outbox_acked, n);
+	mqtt_check_room(mw);
+}
+
+static void
+mqtt_fabric(struct worker *w, const char *peer, struct hmr *r)
+{
+	struct mqttw *mw = w->arg;
+	struct msg_publish p;
+
+	switch (r->type) {
+	case HM_FAB_ACK:
+		if (proto_read_ack(r, &mw->ack) == -1)
+			goto bad;
+		mqtt_acks(mw);
+		break;
+	case HM_FAB_PAUSE:
+	case HM_FAB_RESUME:
+		if (hmr_end(r) == -1)
+			goto bad;
+		mqtt_set_paused(mw, r->type == HM_FAB_PAUSE);
+		break;
+	case HM_FAB_PUBLISH:
+		if (proto_read_publish(r, &p) == -1)
+			goto bad;
+		if (mw->stopping)
+			mqtt_published(mw, p.ref, false);
+		else
+			mqtt_publish(mw, &p);
+		break;
+	default:
+		goto bad;
+	}
+	return;
+bad:
+	worker_count(w, STAT_ipc_bad, 1);
+	log_ratelimited(LOG_WARNING, "fabric: unexpected or malformed %s dropped",
+	    hm_type_name(r->type));
+}
+
+/* ---- stop ---- */
+
+static void
+mqtt_stop_step(evutil_socket_t fd, short what, void *arg)
+{
+	struct mqttw *mw = arg;
+	struct timeval tv = { 0, MQTT_STOP_POLL_MS * 1000 };
+	bool open = false;
+
+	mqtt_flush(mw);
+	for (int i = 0; i < mw->nconns; i++) {
+		struct mconn *c = &mw->conns[i];
+
+		if (c->sock == -1)
+			continue;
+		/* The PUBACKs first, then a clean DISCONNECT (the session stays). */
+		if (!mw->sync_failing && !mosquitto_want_write(c->m) && !c->bye_sent) {
+			c->bye_sent = true;
+			mosquitto_disconnect(c->m);
+			conn_write(c);
+		}
+		if (c->sock != -1)
+			open = true;
+	}
+	if (open && mono_ms() < mw->stop_deadline) {
+		evtimer_add(mw->stop_ev, &tv);
+		return;
+	}
+	if (open)
+		log_warn("stop: connections still busy after %d ms, leaving", MQTT_STOP_DEADLINE_MS);
+	if (outbox_sync(mw->ob, mw->fsync) == -1)
+		log_err("outbox msync: %s", strerror(errno));
+	for (int i = 0; i < mw->nconns; i++)
+		conn_fail_pubs(&mw->conns[i]);
+	worker_exit(mw->w, 0);
+}
+
+static void
+mqtt_stop(struct worker *w)
+{
+	struct mqttw *mw = w->arg;
+
+	mw->stopping = true;
+	mw->stop_deadline = mono_ms() + MQTT_STOP_DEADLINE_MS;
+	mqtt_update_reading(mw);
+	for (int i = 0; i < mw->nconns; i++)
+		evtimer_del(mw->conns[i].retry);
+	mqtt_stop_step(-1, 0, mw);
+}
+
+static json_t *
+mqtt_admin(struct worker *w, int argc, char **argv)
+{
+	struct mqttw *mw = w->arg;
+	json_t *conns;
+
+	if (strcmp(argv[0], "outbox") != 0 && strcmp(argv[0], "mqtt") != 0)
+		return NULL;
+	conns = json_array();
+	for (int i = 0; i < mw->nconns; i++)
+		json_array_append_new(conns, json_pack("{s:s,s:b}", "client_id",
+		    mw->conns[i].id, "connected", mw->conns[i].connected));
+	return json_pack("{s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:o}",
+	    "slot", w->slot,
+	    "epoch", (json_int_t)outbox_epoch(mw->ob),
+	    "depth", (json_int_t)outbox_depth(mw->ob),
+	    "bytes", (json_int_t)outbox_bytes(mw->ob),
+	    "capacity", (json_int_t)outbox_capacity(mw->ob),
+	    "room", (json_int_t)outbox_room(mw->ob),
+	    "next_seq", (json_int_t)outbox_next_seq(mw->ob),
+	    "paused_spool", mw->paused_spool,
+	    "paused_full", mw->paused_full,
+	    "connections", conns);
+}
+
+/* ---- setup ---- */
+
+static int
+mqtt_setup(struct worker *w, struct mqttw *mw)
+{
+	struct config *cf = w->cf;
+	char path[600], err[512];
+	size_t rec_max;
+	const char *die;
+
+	mw->w = w;
+	strlcpy_h(mw->host, cf->mqtt_host, sizeof(mw->host));
+	strlcpy_h(mw->user, cf->mqtt_username, sizeof(mw->user));
+	strlcpy_h(mw->pass, cf->mqtt_password, sizeof(mw->pass));
+	strlcpy_h(mw->group, cf->share_group, sizeof(mw->group));
+	mw->port = cf->mqtt_port;
+	mw->keepalive = cf->keepalive < 5 ? 5 : cf->keepalive;
+	mw->fsync = cf->spool_fsync;
+	mw->node_hash = hash32(cf->node_name, strlen(cf->node_name));
+	mw->nconns = cf->connections_per_worker < 1 ? 1 : cf->connections_per_worker;
+
+	snprintf(path, sizeof(path), "%s/outbox/%d.ring", cf->state_dir, w->slot);
+	mw->ob = outbox_open(path, cf->outbox_bytes, err, sizeof(err));
+	if (mw->ob == NULL) {
+		log_err("outbox: %s", err);
+		return -1;
+	}
+	outbox_set_fsync(mw->ob, mw->fsync);
+	/* Longer payloads are over max_payload whatever e2e adds: cut them. */
+	mw->trunc_limit = cf->max_payload + 64 * 1024;
+	rec_max = outbox_record_size(MQTT_TOPIC_MAX, mw->trunc_limit);
+	mw->high_water = rec_max + 64 * 1024;
+	if (outbox_capacity(mw->ob) < 2 * mw->high_water) {
+		log_err("[mqtt] outbox_bytes (%zu) is too small for [limits] max_payload (%zu): "
+		    "it needs at least %zu", cf->outbox_bytes, cf->max_payload,
+		    2 * mw->high_water + 4096);
+		return WORKER_EXIT_FATAL;
+	}
+	mw->unsent_from = outbox_next_seq(mw->ob);
+	mw->startup_from = outbox_depth(mw->ob) > 0 ? 1 : 0;
+	outbox_foreach(mw->ob, 0, mqtt_redeliv_load_cb, mw);
+	log_info("outbox %s: epoch %u, %zu records to send again (%zu maybe without their "
+	    "PUBACK), next sequence %llu", path, outbox_epoch(mw->ob), outbox_depth(mw->ob),
+	    mw->nredeliv, (unsigned long long)outbox_next_seq(mw->ob));
+	worker_gauge(w, GAUGE_outbox_depth, (int64_t)outbox_depth(mw->ob));
+
+	die = getenv("HERALD_TEST_DIE_AFTER_APPEND");
+	if (die != NULL && *die != '\0') {
+		snprintf(mw->die_marker, sizeof(mw->die_marker), "%s/outbox/%d.test-died",
+		    cf->state_dir, w->slot);
+		mw->die_after = access(mw->die_marker, F_OK) == 0 ? 0 : strtol(die, NULL, 10);
+		if (mw->die_after > 0)
+			log_warn("HERALD_TEST_DIE_AFTER_APPEND=%ld: this worker will exit 99 after "
+			    "that many appends", mw->die_after);
+	}
+
+	mw->flush_ev = event_new(w->base, -1, 0, mqtt_flush_cb, mw);
+	mw->tick_ev = event_new(w->base, -1, EV_PERSIST, mqtt_tick, mw);
+	mw->resend_ev = evtimer_new(w->base, mqtt_resend_tick, mw);
+	mw->stop_ev = evtimer_new(w->base, mqtt_stop_step, mw);
+	mw->conns = calloc((size_t)mw->nconns, sizeof(*mw->conns));
+	if (mw->flush_ev == NULL || mw->tick_ev == NULL || mw->resend_ev == NULL ||
+	    mw->stop_ev == NULL || mw->conns == NULL) {
+		log_err("out of memory");
+		return -1;
+	}
+	for (int i = 0; i < mw->nconns; i++) {
+		struct mconn *c = &mw->conns[i];
+
+		c->mw = mw;
+		c->idx = i;
+		c->sock = -1;
+		/* Stable across restarts: the broker keeps each one's session. */
+		snprintf(c->id, sizeof(c->id), "%s-mqtt-%d-%d", cf->node_name, w->slot, i);
+		c->retry = evtimer_new(w->base, conn_retry_cb, c);
+		if (c->retry == NULL)
+			return -1;
+	}
+	return 0;
+}
 
 int
 mqtt_main(struct worker *w)
 {
-	return worker_loop(w);
+	struct mqttw *mw = calloc(1, sizeof(*mw));
+	struct timeval tick = { MQTT_TICK_MS / 1000, (MQTT_TICK_MS % 1000) * 1000 };
+	struct timeval now = { 0, 0 };
+	int rc;
+
+	if (mw == NULL)
+		return 1;
+	srandom((unsigned)(mono_us() ^ ((uint64_t)getpid() << 16)));
+	mosquitto_lib_init();
+	rc = mqtt_setup(w, mw);
+	if (rc != 0)
+		return rc == WORKER_EXIT_FATAL ? WORKER_EXIT_FATAL : 1;
+	w->arg = mw;
+	w->hooks.fabric = mqtt_fabric;
+	w->hooks.stop = mqtt_stop;
+	w->hooks.admin = mqtt_admin;
+	if (worker_join_fabric(w) == -1) {
+		log_err("cannot join the fabric");
+		return 1;
+	}
+	event_add(mw->tick_ev, &tick);
+	evtimer_add(mw->resend_ev, &now);
+	for (int i = 0; i < mw->nconns; i++)
+		conn_start(&mw->conns[i]);
+	rc = worker_loop(w);
+	for (int i = 0; i < mw->nconns; i++)
+		if (mw->conns[i].m != NULL)
+			mosquitto_destroy(mw->conns[i].m);
+	outbox_close(mw->ob);
+	mosquitto_lib_cleanup();
+	return rc;
 }

@@ -31,6 +31,7 @@
 #define HDRSIZE   4096
 #define RECHDR    40
 #define SMALL     (HDRSIZE + 4096)
+#define ORIGIN(s) ((uint32_t)((s) * 7 + 3))
 
 struct fx {
 	char dir[64];
@@ -98,7 +99,7 @@ append_n(struct outbox *ob, uint64_t seq_expect, size_t maxpay)
 	size_t pl = make_payload(seq_expect, pay, maxpay);
 	uint64_t seq = 0;
 
-	assert_int_equal(outbox_append(ob, topic, tl, pay, pl, (int64_t)seq_expect * 1000, &seq), 0);
+	assert_int_equal(outbox_append(ob, topic, tl, pay, pl, (int64_t)seq_expect * 1000, ORIGIN(seq_expect), &seq), 0);
 	assert_int_equal(seq, seq_expect);
 	return seq;
 }
@@ -127,6 +128,7 @@ collect_cb(void *arg, const struct outbox_rec *r)
 		assert_int_equal(r->payload_len, pl);
 		assert_memory_equal(r->payload, pay, pl);
 		assert_int_equal(r->received_ms, (int64_t)r->seq * 1000);
+		assert_int_equal(r->origin, ORIGIN(r->seq));
 	}
 	assert_true(c->n < 4096);
 	c->seqs[c->n++] = r->seq;
@@ -291,6 +293,9 @@ test_wrap_around(void **state)
 	unsigned rnd = 12345;
 	size_t appended_bytes = 0;
 
+	/* With syncing on, so the msync ranges (wrapped or not) and the header
+	 * sync before an overwrite run too. */
+	outbox_set_fsync(ob, FSYNC_BATCH);
 	while (next < 3000) {
 		size_t before = outbox_bytes(ob);
 		char topic[64], pay[2048];
@@ -299,7 +304,7 @@ test_wrap_around(void **state)
 		size_t pl = make_payload(next, pay, 400);
 		uint64_t seq;
 
-		if (outbox_append(ob, topic, tl, pay, pl, (int64_t)next * 1000, &seq) == -1) {
+		if (outbox_append(ob, topic, tl, pay, pl, (int64_t)next * 1000, ORIGIN(next), &seq) == -1) {
 			assert_int_equal(errno, ENOSPC);
 			assert_true(outbox_room(ob) < outbox_record_size(tl, pl));
 			/* Ack a random live record, or the oldest when stuck. */
@@ -320,11 +325,16 @@ test_wrap_around(void **state)
 		assert_int_equal(seq, next);
 		appended_bytes += outbox_bytes(ob) - before;
 		next++;
+		if (next % 7 == 0) {
+			assert_int_equal(outbox_sync(ob, FSYNC_BATCH), 0);
+			assert_false(outbox_dirty(ob));
+		}
 		if (next % 500 == 0) {
 			size_t depth = outbox_depth(ob), bytes = outbox_bytes(ob);
 
 			outbox_close(ob);
 			ob = open_ob(f->path, SMALL);
+			outbox_set_fsync(ob, FSYNC_BATCH);
 			assert_int_equal(outbox_depth(ob), depth);
 			assert_int_equal(outbox_bytes(ob), bytes);
 			assert_int_equal(outbox_next_seq(ob), next);
@@ -356,18 +366,18 @@ test_full(void **state)
 
 	memset(big, 'x', sizeof(big));
 	/* Larger than the ring can ever hold. */
-	assert_int_equal(outbox_append(ob, "t", 1, big, 4096, 1, &seq), -1);
+	assert_int_equal(outbox_append(ob, "t", 1, big, 4096, 1, 0, &seq), -1);
 	assert_int_equal(errno, EMSGSIZE);
 	/* Exactly the whole ring fits when it is empty. */
-	assert_int_equal(outbox_append(ob, "t", 1, big, 4096 - RECHDR - 1, 1, &seq), 0);
+	assert_int_equal(outbox_append(ob, "t", 1, big, 4096 - RECHDR - 1, 1, 0, &seq), 0);
 	assert_int_equal(outbox_room(ob), 0);
-	assert_int_equal(outbox_append(ob, "t", 1, "", 0, 1, &seq), -1);
+	assert_int_equal(outbox_append(ob, "t", 1, "", 0, 1, 0, &seq), -1);
 	assert_int_equal(errno, ENOSPC);
 	assert_int_equal(outbox_ack(ob, 1), 0);
 	assert_int_equal(outbox_room(ob), 4096);
 
 	/* Fill with 200-byte records until refused. */
-	while (outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, &seq) == 0)
+	while (outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, 0, &seq) == 0)
 		n++;
 	assert_int_equal(errno, ENOSPC);
 	assert_int_equal(n, 4096 / 200);
@@ -377,13 +387,13 @@ test_full(void **state)
 	outbox_close(ob);
 	ob = open_ob(f->path, SMALL);
 	assert_int_equal(outbox_depth(ob), n);
-	assert_int_equal(outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, &seq), -1);
+	assert_int_equal(outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, 0, &seq), -1);
 	/* Acking a middle record frees nothing; the oldest frees room. */
 	assert_int_equal(outbox_ack(ob, 5), 0);
-	assert_int_equal(outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, &seq), -1);
+	assert_int_equal(outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, 0, &seq), -1);
 	assert_int_equal(outbox_ack(ob, 2), 0);
 	assert_true(outbox_room(ob) >= 200);
-	assert_int_equal(outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, &seq), 0);
+	assert_int_equal(outbox_append(ob, "t", 1, big, 200 - RECHDR - 1, 1, 0, &seq), 0);
 	assert_int_equal(seq, n + 2);
 	outbox_close(ob);
 }
@@ -401,18 +411,18 @@ test_stale_laps(void **state)
 
 	memset(pay, 'p', sizeof(pay));
 	for (int i = 1; i <= 20; i++) {
-		assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, i, &seq), 0);
+		assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, i, 0, &seq), 0);
 		assert_int_equal(outbox_ack(ob, seq), 0);
 	}
 	for (int i = 0; i < 5; i++)
-		assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, i, &seq), 0);
+		assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, i, 0, &seq), 0);
 	assert_int_equal(outbox_bytes(ob), 1000);
 	outbox_close(ob);
 	ob = open_ob(f->path, SMALL);
 	assert_int_equal(outbox_depth(ob), 5);
 	assert_int_equal(outbox_bytes(ob), 1000);
 	assert_int_equal(outbox_next_seq(ob), 26);
-	assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, 1, &seq), 0);
+	assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, 1, 0, &seq), 0);
 	assert_int_equal(seq, 26);
 	for (uint64_t s = 21; s <= 26; s++)
 		assert_int_equal(outbox_ack(ob, s), 0);
@@ -421,11 +431,54 @@ test_stale_laps(void **state)
 	ob = open_ob(f->path, SMALL);
 	assert_int_equal(outbox_depth(ob), 0);
 	assert_int_equal(outbox_next_seq(ob), 27);
-	assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, 1, &seq), 0);
+	assert_int_equal(outbox_append(ob, "t", 1, pay, 200 - RECHDR - 1, 1, 0, &seq), 0);
 	assert_int_equal(seq, 27);
 	outbox_close(ob);
 	ob = open_ob(f->path, SMALL);
 	assert_int_equal(outbox_depth(ob), 1);
+	outbox_close(ob);
+}
+
+static int
+collect_pubacked_cb(void *arg, const struct outbox_rec *r)
+{
+	uint64_t *bits = arg;
+
+	if (r->pubacked)
+		*bits |= 1ULL << r->seq;
+	return 0;
+}
+
+static void
+test_mark_puback(void **state)
+{
+	struct fx *f = *state;
+	struct outbox *ob = open_ob(f->path, 1 << 20);
+	uint64_t bits = 0;
+
+	for (uint64_t s = 1; s <= 4; s++)
+		append_n(ob, s, 100);
+	assert_int_equal(outbox_mark_puback(ob, 2), 0);
+	assert_int_equal(outbox_mark_puback(ob, 2), -1);
+	assert_int_equal(outbox_mark_puback(ob, 4), 0);
+	assert_int_equal(outbox_mark_puback(ob, 9), -1);
+	assert_int_equal(outbox_ack(ob, 3), 0);
+	assert_int_equal(outbox_mark_puback(ob, 3), -1);
+	assert_int_equal(outbox_foreach(ob, 0, collect_pubacked_cb, &bits), 0);
+	assert_int_equal(bits, (1ULL << 2) | (1ULL << 4));
+	outbox_close(ob);
+	/* The mark is in the file: a later life sees it; it still counts as live. */
+	ob = open_ob(f->path, 1 << 20);
+	assert_int_equal(outbox_depth(ob), 3);
+	bits = 0;
+	assert_int_equal(outbox_foreach(ob, 0, collect_pubacked_cb, &bits), 0);
+	assert_int_equal(bits, (1ULL << 2) | (1ULL << 4));
+	assert_int_equal(outbox_ack(ob, 2), 0);
+	assert_int_equal(outbox_ack(ob, 1), 0);
+	assert_int_equal(outbox_depth(ob), 1);
+	assert_int_equal(outbox_ack(ob, 4), 0);
+	assert_int_equal(outbox_depth(ob), 0);
+	assert_int_equal(outbox_bytes(ob), 0);
 	outbox_close(ob);
 }
 
@@ -463,7 +516,7 @@ test_reopen(void **state)
 	assert_int_equal(outbox_epoch(ob), epoch);
 	assert_int_equal(outbox_depth(ob), 0);
 	assert_int_equal(outbox_next_seq(ob), 5);
-	assert_int_equal(outbox_append(ob, "t", 1, "p", 1, 1, &seq), 0);
+	assert_int_equal(outbox_append(ob, "t", 1, "p", 1, 1, 0, &seq), 0);
 	assert_int_equal(seq, 5);
 	outbox_close(ob);
 }
@@ -681,10 +734,13 @@ test_killed_mid_append(void **state)
 				    "device/d%llu/telemetry", (unsigned long long)s);
 				size_t pl = make_payload(s, pay, 400);
 
-				if (outbox_append(cob, topic, tl, pay, pl, (int64_t)s * 1000, &seq) == 0) {
+				if (outbox_append(cob, topic, tl, pay, pl, (int64_t)s * 1000, ORIGIN(s), &seq) == 0) {
 					/* Tell the parent: highest complete seq, lowest live seq. */
 					uint64_t msg[2] = { seq, 0 };
 					struct collect cc;
+
+					if (seq % 2 == 0)
+						outbox_mark_puback(cob, seq);
 
 					memset(&cc, 0, sizeof(cc));
 					cc.stop_at = 1;
@@ -748,6 +804,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_wrap_around, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_laps, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_mark_puback, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_torn_record, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_damaged_record, setup, teardown),

@@ -806,10 +806,29 @@ waiter_timeout_cb(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
+req_timer_arm(struct req *r)
+{
+	int64_t delay = r->deadline_ms - now_ms();
+	struct timeval tv;
+
+	if (delay < 0)
+		delay = 0;
+	tv.tv_sec = delay / 1000;
+	tv.tv_usec = (delay % 1000) * 1000;
+	evtimer_add(r->timer, &tv);
+}
+
+static void
 req_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct req *r = arg;
 
+	/* libevent counts from the loop's cached time, so a timer may fire
+	 * a few ms before the wall-clock deadline: never end a request early. */
+	if (now_ms() < r->deadline_ms) {
+		req_timer_arm(r);
+		return;
+	}
 	req_change(r->q, r, r->state == RS_SENT ? RS_TIMEOUT : RS_EXPIRED, NULL);
 }
 
@@ -818,8 +837,6 @@ req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int st
     int64_t deadline_ms)
 {
 	struct req *r = calloc(1, sizeof(*r));
-	int64_t delay;
-	struct timeval tv;
 
 	if (r == NULL)
 		return NULL;
@@ -846,12 +863,7 @@ req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int st
 		q->n_queued++;
 	else
 		q->n_sent++;
-	delay = deadline_ms - now_ms();
-	if (delay < 0)
-		delay = 0;
-	tv.tv_sec = delay / 1000;
-	tv.tv_usec = (delay % 1000) * 1000;
-	evtimer_add(r->timer, &tv);
+	req_timer_arm(r);
 	return r;
 }
 

@@ -1,0 +1,77 @@
+#!/usr/bin/python3
+"""Accepted requests survive crashes (issue 4, must show 3): 100 requests
+queued for an offline device, then kill -9 of the router, and separately of
+all of herald; after the restart all 100 are still queued, and when the
+device comes online it receives each exactly once, in accept order, and
+confirms them; the backend hears of every confirmation."""
+import os
+import signal
+
+from apilib import Device, api, request_states, start, warm_up
+from heraldtest import Herald, main, wait_for
+
+N = 100
+
+
+def queue_requests(h, device):
+    ids = []
+    for i in range(N):
+        st, rec, _ = api(h, "POST", "/v1/devices/%s/requests" % device,
+                         {"type": "ok", "params": {"i": i}, "timeout": 120})
+        assert st == 202 and rec["state"] == "queued", (st, rec)
+        ids.append(rec["commandId"])
+    return ids
+
+
+def queued_ids(h, device):
+    st, doc, _ = api(h, "GET", "/v1/devices/%s/requests?state=queued" % device)
+    return [r["commandId"] for r in doc["requests"]] if st == 200 else None
+
+
+def deliver_and_check(h, broker, backend, device, ids):
+    dev = Device(broker, device).connect()
+    wait_for(lambda: len(dev.cmds()) >= N, 20, what="%d commands at %s" % (N, device))
+    wait_for(lambda: api(h, "GET", "/v1/devices/%s" % device)[1]["pending"] == 0, 10,
+             what="every request of %s to end" % device)
+    dev.marker()
+    got = [c["commandId"] for c in dev.cmds()]
+    assert got == ids, "delivered %d (%d distinct), in order: %s" % (
+        len(got), len(set(got)), got == sorted(got, key=ids.index))
+    assert [c["params"]["i"] for c in dev.cmds()] == list(range(N))
+    st, doc, _ = api(h, "GET", "/v1/devices/%s/requests?state=confirmed" % device)
+    assert sorted(r["commandId"] for r in doc["requests"]) == sorted(ids), doc
+    wait_for(lambda: all("confirmed" in request_states(backend).get(c, []) for c in ids), 15,
+             what="every confirmation at the backend")
+    dev.disconnect()
+
+
+def test_router_kill9():
+    tmp, broker, backend, h = start()
+    ids = queue_requests(h, "dur-router")
+    assert queued_ids(h, "dur-router") == ids
+    old = h.worker("router")
+    os.kill(old["pid"], signal.SIGKILL)
+    wait_for(lambda: (lambda w: w and w["pid"] != old["pid"] and w["state"] == "ready")(
+        h.worker("router")), 15, what="the router to be restarted")
+    wait_for(lambda: queued_ids(h, "dur-router") == ids, 10, what="100 queued after the restart")
+    deliver_and_check(h, broker, backend, "dur-router", ids)
+    ws = {"%s.%d" % (w["role"], w["slot"]): w["restarts"] for w in h.workers()}
+    assert ws.pop("router.0") == 1 and not any(ws.values()), ws
+
+
+def test_herald_kill9():
+    tmp, broker, backend, h = start()
+    ids = queue_requests(h, "dur-all")
+    os.killpg(h.pgid, signal.SIGKILL)
+    h.proc.wait(10)
+    # A fresh herald on the same state directory (and a new API port).
+    h2 = Herald(tmp, broker=broker, backend=backend).wait_ready()
+    warm_up(h2, broker)
+    assert queued_ids(h2, "dur-all") == ids
+    st, d, _ = api(h2, "GET", "/v1/devices/dur-all")
+    assert st == 200 and d["pending"] == N and d["online"] is False, d
+    deliver_and_check(h2, broker, backend, "dur-all", ids)
+
+
+if __name__ == "__main__":
+    main(test_router_kill9, test_herald_kill9)

@@ -1,0 +1,202 @@
+#!/usr/bin/python3
+"""Requests end to end (issue 4, must show 1, 2, 4 and 8): an online device
+confirms, fails or ignores a request (?wait answers 200 with the ended
+record; no answer ends in "timeout" within 200 ms of the deadline); requests
+for an offline device wait in order, a request that expires while it is
+offline is never sent; a repeated commandId gives 200 or 409; cancel; and
+every state change after "queued" reaches the backend as a kind "request"
+envelope."""
+import time
+
+from apilib import (Device, api, check_error, check_record, envelopes, ms,
+                    request_states, start)
+from heraldtest import main, wait_for
+
+
+def answer(cmd):
+    if cmd["type"] == "ok":
+        return ("ok", {"v": cmd["params"].get("x")})
+    if cmd["type"] == "fail":
+        return ("fail", {"code": "E42", "message": "cannot do that"})
+    return None   # "silent": never answers
+
+
+def check_envelopes(backend, h, want):
+    """want: commandId -> its final state.  Each final state arrives as a
+    kind "request" envelope shaped as SPEC §2 says, and no "queued" ones."""
+    def all_there():
+        got = request_states(backend)
+        return all(want[c] in got.get(c, []) for c in want)
+    wait_for(all_there, 15, what="request envelopes at the backend: %r" % want)
+    ids = set()
+    for e in envelopes(backend):
+        assert set(e) == {"id", "device", "kind", "receivedAt", "gateway", "payload"}, e
+        assert e["gateway"] == "test-node" and e["kind"] == "request", e
+        assert e["payload"]["device"] == e["device"], e
+        assert e["payload"]["state"] != "queued", e
+        check_record(e["payload"])
+        assert e["id"] not in ids, "envelope id %s delivered twice" % e["id"]
+        ids.add(e["id"])
+
+
+def test_online_round_trip():
+    tmp, broker, backend, h = start()
+    dev = Device(broker, "dev-online", answer).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-online")[1].get("online"), 5,
+             what="dev-online to be online")
+
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-online/requests?wait=10",
+                     {"type": "ok", "params": {"x": 7}})
+    assert st == 200, (st, rec)
+    check_record(rec)
+    assert rec["state"] == "confirmed" and rec["success"] is True and rec["result"] == {"v": 7}, rec
+    assert "sentAt" in rec and "completedAt" in rec, rec
+    cmd = [c for c in dev.cmds() if c.get("commandId") == rec["commandId"]]
+    assert len(cmd) == 1, dev.cmds()
+    assert set(cmd[0]) == {"commandId", "type", "params", "expiresAt"}, cmd[0]
+    assert cmd[0]["type"] == "ok" and cmd[0]["params"] == {"x": 7}, cmd[0]
+    assert cmd[0]["expiresAt"] == rec["expiresAt"], (cmd[0], rec)
+    ok_id = rec["commandId"]
+
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-online/requests?wait=10", {"type": "fail"})
+    assert st == 200 and rec["state"] == "failed" and rec["success"] is False, (st, rec)
+    assert rec["error"] == {"code": "E42", "message": "cannot do that"}, rec
+    fail_id = rec["commandId"]
+
+    # No answer: "timeout" at the deadline (createdAt + timeout = expiresAt).
+    t0 = time.monotonic()
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-online/requests?wait=10",
+                     {"type": "silent", "timeout": 2})
+    took = time.monotonic() - t0
+    assert st == 200 and rec["state"] == "timeout", (st, rec)
+    assert "sentAt" in rec and "success" not in rec, rec
+    late = ms(rec["completedAt"]) - ms(rec["expiresAt"])
+    assert 0 <= late <= 200, "timed out %d ms after the deadline" % late
+    assert ms(rec["expiresAt"]) - ms(rec["createdAt"]) == 2000, rec
+    assert 1.8 <= took <= 2.5, took
+    timeout_id = rec["commandId"]
+
+    # ?wait shorter than the request: 202 with the record as it is now.
+    t0 = time.monotonic()
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-online/requests?wait=1",
+                     {"type": "silent", "timeout": 30})
+    assert st == 202 and rec["state"] == "sent", (st, rec)
+    assert 0.9 <= time.monotonic() - t0 <= 1.5
+    # A sent request can still be cancelled.
+    st, rec2, _ = api(h, "DELETE", "/v1/requests/" + rec["commandId"])
+    assert st == 200 and rec2["state"] == "cancelled", (st, rec2)
+    cancel_id = rec["commandId"]
+
+    st, got, _ = api(h, "GET", "/v1/requests/" + ok_id)
+    assert st == 200 and got["state"] == "confirmed" and got["result"] == {"v": 7}, got
+    # Without ?wait the answer is 202 at once, and the request goes on.
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-online/requests", {"type": "ok", "params": {"x": 1}})
+    assert st == 202 and rec["state"] == "queued", (st, rec)
+    wait_for(lambda: api(h, "GET", "/v1/requests/" + rec["commandId"])[1]["state"] == "confirmed",
+             5, what="the request without ?wait to be confirmed")
+
+    check_envelopes(backend, h, {ok_id: "confirmed", fail_id: "failed", timeout_id: "timeout",
+                                 cancel_id: "cancelled", rec["commandId"]: "confirmed"})
+    states = request_states(backend)
+    assert states[timeout_id] == ["sent", "timeout"], states[timeout_id]
+    assert states[cancel_id] == ["sent", "cancelled"], states[cancel_id]
+    stats = h.ctl("stats")
+    router = [w for w in stats["workers"] if w["role"] == "router"][0]
+    assert router["counters"]["req_accepted"] == 5 and router["counters"]["req_completed"] == 5, router
+    dev.disconnect()
+
+
+def test_offline_queue_in_order():
+    tmp, broker, backend, h = start()
+    # Accepted first, expires while the device is away: never sent.
+    st, short, _ = api(h, "POST", "/v1/devices/dev-off/requests", {"type": "short", "timeout": 1})
+    assert st == 202 and short["state"] == "queued", (st, short)
+    ids = []
+    for name in ("a", "b", "c"):
+        st, rec, _ = api(h, "POST", "/v1/devices/dev-off/requests",
+                         {"type": "ok", "params": {"x": name}, "timeout": 30})
+        assert st == 202 and rec["state"] == "queued", (st, rec)
+        ids.append(rec["commandId"])
+    st, doc, _ = api(h, "GET", "/v1/devices/dev-off/requests?state=queued")
+    assert st == 200, doc
+    queued = [r["commandId"] for r in doc["requests"] if r["commandId"] in ids]
+    assert queued == ids, (queued, ids)
+    wait_for(lambda: api(h, "GET", "/v1/requests/" + short["commandId"])[1]["state"] == "expired",
+             5, what="the short request to expire")
+    st, rec, _ = api(h, "GET", "/v1/requests/" + short["commandId"])
+    assert "sentAt" not in rec and "completedAt" in rec, rec
+    late = ms(rec["completedAt"]) - ms(rec["expiresAt"])
+    assert 0 <= late <= 200, late
+    st, d, _ = api(h, "GET", "/v1/devices/dev-off")
+    assert st == 200 and d["online"] is False and d["pending"] == 3, d
+    st, doc, _ = api(h, "GET", "/v1/devices/dev-off/requests?state=expired")
+    assert [r["commandId"] for r in doc["requests"]] == [short["commandId"]], doc
+
+    dev = Device(broker, "dev-off", answer).connect()
+    wait_for(lambda: len(dev.cmds()) >= 3, 10, what="3 commands at the device")
+    for c in ids:
+        wait_for(lambda: api(h, "GET", "/v1/requests/" + c)[1]["state"] == "confirmed", 5,
+                 what="request %s confirmed" % c)
+    dev.marker()
+    got = [c["commandId"] for c in dev.cmds()]
+    assert got == ids, ("order or extra commands", got, ids)
+    assert [c["params"]["x"] for c in dev.cmds()] == ["a", "b", "c"]
+    st, d, _ = api(h, "GET", "/v1/devices/dev-off")
+    assert d["online"] is True and d["pending"] == 0 and d["status"]["state"] == "online", d
+    assert "lastSeen" in d, d
+    st, doc, _ = api(h, "GET", "/v1/devices?online=true")
+    assert st == 200 and [x["id"] for x in doc["devices"]] == ["dev-off"] and doc["next"] is None, doc
+
+    # The Last Will makes it offline; what is accepted then waits again.
+    dev.drop()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-off")[1]["online"] is False, 10,
+             what="the Last Will to mark dev-off offline")
+    st, doc, _ = api(h, "GET", "/v1/devices?online=true")
+    assert doc["devices"] == [], doc
+    check_envelopes(backend, h, dict({c: "confirmed" for c in ids}, **{short["commandId"]: "expired"}))
+    assert request_states(backend)[short["commandId"]] == ["expired"]
+
+
+def test_idempotency_and_cancel():
+    tmp, broker, backend, h = start()
+    body = {"type": "t", "params": {"a": 1}, "commandId": "cmd-1"}
+    st, first, _ = api(h, "POST", "/v1/devices/dev-idem/requests", body)
+    assert st == 202 and first["commandId"] == "cmd-1", (st, first)
+    st, again, _ = api(h, "POST", "/v1/devices/dev-idem/requests", body)
+    assert st == 200 and again == first, (st, again, first)
+    # The default timeout (30) counts as the same when given explicitly.
+    st, again, _ = api(h, "POST", "/v1/devices/dev-idem/requests", dict(body, timeout=30))
+    assert st == 200 and again == first, (st, again)
+    for other in (dict(body, params={"a": 2}), dict(body, type="u"), dict(body, timeout=31)):
+        st, doc, _ = api(h, "POST", "/v1/devices/dev-idem/requests", other)
+        check_error(st, doc, 409, "command_id_conflict")
+    st, doc, _ = api(h, "POST", "/v1/devices/other-dev/requests", body)
+    check_error(st, doc, 409, "command_id_conflict")
+
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-idem/requests", {"type": "t", "commandId": "cmd-2"})
+    assert st == 202, rec
+    st, rec, _ = api(h, "DELETE", "/v1/requests/cmd-2")
+    assert st == 200 and rec["state"] == "cancelled" and "completedAt" in rec, (st, rec)
+    check_record(rec)
+    st, doc, _ = api(h, "DELETE", "/v1/requests/cmd-2")
+    check_error(st, doc, 409, "already_ended")
+    st, doc, _ = api(h, "DELETE", "/v1/requests/no-such-cmd")
+    check_error(st, doc, 404, "not_found")
+    # Cancelled stays cancelled; the same POST again returns that record.
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-idem/requests", {"type": "t", "commandId": "cmd-2"})
+    assert st == 200 and rec["state"] == "cancelled", (st, rec)
+
+    dev = Device(broker, "dev-idem").connect()
+    wait_for(lambda: api(h, "GET", "/v1/requests/cmd-1")[1]["state"] == "confirmed", 10,
+             what="cmd-1 confirmed")
+    dev.marker()
+    assert [c["commandId"] for c in dev.cmds()] == ["cmd-1"], dev.cmds()
+    # A confirmed request cannot be cancelled.
+    st, doc, _ = api(h, "DELETE", "/v1/requests/cmd-1")
+    check_error(st, doc, 409, "already_ended")
+    check_envelopes(backend, h, {"cmd-1": "confirmed", "cmd-2": "cancelled"})
+    dev.disconnect()
+
+
+if __name__ == "__main__":
+    main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel)

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #include <event2/event.h>
@@ -92,6 +93,7 @@ struct fleet {
 	uint64_t answers_total, churn_carry_milli, rng;
 	uint64_t last_progress, last_progress_sent;
 	struct bench_herald herald;
+	LIST_HEAD(, fleet_answer) answers;      /* waiting for --answer-delay-ms */
 	int rc;
 };
 
@@ -384,11 +386,26 @@ fleet_send_event(struct fleet_dev *fd)
 
 /* --- requests ------------------------------------------------------------- */
 
+/* A request waiting for --answer-delay-ms; listed so the exit can free it. */
 struct fleet_answer {
 	struct fleet_dev *fd;
 	bool fail;
 	char *command_id, *type;
+	struct event *ev;
+	LIST_ENTRY(fleet_answer) link;
 };
+
+static void
+fleet_answer_free(struct fleet_answer *a)
+{
+	if (a->ev != NULL) {
+		LIST_REMOVE(a, link);
+		event_free(a->ev);
+	}
+	free(a->command_id);
+	free(a->type);
+	free(a);
+}
 
 static void
 fleet_answer_send(struct fleet_answer *a)
@@ -426,9 +443,7 @@ fleet_answer_send(struct fleet_answer *a)
 		f->s.answered_ok++;
 	mqev_sync(&fd->io);
 out:
-	free(a->command_id);
-	free(a->type);
-	free(a);
+	fleet_answer_free(a);
 }
 
 static void
@@ -457,12 +472,15 @@ fleet_request(struct fleet_dev *fd, const char *command_id, const char *type)
 	}
 	struct timeval tv = { (time_t)(f->o.answer_delay / 1000000),
 		(suseconds_t)(f->o.answer_delay % 1000000) };
-	if (event_base_once(f->base, -1, EV_TIMEOUT, fleet_answer_cb, a, &tv) == -1) {
+	if ((a->ev = evtimer_new(f->base, fleet_answer_cb, a)) == NULL || evtimer_add(a->ev, &tv) == -1) {
 		f->s.answers_dropped++;
-		free(a->command_id);
-		free(a->type);
-		free(a);
+		if (a->ev)
+			event_free(a->ev);
+		a->ev = NULL;
+		fleet_answer_free(a);
+		return;
 	}
+	LIST_INSERT_HEAD(&f->answers, a, link);
 }
 
 /* --- mosquitto callbacks --------------------------------------------------- */
@@ -1151,6 +1169,7 @@ fleet_main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	mosquitto_lib_init();
 	f->rng = f->o.seed;
+	LIST_INIT(&f->answers);
 	f->base = bench_event_base();
 	f->fd = calloc(f->ndev, sizeof(*f->fd));
 	if (f->base == NULL || f->fd == NULL) {
@@ -1197,6 +1216,10 @@ fleet_main(int argc, char **argv)
 	r = BENCH_EXIT_OK;
 	if (f->o.seq_out && fleet_seq_out(f) == -1)
 		r = BENCH_EXIT_FAIL;
+	while (!LIST_EMPTY(&f->answers)) {
+		f->s.answers_dropped++;         /* the run ended before their delay */
+		fleet_answer_free(LIST_FIRST(&f->answers));
+	}
 	fleet_report(f);
 	for (size_t i = 0; i < f->ndev; i++) {
 		mqev_detach(&f->fd[i].io);

@@ -60,6 +60,8 @@ struct rtt {
 	char *body;                     /* {"type":..,"params":..} */
 	struct rtt_req **free_reqs;
 	size_t nfree, nfree_cap;
+	struct rtt_req **all_reqs;      /* every easy handle made, for the exit */
+	size_t nall, nall_cap;
 	/* raw */
 	struct mosquitto *m;
 	struct mqev io;
@@ -264,12 +266,8 @@ rtt_req_release(struct rtt *r, struct rtt_req *q)
 		size_t cap = r->nfree_cap ? r->nfree_cap * 2 : 64;
 		struct rtt_req **n = realloc(r->free_reqs, cap * sizeof(*n));
 
-		if (n == NULL) {
-			curl_easy_cleanup(q->easy);
-			free(q->body);
-			free(q);
-			return;
-		}
+		if (n == NULL)
+			return;         /* not reused; freed at the exit */
 		r->free_reqs = n;
 		r->nfree_cap = cap;
 	}
@@ -408,11 +406,23 @@ rtt_http_send(struct rtt *r, const struct bench_device *d, uint64_t sched)
 	if (r->nfree > 0) {
 		q = r->free_reqs[--r->nfree];
 	} else {
+		if (r->nall == r->nall_cap) {
+			size_t cap = r->nall_cap ? r->nall_cap * 2 : 64;
+			struct rtt_req **n = realloc(r->all_reqs, cap * sizeof(*n));
+
+			if (n == NULL) {
+				r->send_errors++;
+				return;
+			}
+			r->all_reqs = n;
+			r->nall_cap = cap;
+		}
 		if ((q = calloc(1, sizeof(*q))) == NULL || (q->easy = curl_easy_init()) == NULL) {
 			free(q);
 			r->send_errors++;
 			return;
 		}
+		r->all_reqs[r->nall++] = q;
 		q->r = r;
 		curl_easy_setopt(q->easy, CURLOPT_PRIVATE, q);
 		curl_easy_setopt(q->easy, CURLOPT_WRITEFUNCTION, rtt_write_cb);
@@ -633,6 +643,8 @@ rtt_report(struct rtt *r)
 {
 	uint64_t errs = 0;
 	double span = r->t_last_sent > r->t0 ? (double)(r->t_last_sent - r->t0) / 1e6 : 0;
+	/* n sends span n - 1 intervals */
+	double rate = span > 0 && r->sent > 1 ? (double)(r->sent - 1) / span : 0;
 	const char *key;
 	json_t *v, *doc;
 
@@ -647,7 +659,7 @@ rtt_report(struct rtt *r)
 	    "timeouts", (json_int_t)r->timeouts, "errors", (json_int_t)errs,
 	    "send_errors", (json_int_t)r->send_errors, "unmatched", (json_int_t)r->unmatched,
 	    "max_send_lag_us", (json_int_t)r->max_lag,
-	    "achieved_rate", span > 0 ? (double)r->sent / span : 0.0,
+	    "achieved_rate", rate,
 	    "elapsed_s", (double)((r->t_end ? r->t_end : bench_mono_us()) - r->t0) / 1e6);
 	if (r->o.raw) {
 		char target[300];
@@ -659,6 +671,7 @@ rtt_report(struct rtt *r)
 		json_object_set_new(doc, "answered_202", json_integer((json_int_t)r->pending_202));
 		json_object_set_new(doc, "states", json_incref(r->states));
 	}
+	json_object_set_new(doc, "unfinished", json_integer((json_int_t)r->inflight));
 	json_object_set_new(doc, "error_kinds", json_incref(r->errors));
 	json_object_set_new(doc, "latency_us", hist_json(&r->lat));
 	if (r->herald.pid > 0)
@@ -668,11 +681,11 @@ rtt_report(struct rtt *r)
 	} else {
 		printf("rtt (%s) %s: %" PRIu64 " sent at %.0f/s to %zu devices in %.1f s\n",
 		    r->o.raw ? "raw MQTT" : "REST API", json_string_value(json_object_get(doc, "target")),
-		    r->sent, span > 0 ? (double)r->sent / span : 0.0, r->ndev, span);
+		    r->sent, rate, r->ndev, span);
 		printf("  completed %" PRIu64 " (ok %" PRIu64 ", device failed %" PRIu64 "), timeouts %"
-		    PRIu64 ", errors %" PRIu64 ", unmatched %" PRIu64 ", max send lag %.1f ms\n",
-		    r->completed, r->ok, r->dev_failed, r->timeouts, errs, r->unmatched,
-		    (double)r->max_lag / 1e3);
+		    PRIu64 ", errors %" PRIu64 ", unfinished %" PRIu64 ", unmatched %" PRIu64
+		    ", max send lag %.1f ms\n", r->completed, r->ok, r->dev_failed, r->timeouts, errs,
+		    r->inflight, r->unmatched, (double)r->max_lag / 1e3);
 		json_object_foreach(r->errors, key, v)
 			printf("    %s: %lld\n", key, (long long)json_integer_value(v));
 		hist_print_ms(stdout, "  round trip", &r->lat);
@@ -817,11 +830,16 @@ rtt_main(int argc, char **argv)
 		mosquitto_lib_cleanup();
 		free(r->ring);
 	} else if (r->multi) {
-		for (size_t i = 0; i < r->nfree; i++) {
-			curl_easy_cleanup(r->free_reqs[i]->easy);
-			free(r->free_reqs[i]->body);
-			free(r->free_reqs[i]);
+		for (size_t i = 0; i < r->nall; i++) {
+			struct rtt_req *q = r->all_reqs[i];
+
+			if (q->active)          /* still in flight: stopped by a signal */
+				curl_multi_remove_handle(r->multi, q->easy);
+			curl_easy_cleanup(q->easy);
+			free(q->body);
+			free(q);
 		}
+		free(r->all_reqs);
 		free(r->free_reqs);
 		curl_multi_cleanup(r->multi);
 		curl_slist_free_all(r->headers);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -38,6 +39,15 @@ struct sink_phase {
 struct sink_rule {                      /* CODE@device=ID */
 	int code;
 	char *device;
+};
+
+/* An answer held back by --delay-ms; listed so the exit can answer and free it. */
+struct sink_reply {
+	struct evhttp_request *req;
+	int code;
+	struct sink *k;
+	struct event *ev;
+	LIST_ENTRY(sink_reply) link;
 };
 
 struct sink_opts {
@@ -72,6 +82,7 @@ struct sink {
 	uint64_t batches, batch_envelopes, max_batch;
 	uint64_t first_us, last_us, max_silence_us;  /* mono, of accepted requests */
 	struct bench_herald herald;
+	LIST_HEAD(, sink_reply) delayed;
 	bool finishing;
 	int exit_code;
 };
@@ -345,7 +356,7 @@ sink_report_json(struct sink *k, bool per_device)
 	    "requests", (json_int_t)k->requests);
 	answers = json_object();
 	for (int c = 0; c < SINK_CODES; c++) {
-		char name[8];
+		char name[16];
 
 		if (k->answers[c] == 0)
 			continue;
@@ -482,11 +493,6 @@ sink_finish(struct sink *k, int code)
 
 /* --- requests -------------------------------------------------------------- */
 
-struct sink_reply {
-	struct evhttp_request *req;
-	int code;
-	struct sink *k;
-};
 
 static void
 sink_send(struct sink *k, struct evhttp_request *req, int code, const char *body)
@@ -516,7 +522,11 @@ sink_reply_cb(evutil_socket_t s, short what, void *arg)
 {
 	struct sink_reply *r = arg;
 
+	/* if the client went away meanwhile, libevent detached the request and
+	 * sending just frees it */
 	sink_send(r->k, r->req, r->code, NULL);
+	LIST_REMOVE(r, link);
+	event_free(r->ev);
 	free(r);
 }
 
@@ -524,19 +534,23 @@ static void
 sink_answer(struct sink *k, struct evhttp_request *req, int code)
 {
 	struct sink_reply *r;
+	struct timeval tv = { (time_t)(k->o.delay / 1000000), (suseconds_t)(k->o.delay % 1000000) };
 
-	if (k->o.delay == 0 || (r = malloc(sizeof(*r))) == NULL) {
+	if (k->o.delay == 0 || (r = calloc(1, sizeof(*r))) == NULL) {
 		sink_send(k, req, code, NULL);
 		return;
 	}
 	r->req = req;
 	r->code = code;
 	r->k = k;
-	struct timeval tv = { (time_t)(k->o.delay / 1000000), (suseconds_t)(k->o.delay % 1000000) };
-	if (event_base_once(k->base, -1, EV_TIMEOUT, sink_reply_cb, r, &tv) == -1) {
+	if ((r->ev = evtimer_new(k->base, sink_reply_cb, r)) == NULL || evtimer_add(r->ev, &tv) == -1) {
+		if (r->ev)
+			event_free(r->ev);
 		free(r);
 		sink_send(k, req, code, NULL);
+		return;
 	}
+	LIST_INSERT_HEAD(&k->delayed, r, link);
 }
 
 /* The envelope fields herald promises (SPEC §2); payload must be an object. */
@@ -795,6 +809,7 @@ sink_main(int argc, char **argv)
 	}
 	bench_raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
+	LIST_INIT(&k->delayed);
 	hist_init(&k->lat);
 	for (int i = 0; i < TK_NKINDS; i++)
 		hist_init(&k->lat_kind[i]);
@@ -841,6 +856,8 @@ sink_main(int argc, char **argv)
 	event_base_dispatch(k->base);
 	sink_report_print(k, stdout);
 	r = k->exit_code;
+	while (!LIST_EMPTY(&k->delayed))
+		sink_reply_cb(-1, 0, LIST_FIRST(&k->delayed));
 	if (k->bound != NULL)
 		evhttp_del_accept_socket(k->http, k->bound);
 	evhttp_free(k->http);

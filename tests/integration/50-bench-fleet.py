@@ -4,9 +4,12 @@ every device's telemetry arrives exactly, numbered 1..N in order, padded to
 --size; status is retained and its Last Will fires on a cut, never on a clean
 exit; requests are answered after the delay with the exact failure ratio;
 churned devices come back from their --source-range address."""
+import base64
+import ctypes
 import json
 import os
 import re
+import struct
 import tempfile
 import time
 
@@ -143,5 +146,70 @@ def test_churn_last_will_and_source_range():
     assert addrs == {"127.0.0.2", "127.0.0.3", "127.0.0.4"}, addrs
 
 
+class Sodium:
+    """XChaCha20-Poly1305 of libsodium through ctypes: opens and makes SPEC §1 boxes."""
+
+    def __init__(self):
+        self.lib = ctypes.CDLL("libsodium.so.23")
+        assert self.lib.sodium_init() >= 0
+
+    def open(self, key, topic, box):
+        ad = box[:10] + topic.encode()
+        out = ctypes.create_string_buffer(len(box))
+        n = ctypes.c_ulonglong()
+        rc = self.lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+            out, ctypes.byref(n), None, box[34:], ctypes.c_ulonglong(len(box) - 34), ad,
+            ctypes.c_ulonglong(len(ad)), box[10:34], key)
+        assert rc == 0, "box does not open"
+        return box[1], struct.unpack(">Q", box[2:10])[0], out.raw[:n.value]
+
+    def seal(self, key, topic, counter, plain):
+        hdr = b"\x01\x01" + struct.pack(">Q", counter) + os.urandom(24)
+        ad = hdr[:10] + topic.encode()
+        out = ctypes.create_string_buffer(len(plain) + 16)
+        n = ctypes.c_ulonglong()
+        self.lib.crypto_aead_xchacha20poly1305_ietf_encrypt(
+            out, ctypes.byref(n), plain, ctypes.c_ulonglong(len(plain)), ad,
+            ctypes.c_ulonglong(len(ad)), None, hdr[10:34], key)
+        return hdr + out.raw[:n.value]
+
+
+def test_e2e_sealed():
+    na = Sodium()
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    keys = {"e-1": os.urandom(32), "e-2": os.urandom(32)}
+    path = tmp.join("devices")
+    with open(path, "w") as f:
+        f.write("# id token key\n")
+        for d, k in keys.items():
+            f.write("%s - %s\n" % (d, base64.b64encode(k).decode()))
+    sub = Subscriber(broker.port)
+    fleet = Proc("fleet", "--port", broker.port, "--devices-file", path, "--e2e", "--key-version", 3,
+                 "--rate", 20, "--duration", "3s", "--json")
+    wait_for(lambda: sub.count("telemetry") >= 20, 5, what="20 sealed telemetry messages")
+    counters = {}
+    for topic, box, _ in sub.messages():
+        dev = topic.split("/")[1]
+        kv, ctr, plain = na.open(keys[dev], topic, box)
+        assert kv == 3
+        assert ctr > counters.get(dev, 0), "counter not increasing"    # one counter for every topic
+        counters[dev] = ctr
+        assert json.loads(plain)["dev"] == dev
+    # a sealed request is answered sealed; a box that does not open is counted
+    req = json.dumps({"commandId": "sealed-1", "type": "ping", "params": {}}).encode()
+    sub.publish("device/e-1/command", na.seal(keys["e-1"], "device/e-1/command", 1, req))
+    sub.publish("device/e-2/command", na.seal(keys["e-1"], "device/e-2/command", 1, req))
+    wait_for(lambda: sub.count("response") >= 1, 5, what="the sealed response")
+    topic, box, _ = [m for m in sub.messages() if m[0].endswith("/response")][0]
+    assert topic == "device/e-1/response"
+    doc = json.loads(na.open(keys["e-1"], topic, box)[2])
+    assert doc["commandId"] == "sealed-1" and doc["success"] is True, doc
+    rc, out, _ = fleet.wait(10)
+    r = json.loads(out)
+    assert rc == 0 and r["received"]["requests"] == 1 and r["received"]["unopenable"] == 1, r
+
+
 if __name__ == "__main__":
-    main(test_exact_counts_in_order, test_requests_answered, test_churn_last_will_and_source_range)
+    main(test_exact_counts_in_order, test_requests_answered, test_churn_last_will_and_source_range,
+         test_e2e_sealed)

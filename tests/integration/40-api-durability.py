@@ -59,6 +59,26 @@ def test_router_kill9():
     assert ws.pop("router.0") == 1 and not any(ws.values()), ws
 
 
+def test_router_kill9_device_stays_online():
+    """Presence is kept in the store: a device that was online when the
+    router died is taken to still be, and gets new requests without
+    having to speak first."""
+    tmp, broker, backend, h = start()
+    dev = Device(broker, "dur-online").connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dur-online")[1].get("online"), 10,
+             what="dur-online to be online")
+    old = h.worker("router")
+    os.kill(old["pid"], signal.SIGKILL)
+    wait_for(lambda: (lambda w: w and w["pid"] != old["pid"] and w["state"] == "ready")(
+        h.worker("router")), 15, what="the router to be restarted")
+    st, d, _ = wait_for(lambda: (lambda r: r[0] == 200 and r)(api(h, "GET", "/v1/devices/dur-online")),
+                        10, what="the restarted router to answer")
+    assert d["online"] is True, d
+    st, rec, _ = api(h, "POST", "/v1/devices/dur-online/requests?wait=15", {"type": "ok"})
+    assert st == 200 and rec["state"] == "confirmed", (st, rec)
+    dev.disconnect()
+
+
 def test_herald_kill9():
     tmp, broker, backend, h = start()
     ids = queue_requests(h, "dur-all")
@@ -74,4 +94,4 @@ def test_herald_kill9():
 
 
 if __name__ == "__main__":
-    main(test_router_kill9, test_herald_kill9)
+    main(test_router_kill9, test_router_kill9_device_stays_online, test_herald_kill9)

@@ -6,6 +6,7 @@ for an offline device wait in order, a request that expires while it is
 offline is never sent; a repeated commandId gives 200 or 409; cancel; and
 every state change after "queued" reaches the backend as a kind "request"
 envelope."""
+import json
 import time
 
 from apilib import (Device, api, check_error, check_record, envelopes, ms,
@@ -198,5 +199,40 @@ def test_idempotency_and_cancel():
     dev.disconnect()
 
 
+def test_unknown_command_dead_letter():
+    """A response no request of this device owns goes to the dead-letter
+    store as "unknown_command" (and, like every response, to the backend)."""
+    tmp, broker, backend, h = start()
+    a = Device(broker, "dl-a", lambda cmd: None).connect()
+    b = Device(broker, "dl-b", lambda cmd: None).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dl-a")[1].get("online"), 10, what="dl-a online")
+    st, rec, _ = api(h, "POST", "/v1/devices/dl-a/requests?wait=1", {"type": "x"})
+    assert st == 202 and rec["state"] == "sent", (st, rec)
+    # Unknown id, no id, and another device answering dl-a's request.
+    a.c.publish("device/dl-a/response", json.dumps({"commandId": "ghost-1", "success": True}), 1)
+    a.c.publish("device/dl-a/response", json.dumps({"success": True}), 1)
+    b.c.publish("device/dl-b/response", json.dumps({"commandId": rec["commandId"], "success": True}), 1)
+
+    def dead():
+        return [e for e in h.ctl("deadletter", "list", "100")["entries"]
+                if "unknown_command" in e["reason"]]
+    wait_for(lambda: len(dead()) == 3, 15, what="3 unknown_command dead letters")
+    got = sorted((e["device"], e["topic"]) for e in dead())
+    assert got == [("dl-a", "device/dl-a/response"), ("dl-a", "device/dl-a/response"),
+                   ("dl-b", "device/dl-b/response")], got
+    # dl-a's request was not touched by dl-b's answer.
+    st, rec2, _ = api(h, "GET", "/v1/requests/" + rec["commandId"])
+    assert rec2["state"] == "sent", rec2
+    wait_for(lambda: len(envelopes(backend, "response")) == 3, 15, what="3 response envelopes")
+    # Its own answer, late but before the deadline, still confirms it.
+    a.c.publish("device/dl-a/response", json.dumps({"commandId": rec["commandId"], "success": True,
+                                                    "result": {"late": 1}}), 1)
+    wait_for(lambda: api(h, "GET", "/v1/requests/" + rec["commandId"])[1]["state"] == "confirmed",
+             10, what="the late answer to confirm")
+    a.disconnect()
+    b.disconnect()
+
+
 if __name__ == "__main__":
-    main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel)
+    main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
+         test_unknown_command_dead_letter)

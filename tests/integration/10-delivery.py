@@ -33,8 +33,14 @@ def test_every_message_once_in_order():
         assert sent[(e["device"], e["payload"]["k"])][e["payload"]["seq"]].encode() in body
         assert headers["webhook-id"] == e["id"]
         assert headers["Content-Type"] == "application/json"
+    # The responses answer no request herald sent: each also lands in the
+    # dead-letter store as unknown_command (SPEC §3), and nothing else does.
+    responses = len(devices) * 125
+    wait_for(lambda: h.ctl("spool")["dead"] == responses, 20, 0.2, "unknown_command records")
     st = h.ctl("spool")
-    assert st["depth"] == 0 and st["dead"] == 0, st
+    assert st["depth"] == 0, st
+    dl = h.ctl("deadletter", "list", "50")["entries"]
+    assert dl and all(e["reason"].endswith("unknown_command") for e in dl), dl[:2]
     assert h.stop() == 0
 
 

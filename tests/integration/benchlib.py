@@ -174,3 +174,39 @@ def main(*tests):
         finally:
             cleanup()
     sys.exit(1 if failed else 0)
+
+
+def run_scenarios(only):
+    """contrib/bench/run --quick --only `only` into a temporary file; returns
+    {scenario number: [row cells, ...]} of its tables and the whole text."""
+    tmp = TmpDir()
+    out = tmp.join("BENCHMARKS.md")
+    script = os.path.join(os.environ.get("HERALD_SRCDIR") or
+                          os.path.join(os.path.dirname(__file__), "..", ".."), "contrib", "bench", "run")
+    r = subprocess.run(["bash", script, "--quick", "--only", only, "-o", out, BUILDDIR],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    text = open(out).read()
+    tables, cur = {}, None
+    for line in text.splitlines():
+        if line.startswith("## ") and line[3].isdigit():
+            cur = int(line[3])
+            tables[cur] = []
+        elif cur and line.startswith("| ") and not line.startswith("|---"):
+            tables[cur].append([c.strip() for c in line.strip("|").split("|")])
+    for n in only.split(","):
+        assert int(n) in tables, "scenario %s missing:\n%s" % (n, text)
+    return {n: rows[1:] for n, rows in tables.items()}, text
+
+
+def herald_built():
+    return all(os.access(os.path.join(BUILDDIR, b), os.X_OK) for b in ("herald", "heraldctl"))
+
+
+def check_herald_row(row, text):
+    """A herald row: 'not run' only because herald is not built; else numbers."""
+    if not herald_built():
+        assert row[1].startswith("not run: herald is not built"), row
+        return False
+    assert not row[1].startswith("not run"), "herald is built but did not run:\n" + text
+    return True

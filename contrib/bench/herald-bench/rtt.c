@@ -110,7 +110,7 @@ rtt_usage(FILE *out)
 "Open-loop round trips: requests sent at fixed times whatever the answers,\n"
 "spread over the devices in turn; latency counted from each scheduled time.\n"
 "\n"
-"  --url URL              herald's API base (http://127.0.0.1:8080): POST\n"
+"  --url URL              herald's API base (http://127.0.0.1:8480): POST\n"
 "                         URL/v1/devices/{id}/requests?wait=S\n"
 "  --token T              bearer token for the API\n"
 "  --devices N            devices <prefix>1..<prefix>N (10)\n"
@@ -140,7 +140,7 @@ rtt_opts_parse(struct rtt_opts *o, int argc, char **argv)
 	json_t *j;
 
 	memset(o, 0, sizeof(*o));
-	o->url = "http://127.0.0.1:8080";
+	o->url = "http://127.0.0.1:8480";    /* [api] listen default */
 	o->prefix = "bench-";
 	o->type = "ping";
 	o->params = "{}";

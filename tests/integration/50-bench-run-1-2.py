@@ -1,0 +1,27 @@
+#!/usr/bin/python3
+"""contrib/bench/run --quick, scenarios 1 and 2: the seconds-long versions of
+device -> backend throughput and of the request round trip run, with their
+references (broker drain, raw MQTT round trip) measured; herald's rows have
+numbers, and no loss, whenever herald is built."""
+from benchlib import check_herald_row, main, run_scenarios
+
+
+def test_throughput_and_round_trip():
+    t, text = run_scenarios("1,2")
+    drain = t[1][0]
+    assert drain[0].startswith("mosquitto_sub") and drain[1] == "2000 / 2000", drain
+    assert int(drain[2]) > 0
+    for row in t[1][1:3]:
+        assert row[0].startswith("herald, batch_max"), row
+        if check_herald_row(row, text):
+            assert row[1] == "2000 / 2000" and row[4] == "0", row
+    raw = t[2][0]
+    assert raw[0].startswith("raw MQTT") and raw[1:3] == ["400", "400"] and raw[7:9] == ["0", "0"], raw
+    assert 0 < float(raw[3]) <= float(raw[5])
+    if check_herald_row(t[2][1], text):
+        assert t[2][1][1] == "400", t[2][1]
+    assert "Commands:" in text and "herald-bench rtt --raw" in text
+
+
+if __name__ == "__main__":
+    main(test_throughput_and_round_trip)

@@ -70,6 +70,7 @@ struct pend_ack {
 	uint32_t slot;
 	uint64_t epoch;
 	uint64_t seq;
+	uint64_t spooled;       /* its spool sequence when this pass put it, else 0 */
 	size_t   order;
 };
 
@@ -333,7 +334,8 @@ pend_cmp(const void *a, const void *b)
 }
 
 static void
-http_owe_ack(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq)
+http_owe_ack(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq,
+    uint64_t spooled)
 {
 	if (slot == PROTO_SLOT_NONE)
 		return;
@@ -348,7 +350,7 @@ http_owe_ack(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq)
 		h->acks = p;
 		h->ackcap = n;
 	}
-	h->acks[h->nacks] = (struct pend_ack){ slot, epoch, seq, h->nacks };
+	h->acks[h->nacks] = (struct pend_ack){ slot, epoch, seq, spooled, h->nacks };
 	h->nacks++;
 }
 
@@ -408,17 +410,25 @@ http_flush(struct http *h)
 		return;
 	}
 	if (rc == SPOOL_FULL) {
-		/* The newest puts did not fit: none of this pass is acknowledged
-		 * (each comes again and is acked as a duplicate). */
+		/*
+		 * The newest puts did not fit.  Acknowledge only the puts that
+		 * stayed; a duplicate or a dead-letter put of this pass may have
+		 * been dropped: its outbox resends it.
+		 */
+		size_t k = 0, held;
+
 		cutoff = spool_next_seq(h->sp);
 		for (size_t i = 0; i < h->nnews; i++)
 			h->refused_full += h->news[i].seq >= cutoff;
-		log_ratelimited(LOG_WARNING, "spool map full: %zu acknowledgements held back",
-		    h->nacks);
-		h->nacks = 0;
-	} else {
-		http_send_acks(h);
+		for (size_t i = 0; i < h->nacks; i++)
+			if (h->acks[i].spooled != 0 && h->acks[i].spooled < cutoff)
+				h->acks[k++] = h->acks[i];
+		held = h->nacks - k;
+		h->nacks = k;
+		log_ratelimited(LOG_WARNING, "spool map full: %zu acknowledgement(s) held back",
+		    held);
 	}
+	http_send_acks(h);
 	for (size_t i = 0; i < h->nnews; i++) {
 		struct pend_new *p = &h->news[i];
 
@@ -1124,12 +1134,12 @@ http_envelope(struct http *h, struct hmr *r)
 	switch (rc) {
 	case SPOOL_OK:
 		worker_count(h->w, STAT_spooled, 1);
-		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		http_owe_ack(h, m.slot, m.epoch, m.seq, seq);
 		http_add_new(h, seq, lane_of(h, m.device.p, m.device.len));
 		break;
 	case SPOOL_DUP:
 		worker_count(h->w, STAT_spool_duplicates, 1);
-		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		http_owe_ack(h, m.slot, m.epoch, m.seq, 0);
 		break;
 	case SPOOL_FULL:
 		/* Not acknowledged: the outbox keeps it and sends it again. */
@@ -1183,11 +1193,11 @@ http_reject(struct http *h, struct hmr *r)
 	switch (rc) {
 	case SPOOL_OK:
 		worker_count(h->w, STAT_deadlettered, 1);
-		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		http_owe_ack(h, m.slot, m.epoch, m.seq, 0);
 		break;
 	case SPOOL_DUP:
 		worker_count(h->w, STAT_spool_duplicates, 1);
-		http_owe_ack(h, m.slot, m.epoch, m.seq);
+		http_owe_ack(h, m.slot, m.epoch, m.seq, 0);
 		break;
 	case SPOOL_FULL:
 		h->refused_full++;

@@ -82,6 +82,7 @@ struct spool {
 	enum fsync_mode fsync;
 	size_t    max_bytes;
 	size_t    map_size;
+	size_t    put_cap;      /* queued bytes never exceed the first map size */
 	uint64_t  next_seq, bytes;      /* including the open batch */
 	uint64_t  next_seq0, bytes0;    /* as of the last commit */
 	struct op *redo;
@@ -355,6 +356,11 @@ op_put(struct spool *s, struct op *op, int *res)
 	}
 	if (rc != MDB_NOTFOUND)
 		return rc;
+	/* Room the map grew by is for deletions, not for more envelopes. */
+	if (s->bytes + op->len[2] > s->put_cap) {
+		*res = SPOOL_FULL;
+		return 0;
+	}
 	return q_insert(s, op->p[0], op->len[0], op->p[1], op->len[1],
 	    op->received_ms, op->p[2], op->len[2], &op->seq, res);
 }
@@ -584,6 +590,10 @@ op_dead_replay(struct spool *s, struct op *op, int *res)
 		*res = SPOOL_INVAL;
 		return 0;
 	}
+	if (s->bytes + d.datalen > s->put_cap) {
+		*res = SPOOL_FULL;
+		return 0;
+	}
 	if (grow_buf(&s->scratch, &s->scratchcap, d.idlen + d.devlen + d.datalen) == -1)
 		return ENOMEM;
 	id = s->scratch;
@@ -760,6 +770,8 @@ batch_exec(struct spool *s, struct op *op, bool refusable)
 			return SPOOL_ERR;
 		}
 	}
+	if (res == SPOOL_FULL)
+		s->full = true;
 	if (res == SPOOL_OK) {
 		if (redo_record(s, op) == -1) {
 			log_err("spool: out of memory");
@@ -1316,6 +1328,7 @@ spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
 		goto fail;
 	}
 	mdb_reader_check(s->env, &dead);
+	s->put_cap = s->map_size;
 	if (mdb_env_info(s->env, &info) == 0 && info.me_mapsize > s->map_size)
 		s->map_size = info.me_mapsize;
 	if ((rc = mdb_txn_begin(s->env, NULL, 0, &t)) != 0 ||

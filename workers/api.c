@@ -159,8 +159,8 @@ api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *a
 	struct api *a = arg;
 	size_t len = evbuffer_get_length(buf), elen = sizeof(canned_end) - 1, start;
 	struct evbuffer_ptr p, body;
-	char tail[sizeof(canned_end)], line[16], json[320], *text;
-	const char *code, *msg;
+	char tail[sizeof(canned_end)], line[16], json[320], msg[160], *text;
+	const char *code;
 	struct evbuffer *prefix;
 	int status, n;
 
@@ -194,23 +194,25 @@ api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *a
 	switch (status) {
 	case 413:
 		code = "payload_too_large";
-		msg = "the request body is over [api] max_body or its headers are too large";
+		snprintf(msg, sizeof(msg), "the request body is over [api] max_body (%zu bytes)",
+		    a->w->cf->api_max_body);
 		break;
 	case 400:
 		code = "bad_request";
-		msg = "malformed HTTP request";
+		snprintf(msg, sizeof(msg), "malformed HTTP request, or headers over %d bytes",
+		    API_MAX_HEADERS);
 		break;
 	case 417:
 		code = "expectation_failed";
-		msg = "unsupported Expect header";
+		snprintf(msg, sizeof(msg), "unsupported Expect header");
 		break;
 	case 501:
 		code = "not_implemented";
-		msg = "method not implemented";
+		snprintf(msg, sizeof(msg), "method not implemented");
 		break;
 	default:
 		code = "http_error";
-		msg = "the request could not be served";
+		snprintf(msg, sizeof(msg), "the request could not be served");
 	}
 	snprintf(json, sizeof(json), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}", code, msg);
 	n = asprintf(&text, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"

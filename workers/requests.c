@@ -735,6 +735,7 @@ requests_on_published(struct requests *q, const struct msg_published *m)
 static void
 dev_kick(struct requests *q, struct dev *d)
 {
+	struct timeval retry = { PUBLISH_RETRY_MS / 1000, (PUBLISH_RETRY_MS % 1000) * 1000 };
 	struct req *r, *next;
 	json_t *rec, *cmd;
 	char *text;
@@ -756,7 +757,9 @@ dev_kick(struct requests *q, struct dev *d)
 	if (evtimer_pending(d->retry, NULL))
 		evtimer_del(d->retry);
 	if ((rec = reqstore_get(q->st, r->cid)) == NULL) {
-		log_err("request %s vanished from the store", r->cid);
+		/* A read error: try again rather than stall the queue. */
+		log_ratelimited(LOG_ERR, "request %s: cannot read it from the store", r->cid);
+		evtimer_add(d->retry, &retry);
 		return;
 	}
 	cmd = json_pack("{s:s,s:O,s:O,s:O}", "commandId", r->cid,
@@ -771,9 +774,8 @@ dev_kick(struct requests *q, struct dev *d)
 	d->pub = pub_start(q, PUB_REQUEST, d, "command", text, strlen(text), false);
 	free(text);
 	if (d->pub == NULL) {
-		struct timeval tv = { PUBLISH_RETRY_MS / 1000, (PUBLISH_RETRY_MS % 1000) * 1000 };
 		log_ratelimited(LOG_WARNING, "no mqtt worker to publish to %s; retrying", d->id);
-		evtimer_add(d->retry, &tv);
+		evtimer_add(d->retry, &retry);
 		return;
 	}
 	d->pub->r = r;

@@ -3,14 +3,16 @@
 tokens, bad JSON, wrong field types, bodies over max_body, unknown
 requests and too many pending requests each get SPEC's error body; 1,000
 malformed or hostile requests (random bytes, huge headers, half-sent
-requests that stall) leave every worker alive and /healthz at 200; /metrics
-is valid Prometheus text; /healthz names a worker that is not up."""
+requests that stall, clients gone before their ?wait answer) leave every
+worker alive and /healthz at 200; /metrics is valid Prometheus text;
+/healthz names a worker that is not up."""
 import concurrent.futures
 import os
 import random
 import socket
 import time
 
+import apilib
 from apilib import api, check_error, parse_prometheus, start
 from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
 
@@ -18,9 +20,22 @@ CONF = {"api": {"max_body": "4K"},
         "requests": {"max_pending_per_device": 3, "max_timeout": 600}}
 
 
+def api_counters(h):
+    w = [w for w in h.ctl("stats")["workers"] if w["role"] == "api"][0]
+    return w["counters"].get("api_requests", 0), w["counters"].get("api_errors", 0)
+
+
 def test_bad_input():
     tmp, broker, backend, h = start(CONF)
     good = {"type": "reboot", "params": {}}
+    calls = {"n": 0, "errors": 0}
+    before = api_counters(h)
+
+    def api(*a, **kw):
+        r = apilib.api(*a, **kw)
+        calls["n"] += 1
+        calls["errors"] += r[0] >= 400
+        return r
 
     # 401: no token, a wrong one, another scheme, a token with a suffix.
     for token, headers in ((None, None), ("wrong", None), ("test-token-1x", None),
@@ -74,6 +89,9 @@ def test_bad_input():
                   b"%x\r\n%s\r\n" % (1000, b"z" * 1000) for _ in range(6)) + b"0\r\n\r\n")
     answer = recv_all(s, 5)
     assert answer.startswith(b"HTTP/1.1 413 ") and b'"code":"payload_too_large"' in answer, answer
+    assert b"max_body (4096 bytes)" in answer, answer
+    calls["n"] += 1
+    calls["errors"] += 1
 
     # 404: unknown request, device, resource.
     for path in ("/v1/requests/unknown-cmd", "/v1/devices/never-seen", "/v1/nothing", "/",
@@ -106,9 +124,10 @@ def test_bad_input():
     st, rec, _ = api(h, "POST", "/v1/devices/busy/requests", good)
     assert st == 202, (st, rec)
 
-    st = h.ctl("stats")
-    api_w = [w for w in st["workers"] if w["role"] == "api"][0]
-    assert api_w["counters"]["api_errors"] >= 60 and api_w["counters"]["api_requests"] > 70, api_w
+    # Every call counted once, every error answer too.
+    after = api_counters(h)
+    assert (after[0] - before[0], after[1] - before[1]) == (calls["n"], calls["errors"]), (
+        before, after, calls)
 
 
 def recv_all(s, timeout):
@@ -161,6 +180,14 @@ def hostile(port, kind, rnd):
         s.sendall(method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
                   b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
         return check_answer(recv_all(s, 5))
+    if kind == "abandon":
+        # The answer comes after a second, to a client long gone.
+        body = b'{"type":"x"}'
+        s.sendall(b"POST /v1/devices/gone-%d/requests?wait=1 HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer test-token-1\r\nContent-Length: %d\r\n\r\n%s"
+                  % (rnd.randint(0, 9), len(body), body))
+        s.close()
+        return None
     return s   # "slow": half a request, then nothing
 
 
@@ -175,7 +202,7 @@ def test_hostile_requests():
         s.sendall(b"POST /v1/devices/d%d/requests HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
                   b"Authorization: Bearer test-token-1\r\n\r\n{\"ty" % i if i % 2 else b"GET /v1/dev")
         slow.append(s)
-    kinds = ["random"] * 500 + ["headers"] * 100 + ["http"] * 300
+    kinds = ["random"] * 500 + ["headers"] * 100 + ["http"] * 280 + ["abandon"] * 20
     rnd.shuffle(kinds)
     seeds = [rnd.getrandbits(32) for _ in kinds]
     t0 = time.monotonic()
@@ -192,6 +219,9 @@ def test_hostile_requests():
     assert st == 200 and doc == {"status": "ok"}, (st, doc)
     st, rec, _ = api(h, "POST", "/v1/devices/after/requests", {"type": "still-works"})
     assert st == 202, (st, rec)
+    # Ends after every abandoned ?wait=1 was answered into the void.
+    st, rec, _ = api(h, "POST", "/v1/devices/after/requests?wait=2", {"type": "barrier"})
+    assert st == 202 and rec["state"] == "queued", (st, rec)
     for s in slow:
         s.close()
     ws = h.workers()

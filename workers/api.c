@@ -1003,6 +1003,9 @@ api_main(struct worker *w)
 
 	a->w = w;
 	w->arg = a;
+	/* Call numbers differ between lives: a late reply to a call of the
+	 * previous api process must not answer a new one. */
+	a->next_reqid = (uint64_t)w->generation << 40;
 	for (int i = 0; i < API_NCALLB; i++)
 		LIST_INIT(&a->calls[i]);
 	if (sodium_init() < 0) {

@@ -6,9 +6,10 @@ device comes online it receives each exactly once, in accept order, and
 confirms them; the backend hears of every confirmation."""
 import os
 import signal
+import threading
 
 from apilib import Device, api, request_states, start, warm_up
-from heraldtest import Herald, main, wait_for
+from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
 
 N = 100
 
@@ -79,6 +80,37 @@ def test_router_kill9_device_stays_online():
     dev.disconnect()
 
 
+def test_api_kill9_late_reply():
+    """The router answers a ?wait call after the api worker that asked was
+    killed; the restarted api worker must not hand that answer to its own
+    first call."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, broker=broker).wait_ready()
+    res = []
+    t = threading.Thread(target=lambda: res.append(
+        _try(lambda: api(h, "POST", "/v1/devices/late-a/requests?wait=3", {"type": "first"}))))
+    t.start()
+    wait_for(lambda: api(h, "GET", "/metrics", token=None)[0] == 200 and
+             h.ctl("requests")["queued"] == 1, 5, what="the first call to reach the router")
+    old = h.worker("api")
+    os.kill(old["pid"], signal.SIGKILL)
+    wait_for(lambda: (lambda w: w and w["pid"] != old["pid"] and w["state"] == "ready")(
+        h.worker("api")), 10, what="the api worker to be restarted")
+    t.join()
+    assert isinstance(res[0], Exception), res   # its client lost the connection
+    # The new life's first router call is pending when the old answer comes.
+    st, rec, _ = api(h, "POST", "/v1/devices/late-b/requests?wait=6", {"type": "second"})
+    assert st == 202 and rec["device"] == "late-b" and rec["type"] == "second", (st, rec)
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception as e:
+        return e
+
+
 def test_herald_kill9():
     tmp, broker, backend, h = start()
     ids = queue_requests(h, "dur-all")
@@ -94,4 +126,5 @@ def test_herald_kill9():
 
 
 if __name__ == "__main__":
-    main(test_router_kill9, test_router_kill9_device_stays_online, test_herald_kill9)
+    main(test_router_kill9, test_router_kill9_device_stays_online, test_api_kill9_late_reply,
+         test_herald_kill9)

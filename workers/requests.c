@@ -1719,6 +1719,9 @@ requests_open(struct worker *w)
 		return NULL;
 	q->w = w;
 	TAILQ_INIT(&q->dirty);
+	/* Publish references differ between lives: an mqtt worker's answer to
+	 * the previous router's publish must not settle a new one. */
+	q->next_ref = (uint64_t)w->generation << 40;
 	snprintf(dir, sizeof(dir), "%s/requests", w->cf->state_dir);
 	q->st = reqstore_open(dir, REQUESTS_MAP_SIZE, w->cf->spool_fsync, err, sizeof(err));
 	if (q->st == NULL) {

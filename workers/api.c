@@ -699,7 +699,7 @@ api_devices(struct route *rt)
 			}
 			json_object_set_new(args, "online", json_boolean(strcmp(v, "true") == 0));
 		}
-		if ((v = evhttp_find_header(&rt->query, "limit")) != NULL) {
+		if ((v = evhttp_find_header(&rt->query, "limit")) != NULL && *v != '\0') {
 			if ((limit = api_query_int(v, 1, API_LIST_MAX)) < 0) {
 				json_decref(args);
 				api_error(a, rt->req, 400, "invalid_field", "limit must be 1..%d", API_LIST_MAX);

@@ -199,6 +199,33 @@ def test_idempotency_and_cancel():
     dev.disconnect()
 
 
+def test_device_list_paging():
+    tmp, broker, backend, h = start()
+    names = ["pg-%d" % i for i in range(7)]
+    for n in reversed(names):
+        assert api(h, "POST", "/v1/devices/%s/requests" % n, {"type": "x"})[0] == 202
+    dev = Device(broker, "pg-3").connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/pg-3")[1].get("online"), 10, what="pg-3 online")
+    seen, cursor, pages = [], "", 0
+    while True:
+        st, doc, _ = api(h, "GET", "/v1/devices?limit=3&cursor=" + cursor)
+        assert st == 200 and len(doc["devices"]) <= 3, doc
+        seen += [d["id"] for d in doc["devices"]]
+        pages += 1
+        if doc["next"] is None:
+            break
+        cursor = doc["next"]
+    # In id order, each once (the warm-up probe is a device too).
+    assert seen == sorted(names + ["herald-warmup"]) and pages == 3, (seen, pages)
+    for d in api(h, "GET", "/v1/devices?limit=")[1]["devices"]:
+        assert set(d) >= {"id", "online", "status", "telemetry", "pending"}, d
+    st, doc, _ = api(h, "GET", "/v1/devices?online=true&limit=1")
+    assert [d["id"] for d in doc["devices"]] == ["pg-3"] and doc["next"] is None, doc
+    st, doc, _ = api(h, "GET", "/v1/devices?online=false&limit=100&cursor=pg-4")
+    assert [d["id"] for d in doc["devices"]] == ["pg-5", "pg-6"], doc
+    dev.disconnect()
+
+
 def test_unknown_command_dead_letter():
     """A response no request of this device owns goes to the dead-letter
     store as "unknown_command" (and, like every response, to the backend)."""
@@ -235,4 +262,4 @@ def test_unknown_command_dead_letter():
 
 if __name__ == "__main__":
     main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
-         test_unknown_command_dead_letter)
+         test_device_list_paging, test_unknown_command_dead_letter)

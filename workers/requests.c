@@ -117,6 +117,7 @@ struct requests {
 	struct event    *tick;
 	int64_t          last_prune_ms;
 	int              n_online, n_queued, n_sent;
+	bool             spool_full;
 };
 
 static void req_change(struct requests *q, struct req *r, int state, json_t *fields);
@@ -1174,6 +1175,12 @@ op_request_create(struct call *c)
 	} else
 		ulid_random(cid);
 
+	if (q->spool_full) {
+		/* Its state changes could not reach the backend for now. */
+		reply_error(q, c->peer, c->reqid, 503, "spool_full",
+		    "the delivery spool is full; try again later");
+		return;
+	}
 	if ((d = dev_get(q, device)) == NULL) {
 		reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
 		return;
@@ -1612,6 +1619,12 @@ requests_on_mqtt_up(struct requests *q, int slot)
 			if (d->online && d->pub == NULL && !TAILQ_EMPTY(&d->live))
 				dev_kick(q, d);
 		}
+}
+
+void
+requests_on_pause(struct requests *q, bool paused)
+{
+	q->spool_full = paused;
 }
 
 /* ---- admin ---- */

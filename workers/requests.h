@@ -7,6 +7,7 @@
 #ifndef HERALD_REQUESTS_H
 #define HERALD_REQUESTS_H
 
+#include <stdbool.h>
 #include <jansson.h>
 #include "proto.h"
 
@@ -25,6 +26,9 @@ void    requests_on_device(struct requests *q, const struct msg_device_info *m);
 void    requests_on_ack(struct requests *q, const struct msg_ack *m);
 /* An mqtt worker (re)joined: publishing is possible again. */
 void    requests_on_mqtt_up(struct requests *q, int slot);
+/* The spool said it is full (FAB_PAUSE) or has room again (FAB_RESUME):
+ * new requests are refused with 503 while it is full (SPEC §3). */
+void    requests_on_pause(struct requests *q, bool paused);
 json_t *requests_admin(struct requests *q, int argc, char **argv);
 void    requests_reload(struct requests *q);
 

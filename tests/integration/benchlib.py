@@ -155,17 +155,19 @@ class Subscriber:
 
 
 def main(*tests):
-    """Run each test function; print one line per test; exit 0/1/77."""
+    """Run each test function; print one line per test; exit 0, 1, or 77 when
+    herald-bench is not built or every test skipped."""
     if not BENCH or not os.access(BENCH, os.X_OK):
         print("SKIP: herald-bench not built (HERALD_BUILDDIR=%s)" % BUILDDIR)
         sys.exit(77)
-    failed = 0
+    failed = skipped = 0
     for t in tests:
         t0 = time.monotonic()
         try:
             t()
             print("ok - %s (%.1fs)" % (t.__name__, time.monotonic() - t0), flush=True)
         except Skip as e:
+            skipped += 1
             print("skip - %s: %s" % (t.__name__, e), flush=True)
         except Exception:
             failed += 1
@@ -173,7 +175,7 @@ def main(*tests):
             traceback.print_exc()
         finally:
             cleanup()
-    sys.exit(1 if failed else 0)
+    sys.exit(1 if failed else 77 if skipped == len(tests) else 0)
 
 
 def run_scenarios(only):

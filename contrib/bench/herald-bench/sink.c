@@ -82,6 +82,7 @@ struct sink {
 	uint64_t batches, batch_envelopes, max_batch;
 	uint64_t first_us, last_us, max_silence_us;  /* mono, of accepted requests */
 	struct bench_herald herald;
+	json_t *req_states;             /* kind "request" envelopes per payload state */
 	LIST_HEAD(, sink_reply) delayed;
 	bool finishing;
 	int exit_code;
@@ -411,6 +412,7 @@ sink_report_json(struct sink *k, bool per_device)
 		json_object_set_new(kinds, track_kind_names[i], o);
 	}
 	json_object_set_new(doc, "kinds", kinds);
+	json_object_set_new(doc, "request_states", json_incref(k->req_states));
 	if (k->herald.pid > 0) {
 		bench_herald_end(&k->herald);
 		json_object_set_new(doc, "herald", bench_herald_json(&k->herald, tot.distinct));
@@ -625,6 +627,14 @@ sink_count(struct sink *k, json_t *e, uint64_t wall)
 		k->dev_mismatch++;
 	r = track_add(k->track, json_string_value(json_object_get(e, "id")), device, kind,
 	    json_is_integer(seq) ? json_integer_value(seq) : -1);
+	if (kind == TK_REQUEST && r != TRACK_DUP_ID) {
+		/* which state changes herald reports (SPEC §2: the request record) */
+		json_t *st = json_object_get(p, "state");
+		const char *name = json_is_string(st) ? json_string_value(st) : "(none)";
+		json_t *n = json_object_get(k->req_states, name);
+
+		json_object_set_new(k->req_states, name, json_integer(n ? json_integer_value(n) + 1 : 1));
+	}
 	if ((r == TRACK_NEW || r == TRACK_REORDERED || r == TRACK_UNSEQUENCED) &&
 	    json_is_integer(ts) && json_integer_value(ts) > 0) {
 		uint64_t t = (uint64_t)json_integer_value(ts), lat = 0;
@@ -717,18 +727,18 @@ sink_request_cb(struct evhttp_request *req, void *arg)
 	const char *uri = evhttp_request_get_uri(req);
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 
-	k->requests++;
 	if (cmd == EVHTTP_REQ_GET && strncmp(uri, "/report", 7) == 0) {
+		/* reports are not traffic: neither counted as requests nor as answers */
 		json_t *doc = sink_report_json(k, strstr(uri, "devices=1") != NULL || k->o.per_device);
 		char *s = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
 
-		k->requests--;          /* reports are not traffic */
 		sink_send(k, req, 200, s ? s : "{}");
 		k->answers[200]--;
 		free(s);
 		json_decref(doc);
 		return;
 	}
+	k->requests++;
 	if (cmd != EVHTTP_REQ_POST) {
 		sink_send(k, req, 405, NULL);
 		return;
@@ -810,6 +820,7 @@ sink_main(int argc, char **argv)
 	bench_raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
 	LIST_INIT(&k->delayed);
+	k->req_states = json_object();
 	hist_init(&k->lat);
 	for (int i = 0; i < TK_NKINDS; i++)
 		hist_init(&k->lat_kind[i]);
@@ -871,6 +882,7 @@ sink_main(int argc, char **argv)
 	event_free(k->sig_int);
 	event_base_free(k->base);
 	track_free(k->track);
+	json_decref(k->req_states);
 	for (int i = 0; i < k->o.nrules; i++)
 		free(k->o.rule[i].device);
 	free(k->o.key);

@@ -33,7 +33,6 @@ struct fleet;
 struct fleet_dev {
 	struct fleet *f;
 	struct bench_device *d;
-	size_t index;
 	struct mosquitto *m;
 	struct mqev io;
 	struct event *tick;             /* next publication while up */
@@ -94,12 +93,14 @@ struct fleet {
 	uint64_t last_progress, last_progress_sent;
 	struct bench_herald herald;
 	LIST_HEAD(, fleet_answer) answers;      /* waiting for --answer-delay-ms */
-	int rc;
+	size_t tele_done;               /* devices that sent their --count */
 };
 
 static void fleet_connect(struct fleet_dev *fd);
 static void fleet_schedule(struct fleet_dev *fd);
 static void fleet_stop(struct fleet *f, const char *why);
+static uint64_t fleet_period(const struct fleet *f);
+static uint64_t fleet_sent_total(const struct fleet *f);
 
 static const struct option fleet_longopts[] = {
 	{ "host", required_argument, NULL, 'H' },
@@ -574,7 +575,7 @@ fleet_on_connect(struct mosquitto *m, void *obj, int rc)
 	struct fleet_dev *fd = obj;
 	struct fleet *f = fd->f;
 	char topic[192];
-	uint64_t now = bench_mono_us(), period;
+	uint64_t now = bench_mono_us(), period = fleet_period(f);
 
 	if (rc != 0) {
 		/* refused (bad token, server unavailable): libmosquitto closes next */
@@ -593,9 +594,6 @@ fleet_on_connect(struct mosquitto *m, void *obj, int rc)
 	mosquitto_subscribe(m, NULL, topic, 1);
 	fleet_send_status(fd);
 	if (f->o.rate > 0) {
-		period = (uint64_t)(1e6 / f->o.rate);
-		if (period == 0)
-			period = 1;
 		if (fd->t0 == 0) {
 			/* spread the devices over one period so they do not publish in step */
 			fd->t0 = now + bench_rand(&f->rng) % period;
@@ -616,7 +614,7 @@ fleet_on_connect(struct mosquitto *m, void *obj, int rc)
 	if (f->s.connected == f->ndev && f->t_all_connected == 0) {
 		f->t_all_connected = now;
 		f->cpu_all = bench_self_cpu_us();
-		f->sent_all = f->s.sent[0] + f->s.sent[1] + f->s.sent[2] + f->s.sent[3];
+		f->sent_all = fleet_sent_total(f);
 	}
 	if (f->s.connected == f->ndev)
 		fleet_sample_self(f);
@@ -665,7 +663,7 @@ fleet_closed(struct mqev *io, void *arg)
 static uint64_t
 fleet_period(const struct fleet *f)
 {
-	uint64_t p = (uint64_t)(1e6 / f->o.rate);
+	uint64_t p = f->o.rate > 0 ? (uint64_t)(1e6 / f->o.rate) : 0;
 
 	return p ? p : 1;
 }
@@ -676,15 +674,12 @@ fleet_telemetry_done(const struct fleet *f, const struct fleet_dev *fd)
 	return f->o.rate <= 0 || (f->o.count && fd->seq[FK_TELEMETRY] >= f->o.count);
 }
 
+/* A device just sent its last telemetry message: stop when it was the last one. */
 static void
-fleet_check_done(struct fleet *f)
+fleet_count_reached(struct fleet *f)
 {
-	if (f->o.count == 0 || f->stopping)
-		return;
-	for (size_t i = 0; i < f->ndev; i++)
-		if (!fleet_telemetry_done(f, &f->fd[i]))
-			return;
-	fleet_stop(f, "count reached");
+	if (++f->tele_done == f->ndev && !f->stopping)
+		fleet_stop(f, "count reached");
 }
 
 /* Arm the tick for the earliest of next telemetry, status, event. */
@@ -727,8 +722,8 @@ fleet_tick_cb(evutil_socket_t s, short what, void *arg)
 			fd->slot++;
 			burst++;
 		}
-		if (fleet_telemetry_done(f, fd))
-			fleet_check_done(f);
+		if (burst > 0 && fleet_telemetry_done(f, fd))
+			fleet_count_reached(f);
 	}
 	if (f->o.status_every && fd->next_status <= now) {
 		fleet_send_status(fd);
@@ -1181,7 +1176,6 @@ fleet_main(int argc, char **argv)
 
 		fd->f = f;
 		fd->d = &f->devs[i];
-		fd->index = i;
 		fd->io.fd = -1;
 		fd->tick = evtimer_new(f->base, fleet_tick_cb, fd);
 		fd->retry = evtimer_new(f->base, fleet_retry_cb, fd);

@@ -37,9 +37,9 @@
 #define HTTP_LIST_DEFAULT       100
 #define HTTP_KEY_MAX            256
 
-enum lane_state { LANE_IDLE, LANE_LINGER, LANE_SENDING, LANE_BACKOFF };
+enum http_lane_state { LANE_IDLE, LANE_LINGER, LANE_SENDING, LANE_BACKOFF };
 
-static const char *lane_state_names[] = { "idle", "idle", "sending", "backoff" };
+static const char *http_lane_state_names[] = { "idle", "idle", "sending", "backoff" };
 
 struct http;
 
@@ -48,7 +48,7 @@ struct lane {
 	int                idx;
 	uint64_t          *q;           /* ring of spool sequences, oldest first */
 	size_t             cap, head, n;
-	enum lane_state    state;
+	enum http_lane_state    state;
 	size_t             inflight;    /* the first `inflight` of q are in the POST */
 	bool               array;       /* the body is a JSON array */
 	CURL              *easy;
@@ -118,7 +118,7 @@ static struct http http_state;
 static void http_flush(struct http *h);
 static void http_finish(struct http *h);
 static void http_relane(struct http *h);
-static void lane_kick(struct lane *l);
+static void http_lane_kick(struct lane *l);
 
 /* Arm a timer ms from now. */
 static void
@@ -174,7 +174,7 @@ http_key(struct http *h, const char *secret)
 /* ---- lanes: FIFO rings of spool sequences ---- */
 
 static int
-lane_push(struct lane *l, uint64_t seq)
+http_lane_push(struct lane *l, uint64_t seq)
 {
 	if (l->n == l->cap) {
 		size_t ncap = l->cap ? l->cap * 2 : 64;
@@ -195,13 +195,13 @@ lane_push(struct lane *l, uint64_t seq)
 }
 
 static uint64_t
-lane_at(const struct lane *l, size_t i)
+http_lane_at(const struct lane *l, size_t i)
 {
 	return l->q[(l->head + i) % l->cap];
 }
 
 static void
-lane_pop(struct lane *l, size_t k)
+http_lane_pop(struct lane *l, size_t k)
 {
 	if (k > l->n)
 		k = l->n;
@@ -216,7 +216,7 @@ lane_pop(struct lane *l, size_t k)
 }
 
 static int
-lane_of(const struct http *h, const char *dev, size_t len)
+http_lane_of(const struct http *h, const char *dev, size_t len)
 {
 	return (int)(hash32(dev, len) % (uint32_t)h->nlanes);
 }
@@ -322,7 +322,7 @@ http_op_done(struct http *h, bool may_flush)
 }
 
 static int
-pend_cmp(const void *a, const void *b)
+http_pend_cmp(const void *a, const void *b)
 {
 	const struct pend_ack *x = a, *y = b;
 
@@ -360,7 +360,7 @@ http_send_acks(struct http *h)
 	static struct msg_ack ack;
 	struct hmw m;
 
-	qsort(h->acks, h->nacks, sizeof(*h->acks), pend_cmp);
+	qsort(h->acks, h->nacks, sizeof(*h->acks), http_pend_cmp);
 	for (size_t i = 0; i < h->nacks; ) {
 		ack.slot = h->acks[i].slot;
 		ack.epoch = h->acks[i].epoch;
@@ -434,14 +434,14 @@ http_flush(struct http *h)
 
 		if (p->seq >= cutoff || p->lane >= h->nlanes)
 			continue;
-		if (lane_push(&h->lanes[p->lane], p->seq) == -1) {
+		if (http_lane_push(&h->lanes[p->lane], p->seq) == -1) {
 			http_fatal(h, "out of memory");
 			return;
 		}
 	}
 	for (size_t i = 0; i < h->nnews; i++)
 		if (h->news[i].lane < h->nlanes)
-			lane_kick(&h->lanes[h->news[i].lane]);
+			http_lane_kick(&h->lanes[h->news[i].lane]);
 	h->nnews = 0;
 	http_gauges(h);
 }
@@ -486,7 +486,7 @@ http_sign(const struct http *h, const char *id, const char *ts, const char *body
 }
 
 static int
-body_add(struct lane *l, const char *p, size_t len)
+http_body_add(struct lane *l, const char *p, size_t len)
 {
 	if (l->bodylen + len > l->bodycap) {
 		size_t n = l->bodycap ? l->bodycap : 4096;
@@ -506,7 +506,7 @@ body_add(struct lane *l, const char *p, size_t len)
 
 /* Send (or send again) the lane's batch: fresh timestamp and signature. */
 static void
-lane_post(struct lane *l)
+http_lane_post(struct lane *l)
 {
 	struct http *h = l->h;
 	const struct config *cf = h->w->cf;
@@ -554,7 +554,7 @@ retry_later:
 
 /* Build the body from the head of the lane and post it. */
 static void
-lane_start(struct lane *l)
+http_lane_start(struct lane *l)
 {
 	struct http *h = l->h;
 	int bmax = http_batch_max(h);
@@ -563,10 +563,10 @@ lane_start(struct lane *l)
 
 	l->array = bmax > 1;
 	l->bodylen = 0;
-	if (l->array && body_add(l, "[", 1) == -1)
+	if (l->array && http_body_add(l, "[", 1) == -1)
 		goto nomem;
 	while (took < k && l->n > took) {
-		uint64_t seq = lane_at(l, took);
+		uint64_t seq = http_lane_at(l, took);
 		int rc = spool_get(h->sp, seq, &r);
 
 		if (rc != SPOOL_OK) {
@@ -584,16 +584,16 @@ lane_start(struct lane *l)
 			}
 			/* Drop it from the ring, keeping what is already taken. */
 			for (size_t i = took; i > 0; i--)
-				l->q[(l->head + i) % l->cap] = lane_at(l, i - 1);
-			lane_pop(l, 1);
+				l->q[(l->head + i) % l->cap] = http_lane_at(l, i - 1);
+			http_lane_pop(l, 1);
 			if (k > l->n)
 				k = l->n;
 			continue;
 		}
 		if (took == 0)
 			snprintf(l->whid, sizeof(l->whid), "%.*s", (int)r.idlen, r.id);
-		if ((took > 0 && body_add(l, ",", 1) == -1) ||
-		    body_add(l, r.json, r.jsonlen) == -1)
+		if ((took > 0 && http_body_add(l, ",", 1) == -1) ||
+		    http_body_add(l, r.json, r.jsonlen) == -1)
 			goto nomem;
 		took++;
 	}
@@ -602,14 +602,14 @@ lane_start(struct lane *l)
 		return;
 	}
 	if (l->array) {
-		if (body_add(l, "]", 1) == -1)
+		if (http_body_add(l, "]", 1) == -1)
 			goto nomem;
 		size_t idl = strlen(l->whid);
 		snprintf(l->whid + idl, sizeof(l->whid) - idl, ".%zu", took);
 	}
 	l->inflight = took;
 	l->attempt = 0;
-	lane_post(l);
+	http_lane_post(l);
 	return;
 nomem:
 	log_ratelimited(LOG_ERR, "lane %d: out of memory for a body", l->idx);
@@ -620,7 +620,7 @@ nomem:
 }
 
 static void
-lane_kick(struct lane *l)
+http_lane_kick(struct lane *l)
 {
 	struct http *h = l->h;
 	int bmax = http_batch_max(h);
@@ -641,15 +641,15 @@ lane_kick(struct lane *l)
 		return;
 	}
 	l->state = LANE_IDLE;
-	lane_start(l);
+	http_lane_start(l);
 }
 
 static void
-lane_timer(evutil_socket_t fd, short what, void *arg)
+http_lane_timer(evutil_socket_t fd, short what, void *arg)
 {
 	struct lane *l = arg;
 	struct http *h = l->h;
-	enum lane_state was = l->state;
+	enum http_lane_state was = l->state;
 
 	if (h->stopping || h->fatal || h->sp == NULL)
 		return;
@@ -662,32 +662,32 @@ lane_timer(evutil_socket_t fd, short what, void *arg)
 	if (was == LANE_BACKOFF) {
 		http_gauge_retrying(h);
 		if (l->inflight > 0) {
-			lane_post(l);
+			http_lane_post(l);
 			return;
 		}
 	}
 	if (l->n > 0)
-		lane_start(l);
+		http_lane_start(l);
 }
 
 /* ---- answers ---- */
 
 static void
-lane_delivered(struct lane *l)
+http_lane_delivered(struct lane *l)
 {
 	struct http *h = l->h;
 
 	if (http_batch(h) == -1)
 		return;
 	for (size_t i = 0; i < l->inflight && i < l->n; i++) {
-		if (spool_del(h->sp, lane_at(l, i)) == SPOOL_ERR) {
+		if (spool_del(h->sp, http_lane_at(l, i)) == SPOOL_ERR) {
 			http_fatal(h, "delete");
 			return;
 		}
 		http_op_done(h, false);
 	}
 	worker_count(h->w, STAT_delivered, l->inflight);
-	lane_pop(l, l->inflight);
+	http_lane_pop(l, l->inflight);
 	l->inflight = 0;
 	l->attempt = 0;
 }
@@ -707,7 +707,7 @@ http_topic(const char *json, size_t len, char *out, size_t outlen)
 }
 
 static void
-lane_dead(struct lane *l, long status)
+http_lane_dead(struct lane *l, long status)
 {
 	struct http *h = l->h;
 	char reason[32], topic[512];
@@ -720,7 +720,7 @@ lane_dead(struct lane *l, long status)
 	if (http_batch(h) == -1)
 		return;
 	for (size_t i = 0; i < l->inflight && i < l->n; i++) {
-		uint64_t seq = lane_at(l, i);
+		uint64_t seq = http_lane_at(l, i);
 
 		tlen = 0;
 		topic[0] = '\0';
@@ -739,13 +739,13 @@ lane_dead(struct lane *l, long status)
 		}
 		http_op_done(h, false);
 	}
-	lane_pop(l, l->inflight);
+	http_lane_pop(l, l->inflight);
 	l->inflight = 0;
 	l->attempt = 0;
 }
 
 static void
-lane_retry(struct lane *l, CURLcode res, long status)
+http_lane_retry(struct lane *l, CURLcode res, long status)
 {
 	struct http *h = l->h;
 	int64_t delay;
@@ -781,7 +781,7 @@ lane_retry(struct lane *l, CURLcode res, long status)
 }
 
 static void
-lane_done(struct lane *l, CURLcode res)
+http_lane_done(struct lane *l, CURLcode res)
 {
 	struct http *h = l->h;
 	long status = 0;
@@ -794,12 +794,12 @@ lane_done(struct lane *l, CURLcode res)
 	if (h->sp == NULL || h->fatal)
 		return;
 	if (res == CURLE_OK && status >= 200 && status < 300)
-		lane_delivered(l);
+		http_lane_delivered(l);
 	else if (res == CURLE_OK && status >= 400 && status < 500 && status != 408 &&
 	    status != 429)
-		lane_dead(l, status);
+		http_lane_dead(l, status);
 	else
-		lane_retry(l, res, status);
+		http_lane_retry(l, res, status);
 	if (h->stopping) {
 		if (h->sending == 0)
 			http_finish(h);
@@ -808,7 +808,7 @@ lane_done(struct lane *l, CURLcode res)
 	if (h->want_lanes > 0 && h->sending == 0)
 		http_relane(h);
 	else if (l->state == LANE_IDLE)
-		lane_kick(l);
+		http_lane_kick(l);
 }
 
 /* ---- libcurl multi_socket on libevent ---- */
@@ -829,7 +829,7 @@ http_check_multi(struct http *h)
 		curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&l);
 		curl_multi_remove_handle(h->multi, e);
 		if (l != NULL)
-			lane_done(l, res);
+			http_lane_done(l, res);
 	}
 }
 
@@ -969,13 +969,13 @@ http_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 /* ---- lanes: build, rebuild ---- */
 
 static int
-lane_init(struct http *h, struct lane *l, int idx)
+http_lane_init(struct http *h, struct lane *l, int idx)
 {
 	memset(l, 0, sizeof(*l));
 	l->h = h;
 	l->idx = idx;
 	l->retry_after_ms = -1;
-	l->timer = evtimer_new(h->w->base, lane_timer, l);
+	l->timer = evtimer_new(h->w->base, http_lane_timer, l);
 	l->easy = curl_easy_init();
 	if (l->timer == NULL || l->easy == NULL)
 		return -1;
@@ -993,7 +993,7 @@ lane_init(struct http *h, struct lane *l, int idx)
 }
 
 static void
-lane_free(struct http *h, struct lane *l)
+http_lane_free(struct http *h, struct lane *l)
 {
 	if (l->easy != NULL) {
 		if (l->state == LANE_SENDING)
@@ -1009,11 +1009,11 @@ lane_free(struct http *h, struct lane *l)
 }
 
 static int
-lanes_fill(void *arg, const struct spool_rec *r)
+http_lanes_fill(void *arg, const struct spool_rec *r)
 {
 	struct http *h = arg;
 
-	return lane_push(&h->lanes[lane_of(h, r->device, r->devlen)], r->seq);
+	return http_lane_push(&h->lanes[http_lane_of(h, r->device, r->devlen)], r->seq);
 }
 
 /* Lanes from the spool's content, in sequence order (each device's order). */
@@ -1026,9 +1026,9 @@ http_lanes(struct http *h, int n)
 		return -1;
 	h->nlanes = n;
 	for (int i = 0; i < n; i++)
-		if (lane_init(h, &h->lanes[i], i) == -1)
+		if (http_lane_init(h, &h->lanes[i], i) == -1)
 			return -1;
-	if (spool_foreach(h->sp, lanes_fill, h) < 0)
+	if (spool_foreach(h->sp, http_lanes_fill, h) < 0)
 		return -1;
 	curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)(2 * n + 4));
 	return 0;
@@ -1038,7 +1038,7 @@ static void
 http_lanes_free(struct http *h)
 {
 	for (int i = 0; i < h->nlanes; i++)
-		lane_free(h, &h->lanes[i]);
+		http_lane_free(h, &h->lanes[i]);
 	free(h->lanes);
 	h->lanes = NULL;
 	h->nlanes = 0;
@@ -1064,7 +1064,7 @@ http_relane(struct http *h)
 	log_info("backend concurrency now %d lanes", n);
 	http_gauge_retrying(h);
 	for (int i = 0; i < h->nlanes; i++)
-		lane_kick(&h->lanes[i]);
+		http_lane_kick(&h->lanes[i]);
 }
 
 /* ---- fabric messages ---- */
@@ -1135,7 +1135,7 @@ http_envelope(struct http *h, struct hmr *r)
 	case SPOOL_OK:
 		worker_count(h->w, STAT_spooled, 1);
 		http_owe_ack(h, m.slot, m.epoch, m.seq, seq);
-		http_add_new(h, seq, lane_of(h, m.device.p, m.device.len));
+		http_add_new(h, seq, http_lane_of(h, m.device.p, m.device.len));
 		break;
 	case SPOOL_DUP:
 		worker_count(h->w, STAT_spool_duplicates, 1);
@@ -1258,7 +1258,7 @@ http_admin_spool(struct http *h)
 		}
 		json_array_append_new(lanes, json_pack("{s:i,s:I,s:s,s:I,s:I,s:i}",
 		    "lane", i, "depth", (json_int_t)l->n, "state",
-		    lane_state_names[l->state], "next_retry_ms", (json_int_t)next,
+		    http_lane_state_names[l->state], "next_retry_ms", (json_int_t)next,
 		    "inflight", (json_int_t)(l->state == LANE_SENDING ||
 		    l->state == LANE_BACKOFF ? l->inflight : 0), "attempt", l->attempt));
 	}
@@ -1329,7 +1329,7 @@ http_replayed(void *arg, const struct spool_rec *r)
 {
 	struct http *h = arg;
 
-	return lane_push(&h->lanes[lane_of(h, r->device, r->devlen)], r->seq);
+	return http_lane_push(&h->lanes[http_lane_of(h, r->device, r->devlen)], r->seq);
 }
 
 static json_t *
@@ -1379,7 +1379,7 @@ http_admin_dead(struct http *h, int argc, char **argv)
 			return http_err("not_found", "no such dead-letter entry");
 		log_info("dead-letter replay: %zu replayed, %zu skipped", a, b);
 		for (int i = 0; i < h->nlanes; i++)
-			lane_kick(&h->lanes[i]);
+			http_lane_kick(&h->lanes[i]);
 		http_gauges(h);
 		if (rc == SPOOL_FULL)
 			return json_pack("{s:I,s:I,s:b}", "replayed", (json_int_t)a,
@@ -1585,7 +1585,7 @@ http_main(struct worker *w)
 			http_say(h, HM_FAB_RESUME);
 	}
 	for (int i = 0; i < h->nlanes; i++)
-		lane_kick(&h->lanes[i]);
+		http_lane_kick(&h->lanes[i]);
 	code = worker_loop(w);
 	http_cleanup(h);
 	return code;

@@ -94,14 +94,14 @@ struct spool {
 };
 
 static void
-seq_key(uint8_t k[8], uint64_t seq)
+spool_seq_key(uint8_t k[8], uint64_t seq)
 {
 	for (int i = 0; i < 8; i++)
 		k[i] = (uint8_t)(seq >> (8 * (7 - i)));
 }
 
 static uint64_t
-seq_from_key(const MDB_val *k)
+spool_seq_from_key(const MDB_val *k)
 {
 	const uint8_t *p = k->mv_data;
 	uint64_t v = 0;
@@ -114,7 +114,7 @@ seq_from_key(const MDB_val *k)
 }
 
 static int
-grow_buf(char **buf, size_t *cap, size_t need)
+spool_grow_buf(char **buf, size_t *cap, size_t need)
 {
 	size_t n = *cap ? *cap : 4096;
 	char *p;
@@ -131,7 +131,7 @@ grow_buf(char **buf, size_t *cap, size_t need)
 }
 
 static int
-q_parse(const MDB_val *k, const MDB_val *v, struct spool_rec *r)
+spool_q_parse(const MDB_val *k, const MDB_val *v, struct spool_rec *r)
 {
 	struct qhdr h;
 	const char *p = v->mv_data;
@@ -142,7 +142,7 @@ q_parse(const MDB_val *k, const MDB_val *v, struct spool_rec *r)
 	if (h.ver != SPOOL_VER ||
 	    sizeof(h) + h.idlen + h.devlen + (size_t)h.jsonlen != v->mv_size)
 		return -1;
-	r->seq = seq_from_key(k);
+	r->seq = spool_seq_from_key(k);
 	r->received_ms = h.received_ms;
 	r->id = p + sizeof(h);
 	r->idlen = h.idlen;
@@ -154,7 +154,7 @@ q_parse(const MDB_val *k, const MDB_val *v, struct spool_rec *r)
 }
 
 static int
-dead_parse(const MDB_val *k, const MDB_val *v, struct spool_dead *d)
+spool_dead_parse(const MDB_val *k, const MDB_val *v, struct spool_dead *d)
 {
 	struct dhdr h;
 	const char *p = v->mv_data;
@@ -186,7 +186,7 @@ dead_parse(const MDB_val *k, const MDB_val *v, struct spool_dead *d)
 }
 
 static void
-rtxn_end(struct spool *s)
+spool_rtxn_end(struct spool *s)
 {
 	if (s->rtxn_live) {
 		mdb_txn_reset(s->rtxn);
@@ -223,11 +223,11 @@ spool_rtxn(struct spool *s)
 }
 
 static int
-txn_start(struct spool *s)
+spool_txn_start(struct spool *s)
 {
 	int rc;
 
-	rtxn_end(s);
+	spool_rtxn_end(s);
 	rc = mdb_txn_begin(s->env, NULL, 0, &s->txn);
 	if (rc == MDB_MAP_RESIZED) {
 		mdb_env_set_mapsize(s->env, 0);
@@ -244,7 +244,7 @@ txn_start(struct spool *s)
 }
 
 static void
-txn_drop(struct spool *s)
+spool_txn_drop(struct spool *s)
 {
 	if (s->txn != NULL)
 		mdb_txn_abort(s->txn);
@@ -279,7 +279,7 @@ spool_grow(struct spool *s)
 }
 
 static int
-meta_put_seq(struct spool *s)
+spool_meta_put_seq(struct spool *s)
 {
 	MDB_val k = { 8, "next_seq" }, v = { sizeof(s->next_seq), &s->next_seq };
 
@@ -288,7 +288,7 @@ meta_put_seq(struct spool *s)
 
 /* Insert into "q" and "ids"; the id must not be in "dead" (checked by callers). */
 static int
-q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
+spool_q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
     size_t devlen, int64_t received_ms, const char *json, size_t jsonlen,
     uint64_t *seqp, int *res)
 {
@@ -309,7 +309,7 @@ q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
 	}
 	if (rc != 0)
 		return rc;
-	seq_key(kb, seq);
+	spool_seq_key(kb, seq);
 	k.mv_data = kb;
 	k.mv_size = 8;
 	v.mv_data = NULL;
@@ -328,7 +328,7 @@ q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
 	memcpy((char *)v.mv_data + sizeof(h) + idlen, dev, devlen);
 	memcpy((char *)v.mv_data + sizeof(h) + idlen + devlen, json, jsonlen);
 	s->next_seq = seq + 1;
-	if ((rc = meta_put_seq(s)) != 0)
+	if ((rc = spool_meta_put_seq(s)) != 0)
 		return rc;
 	s->bytes += jsonlen;
 	*seqp = seq;
@@ -337,7 +337,7 @@ q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
 }
 
 static int
-op_put(struct spool *s, struct op *op, int *res)
+spool_op_put(struct spool *s, struct op *op, int *res)
 {
 	MDB_val k, v;
 	int rc;
@@ -361,20 +361,20 @@ op_put(struct spool *s, struct op *op, int *res)
 		*res = SPOOL_FULL;
 		return 0;
 	}
-	return q_insert(s, op->p[0], op->len[0], op->p[1], op->len[1],
+	return spool_q_insert(s, op->p[0], op->len[0], op->p[1], op->len[1],
 	    op->received_ms, op->p[2], op->len[2], &op->seq, res);
 }
 
 /* Copy a queued record into the scratch buffer (writes may move map pages). */
 static int
-q_fetch(struct spool *s, uint64_t seq, struct spool_rec *r, int *res)
+spool_q_fetch(struct spool *s, uint64_t seq, struct spool_rec *r, int *res)
 {
 	uint8_t kb[8];
 	MDB_val k = { 8, kb }, v;
 	struct spool_rec m;
 	int rc;
 
-	seq_key(kb, seq);
+	spool_seq_key(kb, seq);
 	rc = mdb_get(s->txn, s->q, &k, &v);
 	if (rc == MDB_NOTFOUND) {
 		*res = SPOOL_NOTFOUND;
@@ -382,13 +382,13 @@ q_fetch(struct spool *s, uint64_t seq, struct spool_rec *r, int *res)
 	}
 	if (rc != 0)
 		return rc;
-	if (q_parse(&k, &v, &m) == -1) {
+	if (spool_q_parse(&k, &v, &m) == -1) {
 		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
 		    (unsigned long long)seq);
 		*res = SPOOL_INVAL;
 		return 0;
 	}
-	if (grow_buf(&s->scratch, &s->scratchcap, v.mv_size) == -1)
+	if (spool_grow_buf(&s->scratch, &s->scratchcap, v.mv_size) == -1)
 		return ENOMEM;
 	memcpy(s->scratch, v.mv_data, v.mv_size);
 	*r = m;
@@ -401,13 +401,13 @@ q_fetch(struct spool *s, uint64_t seq, struct spool_rec *r, int *res)
 
 /* Remove a fetched record from "q" and "ids". */
 static int
-q_remove(struct spool *s, const struct spool_rec *r)
+spool_q_remove(struct spool *s, const struct spool_rec *r)
 {
 	uint8_t kb[8];
 	MDB_val k = { 8, kb };
 	int rc;
 
-	seq_key(kb, r->seq);
+	spool_seq_key(kb, r->seq);
 	if ((rc = mdb_del(s->txn, s->q, &k, NULL)) != 0)
 		return rc;
 	k.mv_data = (void *)r->id;
@@ -420,36 +420,36 @@ q_remove(struct spool *s, const struct spool_rec *r)
 }
 
 static int
-op_del(struct spool *s, struct op *op, int *res)
+spool_op_del(struct spool *s, struct op *op, int *res)
 {
 	struct spool_rec r;
 	int rc;
 
-	if ((rc = q_fetch(s, op->seq, &r, res)) != 0)
+	if ((rc = spool_q_fetch(s, op->seq, &r, res)) != 0)
 		return rc;
 	if (*res == SPOOL_INVAL) {
 		/* A corrupt record: drop it rather than keep it forever. */
 		uint8_t kb[8];
 		MDB_val k = { 8, kb };
 
-		seq_key(kb, op->seq);
+		spool_seq_key(kb, op->seq);
 		*res = SPOOL_OK;
 		return mdb_del(s->txn, s->q, &k, NULL);
 	}
 	if (*res != SPOOL_OK)
 		return 0;
-	return q_remove(s, &r);
+	return spool_q_remove(s, &r);
 }
 
 static size_t
-clamp(size_t n, size_t max)
+spool_clamp(size_t n, size_t max)
 {
 	return n < max ? n : max;
 }
 
 /* Write a dead record; existing: keep the old one (SPOOL_DUP) or overwrite. */
 static int
-dead_write(struct spool *s, const struct spool_dead *d, bool overwrite, int *res)
+spool_dead_write(struct spool *s, const struct spool_dead *d, bool overwrite, int *res)
 {
 	struct dhdr h;
 	MDB_val k, v;
@@ -459,10 +459,10 @@ dead_write(struct spool *s, const struct spool_dead *d, bool overwrite, int *res
 	memset(&h, 0, sizeof(h));
 	h.ver = SPOOL_VER;
 	h.flags = d->replayable ? DEAD_REPLAYABLE : 0;
-	h.devlen = (uint8_t)clamp(d->devlen, SPOOL_DEVICE_MAX);
-	h.topiclen = (uint16_t)clamp(d->topiclen, SPOOL_TOPIC_MAX);
-	h.reasonlen = (uint8_t)clamp(d->reasonlen, SPOOL_REASON_MAX);
-	h.detaillen = (uint16_t)clamp(d->detaillen, SPOOL_DETAIL_MAX);
+	h.devlen = (uint8_t)spool_clamp(d->devlen, SPOOL_DEVICE_MAX);
+	h.topiclen = (uint16_t)spool_clamp(d->topiclen, SPOOL_TOPIC_MAX);
+	h.reasonlen = (uint8_t)spool_clamp(d->reasonlen, SPOOL_REASON_MAX);
+	h.detaillen = (uint16_t)spool_clamp(d->detaillen, SPOOL_DETAIL_MAX);
 	h.status = d->status;
 	h.datalen = (uint32_t)d->datalen;
 	h.received_ms = d->received_ms;
@@ -498,7 +498,7 @@ dead_write(struct spool *s, const struct spool_dead *d, bool overwrite, int *res
 }
 
 static int
-op_dead_put(struct spool *s, struct op *op, int *res)
+spool_op_dead_put(struct spool *s, struct op *op, int *res)
 {
 	struct spool_dead d;
 	MDB_val k, v;
@@ -535,19 +535,19 @@ op_dead_put(struct spool *s, struct op *op, int *res)
 	d.received_ms = op->received_ms;
 	d.dead_ms = op->dead_ms;
 	d.replayable = op->replayable;
-	return dead_write(s, &d, false, res);
+	return spool_dead_write(s, &d, false, res);
 }
 
 static int
-op_dead_move(struct spool *s, struct op *op, int *res)
+spool_op_dead_move(struct spool *s, struct op *op, int *res)
 {
 	struct spool_rec r;
 	struct spool_dead d;
 	int rc;
 
-	if ((rc = q_fetch(s, op->seq, &r, res)) != 0 || *res != SPOOL_OK)
+	if ((rc = spool_q_fetch(s, op->seq, &r, res)) != 0 || *res != SPOOL_OK)
 		return rc;
-	if ((rc = q_remove(s, &r)) != 0)
+	if ((rc = spool_q_remove(s, &r)) != 0)
 		return rc;
 	memset(&d, 0, sizeof(d));
 	d.id = r.id;
@@ -566,11 +566,11 @@ op_dead_move(struct spool *s, struct op *op, int *res)
 	d.received_ms = r.received_ms;
 	d.dead_ms = op->dead_ms;
 	d.replayable = true;
-	return dead_write(s, &d, true, res);
+	return spool_dead_write(s, &d, true, res);
 }
 
 static int
-op_dead_replay(struct spool *s, struct op *op, int *res)
+spool_op_dead_replay(struct spool *s, struct op *op, int *res)
 {
 	struct spool_dead d;
 	MDB_val k, v;
@@ -586,7 +586,7 @@ op_dead_replay(struct spool *s, struct op *op, int *res)
 	}
 	if (rc != 0)
 		return rc;
-	if (dead_parse(&k, &v, &d) == -1 || !d.replayable || d.idlen > SPOOL_ID_MAX) {
+	if (spool_dead_parse(&k, &v, &d) == -1 || !d.replayable || d.idlen > SPOOL_ID_MAX) {
 		*res = SPOOL_INVAL;
 		return 0;
 	}
@@ -594,7 +594,7 @@ op_dead_replay(struct spool *s, struct op *op, int *res)
 		*res = SPOOL_FULL;
 		return 0;
 	}
-	if (grow_buf(&s->scratch, &s->scratchcap, d.idlen + d.devlen + d.datalen) == -1)
+	if (spool_grow_buf(&s->scratch, &s->scratchcap, d.idlen + d.devlen + d.datalen) == -1)
 		return ENOMEM;
 	id = s->scratch;
 	dev = id + d.idlen;
@@ -605,7 +605,7 @@ op_dead_replay(struct spool *s, struct op *op, int *res)
 	k.mv_data = id;
 	if ((rc = mdb_del(s->txn, s->dead, &k, NULL)) != 0)
 		return rc;
-	rc = q_insert(s, id, d.idlen, dev, d.devlen, d.received_ms, json, d.datalen,
+	rc = spool_q_insert(s, id, d.idlen, dev, d.devlen, d.received_ms, json, d.datalen,
 	    &op->seq, res);
 	if (rc == 0 && *res == SPOOL_DUP)
 		op->seq = 0;    /* already queued under its id: nothing to re-queue */
@@ -615,7 +615,7 @@ op_dead_replay(struct spool *s, struct op *op, int *res)
 }
 
 static int
-op_dead_del(struct spool *s, struct op *op, int *res)
+spool_op_dead_del(struct spool *s, struct op *op, int *res)
 {
 	MDB_val k = { op->len[0], (void *)op->p[0] };
 	int rc;
@@ -634,21 +634,21 @@ op_dead_del(struct spool *s, struct op *op, int *res)
 }
 
 static int
-op_apply(struct spool *s, struct op *op, int *res)
+spool_op_apply(struct spool *s, struct op *op, int *res)
 {
 	switch (op->type) {
 	case OP_PUT:
-		return op_put(s, op, res);
+		return spool_op_put(s, op, res);
 	case OP_DEL:
-		return op_del(s, op, res);
+		return spool_op_del(s, op, res);
 	case OP_DEAD_PUT:
-		return op_dead_put(s, op, res);
+		return spool_op_dead_put(s, op, res);
 	case OP_DEAD_MOVE:
-		return op_dead_move(s, op, res);
+		return spool_op_dead_move(s, op, res);
 	case OP_DEAD_REPLAY:
-		return op_dead_replay(s, op, res);
+		return spool_op_dead_replay(s, op, res);
 	case OP_DEAD_DEL:
-		return op_dead_del(s, op, res);
+		return spool_op_dead_del(s, op, res);
 	case OP_DEAD_DROP:
 		*res = SPOOL_OK;
 		return mdb_drop(s->txn, s->dead, 0);
@@ -658,7 +658,7 @@ op_apply(struct spool *s, struct op *op, int *res)
 }
 
 static int
-redo_record(struct spool *s, const struct op *op)
+spool_redo_record(struct spool *s, const struct op *op)
 {
 	struct op *r;
 	size_t need = s->arenalen;
@@ -673,7 +673,7 @@ redo_record(struct spool *s, const struct op *op)
 		s->redo = p;
 		s->redocap = n;
 	}
-	if (grow_buf(&s->arena, &s->arenacap, need) == -1)
+	if (spool_grow_buf(&s->arena, &s->arenacap, need) == -1)
 		return -1;
 	r = &s->redo[s->nredo++];
 	*r = *op;
@@ -693,7 +693,7 @@ redo_record(struct spool *s, const struct op *op)
  * they were given stay the same); a deletion may then find nothing.
  */
 static int
-redo_apply(struct spool *s, size_t keep)
+spool_redo_apply(struct spool *s, size_t keep)
 {
 	size_t kept = 0;
 
@@ -705,14 +705,14 @@ redo_apply(struct spool *s, size_t keep)
 			continue;
 		for (int b = 0; b < OP_NBLOB; b++)
 			op.p[b] = s->arena + s->redo[i].off[b];
-		rc = op_apply(s, &op, &res);
+		rc = spool_op_apply(s, &op, &res);
 		if (rc == 0 && res == SPOOL_NOTFOUND && keep != SIZE_MAX &&
 		    !op.refusable)
 			continue;
 		if (rc != 0 || res != SPOOL_OK || op.seq != s->redo[i].seq) {
 			log_err("spool: re-applying the batch failed: %s",
 			    rc ? mdb_strerror(rc) : "different result");
-			txn_drop(s);
+			spool_txn_drop(s);
 			return -1;
 		}
 	}
@@ -720,17 +720,17 @@ redo_apply(struct spool *s, size_t keep)
 }
 
 static void
-redo_clear(struct spool *s)
+spool_redo_clear(struct spool *s)
 {
 	s->nredo = 0;
 	s->arenalen = 0;
 }
 
 static void
-batch_lost(struct spool *s)
+spool_batch_lost(struct spool *s)
 {
-	txn_drop(s);
-	redo_clear(s);
+	spool_txn_drop(s);
+	spool_redo_clear(s);
 	s->batch = false;
 	s->full = false;
 	s->dirty = false;
@@ -738,7 +738,7 @@ batch_lost(struct spool *s)
 
 /* Apply one change inside the open batch. */
 static int
-batch_exec(struct spool *s, struct op *op, bool refusable)
+spool_batch_exec(struct spool *s, struct op *op, bool refusable)
 {
 	int rc, res = SPOOL_ERR;
 
@@ -746,18 +746,18 @@ batch_exec(struct spool *s, struct op *op, bool refusable)
 	if (refusable && s->full)
 		return SPOOL_FULL;
 	for (int tries = 0;; tries++) {
-		rc = op_apply(s, op, &res);
+		rc = spool_op_apply(s, op, &res);
 		if (rc == 0)
 			break;
 		if (rc != MDB_MAP_FULL) {
 			log_err("spool: %s", mdb_strerror(rc));
-			batch_lost(s);
+			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
-		txn_drop(s);
+		spool_txn_drop(s);
 		if (refusable) {
-			if (txn_start(s) == -1 || redo_apply(s, SIZE_MAX) == -1) {
-				batch_lost(s);
+			if (spool_txn_start(s) == -1 || spool_redo_apply(s, SIZE_MAX) == -1) {
+				spool_batch_lost(s);
 				return SPOOL_ERR;
 			}
 			s->full = true;
@@ -765,17 +765,17 @@ batch_exec(struct spool *s, struct op *op, bool refusable)
 		}
 		/* Deletions and moves must not fail: make room. */
 		if (tries == SPOOL_GROW_TRIES || spool_grow(s) == -1 ||
-		    txn_start(s) == -1 || redo_apply(s, SIZE_MAX) == -1) {
-			batch_lost(s);
+		    spool_txn_start(s) == -1 || spool_redo_apply(s, SIZE_MAX) == -1) {
+			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
 	}
 	if (res == SPOOL_FULL)
 		s->full = true;
 	if (res == SPOOL_OK) {
-		if (redo_record(s, op) == -1) {
+		if (spool_redo_record(s, op) == -1) {
 			log_err("spool: out of memory");
-			batch_lost(s);
+			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
 		s->dirty = true;
@@ -792,7 +792,7 @@ spool_exec(struct spool *s, struct op *op, bool refusable)
 
 	if (own && spool_begin(s) != SPOOL_OK)
 		return SPOOL_ERR;
-	res = batch_exec(s, op, refusable);
+	res = spool_batch_exec(s, op, refusable);
 	if (own && res != SPOOL_ERR) {
 		switch (spool_commit(s)) {
 		case SPOOL_OK:
@@ -814,9 +814,9 @@ spool_begin(struct spool *s)
 		log_err("spool: batch already open");
 		return SPOOL_ERR;
 	}
-	if (txn_start(s) == -1)
+	if (spool_txn_start(s) == -1)
 		return SPOOL_ERR;
-	redo_clear(s);
+	spool_redo_clear(s);
 	s->batch = true;
 	s->full = false;
 	s->dirty = false;
@@ -839,7 +839,7 @@ spool_commit(struct spool *s)
 	if (!s->batch)
 		return SPOOL_OK;
 	if (!s->dirty) {
-		txn_drop(s);
+		spool_txn_drop(s);
 		s->batch = false;
 		return SPOOL_OK;
 	}
@@ -855,7 +855,7 @@ spool_commit(struct spool *s)
 		s->bytes = s->bytes0;
 		if (rc != MDB_MAP_FULL) {
 			log_err("spool: commit: %s", mdb_strerror(rc));
-			batch_lost(s);
+			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
 		/*
@@ -870,11 +870,11 @@ spool_commit(struct spool *s)
 			dropped = true;
 		} else if (tries++ == SPOOL_GROW_TRIES || spool_grow(s) == -1) {
 			log_err("spool: commit: %s", mdb_strerror(rc));
-			batch_lost(s);
+			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
-		if (txn_start(s) == -1 || redo_apply(s, keep) == -1) {
-			batch_lost(s);
+		if (spool_txn_start(s) == -1 || spool_redo_apply(s, keep) == -1) {
+			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
 	}
@@ -883,12 +883,12 @@ spool_commit(struct spool *s)
 		log_err("spool: sync: %s", mdb_strerror(rc));
 		s->next_seq0 = s->next_seq;
 		s->bytes0 = s->bytes;
-		batch_lost(s);
+		spool_batch_lost(s);
 		return SPOOL_ERR;
 	}
 	s->next_seq0 = s->next_seq;
 	s->bytes0 = s->bytes;
-	redo_clear(s);
+	spool_redo_clear(s);
 	s->batch = false;
 	s->full = false;
 	s->dirty = false;
@@ -934,7 +934,7 @@ spool_get(struct spool *s, uint64_t seq, struct spool_rec *rec)
 
 	if ((t = spool_rtxn(s)) == NULL)
 		return SPOOL_ERR;
-	seq_key(kb, seq);
+	spool_seq_key(kb, seq);
 	rc = mdb_get(t, s->q, &k, &v);
 	if (rc == MDB_NOTFOUND)
 		return SPOOL_NOTFOUND;
@@ -942,7 +942,7 @@ spool_get(struct spool *s, uint64_t seq, struct spool_rec *rec)
 		log_ratelimited(LOG_ERR, "spool: get: %s", mdb_strerror(rc));
 		return SPOOL_ERR;
 	}
-	if (q_parse(&k, &v, rec) == -1) {
+	if (spool_q_parse(&k, &v, rec) == -1) {
 		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
 		    (unsigned long long)seq);
 		return SPOOL_INVAL;
@@ -975,9 +975,9 @@ spool_foreach(struct spool *s, spool_iter_fn *cb, void *arg)
 		return SPOOL_ERR;
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		if (q_parse(&k, &v, &r) == -1) {
+		if (spool_q_parse(&k, &v, &r) == -1) {
 			log_ratelimited(LOG_ERR, "spool: record %llu is corrupt, skipped",
-			    (unsigned long long)seq_from_key(&k));
+			    (unsigned long long)spool_seq_from_key(&k));
 			continue;
 		}
 		n++;
@@ -998,13 +998,13 @@ spool_dead_put(struct spool *s, const struct spool_dead *d)
 	op.p[0] = d->id;
 	op.len[0] = d->idlen;
 	op.p[1] = d->device;
-	op.len[1] = clamp(d->devlen, SPOOL_DEVICE_MAX);
+	op.len[1] = spool_clamp(d->devlen, SPOOL_DEVICE_MAX);
 	op.p[2] = d->topic;
-	op.len[2] = clamp(d->topiclen, SPOOL_TOPIC_MAX);
+	op.len[2] = spool_clamp(d->topiclen, SPOOL_TOPIC_MAX);
 	op.p[3] = d->reason;
-	op.len[3] = clamp(d->reasonlen, SPOOL_REASON_MAX);
+	op.len[3] = spool_clamp(d->reasonlen, SPOOL_REASON_MAX);
 	op.p[4] = d->detail;
-	op.len[4] = clamp(d->detaillen, SPOOL_DETAIL_MAX);
+	op.len[4] = spool_clamp(d->detaillen, SPOOL_DETAIL_MAX);
 	op.p[5] = d->data;
 	op.len[5] = d->datalen;
 	op.status = d->status;
@@ -1025,11 +1025,11 @@ spool_dead_move(struct spool *s, uint64_t seq, const char *reason, int status,
 	op.type = OP_DEAD_MOVE;
 	op.seq = seq;
 	op.p[2] = topic;
-	op.len[2] = clamp(topiclen, SPOOL_TOPIC_MAX);
+	op.len[2] = spool_clamp(topiclen, SPOOL_TOPIC_MAX);
 	op.p[3] = reason;
-	op.len[3] = reason ? clamp(strlen(reason), SPOOL_REASON_MAX) : 0;
+	op.len[3] = reason ? spool_clamp(strlen(reason), SPOOL_REASON_MAX) : 0;
 	op.p[4] = detail;
-	op.len[4] = clamp(detaillen, SPOOL_DETAIL_MAX);
+	op.len[4] = spool_clamp(detaillen, SPOOL_DETAIL_MAX);
 	op.status = status;
 	op.dead_ms = dead_ms;
 	return spool_exec(s, &op, false);
@@ -1051,7 +1051,7 @@ spool_dead_list(struct spool *s, size_t limit, spool_dead_fn *cb, void *arg)
 	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		if (limit > 0 && (size_t)n >= limit)
 			break;
-		if (dead_parse(&k, &v, &d) == -1)
+		if (spool_dead_parse(&k, &v, &d) == -1)
 			continue;
 		n++;
 		if (cb != NULL && cb(arg, &d) != 0)
@@ -1077,7 +1077,7 @@ spool_dead_get(struct spool *s, const char *id, size_t idlen, struct spool_dead 
 		return SPOOL_NOTFOUND;
 	if (rc != 0)
 		return SPOOL_ERR;
-	return dead_parse(&k, &v, d) == -1 ? SPOOL_INVAL : SPOOL_OK;
+	return spool_dead_parse(&k, &v, d) == -1 ? SPOOL_INVAL : SPOOL_OK;
 }
 
 struct idlist {
@@ -1088,7 +1088,7 @@ struct idlist {
 };
 
 static int
-idlist_add(void *arg, const struct spool_dead *d)
+spool_idlist_add(void *arg, const struct spool_dead *d)
 {
 	struct idlist *l = arg;
 
@@ -1100,7 +1100,7 @@ idlist_add(void *arg, const struct spool_dead *d)
 		l->offs = p;
 		l->ncap = n;
 	}
-	if (grow_buf(&l->buf, &l->cap, l->len + d->idlen) == -1)
+	if (spool_grow_buf(&l->buf, &l->cap, l->len + d->idlen) == -1)
 		return -1;
 	memcpy(l->buf + l->len, d->id, d->idlen);
 	l->offs[l->n++] = l->len;
@@ -1126,9 +1126,9 @@ spool_dead_replay(struct spool *s, const char *id, size_t idlen,
 		struct spool_dead d = { .id = id, .idlen = idlen };
 		if (idlen == 0 || idlen > SPOOL_ID_MAX)
 			return SPOOL_NOTFOUND;
-		if (idlist_add(&l, &d) == -1)
+		if (spool_idlist_add(&l, &d) == -1)
 			return SPOOL_ERR;
-	} else if (spool_dead_list(s, 0, idlist_add, &l) < 0) {
+	} else if (spool_dead_list(s, 0, spool_idlist_add, &l) < 0) {
 		ret = SPOOL_ERR;
 		goto out;
 	}
@@ -1147,7 +1147,7 @@ spool_dead_replay(struct spool *s, const char *id, size_t idlen,
 		op.type = OP_DEAD_REPLAY;
 		op.p[0] = l.buf + l.offs[i];
 		op.len[0] = l.offs[i + 1] - l.offs[i];
-		res = batch_exec(s, &op, true);
+		res = spool_batch_exec(s, &op, true);
 		if (res == SPOOL_OK) {
 			(*replayed)++;
 			if (op.seq != 0)
@@ -1246,7 +1246,7 @@ spool_stats(struct spool *s, struct spool_stats *st)
 	if (mdb_stat(t, s->dead, &ms) == 0)
 		st->dead_depth = ms.ms_entries;
 	if (mdb_cursor_open(t, s->q, &c) == 0) {
-		if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0 && q_parse(&k, &v, &r) == 0)
+		if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0 && spool_q_parse(&k, &v, &r) == 0)
 			st->oldest_ms = r.received_ms;
 		mdb_cursor_close(c);
 	}
@@ -1273,10 +1273,10 @@ spool_scan(struct spool *s)
 	}
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		uint64_t seq = seq_from_key(&k);
+		uint64_t seq = spool_seq_from_key(&k);
 		if (seq >= next)
 			next = seq + 1;
-		if (q_parse(&k, &v, &r) == 0)
+		if (spool_q_parse(&k, &v, &r) == 0)
 			bytes += r.jsonlen;
 	}
 	mdb_cursor_close(c);
@@ -1360,7 +1360,7 @@ spool_close(struct spool *s)
 		return;
 	if (s->batch) {
 		log_warn("spool: closing with an uncommitted batch");
-		batch_lost(s);
+		spool_batch_lost(s);
 	}
 	if (s->rtxn != NULL)
 		mdb_txn_abort(s->rtxn);

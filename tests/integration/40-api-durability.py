@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 
-from apilib import Device, api, request_states, start, warm_up
+from apilib import Device, api, envelopes, request_states, start, warm_up
 from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
 
 N = 100
@@ -104,6 +104,32 @@ def test_api_kill9_late_reply():
     assert st == 202 and rec["device"] == "late-b" and rec["type"] == "second", (st, rec)
 
 
+def test_notifications_resent():
+    """State changes the spool never acknowledged are sent again: the http
+    worker is frozen while 5 requests are cancelled, then killed; after
+    its restart the backend gets each cancellation, once."""
+    tmp, broker, backend, h = start()
+    ids = []
+    for i in range(5):
+        st, rec, _ = api(h, "POST", "/v1/devices/resend-dev/requests", {"type": "x"})
+        assert st == 202
+        ids.append(rec["commandId"])
+    http = h.worker("http")
+    os.kill(http["pid"], signal.SIGSTOP)
+    try:
+        for c in ids:
+            st, rec, _ = api(h, "DELETE", "/v1/requests/" + c)
+            assert st == 200 and rec["state"] == "cancelled", (st, rec)
+    finally:
+        os.kill(http["pid"], signal.SIGKILL)
+    wait_for(lambda: (lambda w: w and w["pid"] != http["pid"] and w["state"] == "ready")(
+        h.worker("http")), 15, what="the http worker to be restarted")
+    wait_for(lambda: all(request_states(backend).get(c) == ["cancelled"] for c in ids), 20,
+             what="every cancellation at the backend")
+    ids_seen = [e["id"] for e in envelopes(backend)]
+    assert len(ids_seen) == len(set(ids_seen)) == 5, ids_seen
+
+
 def _try(fn):
     try:
         return fn()
@@ -127,4 +153,4 @@ def test_herald_kill9():
 
 if __name__ == "__main__":
     main(test_router_kill9, test_router_kill9_device_stays_online, test_api_kill9_late_reply,
-         test_herald_kill9)
+         test_notifications_resent, test_herald_kill9)

@@ -12,6 +12,7 @@
 #include "fabric.h"
 #include "log.h"
 #include "proto.h"
+#include "util.h"
 #include "requests.h"
 #include "worker.h"
 #include "workers.h"
@@ -21,7 +22,7 @@ struct router {
 	struct requests *reqs;
 	bool             paused;        /* the spool said it is full */
 	unsigned         rotation;      /* next mqtt worker to publish on */
-	bool             mqtt_up[CONFIG_MAX_MQTT];
+	int64_t          mqtt_down_until[CONFIG_MAX_MQTT]; /* mono ms; 0: up */
 };
 
 static struct router router;
@@ -60,14 +61,14 @@ router_publish(struct worker *w, const struct msg_publish *pub)
 	proto_write_publish(&m, pub);
 	for (int tries = 0; tries < n; tries++) {
 		int slot = (int)(r->rotation++ % (unsigned)n);
-		if (!r->mqtt_up[slot])
+		if (r->mqtt_down_until[slot] > mono_ms())
 			continue;
 		router_mqtt_name(slot, peer, sizeof(peer));
 		if (worker_send(w, peer, &m) == 0) {
 			hmw_free(&m);
 			return 0;
 		}
-		r->mqtt_up[slot] = false;
+		r->mqtt_down_until[slot] = mono_ms() + 1000;
 	}
 	hmw_free(&m);
 	return -1;
@@ -90,7 +91,7 @@ router_hello(struct router *r, const char *peer, struct hmr *msg)
 		goto bad;
 	log_debug("%s joined the fabric (generation %u)", peer, h.generation);
 	if (h.role == ROLE_MQTT && h.slot < CONFIG_MAX_MQTT) {
-		r->mqtt_up[h.slot] = true;
+		r->mqtt_down_until[h.slot] = 0;
 		/* A new mqtt worker must learn that the spool is full. */
 		if (r->paused)
 			router_tell_mqtt(r, HM_FAB_PAUSE, (int)h.slot);
@@ -138,7 +139,7 @@ router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
 		if (strncmp(peer, "mqtt.", 5) == 0) {
 			int slot = atoi(peer + 5);
 			if (slot >= 0 && slot < CONFIG_MAX_MQTT)
-				r->mqtt_up[slot] = true;
+				r->mqtt_down_until[slot] = 0;
 		}
 		router_forward(r, "crypto.0", msg);
 		break;
@@ -154,6 +155,7 @@ router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
 		if (hmr_end(msg) == -1)
 			goto bad;
 		r->paused = msg->type == HM_FAB_PAUSE;
+		requests_on_pause(r->reqs, r->paused);
 		log_notice("spool %s: %s device reading", r->paused ? "full" : "has room again",
 		    r->paused ? "pausing" : "resuming");
 		worker_gauge(w, GAUGE_paused, r->paused);

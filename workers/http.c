@@ -756,14 +756,19 @@ http_lane_retry(struct lane *l, CURLcode res, long status)
 		if (delay > HTTP_RETRY_AFTER_MAX_MS)
 			delay = HTTP_RETRY_AFTER_MAX_MS;
 	} else {
-		/* Exponential backoff with full jitter. */
+		/*
+		 * Exponential backoff with "equal" jitter: half the step fixed,
+		 * half random.  Lanes still spread out, and each wait is at least
+		 * as long as the one before, so a struggling backend sees the
+		 * pressure fall steadily (full jitter may retry at once).
+		 */
 		int64_t cap = HTTP_BACKOFF_MIN_MS;
 
 		for (int i = 0; i < l->attempt && cap < HTTP_BACKOFF_MAX_MS; i++)
 			cap *= 2;
 		if (cap > HTTP_BACKOFF_MAX_MS)
 			cap = HTTP_BACKOFF_MAX_MS;
-		delay = (int64_t)randombytes_uniform((uint32_t)cap + 1);
+		delay = cap / 2 + (int64_t)randombytes_uniform((uint32_t)(cap / 2) + 1);
 	}
 	if (l->attempt < 64)
 		l->attempt++;

@@ -37,8 +37,7 @@
 #define OB_MINDATA  4096u
 
 #define OB_FREE     0u
-#define OB_LIVE     0x4556494cu        /* "LIVE": waiting for the spool */
-#define OB_PUBD     0x44425550u        /* "PUBD": the same, and its PUBACK was written */
+#define OB_LIVE     0x4556494cu        /* "LIVE" */
 #define OB_ACKED    0x444b4341u        /* "ACKD" */
 #define OB_SKIP     0x50494b53u        /* "SKIP" */
 
@@ -52,6 +51,7 @@ struct ob_hdr {
 	uint32_t pad;
 	uint64_t next_seq;      /* a floor: the next sequence is at least this */
 	uint64_t tail;          /* position of the oldest record */
+	uint64_t acked_below;   /* every sequence under this one was acknowledged */
 };
 
 struct ob_rec {
@@ -77,7 +77,6 @@ struct ob_ent {
 	int64_t  last_sent;
 	uint32_t len;
 	uint32_t acked;
-	uint32_t pubd;
 };
 
 struct outbox {
@@ -90,6 +89,7 @@ struct outbox {
 	uint64_t        dlen;
 	uint32_t        epoch;
 	uint64_t        head, tail, next_seq;
+	uint64_t        acked_below;
 	uint64_t        synced_head;    /* records before this are on disk */
 	uint64_t        synced_tail;    /* the tail the on-disk header holds */
 	enum fsync_mode fsync;
@@ -276,8 +276,7 @@ ob_hdr_problem(const struct ob_hdr *h, uint64_t st_size)
 }
 
 static int
-ob_index_push(struct outbox *ob, uint64_t seq, uint64_t pos, uint32_t len, bool acked,
-    bool pubd)
+ob_index_push(struct outbox *ob, uint64_t seq, uint64_t pos, uint32_t len, bool acked)
 {
 	struct ob_ent *e;
 
@@ -299,7 +298,6 @@ ob_index_push(struct outbox *ob, uint64_t seq, uint64_t pos, uint32_t len, bool 
 	e->pos = pos;
 	e->len = len;
 	e->acked = acked;
-	e->pubd = pubd;
 	e->last_sent = 0;
 	ob->n++;
 	if (!acked)
@@ -343,6 +341,20 @@ ob_advance_tail(struct outbox *ob)
 		__atomic_store_n(&ob->hdr->tail, ob->tail, __ATOMIC_RELEASE);
 }
 
+/* After acknowledgements at run time.  An acknowledgement is durable (the
+ * spool has the message), so this may reach the disk before or after the
+ * records: it stays true. */
+static void
+ob_update_acked_below(struct outbox *ob)
+{
+	uint64_t v = ob->n > 0 ? ob_ent(ob, 0)->seq : ob->next_seq;
+
+	if (v > ob->acked_below) {
+		ob->acked_below = v;
+		__atomic_store_n(&ob->hdr->acked_below, v, __ATOMIC_RELAXED);
+	}
+}
+
 /*
  * Rebuild the index: walk from the tail over complete records with
  * increasing sequences; the first record that is torn, damaged, free, or
@@ -351,7 +363,7 @@ ob_advance_tail(struct outbox *ob)
 static int
 ob_scan(struct outbox *ob)
 {
-	uint64_t start = ob->hdr->tail, pos = start, expect = 0;
+	uint64_t start = ob->hdr->tail, pos = start, expect = 0, floor = ob->hdr->acked_below;
 
 	while (pos - start < ob->dlen) {
 		uint64_t phys = pos % ob->dlen, room = ob->dlen - phys;
@@ -366,7 +378,7 @@ ob_scan(struct outbox *ob)
 			pos += room;
 			continue;
 		}
-		if (state != OB_LIVE && state != OB_PUBD && state != OB_ACKED)
+		if (state != OB_LIVE && state != OB_ACKED)
 			break;
 		if (room < OB_RECHDR || len < OB_RECHDR || len % 8 != 0 || len > room ||
 		    pos - start + len > ob->dlen)
@@ -382,7 +394,7 @@ ob_scan(struct outbox *ob)
 		topic = (const uint8_t *)(r + 1);
 		if (r->check != ob_rec_check(ob->epoch, r, topic, topic + r->topic_len))
 			break;
-		if (ob_index_push(ob, r->seq, pos, len, state == OB_ACKED, state != OB_LIVE) == -1)
+		if (ob_index_push(ob, r->seq, pos, len, state == OB_ACKED) == -1)
 			return -1;
 		expect = r->seq + 1;
 		pos += len;
@@ -394,7 +406,19 @@ ob_scan(struct outbox *ob)
 	if (ob->next_seq == 0)
 		ob->next_seq = 1;
 	ob->synced_tail = ob->hdr->tail;
+	/*
+	 * Not next_seq when nothing is left: after a power loss the header may
+	 * count records that never reached the disk.  Records before the first
+	 * one found are behind the tail, so acknowledged.
+	 */
 	ob_advance_tail(ob);
+	if (ob->n > 0)
+		ob->acked_below = ob_ent(ob, 0)->seq;
+	else
+		ob->acked_below = expect;
+	if (ob->acked_below < floor)
+		ob->acked_below = floor;
+	__atomic_store_n(&ob->hdr->acked_below, ob->acked_below, __ATOMIC_RELAXED);
 	/* A dead process leaves its records in the page cache, maybe not yet on
 	 * disk: the first outbox_sync() covers them all. */
 	ob->synced_head = ob->tail;
@@ -669,7 +693,7 @@ outbox_append(struct outbox *ob, const char *topic, size_t topic_len,
 	if (ob->fsync != FSYNC_OFF && end > ob->synced_tail + ob->dlen &&
 	    ob_sync_header(ob) == -1)
 		log_ratelimited(LOG_ERR, "outbox %s: msync: %s", ob->path, strerror(errno));
-	if (ob_index_push(ob, ob->next_seq, ob->head + skip, (uint32_t)need, false, false) == -1) {
+	if (ob_index_push(ob, ob->next_seq, ob->head + skip, (uint32_t)need, false) == -1) {
 		errno = ENOMEM;
 		return -1;
 	}
@@ -717,26 +741,10 @@ outbox_ack(struct outbox *ob, uint64_t seq)
 	__atomic_store_n(&r->mark, MARK(e->len, OB_ACKED), __ATOMIC_RELEASE);
 	e->acked = 1;
 	ob->live--;
-	if (i == 0)
+	if (i == 0) {
 		ob_advance_tail(ob);
-	return 0;
-}
-
-int
-outbox_mark_puback(struct outbox *ob, uint64_t seq)
-{
-	size_t i = ob_lower_bound(ob, seq);
-	struct ob_ent *e;
-	struct ob_rec *r;
-
-	if (i == ob->n)
-		return -1;
-	e = ob_ent(ob, i);
-	if (e->seq != seq || e->acked || e->pubd)
-		return -1;
-	r = (struct ob_rec *)(ob->data + e->pos % ob->dlen);
-	__atomic_store_n(&r->mark, MARK(e->len, OB_PUBD), __ATOMIC_RELEASE);
-	e->pubd = 1;
+		ob_update_acked_below(ob);
+	}
 	return 0;
 }
 
@@ -759,13 +767,27 @@ outbox_foreach(struct outbox *ob, uint64_t from, outbox_cb *cb, void *arg)
 		v.payload = v.topic + r->topic_len;
 		v.payload_len = r->payload_len;
 		v.origin = r->origin;
-		v.pubacked = e->pubd != 0;
 		v.last_sent = &e->last_sent;
 		rc = cb(arg, &v);
 		if (rc != 0)
 			return rc;
 	}
 	return 0;
+}
+
+int
+outbox_seq_state(const struct outbox *ob, uint64_t seq)
+{
+	size_t i;
+
+	if (seq == 0 || seq >= ob->next_seq)
+		return OUTBOX_UNKNOWN;
+	if (seq < ob->acked_below)
+		return OUTBOX_ACKED;
+	i = ob_lower_bound(ob, seq);
+	if (i == ob->n || ob_ent(ob, i)->seq != seq)
+		return OUTBOX_UNKNOWN;
+	return ob_ent(ob, i)->acked ? OUTBOX_ACKED : OUTBOX_LIVE;
 }
 
 size_t   outbox_capacity(const struct outbox *ob) { return (size_t)ob->dlen; }

@@ -23,7 +23,6 @@ struct outbox_rec {
 	const void *payload;
 	size_t      payload_len;
 	uint32_t    origin;         /* as given to outbox_append */
-	bool        pubacked;       /* outbox_mark_puback() was called for it */
 	int64_t    *last_sent;      /* in-memory only; 0 = never sent by this process */
 };
 
@@ -47,9 +46,6 @@ int  outbox_append(struct outbox *ob, const char *topic, size_t topic_len,
          const void *payload, size_t payload_len, int64_t received_ms, uint32_t origin,
          uint64_t *seq);
 
-/* Note in the record that the broker was sent its PUBACK, so that a later
- * life knows the broker will not deliver it again.  -1 if not live. */
-int  outbox_mark_puback(struct outbox *ob, uint64_t seq);
 
 /* Mark seq acknowledged and free the space of the acknowledged records at
  * the tail.  0 if seq was live, -1 if unknown or already acknowledged. */
@@ -74,6 +70,14 @@ int  outbox_sync(struct outbox *ob, enum fsync_mode mode);
 void outbox_set_fsync(struct outbox *ob, enum fsync_mode mode);
 /* True when records were appended since the last outbox_sync(). */
 bool outbox_dirty(const struct outbox *ob);
+
+/*
+ * What became of a sequence: LIVE (in the ring, not acknowledged), ACKED
+ * (acknowledged: the spool has it), or UNKNOWN (never handed out, or lost
+ * with a power failure before it reached the disk).
+ */
+enum { OUTBOX_UNKNOWN = 0, OUTBOX_LIVE, OUTBOX_ACKED };
+int  outbox_seq_state(const struct outbox *ob, uint64_t seq);
 
 /* Bytes a record of these lengths takes in the ring. */
 size_t   outbox_record_size(size_t topic_len, size_t payload_len);

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -47,19 +49,39 @@
 #define MQTT_STOP_POLL_MS      20
 #define MQTT_STOP_DEADLINE_MS  2000
 #define MQTT_PUB_BUCKETS       256
-#define MQTT_REDELIV_BUCKETS   1024
+#define MQTT_REDELIV_BUCKETS   16384
 #define MQTT_TOPIC_MAX         65535
 #define MQTT_ORIGIN_NONE       0xffffffffu   /* QoS 0: no PUBACK, never redelivered */
 
+#define MQTT_RECENT            16384    /* a power of 2, well under 65536 */
+
 /*
- * A message the broker may deliver again because it may not have its PUBACK
- * (queued when the connection or the process died).  Such a delivery comes
- * on the same session (same client id, so the same connection index) with
- * the same packet id; matched on (connection, packet id, content) it keeps
- * the record, and so the id, of its first delivery instead of becoming a
- * second message.  The content check guards against a packet id the broker
- * reused because it did get the PUBACK.
+ * Redeliveries.  When a connection or the worker dies, the broker keeps the
+ * messages it sent on that session without getting their PUBACK and
+ * delivers them again, first thing, when the same client id comes back,
+ * with the same packet ids.  That includes PUBACKs herald wrote: a process
+ * killed with unread input makes the kernel reset the connection, and the
+ * broker loses what it had not read yet.  Those messages are in the outbox
+ * already (or spooled): appending them again would give them a second id.
+ *
+ * So each connection keeps, in a small file next to the outbox
+ * (<slot>.recent, mapped like it), its last MQTT_RECENT messages: packet id,
+ * hash of topic and payload, outbox sequence.  What the broker sends again
+ * is the newest part of what it sent; it is not bounded by our receive
+ * maximum (Mosquitto 2.0.11 resent ~1,200 at once to a worker killed every
+ * few tens of ms, none acknowledged in between), hence the generous size.
+ * When the connection goes down, or a worker
+ * starts, they become candidates, if the outbox still knows their sequence
+ * (live or acknowledged: never one lost with a power failure).  A delivery
+ * matching a candidate on (connection, packet id, content) is acknowledged
+ * without a new record.  The broker gives packet ids in sequence and sends
+ * what it resends first, so a new message cannot reuse a candidate's id
+ * within the first 65536 - MQTT_RECENT messages of a resumed session: after
+ * MQTT_REDELIV_WINDOW of them, or when the session was not resumed, the
+ * connection's candidates are dropped.
  */
+#define MQTT_REDELIV_WINDOW    (2 * MQTT_RECENT)
+
 struct redeliv {
 	uint32_t        origin;     /* connection index << 16 | packet id */
 	uint64_t        hash;       /* of topic and payload */
@@ -67,11 +89,26 @@ struct redeliv {
 	struct redeliv *next;
 };
 
-/* A record whose PUBACK is queued on a connection but not yet written. */
-struct pend {
-	uint64_t seq;
-	uint64_t hash;
+/* <slot>.recent: a header, then one ring per connection. */
+#define MQTT_RECENT_MAGIC      0x544e4352u   /* "RCNT" */
+#define MQTT_RECENT_VERSION    1
+
+struct recent_hdr {
+	uint32_t magic, version, epoch, nconns, per_conn, pad;
+	uint64_t reserved[5];
+};
+
+struct recent_ent {
 	uint32_t origin;
+	uint32_t pad;
+	uint64_t hash;
+	uint64_t seq;
+};
+
+struct recent_ring {
+	uint64_t          count;      /* entries ever written; stored after the entry */
+	uint64_t          pad;
+	struct recent_ent e[MQTT_RECENT];
 };
 
 /* A publish for the router waiting for the broker's acknowledgement. */
@@ -95,8 +132,9 @@ struct mconn {
 	int64_t           backoff_ms;
 	int64_t           last_read_ms;
 	struct mpub      *pubs[MQTT_PUB_BUCKETS];
-	struct pend      *pend;
-	size_t            npend, pendcap;
+	struct recent_ring *recent;     /* in <slot>.recent (or memory) */
+	uint64_t          since_connack;
+	bool              candidates;   /* it may have entries in the redelivery table */
 };
 
 struct mqttw {
@@ -121,6 +159,8 @@ struct mqttw {
 	int               port, keepalive;
 	struct redeliv   *redeliv[MQTT_REDELIV_BUCKETS];
 	size_t            nredeliv;
+	void             *recent_map;
+	size_t            recent_len;
 	struct msg_ack    ack;              /* 8 KiB: not on the stack */
 	char              topic[MQTT_TOPIC_MAX + 1];
 };
@@ -237,33 +277,112 @@ mqtt_redeliv_take(struct mqttw *mw, uint32_t origin)
 	return NULL;
 }
 
-static int
-mqtt_redeliv_load_cb(void *arg, const struct outbox_rec *r)
+/* Drop the candidates of one connection (a new session, or past the window). */
+static void
+mqtt_redeliv_purge(struct mqttw *mw, int idx)
 {
-	struct mqttw *mw = arg;
+	for (int b = 0; b < MQTT_REDELIV_BUCKETS; b++) {
+		struct redeliv **pp = &mw->redeliv[b], *e;
 
-	if (!r->pubacked && r->origin != MQTT_ORIGIN_NONE)
-		mqtt_redeliv_put(mw, r->origin, mqtt_content_hash(r->topic, r->topic_len,
-		    r->payload, r->payload_len), r->seq);
-	return 0;
+		while ((e = *pp) != NULL) {
+			if ((int)(e->origin >> 16) == idx) {
+				*pp = e->next;
+				mw->nredeliv--;
+				free(e);
+			} else {
+				pp = &e->next;
+			}
+		}
+	}
+	mw->conns[idx].candidates = false;
 }
 
 static void
-conn_pend_push(struct mconn *c, uint64_t seq, uint64_t hash, uint32_t origin)
+conn_recent_push(struct mconn *c, uint32_t origin, uint64_t hash, uint64_t seq)
 {
-	if (c->npend == c->pendcap) {
-		size_t ncap = c->pendcap ? c->pendcap * 2 : 64;
-		struct pend *np = realloc(c->pend, ncap * sizeof(*np));
+	struct recent_ring *rr = c->recent;
+	uint64_t n = rr->count;
+	struct recent_ent *e = &rr->e[n & (MQTT_RECENT - 1)];
 
-		if (np == NULL)
-			return;     /* at worst a duplicate with its own id */
-		c->pend = np;
-		c->pendcap = ncap;
+	e->origin = origin;
+	e->hash = hash;
+	e->seq = seq;
+	/* The entry before the count: a death in between leaves the count. */
+	__atomic_store_n(&rr->count, n + 1, __ATOMIC_RELEASE);
+}
+
+/* The connection is gone (or the worker is new): its recent messages may
+ * come back. */
+static void
+conn_recent_to_candidates(struct mconn *c)
+{
+	struct recent_ring *rr = c->recent;
+	uint64_t n = __atomic_load_n(&rr->count, __ATOMIC_ACQUIRE);
+	/* Not the oldest slot: it is the one a death may have left half new. */
+	uint64_t from = n >= MQTT_RECENT ? n - MQTT_RECENT + 1 : 0;
+
+	for (uint64_t i = from; i < n; i++) {
+		struct recent_ent *e = &rr->e[i & (MQTT_RECENT - 1)];
+
+		if ((e->origin >> 16) != (uint32_t)c->idx ||
+		    outbox_seq_state(c->mw->ob, e->seq) == OUTBOX_UNKNOWN)
+			continue;
+		mqtt_redeliv_put(c->mw, e->origin, e->hash, e->seq);
+		c->candidates = true;
 	}
-	c->pend[c->npend].seq = seq;
-	c->pend[c->npend].hash = hash;
-	c->pend[c->npend].origin = origin;
-	c->npend++;
+}
+
+/*
+ * Map <slot>.recent, or start it over when it belongs to another outbox
+ * epoch or another number of connections (at worst a redelivery then gets
+ * a second id).  Falls back to memory.
+ */
+static void
+mqtt_recent_open(struct mqttw *mw, const char *path)
+{
+	size_t len = sizeof(struct recent_hdr) + (size_t)mw->nconns * sizeof(struct recent_ring);
+	struct recent_hdr *h;
+	struct stat st;
+	void *map = MAP_FAILED;
+	int fd;
+
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd != -1 && fstat(fd, &st) == 0) {
+		if ((size_t)st.st_size != len && (ftruncate(fd, 0) == -1 ||
+		    ftruncate(fd, (off_t)len) == -1)) {
+			close(fd);
+			fd = -1;
+		}
+		if (fd != -1)
+			map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	}
+	if (fd != -1)
+		close(fd);
+	if (map == MAP_FAILED) {
+		log_warn("%s: %s; redeliveries after a restart may get a second id", path,
+		    strerror(errno));
+		map = calloc(1, len);
+		if (map == NULL)
+			return;
+		mw->recent_len = 0;
+	} else {
+		mw->recent_len = len;
+	}
+	mw->recent_map = map;
+	h = map;
+	if (h->magic != MQTT_RECENT_MAGIC || h->version != MQTT_RECENT_VERSION ||
+	    h->epoch != outbox_epoch(mw->ob) || h->nconns != (uint32_t)mw->nconns ||
+	    h->per_conn != MQTT_RECENT) {
+		memset(map, 0, len);
+		h->version = MQTT_RECENT_VERSION;
+		h->epoch = outbox_epoch(mw->ob);
+		h->nconns = (uint32_t)mw->nconns;
+		h->per_conn = MQTT_RECENT;
+		__atomic_store_n(&h->magic, MQTT_RECENT_MAGIC, __ATOMIC_RELEASE);
+	}
+	for (int i = 0; i < mw->nconns; i++)
+		mw->conns[i].recent = (struct recent_ring *)((char *)map +
+		    sizeof(struct recent_hdr) + (size_t)i * sizeof(struct recent_ring));
 }
 
 /* ---- messages to the router ---- */
@@ -396,13 +515,6 @@ conn_write(struct mconn *c)
 	if (c->sock == -1)
 		return;
 	want = mosquitto_want_write(c->m);
-	if (!want && c->npend > 0) {
-		/* Every PUBACK queued so far is in the kernel: the broker will not
-		 * deliver those messages again. */
-		for (size_t i = 0; i < c->npend; i++)
-			outbox_mark_puback(c->mw->ob, c->pend[i].seq);
-		c->npend = 0;
-	}
 	if (want && !c->writing)
 		event_add(c->wev, NULL);
 	else if (!want && c->writing)
@@ -575,20 +687,22 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 		origin = ((uint32_t)c->idx << 16) | (uint16_t)msg->mid;
 		hash = mqtt_content_hash(msg->topic, tlen, msg->payload, plen);
 	}
-	if (origin != MQTT_ORIGIN_NONE && mw->nredeliv > 0) {
+	if (c->candidates && ++c->since_connack > MQTT_REDELIV_WINDOW)
+		mqtt_redeliv_purge(mw, c->idx);
+	if (origin != MQTT_ORIGIN_NONE && c->candidates) {
 		struct redeliv *e = mqtt_redeliv_take(mw, origin);
 
 		if (e != NULL && e->hash == hash) {
 			log_ratelimited(LOG_NOTICE, "%s: the broker delivered packet %d again; "
 			    "it is outbox record %llu already", c->id, msg->mid,
 			    (unsigned long long)e->seq);
-			conn_pend_push(c, e->seq, hash, origin);
+			conn_recent_push(c, origin, hash, e->seq);
 			free(e);
 			mqtt_schedule_flush(mw);
 			errno = EAGAIN;
 			return;
 		}
-		free(e);    /* NULL, or a packet id the broker reused: it got the PUBACK */
+		free(e);    /* NULL, or not what was sent with that id before */
 	}
 	if (outbox_append(mw->ob, msg->topic, tlen, msg->payload, plen, now_ms(), origin,
 	    &seq) == -1) {
@@ -608,7 +722,7 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 	}
 	worker_count(mw->w, STAT_outbox_appended, 1);
 	if (origin != MQTT_ORIGIN_NONE)
-		conn_pend_push(c, seq, hash, origin);
+		conn_recent_push(c, origin, hash, seq);
 	mqtt_test_die(mw, seq);
 	if (outbox_room(mw->ob) < mw->high_water)
 		mqtt_set_full(mw, true);
@@ -620,7 +734,7 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 }
 
 static void
-on_connect(struct mosquitto *m, void *arg, int rc)
+on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 {
 	struct mconn *c = arg;
 	struct mqttw *mw = c->mw;
@@ -635,6 +749,13 @@ on_connect(struct mosquitto *m, void *arg, int rc)
 	}
 	c->connected = true;
 	c->backoff_ms = 0;
+	c->since_connack = 0;
+	if (!(flags & 1) && c->candidates) {
+		/* No session present: the broker has nothing of ours to redeliver. */
+		log_warn("%s: the broker had no session for us (expired or lost); "
+		    "unacknowledged messages it held are gone with it", c->id);
+		mqtt_redeliv_purge(mw, c->idx);
+	}
 	worker_count(mw->w, STAT_mqtt_connects, 1);
 	log_info("%s connected to %s:%d", c->id, mw->host, mw->port);
 	for (int i = 0; i < 4; i++) {
@@ -776,10 +897,7 @@ conn_down(struct mconn *c, int rc)
 		    mw->port, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
 	}
 	conn_fail_pubs(c);
-	/* PUBACKs that may not have left: the broker may deliver these again. */
-	for (size_t i = 0; i < c->npend; i++)
-		mqtt_redeliv_put(mw, c->pend[i].origin, c->pend[i].hash, c->pend[i].seq);
-	c->npend = 0;
+	conn_recent_to_candidates(c);
 	if (!mw->stopping && !evtimer_pending(c->retry, NULL))
 		conn_schedule_retry(c);
 }
@@ -817,12 +935,14 @@ conn_start(struct mconn *c)
 	mosquitto_threaded_set(c->m, true);
 	if (mw->user[0] != '\0')
 		mosquitto_username_pw_set(c->m, mw->user, mw->pass[0] ? mw->pass : NULL);
-	mosquitto_connect_callback_set(c->m, on_connect);
+	mosquitto_connect_with_flags_callback_set(c->m, on_connect);
 	mosquitto_disconnect_callback_set(c->m, on_disconnect);
 	mosquitto_message_callback_set(c->m, on_message);
 	mosquitto_subscribe_callback_set(c->m, on_subscribe);
 	mosquitto_publish_v5_callback_set(c->m, on_publish);
-	mosquitto_log_callback_set(c->m, on_log);
+	/* libmosquitto formats a line per packet when it has a log callback. */
+	if (log_get_level() >= LOG_DEBUG)
+		mosquitto_log_callback_set(c->m, on_log);
 	/*
 	 * The session must outlive a dead worker (the broker keeps its
 	 * unacknowledged messages), so CONNECT carries a session expiry.  2.0.11
@@ -1145,10 +1265,6 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	}
 	mw->unsent_from = outbox_next_seq(mw->ob);
 	mw->startup_from = outbox_depth(mw->ob) > 0 ? 1 : 0;
-	outbox_foreach(mw->ob, 0, mqtt_redeliv_load_cb, mw);
-	log_info("outbox %s: epoch %u, %zu records to send again (%zu maybe without their "
-	    "PUBACK), next sequence %llu", path, outbox_epoch(mw->ob), outbox_depth(mw->ob),
-	    mw->nredeliv, (unsigned long long)outbox_next_seq(mw->ob));
 	worker_gauge(w, GAUGE_outbox_depth, (int64_t)outbox_depth(mw->ob));
 
 	die = getenv("HERALD_TEST_DIE_AFTER_APPEND");
@@ -1183,6 +1299,18 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 		if (c->retry == NULL)
 			return -1;
 	}
+	snprintf(path, sizeof(path), "%s/outbox/%d.recent", cf->state_dir, w->slot);
+	mqtt_recent_open(mw, path);
+	if (mw->recent_map == NULL) {
+		log_err("out of memory");
+		return -1;
+	}
+	for (int i = 0; i < mw->nconns; i++)
+		conn_recent_to_candidates(&mw->conns[i]);
+	snprintf(path, sizeof(path), "%s/outbox/%d.ring", cf->state_dir, w->slot);
+	log_info("outbox %s: epoch %u, %zu records to send again, %zu recent ones watched "
+	    "for redelivery, next sequence %llu", path, outbox_epoch(mw->ob), outbox_depth(mw->ob),
+	    mw->nredeliv, (unsigned long long)outbox_next_seq(mw->ob));
 	return 0;
 }
 

@@ -37,7 +37,7 @@
  */
 
 #define MQTT_SESSION_EXPIRY_S  86400    /* the broker keeps our sessions a day */
-#define MQTT_RECEIVE_MAX       512      /* unacknowledged QoS 1 the broker may send */
+#define MQTT_RECEIVE_MAX       512      /* our CONNECT receive maximum */
 #define MQTT_READ_BUDGET       64       /* packets per connection per wakeup */
 #define MQTT_TICK_MS           1000
 #define MQTT_STARTUP_TICK_MS   10       /* the first resend of a reopened outbox */
@@ -1003,12 +1003,12 @@ mqtt_tick(evutil_socket_t fd, short what, void *arg)
 		/*
 		 * Paused, libmosquitto would not see the PINGRESP and would drop
 		 * the connection at the next keepalive.  So a paused connection
-		 * still reads what has arrived every half keepalive: at most one
-		 * window of MQTT_RECEIVE_MAX messages, which go to the outbox
-		 * (durable) like any other; the broker holds the rest.  When the
-		 * outbox itself is full nothing is read, and the connection is
-		 * dropped by its keepalive and comes back (nothing is lost: the
-		 * broker redelivers to the persistent session).
+		 * still reads what has arrived every half keepalive (what the
+		 * broker had in flight, and the PINGRESP behind it); those
+		 * messages go to the outbox (durable) like any other, the broker
+		 * holds the rest.  When the outbox itself is full nothing is
+		 * read, and the connection is dropped by its keepalive and comes
+		 * back (nothing is lost: the broker redelivers to the session).
 		 */
 		if (!mqtt_may_read(mw) && !mw->stopping && c->connected &&
 		    now - c->last_read_ms >= (int64_t)mw->keepalive * 500)

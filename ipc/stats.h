@@ -67,7 +67,8 @@ enum stats_counter {
 	X(devices_online, "devices currently online")                    \
 	X(req_queued,     "requests queued for offline devices")         \
 	X(req_sent,       "requests sent, waiting for the device")       \
-	X(paused,         "1 while device reading is paused")
+	X(paused,         "1 while device reading is paused")              \
+	X(mqtt_subscribed,"broker connections subscribed to the device topics")
 
 enum stats_gauge {
 #define STATS_GENUM(name, help) GAUGE_##name,

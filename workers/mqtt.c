@@ -127,6 +127,7 @@ struct mconn {
 	struct event     *rev, *wev, *retry;
 	bool              up;          /* a connection attempt is under way or open */
 	bool              connected;   /* CONNACK accepted */
+	bool              subscribed;  /* SUBACK granted every device topic */
 	bool              reading, writing;
 	bool              bye_sent;    /* DISCONNECT queued while stopping */
 	int64_t           backoff_ms;
@@ -769,16 +770,32 @@ on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 	mqtt_schedule_flush(mw);
 }
 
+/* Connections that receive device traffic: what "herald is listening" means. */
+static void
+mqtt_gauge_subscribed(struct mqttw *mw)
+{
+	int64_t n = 0;
+
+	for (int i = 0; i < mw->nconns; i++)
+		n += mw->conns[i].subscribed;
+	worker_gauge(mw->w, GAUGE_mqtt_subscribed, n);
+}
+
 static void
 on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const int *granted)
 {
 	struct mconn *c = arg;
+	bool all = n == 4;
 
 	for (int i = 0; i < n; i++)
-		if (granted[i] > 2)
+		if (granted[i] > 2) {
+			all = false;
 			log_ratelimited(LOG_ERR, "%s: the broker refused subscription %d: %s "
 			    "(check the ACL of herald's service account)", c->id, i,
 			    mosquitto_reason_string(granted[i]));
+		}
+	c->subscribed = all;
+	mqtt_gauge_subscribed(c->mw);
 }
 
 static void
@@ -883,6 +900,10 @@ conn_down(struct mconn *c, int rc)
 			event_del(c->wev);
 		c->reading = c->writing = false;
 		c->sock = -1;
+	}
+	if (c->subscribed) {
+		c->subscribed = false;
+		mqtt_gauge_subscribed(mw);
 	}
 	if (c->connected) {
 		c->connected = false;

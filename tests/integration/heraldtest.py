@@ -236,6 +236,7 @@ class Herald:
         self.env = dict(os.environ)
         self.env.update(env or {})
         self.proc = None
+        self.has_broker = broker is not None
         self.logpath = tmp.join("herald.log")
         _cleanups.append(self.kill_all)
         if start:
@@ -291,8 +292,17 @@ class Herald:
             return False
         return len(ws) == self.expected_workers() and all(w["state"] == "ready" for w in ws)
 
+    def subscribed(self):
+        """Every broker connection has its device subscriptions: from here on
+        the broker keeps device messages for herald, whatever happens."""
+        want = int(self.sections["workers"].get("mqtt", 2)) * \
+            int(self.sections["mqtt"].get("connections_per_worker", 1))
+        return self.ctl("stats")["gauges"].get("mqtt_subscribed", 0) == want
+
     def wait_ready(self, timeout=15):
         wait_for(self.all_ready, timeout, 0.05, "every herald worker to be ready")
+        if self.has_broker:
+            wait_for(self.subscribed, timeout, 0.05, "herald's broker subscriptions")
         return self
 
     def pids(self):

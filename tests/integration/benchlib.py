@@ -18,7 +18,7 @@ import traceback
 import urllib.error
 import urllib.request
 
-from heraldtest import Mosquitto, Skip, TmpDir, _cleanups, cleanup, free_port, log, wait_for  # noqa: F401
+from heraldtest import Herald, Mosquitto, Skip, TmpDir, _cleanups, cleanup, free_port, log, wait_for  # noqa: F401
 
 BUILDDIR = os.environ.get("HERALD_BUILDDIR")
 BENCH = os.path.join(BUILDDIR, "herald-bench") if BUILDDIR else None
@@ -212,3 +212,26 @@ def check_herald_row(row, text):
         return False
     assert not row[1].startswith("not run"), "herald is built but did not run:\n" + text
     return True
+
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def herald_between(batch_max=1):
+    """The real herald between a fresh broker and a checking sink (signed
+    deliveries; the sink counts missing messages against tmp/seq, the
+    fleet's --seq-out).  Skips the test while herald is not built."""
+    if not herald_built():
+        raise Skip("herald is not built")
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    sink = Sink("--secret", SECRET, "--seq-in", tmp.join("seq"))
+    h = Herald(tmp, broker=broker, conf={
+        "backend": {"url": sink.url, "secret": SECRET, "batch_max": batch_max}}).wait_ready()
+    return tmp, broker, sink, h
+
+
+def settled(sink):
+    """The sink's report once nothing the fleet sent is missing, else None."""
+    r = sink.report()
+    return r if r.get("missing") == 0 else None

@@ -4,6 +4,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 #include "ctl.h"
 #include "log.h"
 #include "stats.h"
+#include "util.h"
 
 struct ctl {
 	struct bufferevent *bev;
@@ -21,6 +23,7 @@ struct ctl {
 	ctl_eof_cb         *on_eof;
 	void               *arg;
 	struct stats_slot  *stats;
+	size_t              skip;      /* bytes left of an oversized frame */
 };
 
 static void
@@ -35,16 +38,27 @@ ctl_read(struct bufferevent *bev, void *arg)
 		struct hmr r;
 		const char *why;
 
+		if (c->skip > 0) {
+			size_t n = evbuffer_get_length(in);
+			n = n < c->skip ? n : c->skip;
+			evbuffer_drain(in, n);
+			c->skip -= n;
+			if (c->skip > 0)
+				return;
+		}
 		if (evbuffer_get_length(in) < 4)
 			return;
 		evbuffer_copyout(in, &len, 4);
 		len = ntohl(len);
 		if (len < HM_HDRLEN || len > CTL_MAX_FRAME) {
-			log_ratelimited(LOG_WARNING, "control channel: bad frame length %u, closing", len);
+			/* Drop the frame, keep the channel: closing it would take
+			 * the peer down with it (a worker exits when its channel
+			 * closes). */
+			log_ratelimited(LOG_WARNING, "control channel: frame of %u bytes dropped", len);
 			if (c->stats != NULL)
 				stats_add(c->stats, STAT_ipc_bad, 1);
-			c->on_eof(c, c->arg);
-			return;
+			c->skip = 4 + (size_t)len;
+			continue;
 		}
 		if (evbuffer_get_length(in) < 4 + (size_t)len)
 			return;
@@ -122,7 +136,15 @@ ctl_flush(struct ctl *c)
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	int fd = bufferevent_getfd(c->bev);
 
-	while (evbuffer_get_length(out) > 0) {
+	int64_t deadline = mono_ms() + 1000;
+
+	/* Bounded: a supervisor that does not read must not keep us spinning. */
+	while (evbuffer_get_length(out) > 0 && mono_ms() < deadline) {
+		struct pollfd p = { fd, POLLOUT, 0 };
+
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		errno = 0;
 		if (evbuffer_write(out, fd) <= 0 && errno != EAGAIN && errno != EINTR)
 			return;
 	}

@@ -12,6 +12,8 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "config.h"
 #include "log.h"
 #include "stats.h"
@@ -29,6 +31,17 @@ usage(FILE *f)
 	    "  -t       check the configuration and exit: 0 if valid, 1 with FILE:LINE: message\n"
 	    "  -V       print the version\n"
 	    "  -h       this help\n", DEFAULT_CONFIG);
+}
+
+/* libevent's own messages go through herald's log, with role and pid, at a
+ * limited rate (an accept() failing in a loop would flood it otherwise). */
+static void
+herald_event_log(int severity, const char *msg)
+{
+	int level = severity == EVENT_LOG_ERR ? LOG_ERR : severity == EVENT_LOG_WARN ?
+	    LOG_WARNING : severity == EVENT_LOG_MSG ? LOG_INFO : LOG_DEBUG;
+
+	log_ratelimited(level, "libevent: %s", msg);
 }
 
 /* One herald per state_dir: two would share outboxes and the spool. */
@@ -84,6 +97,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	log_init("supervisor", -1);
+	event_set_log_callback(herald_event_log);
 	cf = malloc(sizeof(*cf));
 	if (cf == NULL)
 		return 1;

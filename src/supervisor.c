@@ -102,6 +102,8 @@ child_become(struct supervisor *s, struct child *c, int fd)
 	struct worker w;
 	int code;
 
+	/* Errors before worker_init belong to this slot, not the supervisor's. */
+	log_set_panic_buffer(c->st->panic, sizeof(c->st->panic));
 	/* Nothing of the supervisor's stays open: only stdio and our channel (3). */
 	if (fd != 3) {
 		dup2(fd, 3);

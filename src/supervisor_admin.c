@@ -27,6 +27,9 @@
 #define ADMIN_MAX_ARGS     16
 #define ADMIN_MAX_PENDING  64
 #define ADMIN_FORWARD_MS   5000
+#define ADMIN_MAX_CONNS    64
+#define ADMIN_OUT_HIGH     (1u << 20)   /* stop reading commands past this much unread output */
+#define ADMIN_IDLE_S       60
 
 struct admin_conn {
 	struct admin       *a;
@@ -46,6 +49,8 @@ struct admin {
 	struct supervisor     *s;
 	struct evconnlistener *lev;
 	char                   path[512];
+	int                    nconns;
+	struct event          *relisten;      /* after running out of descriptors */
 	uint64_t               next_reqid;
 	struct admin_pending   pending[ADMIN_MAX_PENDING];
 };
@@ -158,9 +163,12 @@ admin_conn_free(struct admin_conn *c)
 	for (int i = 0; i < ADMIN_MAX_PENDING; i++)
 		if (c->a->pending[i].conn == c)
 			c->a->pending[i].conn = NULL;
+	c->a->nconns--;
 	bufferevent_free(c->bev);
 	free(c);
 }
+
+static void admin_read(struct bufferevent *bev, void *arg);
 
 static void
 admin_pending_clear(struct admin_pending *p)
@@ -189,9 +197,14 @@ admin_reply(struct admin *a, uint64_t reqid, const char *json)
 		struct admin_pending *p = &a->pending[i];
 		if (p->reqid != reqid || p->timer == NULL)
 			continue;
-		if (p->conn != NULL)
-			evbuffer_add_printf(bufferevent_get_output(p->conn->bev), "%s\n", json);
+		struct admin_conn *c = p->conn;
+
+		if (c != NULL)
+			evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n", json);
 		admin_pending_clear(p);
+		/* Commands may be waiting behind this answer. */
+		if (c != NULL && !c->closing)
+			admin_read(c->bev, c);
 		return;
 	}
 }
@@ -283,7 +296,11 @@ admin_read(struct bufferevent *bev, void *arg)
 	char *line;
 	size_t len;
 
-	while ((line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF)) != NULL) {
+	/* One answer at a time when the client does not read its answers:
+	 * what it sends waits in the socket, not in our memory. */
+	while (evbuffer_get_length(bufferevent_get_output(bev)) < ADMIN_OUT_HIGH &&
+	    c->pending < 4 &&
+	    (line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF)) != NULL) {
 		if (len >= ADMIN_MAX_LINE)
 			admin_write(c, admin_error("too_long", "command line over %d bytes",
 			    ADMIN_MAX_LINE));
@@ -291,7 +308,10 @@ admin_read(struct bufferevent *bev, void *arg)
 			admin_command(c, line);
 		free(line);
 	}
-	if (evbuffer_get_length(in) >= ADMIN_MAX_LINE) {
+	if (evbuffer_get_length(bufferevent_get_output(bev)) >= ADMIN_OUT_HIGH || c->pending >= 4)
+		bufferevent_disable(bev, EV_READ);
+	else if (evbuffer_get_length(in) >= ADMIN_MAX_LINE &&
+	    evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_CRLF).pos == -1) {
 		admin_write(c, admin_error("too_long", "command line over %d bytes", ADMIN_MAX_LINE));
 		evbuffer_drain(in, evbuffer_get_length(in));
 	}
@@ -302,8 +322,13 @@ admin_written(struct bufferevent *bev, void *arg)
 {
 	struct admin_conn *c = arg;
 
-	if (c->closing && c->pending == 0)
+	if (c->closing && c->pending == 0) {
 		admin_conn_free(c);
+		return;
+	}
+	/* The client read its answers: take its next commands. */
+	bufferevent_enable(bev, EV_READ);
+	admin_read(bev, c);
 }
 
 static void
@@ -318,8 +343,29 @@ admin_event(struct bufferevent *bev, short what, void *arg)
 			admin_conn_free(c);
 		return;
 	}
-	if (what & BEV_EVENT_ERROR)
+	if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
 		admin_conn_free(c);
+}
+
+static void
+admin_relisten(evutil_socket_t fd, short what, void *arg)
+{
+	struct admin *a = arg;
+
+	evconnlistener_enable(a->lev);
+}
+
+/* Out of descriptors: libevent would retry accept() in a tight loop. */
+static void
+admin_accept_error(struct evconnlistener *lev, void *arg)
+{
+	struct admin *a = arg;
+	struct timeval tv = { 1, 0 };
+
+	log_ratelimited(LOG_ERR, "admin socket: accept: %s; not accepting for 1 s",
+	    strerror(errno));
+	evconnlistener_disable(lev);
+	evtimer_add(a->relisten, &tv);
 }
 
 static void
@@ -339,6 +385,17 @@ admin_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa
 		close(fd);
 		return;
 	}
+	if (a->nconns >= ADMIN_MAX_CONNS) {
+		static const char busy[] = "{\"error\":{\"code\":\"busy\","
+		    "\"message\":\"too many admin connections\"}}\n";
+		log_ratelimited(LOG_WARNING, "admin socket: %d connections open, refusing another",
+		    a->nconns);
+		if (write(fd, busy, sizeof(busy) - 1) < 0) {
+			/* closing anyway */
+		}
+		close(fd);
+		return;
+	}
 	c = calloc(1, sizeof(*c));
 	if (c == NULL) {
 		close(fd);
@@ -346,6 +403,16 @@ admin_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa
 	}
 	c->a = a;
 	c->bev = bufferevent_socket_new(a->s->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (c->bev == NULL) {
+		close(fd);
+		free(c);
+		return;
+	}
+	a->nconns++;
+	{
+		struct timeval idle = { ADMIN_IDLE_S, 0 };
+		bufferevent_set_timeouts(c->bev, &idle, &idle);
+	}
 	bufferevent_setcb(c->bev, admin_read, admin_written, admin_event, c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
@@ -381,6 +448,8 @@ admin_open(struct supervisor *s, const char *path)
 		return NULL;
 	}
 	chmod(path, 0660);
+	a->relisten = evtimer_new(s->base, admin_relisten, a);
+	evconnlistener_set_error_cb(a->lev, admin_accept_error);
 	return a;
 }
 
@@ -390,6 +459,7 @@ admin_close(struct admin *a)
 	if (a == NULL)
 		return;
 	evconnlistener_free(a->lev);
+	event_free(a->relisten);
 	unlink(a->path);
 	for (int i = 0; i < ADMIN_MAX_PENDING; i++)
 		if (a->pending[i].timer != NULL)

@@ -96,6 +96,11 @@ worker_admin(struct worker *w, struct hmr *r)
 		    "message", "this worker does not answer that command");
 	text = json_dumps(ans, JSON_COMPACT);
 	json_decref(ans);
+	if (text != NULL && strlen(text) > CTL_MAX_FRAME - 4096) {
+		free(text);
+		text = strdup("{\"error\":{\"code\":\"answer_too_large\","
+		    "\"message\":\"the answer does not fit the control channel; ask for fewer entries\"}}");
+	}
 	hmw_init(&m, HM_CTL_ADMIN_REP);
 	hmw_u64(&m, reqid);
 	hmw_str(&m, text ? text : "{}", (size_t)-1);

@@ -114,6 +114,18 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 	hmw_free(&m);
 }
 
+/* A message id is 26 Crockford base32 characters (util.h, msgid_make). */
+static bool
+crypto_id_valid(const struct pstr *id)
+{
+	if (id->len != ULID_LEN - 1)
+		return false;
+	for (size_t i = 0; i < id->len; i++)
+		if (strchr("0123456789ABCDEFGHJKMNPQRSTVWXYZ", id->p[i]) == NULL || id->p[i] == '\0')
+			return false;
+	return true;
+}
+
 static void
 crypto_device_message(struct crypto *c, struct hmr *r)
 {
@@ -131,6 +143,12 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	if (proto_read_dev_in(r, &in) == -1) {
 		worker_count(c->w, STAT_ipc_bad, 1);
 		log_ratelimited(LOG_WARNING, "malformed device message dropped");
+		return;
+	}
+	if (!crypto_id_valid(&in.id)) {
+		/* Only a broken or hostile fabric peer sends this: nothing to keep. */
+		worker_count(c->w, STAT_ipc_bad, 1);
+		log_ratelimited(LOG_WARNING, "device message with a malformed id dropped");
 		return;
 	}
 	if (in.topic.len >= sizeof(topic)) {
@@ -185,6 +203,11 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	    "{\"id\":\"%.*s\",\"device\":\"%.*s\",\"kind\":\"%s\",\"topic\":\"%s\","
 	    "\"receivedAt\":\"%s\",\"gateway\":\"%s\",\"payload\":",
 	    (int)in.id.len, in.id.p, (int)idlen, id, kind, topic, ts, cf->node_name);
+	if (n < 0 || (size_t)n + in.payload.len + 2 > c->cap) {
+		log_err("envelope header of %d bytes does not fit; message %.*s not built",
+		    n, (int)in.id.len, in.id.p);
+		return;
+	}
 	memcpy(c->buf + n, in.payload.p, in.payload.len);
 	n += (int)in.payload.len;
 	c->buf[n++] = '}';

@@ -33,6 +33,7 @@
 #define HTTP_DRAIN_MS           2000    /* in-flight POSTs may finish at stop */
 #define HTTP_TICK_MS            1000
 #define HTTP_PAUSE_RESEND_MS    10000   /* a restarted router must learn it */
+#define HTTP_LIST_MAX           10000   /* dead-letter entries in one admin answer */
 #define HTTP_LOW_WATER_PCT      80
 #define HTTP_LIST_DEFAULT       100
 #define HTTP_KEY_MAX            256
@@ -242,11 +243,9 @@ http_say(struct http *h, enum hm_type type)
 	hmw_init(&m, type);
 	rc = worker_send(h->w, NULL, &m);
 	hmw_free(&m);
-	if (type == HM_FAB_PAUSE) {
-		h->pause_sent_ms = mono_ms();
-		if (rc == -1)
-			h->pause_sent_ms -= HTTP_PAUSE_RESEND_MS;  /* try again next tick */
-	}
+	h->pause_sent_ms = mono_ms();
+	if (rc == -1)
+		h->pause_sent_ms -= HTTP_PAUSE_RESEND_MS;  /* try again next tick */
 }
 
 static void
@@ -1355,6 +1354,9 @@ http_admin_dead(struct http *h, int argc, char **argv)
 			if (*end != '\0' || limit < 0)
 				return http_err("usage", "deadletter list [LIMIT]");
 		}
+		/* An answer must fit the control channel (ctl.h): at most 10,000. */
+		if (limit > HTTP_LIST_MAX)
+			limit = HTTP_LIST_MAX;
 		if (spool_dead_list(h->sp, (size_t)limit, http_dead_entry, &dl) < 0) {
 			json_decref(dl.entries);
 			return http_err("internal", "cannot read the dead-letter store");
@@ -1427,8 +1429,10 @@ http_tick(evutil_socket_t fd, short what, void *arg)
 
 	if (h->sp == NULL || h->fatal)
 		return;
-	if (h->paused && mono_ms() - h->pause_sent_ms >= HTTP_PAUSE_RESEND_MS)
-		http_say(h, HM_FAB_PAUSE);
+	/* Say the state again now and then, either way: a restarted router, or a
+	 * RESUME lost on its way to an mqtt worker, must not pause reading for good. */
+	if (mono_ms() - h->pause_sent_ms >= HTTP_PAUSE_RESEND_MS)
+		http_say(h, h->paused ? HM_FAB_PAUSE : HM_FAB_RESUME);
 	http_gauges(h);
 }
 

@@ -154,10 +154,14 @@ router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
 	case HM_FAB_RESUME:
 		if (hmr_end(msg) == -1)
 			goto bad;
-		r->paused = msg->type == HM_FAB_PAUSE;
+		/* The http worker repeats its state now and then: pass it on every
+		 * time (a lost RESUME must heal), log only a change. */
+		if (r->paused != (msg->type == HM_FAB_PAUSE)) {
+			r->paused = msg->type == HM_FAB_PAUSE;
+			log_notice("spool %s: %s device reading", r->paused ? "full" : "has room again",
+			    r->paused ? "pausing" : "resuming");
+		}
 		requests_on_pause(r->reqs, r->paused);
-		log_notice("spool %s: %s device reading", r->paused ? "full" : "has room again",
-		    r->paused ? "pausing" : "resuming");
 		worker_gauge(w, GAUGE_paused, r->paused);
 		router_tell_mqtt(r, (enum hm_type)msg->type, -1);
 		break;

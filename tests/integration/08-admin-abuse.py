@@ -1,0 +1,83 @@
+"""The admin socket holds up: a client that floods commands and never reads
+its answers does not grow the supervisor's memory, a flood of connections is
+capped, an endless line is refused, and herald keeps answering and restarting
+workers throughout."""
+import os
+import socket
+import time
+from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def connect(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+def test_admin_abuse():
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, conf={"workers": {"mqtt": 1}}, broker=broker).wait_ready()
+    sup = h.proc.pid
+    base = rss_kb(sup)
+
+    # 1. Commands without reading the answers: 4 MB of "stats" lines.
+    flood = connect(h.admin_socket)
+    flood.setblocking(False)
+    sent, t0 = 0, time.monotonic()
+    chunk = b"stats\n" * 1000
+    while sent < 4_000_000 and time.monotonic() - t0 < 5:
+        try:
+            sent += flood.send(chunk)
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert h.ctl("workers")["workers"], "herald stopped answering others"
+    grown = rss_kb(sup) - base
+    print("# flood sent %d bytes; supervisor RSS grew %d kB" % (sent, grown))
+    assert grown < 30_000, grown   # it grew by 340 MB before the fix
+    flood.close()
+
+    # 2. More connections than the cap: the extra ones are told so.
+    conns = [connect(h.admin_socket) for _ in range(70)]
+    time.sleep(0.2)
+    busy = 0
+    for s in conns:
+        s.settimeout(0.05)
+        try:
+            if b'"busy"' in s.recv(200):
+                busy += 1
+        except (socket.timeout, ConnectionResetError):
+            pass
+    assert busy >= 6, busy
+    for s in conns:
+        s.close()
+
+    # 3. An endless line is refused, the connection still works.
+    s = connect(h.admin_socket)
+    s.sendall(b"x" * 5000)
+    s.settimeout(5)
+    assert b"too_long" in s.recv(4096)
+    s.sendall(b"\nworkers\n")
+    data = b""
+    while b'"workers"' not in data:
+        data += s.recv(65536)
+    s.close()
+
+    # Workers were never disturbed, and a killed one still comes back.
+    assert all(w["restarts"] == 0 for w in h.workers())
+    victim = h.worker("crypto")["pid"]
+    os.kill(victim, 9)
+    wait_for(lambda: h.worker("crypto")["pid"] not in (None, victim), 2, what="crypto restarted")
+    assert h.stop() == 0
+
+
+if __name__ == "__main__":
+    main(test_admin_abuse)

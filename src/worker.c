@@ -83,7 +83,7 @@ worker_admin(struct worker *w, struct hmr *r)
 
 	if (hmr_u64(r, &reqid) == -1 || hmr_strcpy(r, line, sizeof(line)) == -1 ||
 	    hmr_end(r) == -1) {
-		worker_count(w, STAT_ipc_bad, 1);
+		worker_bad_msg(w, r->type, "the supervisor");
 		return;
 	}
 	for (char *t = strtok_r(line, " \t", &save); t && argc < ADMIN_MAX_ARGS;
@@ -149,8 +149,7 @@ worker_ctl_msg(struct ctl *c, struct hmr *r, void *arg)
 	}
 	return;
 bad:
-	worker_count(w, STAT_ipc_bad, 1);
-	log_ratelimited(LOG_WARNING, "control: unexpected %s dropped", hm_type_name(r->type));
+	worker_bad_msg(w, r->type, "the supervisor");
 }
 
 static void
@@ -290,6 +289,15 @@ worker_exit(struct worker *w, int code)
 {
 	w->exit_code = code;
 	event_base_loopbreak(w->base);
+}
+
+void
+worker_bad_msg(struct worker *w, int type, const char *peer)
+{
+	worker_count(w, STAT_ipc_bad, 1);
+	log_ratelimited(LOG_WARNING, "unexpected or malformed %s from %s dropped",
+	    hm_type_name(type), peer != NULL ? peer : w->fab != NULL && w->role != ROLE_ROUTER ?
+	    "the router" : "the supervisor");
 }
 
 int

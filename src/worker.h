@@ -65,6 +65,9 @@ int  worker_bind_fabric(struct worker *w, const char *endpoint);
 /* Say READY to the supervisor; run the loop until worker_exit(). Returns the exit code. */
 int  worker_loop(struct worker *w);
 void worker_exit(struct worker *w, int code);
+/* A message from a peer that cannot be used: counted (ipc_bad) and logged at a
+ * limited rate, never acted on.  peer may be NULL (the router, or the supervisor). */
+void worker_bad_msg(struct worker *w, int type, const char *peer);
 /* Convenience: send on the worker's fabric socket to peer (NULL on a DEALER). */
 int  worker_send(struct worker *w, const char *peer, struct hmw *m);
 

@@ -332,8 +332,7 @@ api_reply(struct api *a, struct hmr *r)
 	struct api_call *c;
 
 	if (proto_read_reply(r, &rep) == -1) {
-		worker_count(a->w, STAT_ipc_bad, 1);
-		log_ratelimited(LOG_WARNING, "malformed REPLY dropped");
+		worker_bad_msg(a->w, r->type, NULL);
 		return;
 	}
 	LIST_FOREACH(c, api_bucket(a, rep.reqid), link)
@@ -360,8 +359,7 @@ api_fabric(struct worker *w, const char *peer, struct hmr *r)
 		api_reply(a, r);
 		return;
 	}
-	worker_count(w, STAT_ipc_bad, 1);
-	log_ratelimited(LOG_WARNING, "unexpected %s dropped", hm_type_name(r->type));
+	worker_bad_msg(w, r->type, peer);
 }
 
 /* ---- /metrics and /healthz ---- */

@@ -140,15 +140,9 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	struct hmw m;
 	int n;
 
-	if (proto_read_dev_in(r, &in) == -1) {
-		worker_count(c->w, STAT_ipc_bad, 1);
-		log_ratelimited(LOG_WARNING, "malformed device message dropped");
-		return;
-	}
-	if (!crypto_id_valid(&in.id)) {
-		/* Only a broken or hostile fabric peer sends this: nothing to keep. */
-		worker_count(c->w, STAT_ipc_bad, 1);
-		log_ratelimited(LOG_WARNING, "device message with a malformed id dropped");
+	/* A malformed id comes only from a broken or hostile fabric peer. */
+	if (proto_read_dev_in(r, &in) == -1 || !crypto_id_valid(&in.id)) {
+		worker_bad_msg(c->w, r->type, NULL);
 		return;
 	}
 	if (in.topic.len >= sizeof(topic)) {
@@ -237,8 +231,7 @@ crypto_dispatch(struct worker *w, const char *peer, struct hmr *r)
 		crypto_device_message(c, r);
 		break;
 	default:
-		worker_count(w, STAT_ipc_bad, 1);
-		log_ratelimited(LOG_WARNING, "unexpected %s dropped", hm_type_name(r->type));
+		worker_bad_msg(w, r->type, peer);
 	}
 }
 

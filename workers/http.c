@@ -1076,8 +1076,7 @@ http_relane(struct http *h)
 static void
 http_bad(struct http *h, int type)
 {
-	worker_count(h->w, STAT_ipc_bad, 1);
-	log_ratelimited(LOG_WARNING, "malformed %s dropped", hm_type_name(type));
+	worker_bad_msg(h->w, type, NULL);
 }
 
 /* A dead-letter record for what cannot be spooled under its own id. */

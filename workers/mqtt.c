@@ -1166,9 +1166,7 @@ mqtt_fabric(struct worker *w, const char *peer, struct hmr *r)
 	}
 	return;
 bad:
-	worker_count(w, STAT_ipc_bad, 1);
-	log_ratelimited(LOG_WARNING, "fabric: unexpected or malformed %s dropped",
-	    hm_type_name(r->type));
+	worker_bad_msg(w, r->type, NULL);
 }
 
 /* ---- stop ---- */

@@ -99,7 +99,7 @@ router_hello(struct router *r, const char *peer, struct hmr *msg)
 	}
 	return;
 bad:
-	worker_count(r->w, STAT_ipc_bad, 1);
+	worker_bad_msg(r->w, msg->type, peer);
 }
 
 static void
@@ -109,8 +109,7 @@ router_ack(struct router *r, struct hmr *msg)
 	char peer[32];
 
 	if (proto_read_ack(msg, &ack) == -1) {
-		worker_count(r->w, STAT_ipc_bad, 1);
-		log_ratelimited(LOG_WARNING, "malformed ACK dropped");
+		worker_bad_msg(r->w, msg->type, "the http worker");
 		return;
 	}
 	if (ack.slot == PROTO_SLOT_ROUTER) {
@@ -185,9 +184,7 @@ router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
 	}
 	return;
 bad:
-	worker_count(w, STAT_ipc_bad, 1);
-	log_ratelimited(LOG_WARNING, "unexpected or malformed %s from %s dropped",
-	    hm_type_name(msg->type), peer);
+	worker_bad_msg(w, msg->type, peer);
 }
 
 static json_t *

@@ -121,6 +121,14 @@ hmr_next(struct hmr *r)
 
 	if (r->off >= r->len)
 		return NULL;
+	/* Bodies hold scalars, strings and bytes only.  An array or map header
+	 * would make msgpack allocate for as many elements as it claims (up to
+	 * 2^32) before finding the body too short: refuse it unread. */
+	{
+		uint8_t b = (uint8_t)r->data[r->off];
+		if ((b >= 0x80 && b <= 0x9f) || (b >= 0xdc && b <= 0xdf))
+			return NULL;
+	}
 	ret = msgpack_unpack_next(&r->u, r->data, r->len, &r->off);
 	if (ret != MSGPACK_UNPACK_SUCCESS && ret != MSGPACK_UNPACK_EXTRA_BYTES)
 		return NULL;

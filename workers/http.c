@@ -359,6 +359,8 @@ http_send_acks(struct http *h)
 	static struct msg_ack ack;
 	struct hmw m;
 
+	if (h->nacks == 0)
+		return;
 	qsort(h->acks, h->nacks, sizeof(*h->acks), http_pend_cmp);
 	for (size_t i = 0; i < h->nacks; ) {
 		ack.slot = h->acks[i].slot;

@@ -42,7 +42,11 @@ def test_admin_abuse():
     assert h.ctl("workers")["workers"], "herald stopped answering others"
     grown = rss_kb(sup) - base
     print("# flood sent %d bytes; supervisor RSS grew %d kB" % (sent, grown))
-    assert grown < 30_000, grown   # it grew by 340 MB before the fix
+    # herald stopped reading the flood once its unread answers reached 1 MiB:
+    # the rest waits in the socket (before the fix it read all 4 MB and grew
+    # by 340 MB).  RSS is loose: AddressSanitizer's quarantine holds freed memory.
+    assert sent < 1_000_000, sent
+    assert grown < 100_000, grown
     flood.close()
 
     # 2. More connections than the cap: the extra ones are told so.

@@ -290,6 +290,25 @@ test_garbage_never_crashes(void **state)
 	}
 }
 
+static void
+test_containers_refused(void **state)
+{
+	/* An array header claiming 2^32-1 elements, and a map: never unpacked. */
+	static const uint8_t arr32[] = { 0xdd, 0xff, 0xff, 0xff, 0xff };
+	static const uint8_t fixmap[] = { 0x81, 0x01, 0x02 };
+	uint8_t hdr[HM_HDRLEN] = { HM_VERSION, HM_CTL_PING };
+	struct hmr r;
+	const char *why;
+	uint64_t v;
+
+	assert_int_equal(hmr_init(&r, hdr, HM_HDRLEN, arr32, sizeof(arr32), &why), 0);
+	assert_int_equal(hmr_u64(&r, &v), -1);
+	hmr_free(&r);
+	assert_int_equal(hmr_init(&r, hdr, HM_HDRLEN, fixmap, sizeof(fixmap), &why), 0);
+	assert_int_equal(hmr_u64(&r, &v), -1);
+	hmr_free(&r);
+}
+
 int
 main(void)
 {
@@ -302,6 +321,7 @@ main(void)
 		cmocka_unit_test(test_ack_round_trip_and_limits),
 		cmocka_unit_test(test_other_bodies),
 		cmocka_unit_test(test_garbage_never_crashes),
+		cmocka_unit_test(test_containers_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,7 +10,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 
@@ -18,7 +17,6 @@
 #include <mosquitto.h>
 
 #include "bench.h"
-#include "util.h"
 
 /* What a device publishes; index into the seq and sent arrays. */
 enum fleet_kind { FK_TELEMETRY, FK_STATUS, FK_RESPONSE, FK_EVENT, FK_NKINDS };

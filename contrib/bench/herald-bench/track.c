@@ -2,7 +2,6 @@
  * The accounting of herald-bench sink: every envelope id and every
  * (device, kind, seq) seen, so loss, duplicates and reordering are exact counts.
  */
-#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 

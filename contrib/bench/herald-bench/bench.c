@@ -105,12 +105,6 @@ bench_wall_us(void)
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
-uint64_t
-bench_mono_us(void)
-{
-	return mono_us();
-}
-
 long
 bench_raise_nofile(void)
 {
@@ -145,9 +139,15 @@ bench_self_fds(void)
 long
 bench_self_rss_kb(void)
 {
-	struct bench_proc p;
+	long size, resident = -1;
+	FILE *f = fopen("/proc/self/statm", "r");
 
-	return bench_proc_tree(getpid(), &p) == 0 ? p.rss_kb : -1;
+	if (f == NULL)
+		return -1;
+	if (fscanf(f, "%ld %ld", &size, &resident) != 2)
+		resident = -1;
+	fclose(f);
+	return resident < 0 ? -1 : resident * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
 uint64_t
@@ -476,10 +476,4 @@ bench_rand(uint64_t *s)
 	x ^= x >> 27;
 	*s = x;
 	return x * 0x2545F4914F6CDD1DULL;
-}
-
-double
-bench_rand01(uint64_t *s)
-{
-	return (double)(bench_rand(s) >> 11) / 9007199254740992.0;
 }

@@ -32,7 +32,6 @@ int bench_parse_double(const char *s, double *v);
 int bench_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
 
 uint64_t bench_wall_us(void);        /* CLOCK_REALTIME µs: the clock of payload "ts" */
-uint64_t bench_mono_us(void);
 
 /* Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit. */
 long bench_raise_nofile(void);
@@ -93,7 +92,6 @@ void bench_ipv4_str(uint32_t host_order, char out[16]);
 
 /* Small reproducible PRNG (xorshift64*): --seed makes runs repeatable. */
 uint64_t bench_rand(uint64_t *state);
-double bench_rand01(uint64_t *state);
 
 /* --- hist.c: latency histogram (log-linear, < 0.8 % relative error) -------- */
 
@@ -106,7 +104,6 @@ struct hist {
 };
 void hist_init(struct hist *h);
 void hist_add(struct hist *h, uint64_t v);
-void hist_merge(struct hist *into, const struct hist *from);
 /* q in [0,1]; 0 when empty.  Exact below 128, else the bucket's middle clamped to [min,max]. */
 uint64_t hist_quantile(const struct hist *h, double q);
 unsigned hist_index(uint64_t v);

@@ -17,6 +17,7 @@
 #include <mosquitto.h>
 
 #include "bench.h"
+#include "util.h"
 
 /* What a device publishes; index into the seq and sent arrays. */
 enum fleet_kind { FK_TELEMETRY, FK_STATUS, FK_RESPONSE, FK_EVENT, FK_NKINDS };
@@ -363,7 +364,7 @@ fleet_send_telemetry(struct fleet_dev *fd)
 	char extra[128];
 
 	snprintf(extra, sizeof(extra), "\"cpu\":%u,\"memory\":512,\"uptime\":%" PRIu64,
-	    (unsigned)(fd->seq[FK_TELEMETRY] % 100), (bench_mono_us() - fd->f->t_start) / 1000000);
+	    (unsigned)(fd->seq[FK_TELEMETRY] % 100), (mono_us() - fd->f->t_start) / 1000000);
 	fleet_send(fd, FK_TELEMETRY, extra, fd->f->o.qos, false);
 }
 
@@ -573,7 +574,7 @@ fleet_on_connect(struct mosquitto *m, void *obj, int rc)
 	struct fleet_dev *fd = obj;
 	struct fleet *f = fd->f;
 	char topic[192];
-	uint64_t now = bench_mono_us(), period = fleet_period(f);
+	uint64_t now = mono_us(), period = fleet_period(f);
 
 	if (rc != 0) {
 		/* refused (bad token, server unavailable): libmosquitto closes next */
@@ -685,7 +686,7 @@ static void
 fleet_schedule(struct fleet_dev *fd)
 {
 	struct fleet *f = fd->f;
-	uint64_t now = bench_mono_us(), next = UINT64_MAX, d;
+	uint64_t now = mono_us(), next = UINT64_MAX, d;
 
 	if (fd->state != FS_UP || f->stopping)
 		return;
@@ -707,7 +708,7 @@ fleet_tick_cb(evutil_socket_t s, short what, void *arg)
 {
 	struct fleet_dev *fd = arg;
 	struct fleet *f = fd->f;
-	uint64_t now = bench_mono_us(), period;
+	uint64_t now = mono_us(), period;
 	int burst = 0;
 
 	if (fd->state != FS_UP || f->stopping)
@@ -836,7 +837,7 @@ static void
 fleet_ramp_cb(evutil_socket_t s, short what, void *arg)
 {
 	struct fleet *f = arg;
-	uint64_t now = bench_mono_us();
+	uint64_t now = mono_us();
 	size_t due;
 	struct timeval tv = { 0, 0 };
 
@@ -904,7 +905,7 @@ static void
 fleet_second_cb(evutil_socket_t s, short what, void *arg)
 {
 	struct fleet *f = arg;
-	uint64_t now = bench_mono_us();
+	uint64_t now = mono_us();
 
 	for (size_t i = 0; i < f->ndev; i++) {
 		struct fleet_dev *fd = &f->fd[i];
@@ -953,7 +954,7 @@ fleet_disconnect_all(struct fleet *f)
 			fd->state = FS_DONE;
 		}
 	}
-	f->t_end = bench_mono_us();
+	f->t_end = mono_us();
 	event_base_loopexit(f->base, NULL);
 }
 
@@ -969,7 +970,7 @@ fleet_drain_cb(evutil_socket_t s, short what, void *arg)
 
 	for (size_t i = 0; i < f->ndev && !busy; i++)
 		busy = f->fd[i].state == FS_UP && f->fd[i].out_done < f->fd[i].out_sent;
-	if (!busy || bench_mono_us() - f->t_stop >= f->o.drain) {
+	if (!busy || mono_us() - f->t_stop >= f->o.drain) {
 		fleet_disconnect_all(f);
 		return;
 	}
@@ -987,7 +988,7 @@ fleet_stop(struct fleet *f, const char *why)
 		return;
 	}
 	f->stopping = true;
-	f->t_stop = bench_mono_us();
+	f->t_stop = mono_us();
 	f->cpu_stop = bench_self_cpu_us();
 	f->sent_stop = fleet_sent_total(f);
 	for (size_t i = 0; i < f->ndev; i++)
@@ -1194,7 +1195,7 @@ fleet_main(int argc, char **argv)
 	f->fds_base = bench_self_fds();
 	f->rss_base = bench_self_rss_kb();
 	bench_herald_begin(&f->herald, f->o.herald_pid);
-	f->t_start = f->last_progress = bench_mono_us();
+	f->t_start = f->last_progress = mono_us();
 	f->cpu_start = bench_self_cpu_us();
 	event_add(f->sec_ev, &sec);
 	evtimer_add(f->ramp_ev, &now);

@@ -53,21 +53,6 @@ hist_add(struct hist *h, uint64_t v)
 		h->max = v;
 }
 
-void
-hist_merge(struct hist *into, const struct hist *from)
-{
-	if (from->count == 0)
-		return;
-	for (unsigned i = 0; i < HIST_BUCKETS; i++)
-		into->bucket[i] += from->bucket[i];
-	into->count += from->count;
-	into->sum += from->sum;
-	if (from->min < into->min)
-		into->min = from->min;
-	if (from->max > into->max)
-		into->max = from->max;
-}
-
 uint64_t
 hist_quantile(const struct hist *h, double q)
 {

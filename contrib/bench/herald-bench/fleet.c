@@ -88,7 +88,7 @@ struct fleet {
 	long rss_base, rss_peak;
 	size_t peak_open;               /* clients with an open socket at the sample */
 	bool stopping, disconnecting;
-	uint64_t answers_total, churn_carry_milli, rng;
+	uint64_t answers_total, churn_carry_milli, churn_last, rng;
 	uint64_t last_progress, last_progress_sent;
 	struct bench_herald herald;
 	LIST_HEAD(, fleet_answer) answers;      /* waiting for --answer-delay-ms */
@@ -860,13 +860,17 @@ fleet_ramp_cb(evutil_socket_t s, short what, void *arg)
 		evtimer_add(f->ramp_ev, &tv);
 }
 
+/* Cut P% of the connected devices per minute, pro rata of the time since the
+ * last call: a loop that fell behind catches up, as telemetry does. */
 static void
-fleet_churn(struct fleet *f)
+fleet_churn(struct fleet *f, uint64_t now)
 {
-	uint64_t milli = (uint64_t)((double)f->s.connected * f->o.churn / 100.0 / 60.0 * 1000.0) +
-	    f->churn_carry_milli;
+	double secs = (double)(now - f->churn_last) / 1e6;
+	uint64_t milli = (uint64_t)((double)f->s.connected * f->o.churn / 100.0 / 60.0 * secs *
+	    1000.0) + f->churn_carry_milli;
 	uint64_t n = milli / 1000;
 
+	f->churn_last = now;
 	f->churn_carry_milli = milli % 1000;
 	while (n-- > 0 && f->s.connected > 0) {
 		size_t i = (size_t)(bench_rand(&f->rng) % f->ndev), tries;
@@ -916,7 +920,7 @@ fleet_second_cb(evutil_socket_t s, short what, void *arg)
 		mqev_sync(&fd->io);
 	}
 	if (f->o.churn > 0 && !f->stopping)
-		fleet_churn(f);
+		fleet_churn(f, now);
 	bench_herald_sample(&f->herald);
 	if (f->o.progress && now - f->last_progress >= f->o.progress) {
 		uint64_t sent = fleet_sent_total(f);
@@ -1195,7 +1199,7 @@ fleet_main(int argc, char **argv)
 	f->fds_base = bench_self_fds();
 	f->rss_base = bench_self_rss_kb();
 	bench_herald_begin(&f->herald, f->o.herald_pid);
-	f->t_start = f->last_progress = mono_us();
+	f->t_start = f->last_progress = f->churn_last = mono_us();
 	f->cpu_start = bench_self_cpu_us();
 	event_add(f->sec_ev, &sec);
 	evtimer_add(f->ramp_ev, &now);

@@ -4,6 +4,7 @@
  * acknowledgements http -> the owning mqtt slot, spool backpressure to every
  * mqtt worker, and hands request traffic to the request store (requests.c).
  */
+#include <sys/queue.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,12 +18,36 @@
 #include "worker.h"
 #include "workers.h"
 
+/*
+ * Messages for crypto or http while that worker is absent (restarting, or not
+ * yet connected at start) wait here, in order, instead of being dropped: the
+ * outbox would resend them, but seconds later and behind newer messages of
+ * the same device.  Bounded; past the bound the outbox's resend takes over.
+ */
+#define HOLD_MAX_BYTES  (64u << 20)
+#define HOLD_RETRY_MS   20
+
+struct held {
+	STAILQ_ENTRY(held) link;
+	uint8_t            type;
+	size_t             len;
+	char               body[];
+};
+
+struct hold {
+	const char              *to;
+	STAILQ_HEAD(, held)      q;
+	size_t                   bytes;
+};
+
 struct router {
 	struct worker   *w;
 	struct requests *reqs;
 	bool             paused;        /* the spool said it is full */
 	unsigned         rotation;      /* next mqtt worker to publish on */
 	int64_t          mqtt_down_until[CONFIG_MAX_MQTT]; /* mono ms; 0: up */
+	struct hold      holds[2];      /* crypto.0, http.0 */
+	struct event    *hold_retry;
 };
 
 static struct router router;
@@ -74,12 +99,72 @@ router_publish(struct worker *w, const struct msg_publish *pub)
 	return -1;
 }
 
+static struct hold *
+router_hold(struct router *r, const char *to)
+{
+	for (size_t i = 0; i < sizeof(r->holds) / sizeof(r->holds[0]); i++)
+		if (strcmp(r->holds[i].to, to) == 0)
+			return &r->holds[i];
+	return NULL;
+}
+
+/* Send what waits for h->to, oldest first, until the peer refuses again. */
+static void
+router_hold_flush(struct router *r, struct hold *h)
+{
+	struct held *m;
+
+	while ((m = STAILQ_FIRST(&h->q)) != NULL) {
+		struct hmr msg = { .data = m->body, .len = m->len, .type = m->type };
+
+		if (fabric_forward(r->w->fab, h->to, &msg) == -1) {
+			struct timeval tv = { 0, HOLD_RETRY_MS * 1000 };
+			evtimer_add(r->hold_retry, &tv);
+			return;
+		}
+		worker_count(r->w, STAT_routed, 1);
+		STAILQ_REMOVE_HEAD(&h->q, link);
+		h->bytes -= m->len;
+		free(m);
+	}
+}
+
+static void
+router_hold_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct router *r = arg;
+
+	for (size_t i = 0; i < sizeof(r->holds) / sizeof(r->holds[0]); i++)
+		router_hold_flush(r, &r->holds[i]);
+}
+
 static void
 router_forward(struct router *r, const char *to, const struct hmr *msg)
 {
-	if (fabric_forward(r->w->fab, to, msg) == 0)
+	struct hold *h = router_hold(r, to);
+	struct held *m;
+
+	if ((h == NULL || STAILQ_EMPTY(&h->q)) && fabric_forward(r->w->fab, to, msg) == 0) {
 		worker_count(r->w, STAT_routed, 1);
-	/* else: counted as ipc_dropped; the sender's at-least-once logic resends */
+		return;
+	}
+	/* Not held (acks, to mqtt): the sender's at-least-once logic resends. */
+	if (h == NULL)
+		return;
+	if (h->bytes + msg->len > HOLD_MAX_BYTES || (m = malloc(sizeof(*m) + msg->len)) == NULL) {
+		log_ratelimited(LOG_WARNING, "%s absent and %zu bytes wait for it: dropping; "
+		    "the outbox sends it again", to, h->bytes);
+		return;
+	}
+	m->type = msg->type;
+	m->len = msg->len;
+	memcpy(m->body, msg->data, msg->len);
+	STAILQ_INSERT_TAIL(&h->q, m, link);
+	h->bytes += msg->len;
+	if (!evtimer_pending(r->hold_retry, NULL)) {
+		struct timeval tv = { 0, HOLD_RETRY_MS * 1000 };
+		evtimer_add(r->hold_retry, &tv);
+	}
 }
 
 static void
@@ -129,7 +214,11 @@ router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
 	struct msg_request req;
 	struct msg_published pubd;
 	struct msg_device_info info;
+	struct hold *h = router_hold(r, peer);
 
+	/* A held-for peer speaks: it is back. */
+	if (h != NULL && !STAILQ_EMPTY(&h->q))
+		router_hold_flush(r, h);
 	switch (msg->type) {
 	case HM_FAB_HELLO:
 		router_hello(r, peer, msg);
@@ -220,6 +309,11 @@ router_main(struct worker *w)
 	w->hooks.reload = router_reload;
 	if (worker_bind_fabric(w, ep) == -1)
 		return 1;
+	r->holds[0].to = "crypto.0";
+	r->holds[1].to = "http.0";
+	for (size_t i = 0; i < sizeof(r->holds) / sizeof(r->holds[0]); i++)
+		STAILQ_INIT(&r->holds[i].q);
+	r->hold_retry = evtimer_new(w->base, router_hold_retry, r);
 	r->reqs = requests_open(w);
 	if (r->reqs == NULL)
 		return 1;

@@ -40,7 +40,7 @@ usage(FILE *f)
 	    "  top [-d SECONDS] [-n N]    live view: per-second rates per worker\n"
 	    "  spool                      spool depth, bytes, oldest age, delivered, retrying, dead\n"
 	    "  deadletter list [N] | replay ID|all | purge ID|all\n"
-	    "  requests [DEVICE] | devices\n"
+	    "  requests [DEVICE] | devices | outbox [SLOT]\n"
 	    "  log-level LEVEL | reload | help\n"
 	    "  counters [--man]           every counter and gauge with its meaning (no herald needed)\n",
 	    DEFAULT_CONFIG);

@@ -80,6 +80,7 @@ static const struct admin_cmd admin_cmds[] = {
 	{ "deadletter", "deadletter list [N] | replay ID|all | purge ID|all", ROLE_HTTP, NULL },
 	{ "requests",   "requests [DEVICE]",                      ROLE_ROUTER, NULL },
 	{ "devices",    "devices",                                ROLE_ROUTER, NULL },
+	{ "outbox",     "outbox [SLOT]  (an mqtt worker's outbox and connections)", ROLE_MQTT, NULL },
 };
 
 static json_t *
@@ -226,17 +227,17 @@ admin_child_gone(struct admin *a, struct child *c)
 }
 
 static json_t *
-admin_forward(struct admin_conn *c, int role, const char *line)
+admin_forward(struct admin_conn *c, int role, int slot, const char *line)
 {
 	struct admin *a = c->a;
-	struct child *ch = supervisor_child(a->s, role, 0);
+	struct child *ch = supervisor_child(a->s, role, slot);
 	struct admin_pending *p = NULL;
 	struct timeval tv = { ADMIN_FORWARD_MS / 1000, 0 };
 	struct hmw m;
 
 	if (ch == NULL || ch->ctl == NULL || ch->st->state != WS_READY)
-		return admin_error("unavailable", "the %s worker is not running",
-		    stats_role_name(role));
+		return admin_error("unavailable", "the %s.%d worker is not running",
+		    stats_role_name(role), slot);
 	for (int i = 0; i < ADMIN_MAX_PENDING; i++)
 		if (a->pending[i].timer == NULL) {
 			p = &a->pending[i];
@@ -279,8 +280,17 @@ admin_command(struct admin_conn *c, char *line)
 			continue;
 		if (cmd->role == ROLE_SUPERVISOR)
 			ans = cmd->fn(c->a, argc, argv);
-		else
-			ans = admin_forward(c, cmd->role, copy);
+		else if (cmd->role == ROLE_MQTT) {
+			/* Several mqtt workers: the first argument names the slot. */
+			char *end;
+			long slot = argc > 1 ? strtol(argv[1], &end, 10) : 0;
+
+			if (argc > 2 || (argc > 1 && (*end != '\0' || slot < 0 || slot >= CONFIG_MAX_MQTT)))
+				ans = admin_error("usage", "usage: %s", cmd->usage);
+			else
+				ans = admin_forward(c, cmd->role, (int)slot, copy);
+		} else
+			ans = admin_forward(c, cmd->role, 0, copy);
 		if (ans != NULL)
 			admin_write(c, ans);
 		return;

@@ -39,6 +39,11 @@ def test_seven_workers_ready():
     # Health pings flow: the control channel counts messages in both directions.
     wait_for(lambda: all(w["counters"].get("ipc_in", 0) > 0 for w in h.ctl("stats")["workers"]
                          if w["role"] != "supervisor"), 5, what="pings answered")
+    ob = h.ctl("outbox", "2")
+    assert ob["slot"] == 2 and ob["depth"] == 0 and ob["connections"][0]["connected"], ob
+    r = subprocess.run([HERALDCTL, "-s", h.admin_socket, "outbox", "7"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "not running" in r.stderr, r.stderr
     assert h.ctl("log-level", "debug")["level"] == "debug"
     h.ctl("workers")
     wait_for(lambda: "debug: admin: workers" in h.log_text(), 5, what="a debug line after log-level debug")

@@ -763,7 +763,11 @@ on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 		snprintf(subs[i], sizeof(subs[i]), "$share/%s/device/+/%s", mw->group, kinds[i]);
 		sp[i] = subs[i];
 	}
-	src = mosquitto_subscribe_multiple(m, NULL, 4, sp, 1, 0, NULL);
+	/* No retained messages at subscribe time: every (re)subscription would
+	 * otherwise bring each device's retained status again, as a new message
+	 * with a new id (a restarted worker re-sent the whole fleet's status).
+	 * Live status messages, retained or not, still arrive as published. */
+	src = mosquitto_subscribe_multiple(m, NULL, 4, sp, 1, MQTT_SUB_OPT_SEND_RETAIN_NEVER, NULL);
 	if (src != MOSQ_ERR_SUCCESS)
 		log_err("%s: subscribe: %s", c->id, mosquitto_strerror(src));
 	conn_update_read(c);

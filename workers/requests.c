@@ -316,8 +316,9 @@ note_send(struct requests *q, const struct reqstore_note *n)
 	e.json = (struct pstr){ n->json, n->jsonlen };
 	hmw_init(&m, HM_FAB_ENVELOPE);
 	proto_write_envelope(&m, &e);
-	/* If the http worker is away this fails; the resend timer tries again. */
-	worker_send(q->w, "http.0", &m);
+	/* Held in order while the http worker is away; the resend timer covers
+	 * a loss beyond that (a router restart). */
+	router_to_http(q->w, &m);
 	hmw_free(&m);
 }
 
@@ -984,7 +985,7 @@ reject_response(struct requests *q, const struct msg_device_info *m, const char 
 	rj.payload = m->json;
 	hmw_init(&out, HM_FAB_REJECT);
 	proto_write_reject(&out, &rj);
-	worker_send(q->w, "http.0", &out);
+	router_to_http(q->w, &out);
 	hmw_free(&out);
 	log_ratelimited(LOG_INFO, "response from %.*s rejected: %s", (int)m->device.len,
 	    m->device.p, detail);

@@ -32,6 +32,9 @@ void    requests_on_pause(struct requests *q, bool paused);
 json_t *requests_admin(struct requests *q, int argc, char **argv);
 void    requests_reload(struct requests *q);
 
+/* Provided by the router: send to the http worker, or keep it, in order, while
+ * that worker is away (the same holding as for device messages). */
+void    router_to_http(struct worker *w, struct hmw *m);
 /* Provided by the router: send FAB_PUBLISH to the next mqtt worker in
  * rotation. -1 if no mqtt worker is reachable. */
 int     router_publish(struct worker *w, const struct msg_publish *m);

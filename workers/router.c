@@ -167,6 +167,14 @@ router_forward(struct router *r, const char *to, const struct hmr *msg)
 	}
 }
 
+void
+router_to_http(struct worker *w, struct hmw *m)
+{
+	struct hmr msg = { .data = hmw_body(m), .len = hmw_len(m), .type = m->hdr[1] };
+
+	router_forward(&router, "http.0", &msg);
+}
+
 static void
 router_hello(struct router *r, const char *peer, struct hmr *msg)
 {

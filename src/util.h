@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 int64_t now_ms(void);           /* CLOCK_REALTIME, unix ms */
+uint64_t now_us(void);          /* CLOCK_REALTIME, unix µs */
 int64_t mono_ms(void);          /* CLOCK_MONOTONIC ms */
 uint64_t mono_us(void);
 

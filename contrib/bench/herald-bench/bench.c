@@ -96,15 +96,6 @@ bench_parse_hostport(const char *s, char *host, size_t hostlen, int *port)
 	return 0;
 }
 
-uint64_t
-bench_wall_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 long
 bench_raise_nofile(void)
 {

@@ -31,7 +31,6 @@ int bench_parse_double(const char *s, double *v);
 /* "127.0.0.1:8080", ":8080" or "8080" -> host (default 127.0.0.1) and port. */
 int bench_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
 
-uint64_t bench_wall_us(void);        /* CLOCK_REALTIME µs: the clock of payload "ts" */
 
 /* Raise RLIMIT_NOFILE's soft limit to the hard limit; returns the new soft limit. */
 long bench_raise_nofile(void);

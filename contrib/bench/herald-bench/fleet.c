@@ -326,7 +326,7 @@ fleet_payload(const struct fleet_dev *fd, enum fleet_kind k, const char *extra,
 	size_t n, want = fd->f->o.size;
 
 	n = (size_t)snprintf(buf, cap, "{\"seq\":%" PRIu64 ",\"ts\":%" PRIu64 ",\"dev\":\"%s\"%s%s",
-	    fd->seq[k], bench_wall_us(), fd->d->id, *extra ? "," : "", extra);
+	    fd->seq[k], now_us(), fd->d->id, *extra ? "," : "", extra);
 	if (n >= cap - 2)
 		return 0;
 	if (want > n + 10 && want < cap - 1) {
@@ -1183,7 +1183,7 @@ fleet_main(int argc, char **argv)
 		fd->tick = evtimer_new(f->base, fleet_tick_cb, fd);
 		fd->retry = evtimer_new(f->base, fleet_retry_cb, fd);
 		/* e2e counters start at the clock so a restarted fleet stays ahead */
-		fd->counter = bench_wall_us();
+		fd->counter = now_us();
 		if (f->o.have_range)
 			bench_ipv4_str(f->o.range_first + (uint32_t)(i % ((uint64_t)f->o.range_last -
 			    f->o.range_first + 1)), fd->bind);

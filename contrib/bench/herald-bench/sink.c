@@ -589,8 +589,8 @@ sink_check_signature(struct sink *k, struct evhttp_request *req, const void *bod
 		return 401;
 	}
 	if (k->o.tolerance && (bench_parse_u64(ts, &t) != 0 ||
-	    (t * 1000000 > bench_wall_us() + k->o.tolerance) ||
-	    (t * 1000000 + k->o.tolerance < bench_wall_us()))) {
+	    (t * 1000000 > now_us() + k->o.tolerance) ||
+	    (t * 1000000 + k->o.tolerance < now_us()))) {
 		k->sig_stale++;
 		return 401;
 	}
@@ -654,7 +654,7 @@ sink_post(struct sink *k, struct evhttp_request *req)
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
 	size_t len = evbuffer_get_length(in), n;
 	const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-	uint64_t wall = bench_wall_us(), mono = mono_us();
+	uint64_t wall = now_us(), mono = mono_us();
 	const struct sink_phase *ph = &k->o.phase[k->cur];
 	const char *wid = NULL;
 	json_t *doc, *first;

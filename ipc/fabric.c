@@ -35,6 +35,21 @@ fabric_count(struct fabric *f, enum stats_counter c)
 		stats_add(f->stats, c, 1);
 }
 
+/*
+ * Look at the socket again soon, but only after the loop has polled: a
+ * zero timeout, not event_active(), which libevent runs in the same pass and
+ * which, under a steady stream, kept a worker from ever reading its control
+ * channel (a busy crypto worker missed its health pings and was killed).
+ */
+static void
+fabric_again(struct fabric *f)
+{
+	static const struct timeval zero = { 0, 0 };
+
+	if (!evtimer_pending(f->again, NULL))
+		evtimer_add(f->again, &zero);
+}
+
 static void
 fabric_drain(struct fabric *f)
 {
@@ -91,7 +106,7 @@ fabric_drain(struct fabric *f)
 			zmq_msg_close(&parts[i]);
 	}
 	/* More may be waiting: come back after other events had their turn. */
-	event_active(f->again, EV_TIMEOUT, 0);
+	fabric_again(f);
 }
 
 static void
@@ -200,13 +215,13 @@ fabric_send_parts(struct fabric *f, const char *peer, const void *hdr,
 		goto fail;
 	fabric_count(f, STAT_ipc_out);
 	/* A send can swallow the read edge: look again from the loop. */
-	event_active(f->again, EV_TIMEOUT, 0);
+	fabric_again(f);
 	return 0;
 fail:
 	fabric_count(f, STAT_ipc_dropped);
 	log_ratelimited(LOG_INFO, "fabric: cannot send to %s: %s",
 	    peer ? peer : "router", zmq_strerror(errno));
-	event_active(f->again, EV_TIMEOUT, 0);
+	fabric_again(f);
 	return -1;
 }
 

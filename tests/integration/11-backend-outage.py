@@ -44,9 +44,11 @@ def test_outage():
     after_ra = [t for t in times if t > ra[0]]
     assert after_ra and after_ra[0] - ra[0] >= 3.9, (ra, after_ra[:1])
     before = [g for a, g in zip(times, gaps) if a < ra[0]]
-    # Equal jitter: each wait at least as long as the one before, doubling overall.
+    # Equal jitter: each wait at least as long as the one before (give or take
+    # 0.3 s of scheduling noise, seen under the sanitizer build while the
+    # worker was still spooling), doubling overall.
     assert len(before) >= 4 and before[-1] > before[0] * 2, before
-    assert all(b >= a * 0.9 for a, b in zip(before, before[1:])), before
+    assert all(b >= a - 0.3 for a, b in zip(before, before[1:])), before
     st = h.ctl("spool")
     assert st["retrying"] >= 1 and st["depth"] == pub.total(), st
     print("# retry gaps (s):", ["%.2f" % g for g in gaps])

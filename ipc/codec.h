@@ -13,7 +13,7 @@
 #include <msgpack.h>
 
 /* Bump on any change to a message's body. */
-#define HM_VERSION 1
+#define HM_VERSION 2
 #define HM_HDRLEN  2
 
 /* One enum for every message type; names end up in logs. */
@@ -29,8 +29,8 @@
 	X(CTL_ADMIN_REP,  8)  /* w->s: reqid, json text */                   \
 	/* fabric: workers <-> router (ZeroMQ) */                            \
 	X(FAB_HELLO,      20) /* w->r: role slot generation */              \
-	X(FAB_DEV_IN,     21) /* mqtt->r->crypto: device message */         \
-	X(FAB_ENVELOPE,   22) /* crypto->r->http: envelope to spool */      \
+	X(FAB_DEV_IN,     21) /* mqtt->r->crypto: device messages (1..n) */ \
+	X(FAB_ENVELOPE,   22) /* crypto->r->http: envelopes to spool (1..n) */\
 	X(FAB_REJECT,     23) /* crypto->r->http: to the dead-letter store */ \
 	X(FAB_ACK,        24) /* http->r->mqtt: spooled, free the outbox */ \
 	X(FAB_PAUSE,      25) /* http->r->mqtt: spool full, stop reading */ \
@@ -91,5 +91,7 @@ int  hmr_strcpy(struct hmr *r, char *buf, size_t buflen);
 int  hmr_nil_or_str(struct hmr *r, const char **s, size_t *len); /* nil -> s NULL */
 /* 0 if the whole body was read, -1 if bytes are left over. */
 int  hmr_end(struct hmr *r);
+/* Bytes are left to read: the next record of a batch. */
+static inline bool hmr_more(const struct hmr *r) { return r->off < r->len; }
 
 #endif

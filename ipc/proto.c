@@ -75,7 +75,7 @@ proto_read_dev_in(struct hmr *r, struct msg_dev_in *m)
 	RD(rd_str(r, &m->id));
 	RD(rd_str(r, &m->topic));
 	RD(rd_bin(r, &m->payload));
-	return hmr_end(r);
+	return 0;       /* one record of a batch: the caller loops while hmr_more() */
 }
 
 int
@@ -101,7 +101,7 @@ proto_read_envelope(struct hmr *r, struct msg_envelope *m)
 	RD(rd_str(r, &m->id));
 	RD(rd_str(r, &m->device));
 	RD(rd_str(r, &m->json));
-	return hmr_end(r);
+	return 0;       /* one record of a batch: the caller loops while hmr_more() */
 }
 
 int

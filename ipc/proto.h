@@ -19,6 +19,16 @@ struct pstr { const char *p; size_t len; };
 /* FAB_HELLO: a worker joined (or re-joined) the fabric. */
 struct msg_hello { uint32_t role, slot, generation; };
 
+/*
+ * FAB_DEV_IN and FAB_ENVELOPE bodies hold one or more records back to back:
+ * a worker sends what one loop pass produced as one fabric message, so the
+ * per-message cost of ZeroMQ and of the router is paid once per batch.  Their
+ * readers read one record without the end check; the caller loops while
+ * hmr_more().  An empty body is malformed.
+ */
+#define PROTO_BATCH_RECORDS 256          /* records per batch, at most */
+#define PROTO_BATCH_BYTES   (256u << 10) /* a batch is sent once it passes this */
+
 /* FAB_DEV_IN: a device message, from the outbox of mqtt slot `slot`. */
 struct msg_dev_in {
 	uint32_t    slot;
@@ -112,6 +122,6 @@ int proto_read_publish(struct hmr *r, struct msg_publish *m);
 int proto_write_published(struct hmw *w, const struct msg_published *m);
 int proto_read_published(struct hmr *r, struct msg_published *m);
 
-/* Every reader ends with hmr_end(): 0 when the body was exactly the message. */
+/* Every other reader ends with hmr_end(): 0 when the body was exactly the message. */
 
 #endif

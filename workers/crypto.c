@@ -30,6 +30,13 @@ struct crypto {
 	struct seen   *seen;
 	char          *buf;          /* envelope being built */
 	size_t         cap;
+	struct hmw     out;          /* ENVELOPE records not sent yet */
+	int            nout;
+	/* DEVICE_INFO messages wait for the envelopes they follow, so the
+	 * router's own envelopes (a request confirmed by a response) reach
+	 * the spool after the device's. */
+	struct hmw     infos[PROTO_BATCH_RECORDS];
+	int            ninfos;
 };
 
 static const struct {
@@ -95,7 +102,6 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 	bool full = strcmp(kind, "status") == 0 || strcmp(kind, "response") == 0;
 	struct seen *s = &c->seen[hash32(device, devlen) % SEEN_SLOTS];
 	struct msg_device_info info;
-	struct hmw m;
 	int64_t now = mono_ms();
 
 	if (!full && strlen(s->id) == devlen && memcmp(s->id, device, devlen) == 0 &&
@@ -108,10 +114,9 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 	info.kind = (struct pstr){ kind, strlen(kind) };
 	info.received_ms = in->received_ms;
 	info.json = full ? in->payload : (struct pstr){ "", 0 };
-	hmw_init(&m, HM_FAB_DEVICE_INFO);
-	proto_write_device_info(&m, &info);
-	worker_send(c->w, NULL, &m);
-	hmw_free(&m);
+	hmw_init(&c->infos[c->ninfos], HM_FAB_DEVICE_INFO);
+	proto_write_device_info(&c->infos[c->ninfos], &info);
+	c->ninfos++;
 }
 
 /* A message id is 26 Crockford base32 characters (util.h, msgid_make). */
@@ -126,7 +131,25 @@ crypto_id_valid(const struct pstr *id)
 	return true;
 }
 
+/* Send the envelope batch, then the device notes that follow it. */
 static void
+crypto_out_send(struct crypto *c)
+{
+	if (c->nout > 0) {
+		/* Lost (router away): the outboxes send the messages again. */
+		worker_send(c->w, NULL, &c->out);
+		hmw_free(&c->out);
+		c->nout = 0;
+	}
+	for (int i = 0; i < c->ninfos; i++) {
+		worker_send(c->w, NULL, &c->infos[i]);
+		hmw_free(&c->infos[i]);
+	}
+	c->ninfos = 0;
+}
+
+/* One device message; 0 when read (envelope or rejection), -1 if malformed. */
+static int
 crypto_device_message(struct crypto *c, struct hmr *r)
 {
 	struct msg_dev_in in;
@@ -137,52 +160,49 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	json_error_t jerr;
 	const struct config *cf = c->w->cf;
 	struct msg_envelope env;
-	struct hmw m;
 	int n;
 
 	/* A malformed id comes only from a broken or hostile fabric peer. */
-	if (proto_read_dev_in(r, &in) == -1 || !crypto_id_valid(&in.id)) {
-		worker_bad_msg(c->w, r->type, NULL);
-		return;
-	}
+	if (proto_read_dev_in(r, &in) == -1 || !crypto_id_valid(&in.id))
+		return -1;
 	if (in.topic.len >= sizeof(topic)) {
 		crypto_reject(c, &in, "", 0, "bad_topic", "topic too long");
-		return;
+		return 0;
 	}
 	memcpy(topic, in.topic.p, in.topic.len);
 	topic[in.topic.len] = '\0';
 	if (topic_split(topic, &id, &idlen, &kindp, &kindlen) == -1) {
 		crypto_reject(c, &in, "", 0, "bad_topic", "topic is not device/<id>/<kind>");
-		return;
+		return 0;
 	}
 	for (size_t i = 0; i < sizeof(crypto_kinds) / sizeof(crypto_kinds[0]); i++)
 		if (strcmp(kindp, crypto_kinds[i].topic) == 0)
 			kind = crypto_kinds[i].kind;
 	if (kind == NULL) {
 		crypto_reject(c, &in, id, idlen, "bad_topic", "unknown message kind");
-		return;
+		return 0;
 	}
 	if (in.payload.len > cf->max_payload) {
 		snprintf(detail, sizeof(detail), "payload of %zu bytes is over [limits] max_payload %zu",
 		    in.payload.len, cf->max_payload);
 		crypto_reject(c, &in, id, idlen, "too_large", detail);
-		return;
+		return 0;
 	}
 	doc = json_loadb(in.payload.p, in.payload.len, JSON_REJECT_DUPLICATES, &jerr);
 	if (doc == NULL) {
 		snprintf(detail, sizeof(detail), "invalid JSON at byte %d: %s", jerr.position, jerr.text);
 		crypto_reject(c, &in, id, idlen, "invalid_json", detail);
-		return;
+		return 0;
 	}
 	if (!json_is_object(doc)) {
 		json_decref(doc);
 		crypto_reject(c, &in, id, idlen, "invalid_json", "payload is not a JSON object");
-		return;
+		return 0;
 	}
 	if (strcmp(kind, "event") == 0 && !json_is_string(json_object_get(doc, "type"))) {
 		json_decref(doc);
 		crypto_reject(c, &in, id, idlen, "missing_type", "an event needs a string \"type\"");
-		return;
+		return 0;
 	}
 	json_decref(doc);
 
@@ -191,7 +211,7 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	fmt_rfc3339(in.received_ms, ts);
 	if (crypto_reserve(c, in.payload.len + in.topic.len + idlen + 512) == -1) {
 		log_err("out of memory building an envelope");
-		return;
+		return 0;
 	}
 	n = snprintf(c->buf, c->cap,
 	    "{\"id\":\"%.*s\",\"device\":\"%.*s\",\"kind\":\"%s\",\"topic\":\"%s\","
@@ -200,7 +220,7 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	if (n < 0 || (size_t)n + in.payload.len + 2 > c->cap) {
 		log_err("envelope header of %d bytes does not fit; message %.*s not built",
 		    n, (int)in.id.len, in.id.p);
-		return;
+		return 0;
 	}
 	memcpy(c->buf + n, in.payload.p, in.payload.len);
 	n += (int)in.payload.len;
@@ -213,12 +233,30 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	env.id = in.id;
 	env.device = (struct pstr){ id, idlen };
 	env.json = (struct pstr){ c->buf, (size_t)n };
-	hmw_init(&m, HM_FAB_ENVELOPE);
-	proto_write_envelope(&m, &env);
-	worker_send(c->w, NULL, &m);
-	hmw_free(&m);
+	if (c->nout == 0)
+		hmw_init(&c->out, HM_FAB_ENVELOPE);
+	proto_write_envelope(&c->out, &env);
+	c->nout++;
 	worker_count(c->w, STAT_envelopes, 1);
 	crypto_tell_router(c, id, idlen, kindp, &in);
+	if (c->nout >= PROTO_BATCH_RECORDS || c->ninfos >= PROTO_BATCH_RECORDS ||
+	    hmw_len(&c->out) >= PROTO_BATCH_BYTES)
+		crypto_out_send(c);
+	return 0;
+}
+
+/* A batch of device messages: their envelopes leave as one batch too. */
+static void
+crypto_device_messages(struct crypto *c, struct hmr *r)
+{
+	do {
+		if (crypto_device_message(c, r) == -1) {
+			/* The rest of the batch cannot be framed: its outbox resends it. */
+			worker_bad_msg(c->w, r->type, NULL);
+			break;
+		}
+	} while (hmr_more(r));
+	crypto_out_send(c);
 }
 
 static void
@@ -228,7 +266,7 @@ crypto_dispatch(struct worker *w, const char *peer, struct hmr *r)
 
 	switch (r->type) {
 	case HM_FAB_DEV_IN:
-		crypto_device_message(c, r);
+		crypto_device_messages(c, r);
 		break;
 	default:
 		worker_bad_msg(w, r->type, peer);

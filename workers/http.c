@@ -1109,7 +1109,8 @@ http_dead_orphan(struct http *h, const char *device, size_t devlen, const char *
 	return spool_dead_put(h->sp, &d);
 }
 
-static void
+/* One envelope of a batch; -1 if it cannot be read or the spool failed. */
+static int
 http_envelope(struct http *h, struct hmr *r)
 {
 	struct msg_envelope m;
@@ -1118,10 +1119,10 @@ http_envelope(struct http *h, struct hmr *r)
 
 	if (proto_read_envelope(r, &m) == -1) {
 		http_bad(h, r->type);
-		return;
+		return -1;
 	}
 	if (http_batch(h) == -1)
-		return;
+		return -1;
 	rc = spool_put(h->sp, m.id.p, m.id.len, m.device.p, m.device.len,
 	    m.received_ms, m.json.p, m.json.len, &seq);
 	if (rc == SPOOL_INVAL) {
@@ -1154,9 +1155,18 @@ http_envelope(struct http *h, struct hmr *r)
 		break;
 	default:
 		http_fatal(h, "put");
-		return;
+		return -1;
 	}
 	http_op_done(h, true);
+	return 0;
+}
+
+/* A batch of envelopes: all of one pass's puts share its commit. */
+static void
+http_envelopes(struct http *h, struct hmr *r)
+{
+	while (http_envelope(h, r) == 0 && hmr_more(r) && h->sp != NULL && !h->fatal)
+		;
 }
 
 static void
@@ -1226,7 +1236,7 @@ http_fabric(struct worker *w, const char *peer, struct hmr *r)
 		return;
 	switch (r->type) {
 	case HM_FAB_ENVELOPE:
-		http_envelope(h, r);
+		http_envelopes(h, r);
 		break;
 	case HM_FAB_REJECT:
 		http_reject(h, r);

@@ -163,6 +163,8 @@ struct mqttw {
 	void             *recent_map;
 	size_t            recent_len;
 	struct msg_ack    ack;              /* 8 KiB: not on the stack */
+	struct hmw        batch;            /* DEV_IN records not sent yet */
+	int               nbatch;           /* records in it; 0: not started */
 	char              topic[MQTT_TOPIC_MAX + 1];
 };
 
@@ -402,14 +404,30 @@ mqtt_published(struct mqttw *mw, uint64_t ref, bool ok)
 	hmw_free(&m);
 }
 
-/* DEV_IN for one outbox record; its id depends only on what the record holds. */
+/* Send the DEV_IN batch built so far; -1 if the fabric refused it. */
 static int
-mqtt_send_rec(struct mqttw *mw, const struct outbox_rec *r)
+mqtt_batch_send(struct mqttw *mw)
+{
+	int rc;
+
+	if (mw->nbatch == 0)
+		return 0;
+	rc = worker_send(mw->w, NULL, &mw->batch);
+	hmw_free(&mw->batch);
+	mw->nbatch = 0;
+	return rc;
+}
+
+/*
+ * Add one outbox record to the DEV_IN batch (its id depends only on what the
+ * record holds); a full batch goes at once.  Sent or not, the record is due
+ * again after the resend timeout: the router may be away.
+ */
+static int
+mqtt_batch_add(struct mqttw *mw, const struct outbox_rec *r)
 {
 	char id[ULID_LEN];
 	struct msg_dev_in d;
-	struct hmw m;
-	int rc;
 
 	msgid_make(r->received_ms, mw->node_hash, (uint32_t)mw->w->slot,
 	    outbox_epoch(mw->ob), r->seq, id);
@@ -424,19 +442,20 @@ mqtt_send_rec(struct mqttw *mw, const struct outbox_rec *r)
 	d.topic.len = r->topic_len;
 	d.payload.p = r->payload;
 	d.payload.len = r->payload_len;
-	hmw_init(&m, HM_FAB_DEV_IN);
-	proto_write_dev_in(&m, &d);
-	rc = worker_send(mw->w, NULL, &m);
-	hmw_free(&m);
-	/* Sent or not, try again after the timeout: the router may be away. */
+	if (mw->nbatch == 0)
+		hmw_init(&mw->batch, HM_FAB_DEV_IN);
+	proto_write_dev_in(&mw->batch, &d);
+	mw->nbatch++;
 	*r->last_sent = mono_ms();
-	return rc;
+	if (mw->nbatch >= PROTO_BATCH_RECORDS || hmw_len(&mw->batch) >= PROTO_BATCH_BYTES)
+		return mqtt_batch_send(mw);
+	return 0;
 }
 
 static int
 mqtt_send_new_cb(void *arg, const struct outbox_rec *r)
 {
-	mqtt_send_rec(arg, r);
+	mqtt_batch_add(arg, r);
 	return 0;
 }
 
@@ -463,7 +482,7 @@ mqtt_resend_cb(void *arg, const struct outbox_rec *r)
 	}
 	rs->budget--;
 	worker_count(rs->mw->w, STAT_outbox_resent, 1);
-	if (mqtt_send_rec(rs->mw, r) == -1) {
+	if (mqtt_batch_add(rs->mw, r) == -1) {
 		rs->blocked = true;
 		rs->next = r->seq + 1;
 		return 1;
@@ -487,6 +506,7 @@ mqtt_resend_tick(evutil_socket_t fd, short what, void *arg)
 	} else if (!mw->stopping) {
 		outbox_foreach(mw->ob, 0, mqtt_resend_cb, &rs);
 	}
+	mqtt_batch_send(mw);
 	tv.tv_sec = 0;
 	tv.tv_usec = (mw->startup_from != 0 ? MQTT_STARTUP_TICK_MS : MQTT_TICK_MS) * 1000;
 	if (tv.tv_usec >= 1000000) {
@@ -554,6 +574,7 @@ mqtt_flush(struct mqttw *mw)
 	}
 	if (mw->unsent_from < outbox_next_seq(mw->ob)) {
 		outbox_foreach(mw->ob, mw->unsent_from, mqtt_send_new_cb, mw);
+		mqtt_batch_send(mw);
 		mw->unsent_from = outbox_next_seq(mw->ob);
 	}
 	for (int i = 0; i < mw->nconns; i++)

@@ -175,10 +175,85 @@ test_truncated_and_trailing(void **state)
 		assert_int_equal(proto_read_dev_in(&r, &out), -1);
 		hmr_free(&r);
 	}
-	/* One extra object after the message fails the end check. */
+	/* One extra object after the record is the start of a next record,
+	 * which is then truncated. */
 	hmw_u64(&w, 1);
 	assert_int_equal(reader(&r, &w), 0);
+	assert_int_equal(proto_read_dev_in(&r, &out), 0);
+	assert_true(hmr_more(&r));
 	assert_int_equal(proto_read_dev_in(&r, &out), -1);
+	hmr_free(&r);
+	hmw_free(&w);
+}
+
+/* Batches: records back to back, read one by one until the end. */
+static void
+test_batches(void **state)
+{
+	struct msg_dev_in in = sample_dev_in(), out;
+	struct msg_envelope env = {
+		.slot = 1, .epoch = 2, .received_ms = 5,
+		.id = { "01JD3Q8Z7M4V2K9X5T1B6N0C8R", 26 },
+		.device = { "d1", 2 }, .json = { "{}", 2 },
+	}, eout;
+	struct hmw w;
+	struct hmr r;
+	int n = 0;
+
+	hmw_init(&w, HM_FAB_DEV_IN);
+	for (uint64_t i = 0; i < 3; i++) {
+		in.seq = 100 + i;
+		proto_write_dev_in(&w, &in);
+	}
+	assert_int_equal(reader(&r, &w), 0);
+	do {
+		assert_int_equal(proto_read_dev_in(&r, &out), 0);
+		assert_int_equal(out.seq, 100 + n);
+		assert_memory_equal(out.payload.p, in.payload.p, in.payload.len);
+		n++;
+	} while (hmr_more(&r));
+	assert_int_equal(n, 3);
+	assert_int_equal(hmr_end(&r), 0);
+	hmr_free(&r);
+	hmw_free(&w);
+
+	hmw_init(&w, HM_FAB_ENVELOPE);
+	for (uint64_t i = 0; i < 2; i++) {
+		env.seq = 7 + i;
+		proto_write_envelope(&w, &env);
+	}
+	assert_int_equal(reader(&r, &w), 0);
+	assert_int_equal(proto_read_envelope(&r, &eout), 0);
+	assert_int_equal(eout.seq, 7);
+	assert_true(hmr_more(&r));
+	assert_int_equal(proto_read_envelope(&r, &eout), 0);
+	assert_int_equal(eout.seq, 8);
+	assert_memory_equal(eout.json.p, "{}", 2);
+	assert_false(hmr_more(&r));
+	hmr_free(&r);
+	hmw_free(&w);
+
+	/* An empty body is no record. */
+	hmw_init(&w, HM_FAB_ENVELOPE);
+	assert_int_equal(reader(&r, &w), 0);
+	assert_int_equal(proto_read_envelope(&r, &eout), -1);
+	hmr_free(&r);
+	hmw_free(&w);
+}
+
+/* Single-message readers still refuse anything after the message. */
+static void
+test_trailing_single(void **state)
+{
+	struct msg_hello in = { 1, 2, 3 }, out;
+	struct hmw w;
+	struct hmr r;
+
+	hmw_init(&w, HM_FAB_HELLO);
+	proto_write_hello(&w, &in);
+	hmw_u64(&w, 1);
+	assert_int_equal(reader(&r, &w), 0);
+	assert_int_equal(proto_read_hello(&r, &out), -1);
 	hmr_free(&r);
 	hmw_free(&w);
 }
@@ -318,6 +393,8 @@ main(void)
 		cmocka_unit_test(test_header_checks),
 		cmocka_unit_test(test_dev_in_round_trip),
 		cmocka_unit_test(test_truncated_and_trailing),
+		cmocka_unit_test(test_batches),
+		cmocka_unit_test(test_trailing_single),
 		cmocka_unit_test(test_ack_round_trip_and_limits),
 		cmocka_unit_test(test_other_bodies),
 		cmocka_unit_test(test_garbage_never_crashes),

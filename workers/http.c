@@ -30,6 +30,7 @@
 #define HTTP_RETRY_AFTER_MAX_MS 3600000
 #define HTTP_DETAIL_MAX         SPOOL_DETAIL_MAX
 #define HTTP_BATCH_OPS          1024    /* spool changes per write transaction */
+#define HTTP_LAZY_COMMIT_MS     20      /* deletions wait at most this for a commit */
 #define HTTP_DRAIN_MS           2000    /* in-flight POSTs may finish at stop */
 #define HTTP_TICK_MS            1000
 #define HTTP_PAUSE_RESEND_MS    10000   /* a restarted router must learn it */
@@ -303,9 +304,30 @@ http_batch(struct http *h)
 		http_fatal(h, "begin");
 		return -1;
 	}
-	/* Commit once the loop has run what is ready now: one sync per pass. */
-	event_active(h->commit_ev, EV_TIMEOUT, 0);
 	return 0;
+}
+
+/*
+ * Puts are acknowledged to their outbox only after the commit: commit once
+ * the loop has run what is ready now, one sync per pass.
+ */
+static void
+http_commit_soon(struct http *h)
+{
+	event_active(h->commit_ev, EV_TIMEOUT, 0);
+}
+
+/*
+ * Deletions (delivered) and moves to the dead-letter store wait for no one:
+ * losing them in a crash means a redelivery with the same id.  They ride
+ * with the next puts' commit or commit within HTTP_LAZY_COMMIT_MS, so a
+ * steady stream of answers costs a few syncs a second, not one per answer.
+ */
+static void
+http_commit_later(struct http *h)
+{
+	if (!event_pending(h->commit_ev, EV_TIMEOUT, NULL))
+		http_after(h->commit_ev, HTTP_LAZY_COMMIT_MS);
 }
 
 /*
@@ -580,6 +602,7 @@ http_lane_start(struct lane *l)
 				return;
 			}
 			if (rc == SPOOL_INVAL && http_batch(h) == 0) {
+				http_commit_later(h);
 				spool_del(h->sp, seq);
 				http_op_done(h, false);
 			}
@@ -680,6 +703,7 @@ http_lane_delivered(struct lane *l)
 
 	if (http_batch(h) == -1)
 		return;
+	http_commit_later(h);
 	for (size_t i = 0; i < l->inflight && i < l->n; i++) {
 		if (spool_del(h->sp, http_lane_at(l, i)) == SPOOL_ERR) {
 			http_fatal(h, "delete");
@@ -720,6 +744,7 @@ http_lane_dead(struct lane *l, long status)
 	    "dead-letter store (%s)", status, l->inflight, l->whid);
 	if (http_batch(h) == -1)
 		return;
+	http_commit_later(h);
 	for (size_t i = 0; i < l->inflight && i < l->n; i++) {
 		uint64_t seq = http_lane_at(l, i);
 
@@ -1123,6 +1148,7 @@ http_envelope(struct http *h, struct hmr *r)
 	}
 	if (http_batch(h) == -1)
 		return -1;
+	http_commit_soon(h);
 	rc = spool_put(h->sp, m.id.p, m.id.len, m.device.p, m.device.len,
 	    m.received_ms, m.json.p, m.json.len, &seq);
 	if (rc == SPOOL_INVAL) {
@@ -1183,6 +1209,7 @@ http_reject(struct http *h, struct hmr *r)
 	}
 	if (http_batch(h) == -1)
 		return;
+	http_commit_soon(h);
 	snprintf(reason, sizeof(reason), "rejected: %.*s", (int)m.reason.len, m.reason.p);
 	snprintf(detail, sizeof(detail), "%.*s", (int)m.detail.len, m.detail.p);
 	memset(&d, 0, sizeof(d));

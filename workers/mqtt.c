@@ -19,6 +19,7 @@
 #include <mqtt_protocol.h>
 
 #include "log.h"
+#include "mosq.h"
 #include "outbox.h"
 #include "proto.h"
 #include "util.h"
@@ -969,7 +970,7 @@ conn_start(struct mconn *c)
 	if (c->m != NULL)
 		mosquitto_destroy(c->m);
 	c->sock = -1;
-	c->m = mosquitto_new(c->id, false, c);
+	c->m = mosq_new(c->id, false, c, false);
 	if (c->m == NULL) {
 		log_err("%s: mosquitto_new: %s", c->id, strerror(errno));
 		conn_schedule_retry(c);

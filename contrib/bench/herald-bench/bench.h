@@ -197,6 +197,5 @@ void mqev_sync(struct mqev *c);
 void mqev_detach(struct mqev *c);
 /* While set, socketpair() fails, so mosquitto_new() gives the client no wake-up
  * pair (see mqev.c).  Set it around mosquitto_new() only. */
-extern bool mqev_suppress_socketpair;
 
 #endif

@@ -17,6 +17,7 @@
 #include <mosquitto.h>
 
 #include "bench.h"
+#include "mosq.h"
 #include "util.h"
 
 /* What a device publishes; index into the seq and sent arrays. */
@@ -763,9 +764,7 @@ fleet_client_new(struct fleet_dev *fd)
 	const void *wp = will;
 	int wlen = (int)strlen(will);
 
-	mqev_suppress_socketpair = !f->o.wakeup_pair;
-	fd->m = mosquitto_new(fd->d->id, true, fd);
-	mqev_suppress_socketpair = false;
+	fd->m = mosq_new(fd->d->id, true, fd, f->o.wakeup_pair);
 	if (fd->m == NULL)
 		return -1;
 	mosquitto_int_option(fd->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);

@@ -5,35 +5,11 @@
  */
 #include <errno.h>
 #include <unistd.h>
-#include <sys/socket.h>
-#include <sys/syscall.h>
 
 #include <event2/event.h>
 #include <mosquitto.h>
 
 #include "bench.h"
-
-bool mqev_suppress_socketpair;
-
-/*
- * libmosquitto 2.0 gives every client a socketpair at mosquitto_new()
- * (lib/mosquitto.c, mosquitto_reinitialise) only to wake its own select()
- * loop, and writes one byte into it for every packet it queues
- * (lib/packet_mosq.c, packet__queue).  Driven from our loop it is never read:
- * two fds per device and one write(2) per publish for nothing.  If
- * socketpair() fails the library logs a warning and goes on without it, so
- * while mqev_suppress_socketpair is set (around mosquitto_new() only) this
- * definition, which takes precedence over libc's for libmosquitto, fails.
- */
-int
-socketpair(int domain, int type, int protocol, int sv[2])
-{
-	if (mqev_suppress_socketpair) {
-		errno = EMFILE;
-		return -1;
-	}
-	return (int)syscall(SYS_socketpair, domain, type, protocol, sv);
-}
 
 void
 mqev_sync(struct mqev *c)

@@ -16,6 +16,7 @@
 #include <mosquitto.h>
 
 #include "bench.h"
+#include "mosq.h"
 #include "util.h"
 
 struct rtt_opts {
@@ -707,9 +708,7 @@ rtt_raw_setup(struct rtt *r)
 		return -1;
 	snprintf(r->prefix, sizeof(r->prefix), "rtt-%d-", (int)getpid());
 	snprintf(id, sizeof(id), "herald-bench-rtt-%d", (int)getpid());
-	mqev_suppress_socketpair = true;
-	r->m = mosquitto_new(id, true, r);
-	mqev_suppress_socketpair = false;
+	r->m = mosq_new(id, true, r, false);
 	if (r->m == NULL)
 		return -1;
 	mosquitto_int_option(r->m, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V311);

@@ -9,8 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
+#include "jsoncheck.h"
 #include "log.h"
 #include "proto.h"
 #include "util.h"
@@ -28,6 +27,7 @@ struct seen {
 struct crypto {
 	struct worker *w;
 	struct seen   *seen;
+	struct jsoncheck jc;
 	char          *buf;          /* envelope being built */
 	size_t         cap;
 	struct hmw     out;          /* ENVELOPE records not sent yet */
@@ -156,8 +156,7 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	const char *id, *kindp, *kind = NULL;
 	size_t idlen, kindlen;
 	char topic[300], ts[RFC3339_LEN], detail[200];
-	json_t *doc;
-	json_error_t jerr;
+	struct jc_result jr;
 	const struct config *cf = c->w->cf;
 	struct msg_envelope env;
 	int n;
@@ -188,23 +187,27 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 		crypto_reject(c, &in, id, idlen, "too_large", detail);
 		return 0;
 	}
-	doc = json_loadb(in.payload.p, in.payload.len, JSON_REJECT_DUPLICATES, &jerr);
-	if (doc == NULL) {
-		snprintf(detail, sizeof(detail), "invalid JSON at byte %d: %s", jerr.position, jerr.text);
+	switch (jsoncheck(&c->jc, in.payload.p, in.payload.len, &jr)) {
+	case 0:
+		break;
+	case -1:
+		snprintf(detail, sizeof(detail), "invalid JSON at byte %zu: %s", jr.error_at, jr.error);
 		crypto_reject(c, &in, id, idlen, "invalid_json", detail);
 		return 0;
+	default:
+		/* Not taken: its outbox sends it again. */
+		log_ratelimited(LOG_ERR, "out of memory checking message %.*s",
+		    (int)in.id.len, in.id.p);
+		return 0;
 	}
-	if (!json_is_object(doc)) {
-		json_decref(doc);
+	if (jr.top != JC_OBJECT) {
 		crypto_reject(c, &in, id, idlen, "invalid_json", "payload is not a JSON object");
 		return 0;
 	}
-	if (strcmp(kind, "event") == 0 && !json_is_string(json_object_get(doc, "type"))) {
-		json_decref(doc);
+	if (strcmp(kind, "event") == 0 && jr.type_member != JC_STRING) {
 		crypto_reject(c, &in, id, idlen, "missing_type", "an event needs a string \"type\"");
 		return 0;
 	}
-	json_decref(doc);
 
 	/* The device id, topic and node name are checked to need no escaping;
 	 * the payload goes in verbatim, as the device sent it. */

@@ -1,0 +1,48 @@
+/*
+ * A strict JSON validator (RFC 8259) for device payloads that go on
+ * verbatim: it builds no tree, allocates nothing per value, and refuses
+ * what jansson refuses with JSON_REJECT_DUPLICATES (bad UTF-8, lone
+ * surrogates, \u0000, duplicate keys, nesting over 2048), so the crypto
+ * worker checks a payload several times faster than json_loadb() would.
+ * Numbers are checked for their grammar only: 1e400 is valid JSON.
+ */
+#ifndef HERALD_JSONCHECK_H
+#define HERALD_JSONCHECK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum jc_type { JC_NONE = -1, JC_OBJECT, JC_ARRAY, JC_STRING, JC_NUMBER, JC_TRUE, JC_FALSE, JC_NULL };
+
+#define JC_MAX_DEPTH 2048
+
+struct jc_key;
+
+/* Scratch space reused from one check to the next; zero it before first use. */
+struct jsoncheck {
+	struct jc_key *tab;          /* keys seen, by (object, key) */
+	size_t         tabcap, nkeys;
+	uint32_t       gen;          /* a slot is used when its gen is this */
+	char          *keys;         /* decoded key bytes */
+	size_t         keycap, keylen;
+	uint32_t       objects;      /* objects opened in this check */
+	/* the current check */
+	const char    *p, *end, *start;
+	int            depth;
+	const char    *err;
+	size_t         err_at;
+};
+
+struct jc_result {
+	enum jc_type top;            /* the document's value */
+	enum jc_type type_member;    /* the top object's "type" member, JC_NONE if absent */
+	size_t       error_at;       /* byte offset of the error */
+	const char  *error;          /* static text; NULL when valid */
+};
+
+/* 0 when p[0..len) is one JSON value (whitespace around it allowed), -1 when
+ * it is not (res says why and where), -2 when out of memory. */
+int  jsoncheck(struct jsoncheck *jc, const char *p, size_t len, struct jc_result *res);
+void jsoncheck_free(struct jsoncheck *jc);
+
+#endif

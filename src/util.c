@@ -50,14 +50,22 @@ mono_us(void)
 void
 fmt_rfc3339(int64_t unix_ms, char out[RFC3339_LEN])
 {
+	/* Every envelope has one: the seconds part is formatted once a second. */
+	static __thread time_t last = -1;
+	static __thread char secs[32];
 	time_t t = (time_t)(unix_ms / 1000);
-	struct tm tm;
-	char buf[32];
 
-	gmtime_r(&t, &tm);
-	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm);
+	if (unix_ms < 0)
+		t = 0, unix_ms = 0;
+	if (t != last) {
+		struct tm tm;
+
+		gmtime_r(&t, &tm);
+		strftime(secs, sizeof(secs), "%Y-%m-%dT%H:%M:%S", &tm);
+		last = t;
+	}
 	/* 19 chars + ".mmmZ" */
-	memcpy(out, buf, 19);
+	memcpy(out, secs, 19);
 	out[19] = '.';
 	out[20] = (char)('0' + (unix_ms % 1000) / 100);
 	out[21] = (char)('0' + (unix_ms % 100) / 10);

@@ -1,23 +1,52 @@
 /*
- * libmosquitto 2.0 gives every client a socketpair at mosquitto_new()
- * (lib/mosquitto.c, mosquitto_reinitialise) only to wake its own select()
- * loop, and writes one byte into it for every packet it queues
- * (lib/packet_mosq.c, packet__queue).  A client driven from our loop with
- * mosquitto_loop_read/_write never reads it: two fds per client and one
- * write(2) per packet (failing with EAGAIN once the pair is full) for
- * nothing; for an mqtt worker that is a wasted syscall per device message.
- * When socketpair() fails the library logs a warning and goes on without
- * the pair, so during mosq_new() only this definition, which takes
- * precedence over libc's for libmosquitto, fails; otherwise it is libc's.
+ * libmosquitto adapted to an external event loop.
+ *
+ * The wake-up socketpair: libmosquitto 2.0 gives every client a socketpair
+ * at mosquitto_new() (lib/mosquitto.c, mosquitto_reinitialise) only to wake
+ * its own select() loop, and writes one byte into it for every packet it
+ * queues (lib/packet_mosq.c, packet__queue).  Driven by mosquitto_loop_read
+ * and _write it is never read: two fds per client and one write(2) per
+ * packet, failing with EAGAIN once the pair is full.  When socketpair()
+ * fails the library goes on without it, so during mosq_new() only this
+ * file's socketpair(), which takes precedence over libc's, fails.
+ *
+ * Buffered socket I/O: libmosquitto reads a packet with one read(2) for the
+ * command byte, one per remaining-length byte and one for the rest (four
+ * for a typical device message), and writes each packet (every PUBACK) with
+ * its own write(2).  For an attached socket this file's read() and write()
+ * serve libmosquitto from a 64 KiB input buffer and collect its output
+ * until the caller's mosq_io_flush(), so an mqtt worker makes a read and a
+ * write per loop pass instead of five syscalls per message.  Every other fd
+ * goes straight to the kernel.  close() of an attached socket (libmosquitto
+ * closes its own) tries to send what is left and detaches it first, so a
+ * reused fd number never finds a stale buffer.  The table is only written
+ * by the thread that drives the clients; other threads (ZeroMQ's) only ever
+ * find their own fds absent from it.
  */
+#undef _FORTIFY_SOURCE          /* we define read() and write() */
 #include <errno.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
 #include "mosq.h"
 
+#define MOSQ_IO_FDS     65536          /* fds past this are not buffered */
+#define MOSQ_IO_IN      (64u << 10)
+#define MOSQ_IO_OUT_MAX (4u << 20)     /* past this, writes see EAGAIN */
+
+struct mosq_io {
+	char   *in;
+	size_t  in_off, in_len;
+	bool    in_full;       /* the last fill filled the buffer */
+	char   *out;
+	size_t  out_len, out_cap;
+};
+
 static bool mosq_refuse_pair;
+static struct mosq_io **mosq_io_tab;
 
 int
 socketpair(int domain, int type, int protocol, int sv[2])
@@ -38,4 +67,175 @@ mosq_new(const char *id, bool clean_session, void *obj, bool wakeup_pair)
 	m = mosquitto_new(id, clean_session, obj);
 	mosq_refuse_pair = false;
 	return m;
+}
+
+static struct mosq_io *
+mosq_io_get(int fd)
+{
+	struct mosq_io **tab = __atomic_load_n(&mosq_io_tab, __ATOMIC_ACQUIRE);
+
+	if (tab == NULL || fd < 0 || fd >= MOSQ_IO_FDS)
+		return NULL;
+	return __atomic_load_n(&tab[fd], __ATOMIC_ACQUIRE);
+}
+
+int
+mosq_io_attach(int fd)
+{
+	struct mosq_io *io;
+
+	if (fd < 0 || fd >= MOSQ_IO_FDS) {
+		errno = EBADF;
+		return -1;
+	}
+	if (mosq_io_tab == NULL) {
+		struct mosq_io **tab = calloc(MOSQ_IO_FDS, sizeof(*tab));
+
+		if (tab == NULL)
+			return -1;
+		__atomic_store_n(&mosq_io_tab, tab, __ATOMIC_RELEASE);
+	}
+	if (mosq_io_tab[fd] != NULL)
+		return 0;
+	if ((io = calloc(1, sizeof(*io))) == NULL || (io->in = malloc(MOSQ_IO_IN)) == NULL) {
+		free(io);
+		return -1;
+	}
+	__atomic_store_n(&mosq_io_tab[fd], io, __ATOMIC_RELEASE);
+	return 0;
+}
+
+bool
+mosq_io_readable(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	return io != NULL && (io->in_off < io->in_len || io->in_full);
+}
+
+size_t
+mosq_io_unsent(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	return io != NULL ? io->out_len : 0;
+}
+
+static int
+mosq_io_push(int fd, struct mosq_io *io)
+{
+	size_t done = 0;
+	int rc = 0;
+
+	while (done < io->out_len) {
+		ssize_t n = syscall(SYS_write, fd, io->out + done, io->out_len - done);
+
+		if (n > 0) {
+			done += (size_t)n;
+			continue;
+		}
+		if (n == -1 && errno == EINTR)
+			continue;
+		rc = n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 1 : -1;
+		break;
+	}
+	memmove(io->out, io->out + done, io->out_len - done);
+	io->out_len -= done;
+	return rc;
+}
+
+int
+mosq_io_flush(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	if (io == NULL || io->out_len == 0)
+		return 0;
+	return mosq_io_push(fd, io);
+}
+
+ssize_t
+read(int fd, void *buf, size_t n)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+	size_t k;
+
+	if (io == NULL)
+		return syscall(SYS_read, fd, buf, n);
+	if (io->in_off == io->in_len) {
+		ssize_t r;
+
+		if (n >= MOSQ_IO_IN / 2) {
+			/* a large payload's remainder: no copy */
+			r = syscall(SYS_read, fd, buf, n);
+			io->in_full = r > 0 && (size_t)r == n;
+			return r;
+		}
+		r = syscall(SYS_read, fd, io->in, MOSQ_IO_IN);
+		if (r <= 0) {
+			io->in_full = false;
+			return r;
+		}
+		io->in_off = 0;
+		io->in_len = (size_t)r;
+		io->in_full = (size_t)r == MOSQ_IO_IN;
+	}
+	k = io->in_len - io->in_off < n ? io->in_len - io->in_off : n;
+	memcpy(buf, io->in + io->in_off, k);
+	io->in_off += k;
+	return (ssize_t)k;
+}
+
+ssize_t
+write(int fd, const void *buf, size_t n)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	if (io == NULL)
+		return syscall(SYS_write, fd, buf, n);
+	if (io->out_len + n > MOSQ_IO_OUT_MAX || n >= MOSQ_IO_IN) {
+		/* A large packet, or a peer that does not read: what is
+		 * buffered goes first; a large packet then goes straight. */
+		if (mosq_io_push(fd, io) == -1)
+			return -1;
+		if (io->out_len > 0) {
+			errno = EAGAIN;
+			return -1;
+		}
+		if (n >= MOSQ_IO_IN)
+			return syscall(SYS_write, fd, buf, n);
+	}
+	if (io->out_len + n > io->out_cap) {
+		size_t cap = io->out_cap ? io->out_cap : 4096;
+		char *nb;
+
+		while (cap < io->out_len + n)
+			cap *= 2;
+		if ((nb = realloc(io->out, cap)) == NULL) {
+			errno = ENOMEM;
+			return -1;
+		}
+		io->out = nb;
+		io->out_cap = cap;
+	}
+	memcpy(io->out + io->out_len, buf, n);
+	io->out_len += n;
+	return (ssize_t)n;
+}
+
+int
+close(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	if (io != NULL) {
+		/* libmosquitto closes after writing a DISCONNECT: send it. */
+		if (io->out_len > 0)
+			(void)mosq_io_push(fd, io);
+		__atomic_store_n(&mosq_io_tab[fd], NULL, __ATOMIC_RELEASE);
+		free(io->in);
+		free(io->out);
+		free(io);
+	}
+	return (int)syscall(SYS_close, fd);
 }

@@ -126,6 +126,8 @@ struct mconn {
 	struct mosquitto *m;
 	int               sock;        /* -1 when closed */
 	struct event     *rev, *wev, *retry;
+	struct event     *again;       /* read again: input waits in the buffer */
+	bool              buffered;    /* the socket's I/O is buffered (mosq.h) */
 	bool              up;          /* a connection attempt is under way or open */
 	bool              connected;   /* CONNACK accepted */
 	bool              subscribed;  /* SUBACK granted every device topic */
@@ -173,6 +175,21 @@ static void mqtt_schedule_flush(struct mqttw *mw);
 static void conn_start(struct mconn *c);
 static void conn_down(struct mconn *c, int rc);
 
+/*
+ * Input already in the socket's buffer wakes no poll: read it from a
+ * zero timer, which runs after the loop polled, so a connection that always
+ * has input does not starve the others or the control channel.
+ */
+static void
+conn_read_again(struct mconn *c)
+{
+	static const struct timeval zero = { 0, 0 };
+
+	if (c->sock != -1 && c->buffered && mosq_io_readable(c->sock) &&
+	    !evtimer_pending(c->again, NULL))
+		evtimer_add(c->again, &zero);
+}
+
 static bool
 mqtt_may_read(const struct mqttw *mw)
 {
@@ -187,10 +204,12 @@ conn_update_read(struct mconn *c)
 {
 	bool want = c->sock != -1 && !c->mw->stopping && (mqtt_may_read(c->mw) || !c->connected);
 
-	if (want && !c->reading)
+	if (want && !c->reading) {
 		event_add(c->rev, NULL);
-	else if (!want && c->reading)
+		conn_read_again(c);
+	} else if (!want && c->reading) {
 		event_del(c->rev);
+	}
 	c->reading = want;
 }
 
@@ -536,7 +555,12 @@ conn_write(struct mconn *c)
 	}
 	if (c->sock == -1)
 		return;
-	want = mosquitto_want_write(c->m);
+	/* What loop_write put in the buffer leaves in one write(2). */
+	if (c->buffered && mosq_io_flush(c->sock) == -1) {
+		conn_down(c, MOSQ_ERR_ERRNO);
+		return;
+	}
+	want = mosquitto_want_write(c->m) || (c->buffered && mosq_io_unsent(c->sock) > 0);
 	if (want && !c->writing)
 		event_add(c->wev, NULL);
 	else if (!want && c->writing)
@@ -602,7 +626,11 @@ conn_pending(const struct mconn *c)
 {
 	int n = 0;
 
-	return c->sock != -1 && ioctl(c->sock, FIONREAD, &n) == 0 && n > 0;
+	if (c->sock == -1)
+		return false;
+	if (c->buffered)
+		return mosq_io_readable(c->sock);
+	return ioctl(c->sock, FIONREAD, &n) == 0 && n > 0;
 }
 
 /* Read up to budget packets; `force` reads even while paused (keepalive). */
@@ -633,6 +661,8 @@ conn_read(struct mconn *c, int budget, bool force)
 		if (!conn_pending(c))
 			break;
 	}
+	if (mqtt_may_read(mw))
+		conn_read_again(c);
 	mqtt_schedule_flush(mw);
 }
 
@@ -1017,6 +1047,10 @@ conn_start(struct mconn *c)
 		return;
 	}
 	c->sock = mosquitto_socket(c->m);
+	/* Nothing was written yet: the CONNECT waits in libmosquitto's queue. */
+	c->buffered = mosq_io_attach(c->sock) == 0;
+	if (!c->buffered)
+		log_warn("%s: unbuffered socket I/O (%s)", c->id, strerror(errno));
 	c->rev = event_new(mw->w->base, c->sock, EV_READ | EV_PERSIST, conn_read_cb, c);
 	c->wev = event_new(mw->w->base, c->sock, EV_WRITE | EV_PERSIST, conn_write_cb, c);
 	if (c->rev == NULL || c->wev == NULL) {
@@ -1341,7 +1375,8 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 		/* Stable across restarts: the broker keeps each one's session. */
 		snprintf(c->id, sizeof(c->id), "%s-mqtt-%d-%d", cf->node_name, w->slot, i);
 		c->retry = evtimer_new(w->base, conn_retry_cb, c);
-		if (c->retry == NULL)
+		c->again = evtimer_new(w->base, conn_read_cb, c);
+		if (c->retry == NULL || c->again == NULL)
 			return -1;
 	}
 	snprintf(path, sizeof(path), "%s/outbox/%d.recent", cf->state_dir, w->slot);

@@ -29,9 +29,9 @@
 	X(CTL_ADMIN_REP,  8)  /* w->s: reqid, json text */                   \
 	/* fabric: workers <-> router (ZeroMQ) */                            \
 	X(FAB_HELLO,      20) /* w->r: role slot generation */              \
-	X(FAB_DEV_IN,     21) /* mqtt->r->crypto: device messages (1..n) */ \
-	X(FAB_ENVELOPE,   22) /* crypto->r->http: envelopes to spool (1..n) */\
-	X(FAB_REJECT,     23) /* crypto->r->http: to the dead-letter store */ \
+	X(FAB_DEV_IN,     21) /* mqtt->crypto (lane): messages (1..n) */ \
+	X(FAB_ENVELOPE,   22) /* crypto->http (lane), r->http (1..n) */\
+	X(FAB_REJECT,     23) /* crypto->http (lane): to dead-letter */  \
 	X(FAB_ACK,        24) /* http->r->mqtt: spooled, free the outbox */ \
 	X(FAB_PAUSE,      25) /* http->r->mqtt: spool full, stop reading */ \
 	X(FAB_RESUME,     26) /* http->r->mqtt: below low water */         \

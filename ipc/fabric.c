@@ -15,10 +15,14 @@
 #include "stats.h"
 
 #define FABRIC_HWM       200000
+#define FABRIC_PUSH_HWM  2000    /* batches queued for an absent peer (<= 512 MiB) */
 #define FABRIC_BATCH     512     /* messages per wakeup before yielding */
 
+/* One ZeroMQ context (one I/O thread) per process, for all its sockets. */
+static void *fabric_ctx;
+static int   fabric_ctx_refs;
+
 struct fabric {
-	void              *ctx;
 	void              *sock;
 	bool               router;
 	struct event      *ev;       /* ZMQ_FD readable */
@@ -130,18 +134,21 @@ static struct fabric *
 fabric_new(struct event_base *base, int type, fabric_cb *cb, void *arg)
 {
 	struct fabric *f = calloc(1, sizeof(*f));
-	int hwm = FABRIC_HWM, linger = 0, fd;
+	int hwm = type == ZMQ_PUSH ? FABRIC_PUSH_HWM : FABRIC_HWM, linger = 0, fd;
 	size_t len = sizeof(fd);
 
 	if (f == NULL)
 		return NULL;
-	f->ctx = zmq_ctx_new();
-	f->sock = f->ctx ? zmq_socket(f->ctx, type) : NULL;
+	if (fabric_ctx == NULL && (fabric_ctx = zmq_ctx_new()) == NULL) {
+		log_err("fabric: cannot create a context: %s", zmq_strerror(errno));
+		free(f);
+		return NULL;
+	}
+	fabric_ctx_refs++;
+	f->sock = zmq_socket(fabric_ctx, type);
 	if (f->sock == NULL) {
 		log_err("fabric: cannot create socket: %s", zmq_strerror(errno));
-		if (f->ctx)
-			zmq_ctx_term(f->ctx);
-		free(f);
+		fabric_close(f);
 		return NULL;
 	}
 	f->router = type == ZMQ_ROUTER;
@@ -150,6 +157,8 @@ fabric_new(struct event_base *base, int type, fabric_cb *cb, void *arg)
 	zmq_setsockopt(f->sock, ZMQ_SNDHWM, &hwm, sizeof(hwm));
 	zmq_setsockopt(f->sock, ZMQ_RCVHWM, &hwm, sizeof(hwm));
 	zmq_setsockopt(f->sock, ZMQ_LINGER, &linger, sizeof(linger));
+	if (cb == NULL)
+		return f;       /* send only */
 	zmq_getsockopt(f->sock, ZMQ_FD, &fd, &len);
 	f->ev = event_new(base, fd, EV_READ | EV_PERSIST, fabric_ready, f);
 	f->again = event_new(base, -1, 0, fabric_ready, f);
@@ -196,6 +205,38 @@ fabric_connect(struct event_base *base, const char *endpoint, const char *identi
 	return f;
 }
 
+struct fabric *
+fabric_pull(struct event_base *base, const char *endpoint, fabric_cb *cb, void *arg)
+{
+	struct fabric *f = fabric_new(base, ZMQ_PULL, cb, arg);
+
+	if (f == NULL)
+		return NULL;
+	if (zmq_bind(f->sock, endpoint) == -1) {
+		log_err("fabric: cannot bind %s: %s", endpoint, zmq_strerror(errno));
+		fabric_close(f);
+		return NULL;
+	}
+	return f;
+}
+
+struct fabric *
+fabric_push(struct event_base *base, const char *endpoint)
+{
+	struct fabric *f = fabric_new(base, ZMQ_PUSH, NULL, NULL);
+	int ivl = 100;
+
+	if (f == NULL)
+		return NULL;
+	zmq_setsockopt(f->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
+	if (zmq_connect(f->sock, endpoint) == -1) {
+		log_err("fabric: cannot connect %s: %s", endpoint, zmq_strerror(errno));
+		fabric_close(f);
+		return NULL;
+	}
+	return f;
+}
+
 void
 fabric_set_stats(struct fabric *f, struct stats_slot *s)
 {
@@ -215,13 +256,15 @@ fabric_send_parts(struct fabric *f, const char *peer, const void *hdr,
 		goto fail;
 	fabric_count(f, STAT_ipc_out);
 	/* A send can swallow the read edge: look again from the loop. */
-	fabric_again(f);
+	if (f->again != NULL)
+		fabric_again(f);
 	return 0;
 fail:
 	fabric_count(f, STAT_ipc_dropped);
 	log_ratelimited(LOG_INFO, "fabric: cannot send to %s: %s",
-	    peer ? peer : "router", zmq_strerror(errno));
-	fabric_again(f);
+	    peer ? peer : "the fabric", zmq_strerror(errno));
+	if (f->again != NULL)
+		fabric_again(f);
 	return -1;
 }
 
@@ -248,8 +291,12 @@ fabric_close(struct fabric *f)
 		event_free(f->ev);
 	if (f->again)
 		event_free(f->again);
-	zmq_close(f->sock);
-	zmq_ctx_term(f->ctx);
+	if (f->sock != NULL)
+		zmq_close(f->sock);
+	if (--fabric_ctx_refs == 0) {
+		zmq_ctx_term(fabric_ctx);
+		fabric_ctx = NULL;
+	}
 	free(f);
 }
 
@@ -257,4 +304,10 @@ void
 fabric_endpoint(const char *run_dir, char *buf, size_t len)
 {
 	snprintf(buf, len, "ipc://%s/fabric.sock", run_dir);
+}
+
+void
+fabric_lane_endpoint(const char *run_dir, const char *lane, char *buf, size_t len)
+{
+	snprintf(buf, len, "ipc://%s/%s.sock", run_dir, lane);
 }

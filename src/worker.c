@@ -243,6 +243,38 @@ worker_bind_fabric(struct worker *w, const char *endpoint)
 	return 0;
 }
 
+int
+worker_lane_in(struct worker *w, const char *lane)
+{
+	char ep[600];
+
+	fabric_lane_endpoint(w->cf->run_dir, lane, ep, sizeof(ep));
+	w->lane_in = fabric_pull(w->base, ep, worker_fabric_msg, w);
+	if (w->lane_in == NULL)
+		return -1;
+	fabric_set_stats(w->lane_in, w->stats);
+	return 0;
+}
+
+int
+worker_lane_out(struct worker *w, const char *lane)
+{
+	char ep[600];
+
+	fabric_lane_endpoint(w->cf->run_dir, lane, ep, sizeof(ep));
+	w->lane_out = fabric_push(w->base, ep);
+	if (w->lane_out == NULL)
+		return -1;
+	fabric_set_stats(w->lane_out, w->stats);
+	return 0;
+}
+
+int
+worker_lane_send(struct worker *w, struct hmw *m)
+{
+	return fabric_send(w->lane_out, NULL, m);
+}
+
 /* Test-only switches: a name list like "crypto" or "mqtt.1,http". */
 bool
 worker_test_switch(const struct worker *w, const char *env)

@@ -46,6 +46,8 @@ struct worker {
 	struct stats_region *region;
 	struct ctl          *ctl;
 	struct fabric       *fab;       /* DEALER to the router (the router: its ROUTER) */
+	struct fabric       *lane_in;   /* device traffic: PULL (crypto, http) */
+	struct fabric       *lane_out;  /* device traffic: PUSH (mqtt, crypto) */
 	char                 name[32];  /* "mqtt.2" */
 	bool                 stopping;
 	int                  exit_code;
@@ -62,6 +64,12 @@ int  worker_init(struct worker *w, int role, int slot, uint32_t generation,
 int  worker_join_fabric(struct worker *w);
 /* Bind the fabric's ROUTER socket (the router role). */
 int  worker_bind_fabric(struct worker *w, const char *endpoint);
+/* The device-traffic lanes (fabric.h): bind the receiving end named `lane`
+ * (its messages reach hooks.fabric with peer NULL), connect the sending end. */
+int  worker_lane_in(struct worker *w, const char *lane);
+int  worker_lane_out(struct worker *w, const char *lane);
+/* Send on the lane; -1 when refused (its high-water mark): the outbox resends. */
+int  worker_lane_send(struct worker *w, struct hmw *m);
 /* Say READY to the supervisor; run the loop until worker_exit(). Returns the exit code. */
 int  worker_loop(struct worker *w);
 void worker_exit(struct worker *w, int code);

@@ -72,7 +72,7 @@ crypto_reject(struct crypto *c, const struct msg_dev_in *in, const char *device,
 	rj.payload = (struct pstr){ in->payload.p, keep };
 	hmw_init(&m, HM_FAB_REJECT);
 	proto_write_reject(&m, &rj);
-	worker_send(c->w, NULL, &m);
+	worker_lane_send(c->w, &m);
 	hmw_free(&m);
 	worker_count(c->w, STAT_rejected, 1);
 	log_ratelimited(LOG_INFO, "message %.*s from %.*s rejected: %s (%s)",
@@ -136,8 +136,8 @@ static void
 crypto_out_send(struct crypto *c)
 {
 	if (c->nout > 0) {
-		/* Lost (router away): the outboxes send the messages again. */
-		worker_send(c->w, NULL, &c->out);
+		/* Lost (http worker away too long): the outboxes send them again. */
+		worker_lane_send(c->w, &c->out);
 		hmw_free(&c->out);
 		c->nout = 0;
 	}
@@ -296,7 +296,8 @@ crypto_main(struct worker *w)
 		return 1;
 	w->arg = c;
 	w->hooks.fabric = crypto_dispatch;
-	if (worker_join_fabric(w) == -1)
+	if (worker_join_fabric(w) == -1 || worker_lane_in(w, "crypto") == -1 ||
+	    worker_lane_out(w, "spool") == -1)
 		return 1;
 	return worker_loop(w);
 }

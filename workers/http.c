@@ -1615,7 +1615,9 @@ http_main(struct worker *w)
 	w->hooks.stop = http_stop;
 	w->hooks.reload = http_reload;
 	w->hooks.admin = http_admin;
-	if (worker_join_fabric(w) == -1) {
+	/* The router's messages (its own envelopes, requests' notes) come
+	 * on the fabric, the crypto worker's envelopes on the spool lane. */
+	if (worker_join_fabric(w) == -1 || worker_lane_in(w, "spool") == -1) {
 		http_cleanup(h);
 		return 1;
 	}

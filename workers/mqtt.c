@@ -432,7 +432,7 @@ mqtt_batch_send(struct mqttw *mw)
 
 	if (mw->nbatch == 0)
 		return 0;
-	rc = worker_send(mw->w, NULL, &mw->batch);
+	rc = worker_lane_send(mw->w, &mw->batch);
 	hmw_free(&mw->batch);
 	mw->nbatch = 0;
 	return rc;
@@ -1413,7 +1413,7 @@ mqtt_main(struct worker *w)
 	w->hooks.fabric = mqtt_fabric;
 	w->hooks.stop = mqtt_stop;
 	w->hooks.admin = mqtt_admin;
-	if (worker_join_fabric(w) == -1) {
+	if (worker_join_fabric(w) == -1 || worker_lane_out(w, "crypto") == -1) {
 		log_err("cannot join the fabric");
 		return 1;
 	}

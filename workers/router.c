@@ -1,8 +1,9 @@
 /*
  * The router: hub of the ZeroMQ fabric.  Every worker's DEALER connects to
- * its ROUTER socket; it passes device messages mqtt -> crypto -> http,
- * acknowledgements http -> the owning mqtt slot, spool backpressure to every
- * mqtt worker, and hands request traffic to the request store (requests.c).
+ * its ROUTER socket; it passes acknowledgements http -> the owning mqtt
+ * slot, spool backpressure to every mqtt worker, and hands request traffic
+ * to the request store (requests.c).  Device messages and their envelopes
+ * take the lanes mqtt -> crypto -> http (fabric.h), not this hop.
  */
 #include <sys/queue.h>
 #include <stdio.h>
@@ -19,10 +20,9 @@
 #include "workers.h"
 
 /*
- * Messages for crypto or http while that worker is absent (restarting, or not
- * yet connected at start) wait here, in order, instead of being dropped: the
- * outbox would resend them, but seconds later and behind newer messages of
- * the same device.  Bounded; past the bound the outbox's resend takes over.
+ * The router's own envelopes for the http worker while it is absent
+ * (restarting, or not yet connected at start) wait here, in order, instead
+ * of being dropped.  Bounded; past the bound the notes' resend takes over.
  */
 #define HOLD_MAX_BYTES  (64u << 20)
 #define HOLD_RETRY_MS   20
@@ -46,7 +46,7 @@ struct router {
 	bool             paused;        /* the spool said it is full */
 	unsigned         rotation;      /* next mqtt worker to publish on */
 	int64_t          mqtt_down_until[CONFIG_MAX_MQTT]; /* mono ms; 0: up */
-	struct hold      holds[2];      /* crypto.0, http.0 */
+	struct hold      holds[1];      /* http.0 */
 	struct event    *hold_retry;
 };
 
@@ -153,7 +153,7 @@ router_forward(struct router *r, const char *to, const struct hmr *msg)
 		return;
 	if (h->bytes + msg->len > HOLD_MAX_BYTES || (m = malloc(sizeof(*m) + msg->len)) == NULL) {
 		log_ratelimited(LOG_WARNING, "%s absent and %zu bytes wait for it: dropping; "
-		    "the outbox sends it again", to, h->bytes);
+		    "it is sent again later", to, h->bytes);
 		return;
 	}
 	m->type = msg->type;
@@ -231,18 +231,6 @@ router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
 	case HM_FAB_HELLO:
 		router_hello(r, peer, msg);
 		break;
-	case HM_FAB_DEV_IN:
-		if (strncmp(peer, "mqtt.", 5) == 0) {
-			int slot = atoi(peer + 5);
-			if (slot >= 0 && slot < CONFIG_MAX_MQTT)
-				r->mqtt_down_until[slot] = 0;
-		}
-		router_forward(r, "crypto.0", msg);
-		break;
-	case HM_FAB_ENVELOPE:
-	case HM_FAB_REJECT:
-		router_forward(r, "http.0", msg);
-		break;
 	case HM_FAB_ACK:
 		router_ack(r, msg);
 		break;
@@ -317,8 +305,7 @@ router_main(struct worker *w)
 	w->hooks.reload = router_reload;
 	if (worker_bind_fabric(w, ep) == -1)
 		return 1;
-	r->holds[0].to = "crypto.0";
-	r->holds[1].to = "http.0";
+	r->holds[0].to = "http.0";
 	for (size_t i = 0; i < sizeof(r->holds) / sizeof(r->holds[0]); i++)
 		STAILQ_INIT(&r->holds[i].q);
 	r->hold_retry = evtimer_new(w->base, router_hold_retry, r);

@@ -54,6 +54,7 @@ struct lane {
 	size_t             inflight;    /* the first `inflight` of q are in the POST */
 	bool               array;       /* the body is a JSON array */
 	CURL              *easy;
+	char              *url;         /* the URL last set on easy */
 	struct curl_slist *hdrs;
 	char              *body;
 	size_t             bodylen, bodycap;
@@ -549,7 +550,13 @@ http_lane_post(struct lane *l)
 		    http_hdr(l, "webhook-signature: v1,%s", sig) == -1)
 			goto nomem;
 	}
-	curl_easy_setopt(l->easy, CURLOPT_URL, cf->backend_url);
+	/* libcurl parses the URL when it is set: only when it changed (reload). */
+	if (l->url == NULL || strcmp(l->url, cf->backend_url) != 0) {
+		free(l->url);
+		if ((l->url = strdup(cf->backend_url)) == NULL)
+			goto nomem;
+		curl_easy_setopt(l->easy, CURLOPT_URL, l->url);
+	}
 	curl_easy_setopt(l->easy, CURLOPT_TIMEOUT_MS, (long)cf->timeout_ms);
 	curl_easy_setopt(l->easy, CURLOPT_HTTPHEADER, l->hdrs);
 	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->bodylen);
@@ -1036,6 +1043,7 @@ http_lane_free(struct http *h, struct lane *l)
 	curl_slist_free_all(l->hdrs);
 	free(l->q);
 	free(l->body);
+	free(l->url);
 	memset(l, 0, sizeof(*l));
 }
 

@@ -13,10 +13,15 @@
 #include "fabric.h"
 #include "log.h"
 #include "stats.h"
+#include "util.h"
 
 #define FABRIC_HWM       200000
 #define FABRIC_PUSH_HWM  2000    /* batches queued for an absent peer (<= 512 MiB) */
 #define FABRIC_BATCH     512     /* messages per wakeup before yielding */
+/* ...or this much time: a message may carry hundreds of device messages, and a
+ * backlog (a lane's queue after a restart) must not keep the worker from its
+ * control channel's health pings. */
+#define FABRIC_SLICE_US  20000
 
 /* One ZeroMQ context (one I/O thread) per process, for all its sockets. */
 static void *fabric_ctx;
@@ -57,7 +62,9 @@ fabric_again(struct fabric *f)
 static void
 fabric_drain(struct fabric *f)
 {
-	for (int n = 0; n < FABRIC_BATCH; n++) {
+	uint64_t until = mono_us() + FABRIC_SLICE_US;
+
+	for (int n = 0; n < FABRIC_BATCH && (n == 0 || mono_us() < until); n++) {
 		zmq_msg_t parts[3];
 		int nparts = 0, more = 1;
 		const char *why;

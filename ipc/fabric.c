@@ -173,24 +173,49 @@ fabric_new(struct event_base *base, int type, fabric_cb *cb, void *arg)
 	return f;
 }
 
+/* Bind f (just made) to endpoint; NULL, f closed, on failure. */
+static struct fabric *
+fabric_bound(struct fabric *f, const char *endpoint)
+{
+	if (f != NULL && zmq_bind(f->sock, endpoint) == -1) {
+		log_err("fabric: cannot bind %s: %s", endpoint, zmq_strerror(errno));
+		fabric_close(f);
+		return NULL;
+	}
+	return f;
+}
+
+/* Connect f (just made) to endpoint, reconnecting every 100 ms while it is
+ * away; NULL, f closed, on failure. */
+static struct fabric *
+fabric_connected(struct fabric *f, const char *endpoint)
+{
+	int ivl = 100;
+
+	if (f == NULL)
+		return NULL;
+	zmq_setsockopt(f->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
+	if (zmq_connect(f->sock, endpoint) == -1) {
+		log_err("fabric: cannot connect %s: %s", endpoint, zmq_strerror(errno));
+		fabric_close(f);
+		return NULL;
+	}
+	return f;
+}
+
 struct fabric *
 fabric_bind(struct event_base *base, const char *endpoint, fabric_cb *cb, void *arg)
 {
 	struct fabric *f = fabric_new(base, ZMQ_ROUTER, cb, arg);
 	int one = 1;
 
-	if (f == NULL)
-		return NULL;
-	/* Unknown peers are an error, not a silent drop; a restarted worker
-	 * takes its name over from its dead predecessor. */
-	zmq_setsockopt(f->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
-	zmq_setsockopt(f->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
-	if (zmq_bind(f->sock, endpoint) == -1) {
-		log_err("fabric: cannot bind %s: %s", endpoint, zmq_strerror(errno));
-		fabric_close(f);
-		return NULL;
+	if (f != NULL) {
+		/* Unknown peers are an error, not a silent drop; a restarted
+		 * worker takes its name over from its dead predecessor. */
+		zmq_setsockopt(f->sock, ZMQ_ROUTER_MANDATORY, &one, sizeof(one));
+		zmq_setsockopt(f->sock, ZMQ_ROUTER_HANDOVER, &one, sizeof(one));
 	}
-	return f;
+	return fabric_bound(f, endpoint);
 }
 
 struct fabric *
@@ -198,50 +223,22 @@ fabric_connect(struct event_base *base, const char *endpoint, const char *identi
     fabric_cb *cb, void *arg)
 {
 	struct fabric *f = fabric_new(base, ZMQ_DEALER, cb, arg);
-	int ivl = 100;
 
-	if (f == NULL)
-		return NULL;
-	zmq_setsockopt(f->sock, ZMQ_ROUTING_ID, identity, strlen(identity));
-	zmq_setsockopt(f->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
-	if (zmq_connect(f->sock, endpoint) == -1) {
-		log_err("fabric: cannot connect %s: %s", endpoint, zmq_strerror(errno));
-		fabric_close(f);
-		return NULL;
-	}
-	return f;
+	if (f != NULL)
+		zmq_setsockopt(f->sock, ZMQ_ROUTING_ID, identity, strlen(identity));
+	return fabric_connected(f, endpoint);
 }
 
 struct fabric *
 fabric_pull(struct event_base *base, const char *endpoint, fabric_cb *cb, void *arg)
 {
-	struct fabric *f = fabric_new(base, ZMQ_PULL, cb, arg);
-
-	if (f == NULL)
-		return NULL;
-	if (zmq_bind(f->sock, endpoint) == -1) {
-		log_err("fabric: cannot bind %s: %s", endpoint, zmq_strerror(errno));
-		fabric_close(f);
-		return NULL;
-	}
-	return f;
+	return fabric_bound(fabric_new(base, ZMQ_PULL, cb, arg), endpoint);
 }
 
 struct fabric *
 fabric_push(struct event_base *base, const char *endpoint)
 {
-	struct fabric *f = fabric_new(base, ZMQ_PUSH, NULL, NULL);
-	int ivl = 100;
-
-	if (f == NULL)
-		return NULL;
-	zmq_setsockopt(f->sock, ZMQ_RECONNECT_IVL, &ivl, sizeof(ivl));
-	if (zmq_connect(f->sock, endpoint) == -1) {
-		log_err("fabric: cannot connect %s: %s", endpoint, zmq_strerror(errno));
-		fabric_close(f);
-		return NULL;
-	}
-	return f;
+	return fabric_connected(fabric_new(base, ZMQ_PUSH, NULL, NULL), endpoint);
 }
 
 void

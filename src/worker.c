@@ -243,30 +243,30 @@ worker_bind_fabric(struct worker *w, const char *endpoint)
 	return 0;
 }
 
-int
-worker_lane_in(struct worker *w, const char *lane)
+static int
+worker_lane(struct worker *w, const char *lane, bool in)
 {
+	struct fabric **f = in ? &w->lane_in : &w->lane_out;
 	char ep[600];
 
 	fabric_lane_endpoint(w->cf->run_dir, lane, ep, sizeof(ep));
-	w->lane_in = fabric_pull(w->base, ep, worker_fabric_msg, w);
-	if (w->lane_in == NULL)
+	*f = in ? fabric_pull(w->base, ep, worker_fabric_msg, w) : fabric_push(w->base, ep);
+	if (*f == NULL)
 		return -1;
-	fabric_set_stats(w->lane_in, w->stats);
+	fabric_set_stats(*f, w->stats);
 	return 0;
+}
+
+int
+worker_lane_in(struct worker *w, const char *lane)
+{
+	return worker_lane(w, lane, true);
 }
 
 int
 worker_lane_out(struct worker *w, const char *lane)
 {
-	char ep[600];
-
-	fabric_lane_endpoint(w->cf->run_dir, lane, ep, sizeof(ep));
-	w->lane_out = fabric_push(w->base, ep);
-	if (w->lane_out == NULL)
-		return -1;
-	fabric_set_stats(w->lane_out, w->stats);
-	return 0;
+	return worker_lane(w, lane, false);
 }
 
 int

@@ -324,6 +324,19 @@ reqstore_sync_wait(struct reqstore *s)
 	return rc == 0 ? 0 : store_error(s, "sync", rc);
 }
 
+uint64_t
+reqstore_syncs(struct reqstore *s)
+{
+	uint64_t n;
+
+	if (!s->syncer)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	n = s->syncs;
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
 static int
 put(struct reqstore *s, MDB_dbi dbi, const void *k, size_t klen, const void *v, size_t vlen,
     unsigned flags, const char *what)

@@ -44,6 +44,8 @@ int     reqstore_sync(struct reqstore *s);
  */
 int     reqstore_sync_async(struct reqstore *s);
 int     reqstore_sync_wait(struct reqstore *s);
+/* Syncs the thread has done (0 without one): for tests and debugging. */
+uint64_t reqstore_syncs(struct reqstore *s);
 
 /* A new request: its record and its three index entries (accept order,
  * device, live).  -1 if the commandId exists. */

@@ -74,6 +74,7 @@ struct req {
 	uint64_t          seq;
 	int               state;        /* RS_QUEUED or RS_SENT */
 	int64_t           deadline_ms;
+	json_t           *rec;          /* the stored record, as last written */
 	struct event     *timer;
 	struct pub       *pub;          /* its publish in flight */
 	LIST_HEAD(, waiter) waiters;
@@ -145,6 +146,10 @@ struct requests {
 	struct later_list failed;       /* of an aborted one, run by tx_ev */
 	struct event    *tx_ev;         /* commits after the loop polled */
 	struct event    *flush_ev;
+	struct hmw       out;           /* notifications to send, batched */
+	int              nout;
+	char            *gw_json;       /* note_gateway() */
+	char             gw_name[256];
 	uint64_t         next_seq, next_nseq, next_ref;
 	struct note     *notes;         /* unacknowledged, by seq */
 	size_t           nnotes, capnotes, nacked;
@@ -161,6 +166,7 @@ static void reply_text(struct requests *q, const char *peer, uint64_t reqid, int
 static void req_free(struct requests *q, struct req *r);
 static struct req *req_find(struct requests *q, const char *cid);
 static void note_send_seq(struct requests *q, uint64_t seq);
+static void note_flush(struct requests *q);
 
 /* ---- hash tables ---- */
 
@@ -431,6 +437,7 @@ tx_end(struct requests *q)
 	/* Settled in order; anything they write opens the next group. */
 	STAILQ_CONCAT(&done, &q->later);
 	later_run(q, &done, ok);
+	note_flush(q);
 	TAILQ_CONCAT(&kicks, &q->kicks, kick_link);
 	while ((d = TAILQ_FIRST(&kicks)) != NULL) {
 		TAILQ_REMOVE(&kicks, d, kick_link);
@@ -463,6 +470,24 @@ reply_text(struct requests *q, const char *peer, uint64_t reqid, int status, con
 	if (worker_send(q->w, peer, &m) == -1)
 		log_ratelimited(LOG_WARNING, "answer to %s lost (api worker gone?)", peer);
 	hmw_free(&m);
+}
+
+/* reply() with the body already serialized (copied if it must wait). */
+static void
+reply_str(struct requests *q, const char *peer, uint64_t reqid, int status, const char *text)
+{
+	struct later *l;
+
+	if (q->tx_open && (l = later_add(q, LATER_REPLY, peer, reqid)) != NULL) {
+		l->status = status;
+		if ((l->text = strdup(text)) == NULL) {
+			STAILQ_REMOVE(&q->later, l, later, link);
+			free(l);
+			log_ratelimited(LOG_ERR, "out of memory: an answer is lost");
+		}
+		return;
+	}
+	reply_text(q, peer, reqid, status, text);
 }
 
 /*
@@ -505,7 +530,6 @@ static void
 note_send(struct requests *q, const struct reqstore_note *n)
 {
 	struct msg_envelope e;
-	struct hmw m;
 
 	e.slot = PROTO_SLOT_ROUTER;
 	e.epoch = 0;
@@ -514,12 +538,24 @@ note_send(struct requests *q, const struct reqstore_note *n)
 	e.id = (struct pstr){ n->id, n->idlen };
 	e.device = (struct pstr){ n->device, n->devlen };
 	e.json = (struct pstr){ n->json, n->jsonlen };
-	hmw_init(&m, HM_FAB_ENVELOPE);
-	proto_write_envelope(&m, &e);
+	/* One fabric message for what a commit (or a resend pass) releases. */
+	if (q->nout == 0)
+		hmw_init(&q->out, HM_FAB_ENVELOPE);
+	proto_write_envelope(&q->out, &e);
+	if (++q->nout >= PROTO_BATCH_RECORDS || hmw_len(&q->out) >= PROTO_BATCH_BYTES)
+		note_flush(q);
+}
+
+static void
+note_flush(struct requests *q)
+{
+	if (q->nout == 0)
+		return;
 	/* Held in order while the http worker is away; the resend timer covers
 	 * a loss beyond that (a router restart). */
-	router_to_http(q->w, &m);
-	hmw_free(&m);
+	router_to_http(q->w, &q->out);
+	hmw_free(&q->out);
+	q->nout = 0;
 }
 
 static void
@@ -581,23 +617,41 @@ note_compact(struct requests *q)
  * Writes the notification into the open transaction; it is sent after the
  * commit by note_flush_new().  Returns its sequence.
  */
+/* The node name as a JSON string, kept while the configuration's is the same. */
+static const char *
+note_gateway(struct requests *q)
+{
+	const char *name = q->w->cf->node_name;
+	json_t *s;
+
+	if (q->gw_json == NULL || strcmp(q->gw_name, name) != 0) {
+		free(q->gw_json);
+		s = json_string(name);
+		q->gw_json = s ? json_dumps(s, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+		json_decref(s);
+		strlcpy_h(q->gw_name, name, sizeof(q->gw_name));
+	}
+	return q->gw_json ? q->gw_json : "null";
+}
+
+/*
+ * pubtext is the record as the API shows it, already serialized for the
+ * answers: the envelope is written around it rather than built and dumped
+ * again (device ids are of a charset that needs no escaping).
+ */
 static uint64_t
-note_add(struct requests *q, const json_t *pubrec, const char *device, int64_t at_ms)
+note_add(struct requests *q, const char *pubtext, const char *device, int64_t at_ms)
 {
 	char id[ULID_LEN], ts[RFC3339_LEN];
 	struct reqstore_note n;
-	json_t *env;
 	char *text;
 	uint64_t seq = q->next_nseq;
 
 	ulid_random(id);
 	fmt_rfc3339(at_ms, ts);
-	env = json_pack("{s:s,s:s,s:s,s:s,s:s,s:O}", "id", id, "device", device,
-	    "kind", "request", "receivedAt", ts, "gateway", q->w->cf->node_name,
-	    "payload", pubrec);
-	text = env ? json_dumps(env, JSON_COMPACT) : NULL;
-	json_decref(env);
-	if (text == NULL)
+	if (asprintf(&text, "{\"id\":\"%s\",\"device\":\"%s\",\"kind\":\"request\","
+	    "\"receivedAt\":\"%s\",\"gateway\":%s,\"payload\":%s}", id, device, ts,
+	    note_gateway(q), pubtext) == -1)
 		return 0;
 	n.seq = seq;
 	n.received_ms = at_ms;
@@ -669,6 +723,7 @@ note_resend(struct requests *q)
 		e->sent_mono = now;
 		sent++;
 	}
+	note_flush(q);
 	if (sent > 0)
 		log_debug("resent %d request notifications", sent);
 	note_compact(q);
@@ -987,17 +1042,11 @@ dev_kick(struct requests *q, struct dev *d)
 		return;
 	if (evtimer_pending(d->retry, NULL))
 		evtimer_del(d->retry);
-	if ((rec = reqstore_get(q->st, r->cid)) == NULL) {
-		/* A read error: try again rather than stall the queue. */
-		log_ratelimited(LOG_ERR, "request %s: cannot read it from the store", r->cid);
-		evtimer_add(d->retry, &retry);
-		return;
-	}
+	rec = r->rec;
 	cmd = json_pack("{s:s,s:O,s:O,s:O}", "commandId", r->cid,
 	    "type", json_object_get(rec, "type"),
 	    "params", json_object_get(rec, "params"),
 	    "expiresAt", json_object_get(rec, "expiresAt"));
-	json_decref(rec);
 	text = cmd ? json_dumps(cmd, JSON_COMPACT) : NULL;
 	json_decref(cmd);
 	if (text == NULL)
@@ -1028,13 +1077,8 @@ waiter_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct waiter *wt = arg;
 	struct requests *q = wt->q;
-	json_t *rec = reqstore_get(q->st, wt->r->cid);
 
-	if (rec == NULL)
-		reply_error(q, wt->peer, wt->reqid, 503, "unavailable", "request store unreadable");
-	else
-		reply(q, wt->peer, wt->reqid, 202, rec_public(rec));
-	json_decref(rec);
+	reply(q, wt->peer, wt->reqid, 202, rec_public(wt->r->rec));
 	waiter_free(wt);
 }
 
@@ -1067,7 +1111,7 @@ req_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static struct req *
 req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int state,
-    int64_t deadline_ms)
+    int64_t deadline_ms, json_t *rec)
 {
 	struct req *r = calloc(1, sizeof(*r));
 
@@ -1081,11 +1125,13 @@ req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int st
 	r->seq = seq;
 	r->state = state;
 	r->deadline_ms = deadline_ms;
+	r->rec = json_incref(rec);
 	LIST_INIT(&r->waiters);
 	r->timer = evtimer_new(q->w->base, req_timer_cb, r);
 	if (r->timer == NULL || ht_add(&q->reqs, &r->hn) == -1) {
 		if (r->timer)
 			event_free(r->timer);
+		json_decref(r->rec);
 		free(r);
 		return NULL;
 	}
@@ -1117,6 +1163,7 @@ req_free(struct requests *q, struct req *r)
 		q->n_sent--;
 	ht_del(&q->reqs, &r->hn);
 	event_free(r->timer);
+	json_decref(r->rec);
 	free(r);
 }
 
@@ -1129,18 +1176,13 @@ static void
 req_change(struct requests *q, struct req *r, int state, json_t *fields)
 {
 	int64_t now = now_ms();
-	json_t *rec = reqstore_get(q->st, r->cid), *pub;
+	/* Changed in place: if the commit fails, memory is ahead of the store,
+	 * as the request's state already is. */
+	json_t *rec = json_incref(r->rec), *pub;
+	char *pubtext;
 	uint64_t nseq = 0;
 	struct waiter *wt;
 
-	if (rec == NULL) {
-		/* Cannot happen unless the store was damaged: forget it. */
-		log_err("request %s is not in the store any more; dropping it", r->cid);
-		json_decref(fields);
-		req_free(q, r);
-		gauges(q);
-		return;
-	}
 	json_object_set_new(rec, "state", json_string(rstate_names[state]));
 	if (state == RS_SENT || ((state == RS_CONFIRMED || state == RS_FAILED) &&
 	    json_object_get(rec, "sentAt") == NULL))
@@ -1154,11 +1196,12 @@ req_change(struct requests *q, struct req *r, int state, json_t *fields)
 		json_decref(fields);
 	}
 	pub = rec_public(rec);
+	pubtext = json_dumps(pub, JSON_COMPACT);
 	if (tx_begin(q) == 0) {
 		struct later *l;
-		if (reqstore_update(q->st, r->cid, rec) == 0 &&
+		if (pubtext != NULL && reqstore_update(q->st, r->cid, rec) == 0 &&
 		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
-		    (nseq = note_add(q, pub, r->dev->id, now)) != 0) {
+		    (nseq = note_add(q, pubtext, r->dev->id, now)) != 0) {
 			/* Sent once committed; if that fails, never. */
 			if ((l = later_add(q, LATER_NOTE, NULL, 0)) != NULL)
 				l->nseq = nseq;
@@ -1177,12 +1220,16 @@ req_change(struct requests *q, struct req *r, int state, json_t *fields)
 		r->state = state;
 	} else {
 		while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
-			reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
+			if (pubtext != NULL)
+				reply_str(q, wt->peer, wt->reqid, 200, pubtext);
+			else
+				reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
 			waiter_free(wt);
 		}
 		worker_count(q->w, STAT_req_completed, 1);
 		req_free(q, r);
 	}
+	free(pubtext);
 	json_decref(pub);
 	json_decref(rec);
 	gauges(q);
@@ -1464,7 +1511,7 @@ op_request_create(struct call *c)
 	strlcpy_h(created->cid, cid, sizeof(created->cid));
 	q->next_seq = seq + 1;
 	worker_count(q->w, STAT_req_accepted, 1);
-	r = req_new(q, d, cid, seq, RS_QUEUED, now + timeout * 1000);
+	r = req_new(q, d, cid, seq, RS_QUEUED, now + timeout * 1000, rec);
 	if (r == NULL) {
 		/* Stored but not tracked: it is picked up at the next start. */
 		log_err("out of memory tracking request %s", cid);
@@ -1570,7 +1617,7 @@ op_device_requests(struct call *c)
 	const char *device, *st = arg_str(c, "state");
 	struct dev *d;
 	struct req *r;
-	json_t *rec, *rev;
+	json_t *rev;
 
 	if (!arg_id(c, "device", &device)) {
 		json_decref(k.list);
@@ -1584,12 +1631,9 @@ op_device_requests(struct call *c)
 	if (k.state == RS_QUEUED || k.state == RS_SENT) {
 		/* Live requests are in memory, in accept order. */
 		if ((d = dev_find(c->q, device)) != NULL)
-			TAILQ_FOREACH(r, &d->live, dlink) {
-				if (r->state != k.state || (rec = reqstore_get(c->q->st, r->cid)) == NULL)
-					continue;
-				json_array_append_new(k.list, rec_public(rec));
-				json_decref(rec);
-			}
+			TAILQ_FOREACH(r, &d->live, dlink)
+				if (r->state == k.state)
+					json_array_append_new(k.list, rec_public(r->rec));
 	} else {
 		/* Newest first while collecting, shown in accept order. */
 		reqstore_walk_device(c->q->st, device, true, collect_cb, &k);
@@ -1968,7 +2012,7 @@ load_live_cb(uint64_t seq, const char *cid, void *arg)
 	state = st ? state_parse(st) : -1;
 	if (dev != NULL && device_id_valid(dev, strlen(dev)) && (state == RS_QUEUED || state == RS_SENT) &&
 	    ((d = dev_find(q, dev)) != NULL || (d = dev_new(q, dev)) != NULL))
-		req_new(q, d, cid, seq, state, rec_int(rec, "_deadline"));
+		req_new(q, d, cid, seq, state, rec_int(rec, "_deadline"), rec);
 	else
 		log_warn("request %s in the live index is not live (%s); ignored", cid, st ? st : "?");
 	json_decref(rec);
@@ -2071,6 +2115,7 @@ requests_close(struct requests *q)
 			while ((wt = LIST_FIRST(&r->waiters)) != NULL)
 				waiter_free(wt);
 			event_free(r->timer);
+			json_decref(r->rec);
 			free(r);
 		}
 	for (size_t i = 0; i < q->devs.nb; i++)
@@ -2085,6 +2130,9 @@ requests_close(struct requests *q)
 	free(q->devs.b);
 	free(q->pubs.b);
 	free(q->notes);
+	free(q->gw_json);
+	if (q->nout > 0)
+		hmw_free(&q->out);
 	reqstore_close(q->st);
 	free(q);
 }

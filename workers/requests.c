@@ -613,10 +613,6 @@ note_compact(struct requests *q)
 	q->nacked = 0;
 }
 
-/*
- * Writes the notification into the open transaction; it is sent after the
- * commit by note_flush_new().  Returns its sequence.
- */
 /* The node name as a JSON string, kept while the configuration's is the same. */
 static const char *
 note_gateway(struct requests *q)
@@ -635,9 +631,11 @@ note_gateway(struct requests *q)
 }
 
 /*
- * pubtext is the record as the API shows it, already serialized for the
- * answers: the envelope is written around it rather than built and dumped
- * again (device ids are of a charset that needs no escaping).
+ * Writes the notification into the open transaction; it is sent once that
+ * commits (LATER_NOTE).  Returns its sequence, 0 on failure.  pubtext is
+ * the record as the API shows it, already serialized for the answers: the
+ * envelope is written around it rather than built and dumped again (device
+ * ids are of a charset that needs no escaping).
  */
 static uint64_t
 note_add(struct requests *q, const char *pubtext, const char *device, int64_t at_ms)

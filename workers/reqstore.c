@@ -4,6 +4,7 @@
  * database of one environment that only the router opens.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,15 @@ struct reqstore {
 	MDB_dbi   meta;     /* name -> u64 */
 	MDB_txn  *txn;      /* the open write transaction */
 	bool      full;
+	/* reqstore_sync_async(): a thread that runs mdb_env_sync, so the
+	 * router's loop never waits for the disk.  mu guards the rest. */
+	bool            syncer;     /* the thread runs */
+	pthread_t       sync_thr;
+	pthread_mutex_t mu;
+	pthread_cond_t  cv;
+	bool            sync_want, sync_busy, sync_stop;
+	int             sync_rc;    /* the last failed sync's LMDB code, until reported */
+	uint64_t        syncs;      /* syncs done */
 };
 
 /* Header of a notes value; id, device and JSON follow. */
@@ -100,6 +110,53 @@ rd_end(struct reqstore *s, MDB_txn *t)
 		mdb_txn_abort(t);
 }
 
+/*
+ * The sync thread.  LMDB allows mdb_env_sync from any thread while another
+ * one writes (MDB_NOTLS; for an environment without MDB_WRITEMAP it is one
+ * fdatasync of the data file): the loop keeps committing while the disk
+ * catches up.  Requests coalesce: one sync covers every commit made before
+ * it started, so a burst of reqstore_sync_async() calls costs one more sync.
+ */
+static void *
+reqstore_sync_main(void *arg)
+{
+	struct reqstore *s = arg;
+	int rc;
+
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		while (!s->sync_want && !s->sync_stop)
+			pthread_cond_wait(&s->cv, &s->mu);
+		if (!s->sync_want && s->sync_stop)
+			break;
+		s->sync_want = false;
+		s->sync_busy = true;
+		pthread_mutex_unlock(&s->mu);
+		rc = mdb_env_sync(s->env, 1);
+		pthread_mutex_lock(&s->mu);
+		s->sync_busy = false;
+		s->syncs++;
+		if (rc != 0)
+			s->sync_rc = rc;
+		pthread_cond_broadcast(&s->cv);
+	}
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+static void
+reqstore_syncer_stop(struct reqstore *s)
+{
+	if (!s->syncer)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->sync_stop = true;
+	pthread_cond_broadcast(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+	pthread_join(s->sync_thr, NULL);
+	s->syncer = false;
+}
+
 struct reqstore *
 reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync, char *err, size_t errlen)
 {
@@ -146,6 +203,17 @@ reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync, char *err
 		snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
 		goto fail;
 	}
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	if (fsync == FSYNC_BATCH) {
+		if ((rc = pthread_create(&s->sync_thr, NULL, reqstore_sync_main, s)) != 0) {
+			snprintf(err, errlen, "sync thread: %s", strerror(rc));
+			pthread_cond_destroy(&s->cv);
+			pthread_mutex_destroy(&s->mu);
+			goto fail;
+		}
+		s->syncer = true;
+	}
 	return s;
 fail:
 	if (s->env != NULL)
@@ -159,6 +227,9 @@ reqstore_close(struct reqstore *s)
 {
 	if (s == NULL)
 		return;
+	reqstore_syncer_stop(s);
+	pthread_cond_destroy(&s->cv);
+	pthread_mutex_destroy(&s->mu);
 	if (s->txn != NULL)
 		mdb_txn_abort(s->txn);
 	mdb_env_close(s->env);
@@ -214,6 +285,56 @@ reqstore_sync(struct reqstore *s)
 	int rc = mdb_env_sync(s->env, 1);
 
 	return rc == 0 ? 0 : store_error(s, "sync", rc);
+}
+
+int
+reqstore_sync_async(struct reqstore *s)
+{
+	int rc;
+
+	if (!s->syncer)
+		return reqstore_sync(s);
+	pthread_mutex_lock(&s->mu);
+	s->sync_want = true;
+	pthread_cond_signal(&s->cv);
+	rc = s->sync_rc;
+	s->sync_rc = 0;
+	pthread_mutex_unlock(&s->mu);
+	return rc == 0 ? 0 : store_error(s, "sync", rc);
+}
+
+int
+reqstore_sync_wait(struct reqstore *s)
+{
+	uint64_t target;
+	int rc;
+
+	if (!s->syncer)
+		return reqstore_sync(s);
+	pthread_mutex_lock(&s->mu);
+	/* A sync already running may have started before our last commit. */
+	target = s->syncs + (s->sync_busy ? 2 : 1);
+	s->sync_want = true;
+	pthread_cond_signal(&s->cv);
+	while (s->syncs < target)
+		pthread_cond_wait(&s->cv, &s->mu);
+	rc = s->sync_rc;
+	s->sync_rc = 0;
+	pthread_mutex_unlock(&s->mu);
+	return rc == 0 ? 0 : store_error(s, "sync", rc);
+}
+
+uint64_t
+reqstore_syncs(struct reqstore *s)
+{
+	uint64_t n;
+
+	if (!s->syncer)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	n = s->syncs;
+	pthread_mutex_unlock(&s->mu);
+	return n;
 }
 
 static int

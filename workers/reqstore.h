@@ -33,8 +33,19 @@ int     reqstore_begin(struct reqstore *s);
 int     reqstore_commit(struct reqstore *s);
 void    reqstore_abort(struct reqstore *s);
 bool    reqstore_full(const struct reqstore *s);
-/* Flush to disk (for [spool] fsync = batch, called once a second). */
+/* Flush to disk now, on the caller's thread. */
 int     reqstore_sync(struct reqstore *s);
+/*
+ * With fsync = batch (the environment is MDB_NOSYNC) a thread of the store
+ * does the flushing: reqstore_sync_async() asks for a sync of everything
+ * committed so far and returns at once (-1: an earlier one failed, logged);
+ * reqstore_sync_wait() also waits until such a sync is done.  Without the
+ * thread (fsync = always or off) both are reqstore_sync().
+ */
+int     reqstore_sync_async(struct reqstore *s);
+int     reqstore_sync_wait(struct reqstore *s);
+/* Syncs the thread has done (0 without one): for tests and debugging. */
+uint64_t reqstore_syncs(struct reqstore *s);
 
 /* A new request: its record and its three index entries (accept order,
  * device, live).  -1 if the commandId exists. */

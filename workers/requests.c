@@ -4,13 +4,15 @@
  * to an online device one at a time in accept order, move on broker
  * acknowledgements, device responses and deadline timers, and each change
  * after "queued" is sent to the spool as a kind "request" envelope that is
- * kept until the spool acknowledged it.
+ * kept until the spool acknowledged it.  Writes of one loop pass share one
+ * LMDB transaction (group commit); what depends on them waits for it.
  */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <time.h>
 #include <event2/event.h>
 
 #include "log.h"
@@ -22,6 +24,9 @@
 #define REQUESTS_MAP_SIZE    (4ULL << 30)
 #define REQUESTS_KEEP_MS     (24LL * 3600 * 1000)  /* ended records stay readable this long */
 #define REQUESTS_TICK_MS     1000
+#define DEV_FLUSH_MS         100     /* presence records are written in slices */
+#define DEV_FLUSH_MIN        128     /* devices per slice, at least */
+#define SLOW_MS              2       /* a pass this long is logged (debug) */
 #define REQUESTS_PRUNE_MS    60000
 #define REQUESTS_PRUNE_BATCH 5000
 #define PUBLISH_TIMEOUT_MS   10000   /* no PUBLISHED from the mqtt worker: retry */
@@ -69,6 +74,7 @@ struct req {
 	uint64_t          seq;
 	int               state;        /* RS_QUEUED or RS_SENT */
 	int64_t           deadline_ms;
+	json_t           *rec;          /* the stored record, as last written */
 	struct event     *timer;
 	struct pub       *pub;          /* its publish in flight */
 	LIST_HEAD(, waiter) waiters;
@@ -77,10 +83,12 @@ struct req {
 struct dev {
 	struct hnode      hn;
 	TAILQ_ENTRY(dev)  dirty_link;
+	TAILQ_ENTRY(dev)  kick_link;    /* in q->kicks */
 	struct requests  *q;
 	char              id[REQSTORE_ID_MAX + 1];
 	bool              online;
 	bool              dirty;
+	bool              kick;         /* in q->kicks */
 	int64_t           last_seen_ms, status_ms, telemetry_ms;
 	json_t           *status;
 	int               pending;      /* live requests */
@@ -106,11 +114,42 @@ struct pub {
 
 struct note { uint64_t seq; int64_t sent_mono; bool acked; };
 
+/*
+ * What waits for the group's commit.  On success: an answer is sent, a
+ * notification goes to the spool, a new request is answered (202) unless it
+ * waits.  On failure nothing of the group was stored: answers become 503 and
+ * new requests are forgotten, so nothing is ever answered uncommitted.
+ */
+enum later_kind { LATER_REPLY, LATER_NOTE, LATER_CREATED };
+
+struct later {
+	STAILQ_ENTRY(later) link;
+	int               kind;
+	uint64_t          reqid;        /* REPLY, CREATED */
+	uint64_t          nseq;         /* NOTE */
+	int               status;       /* REPLY */
+	char              peer[PEER_MAX];
+	char              cid[REQSTORE_ID_MAX + 1];     /* CREATED */
+	char             *text;         /* REPLY, CREATED (NULL: it waits) */
+};
+STAILQ_HEAD(later_list, later);
+
 struct requests {
 	struct worker   *w;
 	struct reqstore *st;
 	struct htab      reqs, devs, pubs;
 	TAILQ_HEAD(, dev) dirty;
+	size_t           ndirty;
+	TAILQ_HEAD(, dev) kicks;        /* to kick after the commit */
+	bool             tx_open;       /* the group's write transaction */
+	struct later_list later;        /* waits for that transaction */
+	struct later_list failed;       /* of an aborted one, run by tx_ev */
+	struct event    *tx_ev;         /* commits after the loop polled */
+	struct event    *flush_ev;
+	struct hmw       out;           /* notifications to send, batched */
+	int              nout;
+	char            *gw_json;       /* note_gateway() */
+	char             gw_name[256];
 	uint64_t         next_seq, next_nseq, next_ref;
 	struct note     *notes;         /* unacknowledged, by seq */
 	size_t           nnotes, capnotes, nacked;
@@ -122,6 +161,12 @@ struct requests {
 
 static void req_change(struct requests *q, struct req *r, int state, json_t *fields);
 static void dev_kick(struct requests *q, struct dev *d);
+static void reply_text(struct requests *q, const char *peer, uint64_t reqid, int status,
+    const char *text);
+static void req_free(struct requests *q, struct req *r);
+static struct req *req_find(struct requests *q, const char *cid);
+static void note_send_seq(struct requests *q, uint64_t seq);
+static void note_flush(struct requests *q);
 
 /* ---- hash tables ---- */
 
@@ -264,12 +309,156 @@ gauges(struct requests *q)
 	worker_gauge(q->w, GAUGE_req_sent, q->n_sent);
 }
 
+/* ---- group commit ---- */
+
+static double
+elapsed_ms(const struct timespec *t0)
+{
+	struct timespec t1;
+
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static struct later *
+later_add(struct requests *q, int kind, const char *peer, uint64_t reqid)
+{
+	struct later *l = calloc(1, sizeof(*l));
+
+	if (l == NULL)
+		return NULL;
+	l->kind = kind;
+	l->reqid = reqid;
+	if (peer != NULL)
+		strlcpy_h(l->peer, peer, sizeof(l->peer));
+	STAILQ_INSERT_TAIL(&q->later, l, link);
+	return l;
+}
+
+static void
+later_run(struct requests *q, struct later_list *list, bool ok)
+{
+	struct later *l;
+	struct req *r;
+
+	while ((l = STAILQ_FIRST(list)) != NULL) {
+		STAILQ_REMOVE_HEAD(list, link);
+		switch (l->kind) {
+		case LATER_REPLY:
+			if (ok)
+				reply_text(q, l->peer, l->reqid, l->status, l->text);
+			else
+				reply_text(q, l->peer, l->reqid, 503, "{\"error\":{\"code\":"
+				    "\"unavailable\",\"message\":\"the change could not be stored\"}}");
+			break;
+		case LATER_NOTE:
+			if (ok)
+				note_send_seq(q, l->nseq);
+			break;
+		case LATER_CREATED:
+			if (ok) {
+				if (l->text != NULL)
+					reply_text(q, l->peer, l->reqid, 202, l->text);
+				break;
+			}
+			/* Never stored: it must not go out, and the caller may retry. */
+			if ((r = req_find(q, l->cid)) != NULL) {
+				req_free(q, r);
+				gauges(q);
+			}
+			reply_text(q, l->peer, l->reqid, 503, "{\"error\":{\"code\":"
+			    "\"unavailable\",\"message\":\"the request could not be stored\"}}");
+			break;
+		}
+		free(l->text);
+		free(l);
+	}
+}
+
+/*
+ * The group's transaction, opened by the first write of a loop pass and
+ * committed by tx_ev once the loop has polled again, i.e. after the fabric
+ * handed over its whole batch: a burst of state changes costs one commit
+ * (one set of page writes) instead of one each.  -1: no transaction.
+ */
+static int
+tx_begin(struct requests *q)
+{
+	static const struct timeval zero = { 0, 0 };
+
+	if (q->tx_open)
+		return 0;
+	if (reqstore_begin(q->st) == -1)
+		return -1;
+	q->tx_open = true;
+	if (!evtimer_pending(q->tx_ev, NULL))
+		evtimer_add(q->tx_ev, &zero);
+	return 0;
+}
+
+/*
+ * A write of the group failed: LMDB cannot go on with the transaction, so
+ * the whole group is lost.  What waited for it is settled by tx_ev, not
+ * here: the caller may be holding a request that settling would free.
+ */
+static void
+tx_fail(struct requests *q)
+{
+	static const struct timeval zero = { 0, 0 };
+
+	if (!q->tx_open)
+		return;
+	reqstore_abort(q->st);
+	q->tx_open = false;
+	STAILQ_CONCAT(&q->failed, &q->later);
+	if (!evtimer_pending(q->tx_ev, NULL))
+		evtimer_add(q->tx_ev, &zero);
+}
+
+/* Commit the group; then answer, notify and kick what waited for it. */
+static void
+tx_end(struct requests *q)
+{
+	struct later_list done = STAILQ_HEAD_INITIALIZER(done);
+	TAILQ_HEAD(, dev) kicks = TAILQ_HEAD_INITIALIZER(kicks);
+	struct timespec t0;
+	struct dev *d;
+	bool ok = true;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	later_run(q, &q->failed, false);
+	if (q->tx_open) {
+		q->tx_open = false;
+		if (reqstore_commit(q->st) == -1) {
+			ok = false;
+			log_ratelimited(LOG_ERR, "request store: a commit failed; its changes are lost");
+		}
+	}
+	/* Settled in order; anything they write opens the next group. */
+	STAILQ_CONCAT(&done, &q->later);
+	later_run(q, &done, ok);
+	note_flush(q);
+	TAILQ_CONCAT(&kicks, &q->kicks, kick_link);
+	while ((d = TAILQ_FIRST(&kicks)) != NULL) {
+		TAILQ_REMOVE(&kicks, d, kick_link);
+		d->kick = false;
+		dev_kick(q, d);
+	}
+	if (elapsed_ms(&t0) > SLOW_MS)
+		log_debug("group commit and its answers took %.1f ms", elapsed_ms(&t0));
+}
+
+static void
+tx_cb(evutil_socket_t fd, short what, void *arg)
+{
+	tx_end(arg);
+}
+
 /* ---- answers to the api worker ---- */
 
 static void
-reply(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *body)
+reply_text(struct requests *q, const char *peer, uint64_t reqid, int status, const char *text)
 {
-	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
 	struct msg_reply rep;
 	struct hmw m;
 
@@ -281,7 +470,43 @@ reply(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *
 	if (worker_send(q->w, peer, &m) == -1)
 		log_ratelimited(LOG_WARNING, "answer to %s lost (api worker gone?)", peer);
 	hmw_free(&m);
-	free(text);
+}
+
+/* reply() with the body already serialized (copied if it must wait). */
+static void
+reply_str(struct requests *q, const char *peer, uint64_t reqid, int status, const char *text)
+{
+	struct later *l;
+
+	if (q->tx_open && (l = later_add(q, LATER_REPLY, peer, reqid)) != NULL) {
+		l->status = status;
+		if ((l->text = strdup(text)) == NULL) {
+			STAILQ_REMOVE(&q->later, l, later, link);
+			free(l);
+			log_ratelimited(LOG_ERR, "out of memory: an answer is lost");
+		}
+		return;
+	}
+	reply_text(q, peer, reqid, status, text);
+}
+
+/*
+ * While the group's transaction is open, an answer may show what it has
+ * not committed yet: it waits for the commit.
+ */
+static void
+reply(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *body)
+{
+	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+	struct later *l;
+
+	if (q->tx_open && (l = later_add(q, LATER_REPLY, peer, reqid)) != NULL) {
+		l->status = status;
+		l->text = text;
+	} else {
+		reply_text(q, peer, reqid, status, text);
+		free(text);
+	}
 	json_decref(body);
 }
 
@@ -305,7 +530,6 @@ static void
 note_send(struct requests *q, const struct reqstore_note *n)
 {
 	struct msg_envelope e;
-	struct hmw m;
 
 	e.slot = PROTO_SLOT_ROUTER;
 	e.epoch = 0;
@@ -314,12 +538,24 @@ note_send(struct requests *q, const struct reqstore_note *n)
 	e.id = (struct pstr){ n->id, n->idlen };
 	e.device = (struct pstr){ n->device, n->devlen };
 	e.json = (struct pstr){ n->json, n->jsonlen };
-	hmw_init(&m, HM_FAB_ENVELOPE);
-	proto_write_envelope(&m, &e);
+	/* One fabric message for what a commit (or a resend pass) releases. */
+	if (q->nout == 0)
+		hmw_init(&q->out, HM_FAB_ENVELOPE);
+	proto_write_envelope(&q->out, &e);
+	if (++q->nout >= PROTO_BATCH_RECORDS || hmw_len(&q->out) >= PROTO_BATCH_BYTES)
+		note_flush(q);
+}
+
+static void
+note_flush(struct requests *q)
+{
+	if (q->nout == 0)
+		return;
 	/* Held in order while the http worker is away; the resend timer covers
 	 * a loss beyond that (a router restart). */
-	router_to_http(q->w, &m);
-	hmw_free(&m);
+	router_to_http(q->w, &q->out);
+	hmw_free(&q->out);
+	q->nout = 0;
 }
 
 static void
@@ -377,27 +613,43 @@ note_compact(struct requests *q)
 	q->nacked = 0;
 }
 
+/* The node name as a JSON string, kept while the configuration's is the same. */
+static const char *
+note_gateway(struct requests *q)
+{
+	const char *name = q->w->cf->node_name;
+	json_t *s;
+
+	if (q->gw_json == NULL || strcmp(q->gw_name, name) != 0) {
+		free(q->gw_json);
+		s = json_string(name);
+		q->gw_json = s ? json_dumps(s, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
+		json_decref(s);
+		strlcpy_h(q->gw_name, name, sizeof(q->gw_name));
+	}
+	return q->gw_json ? q->gw_json : "null";
+}
+
 /*
- * Writes the notification into the open transaction; it is sent after the
- * commit by note_flush_new().  Returns its sequence.
+ * Writes the notification into the open transaction; it is sent once that
+ * commits (LATER_NOTE).  Returns its sequence, 0 on failure.  pubtext is
+ * the record as the API shows it, already serialized for the answers: the
+ * envelope is written around it rather than built and dumped again (device
+ * ids are of a charset that needs no escaping).
  */
 static uint64_t
-note_add(struct requests *q, const json_t *pubrec, const char *device, int64_t at_ms)
+note_add(struct requests *q, const char *pubtext, const char *device, int64_t at_ms)
 {
 	char id[ULID_LEN], ts[RFC3339_LEN];
 	struct reqstore_note n;
-	json_t *env;
 	char *text;
 	uint64_t seq = q->next_nseq;
 
 	ulid_random(id);
 	fmt_rfc3339(at_ms, ts);
-	env = json_pack("{s:s,s:s,s:s,s:s,s:s,s:O}", "id", id, "device", device,
-	    "kind", "request", "receivedAt", ts, "gateway", q->w->cf->node_name,
-	    "payload", pubrec);
-	text = env ? json_dumps(env, JSON_COMPACT) : NULL;
-	json_decref(env);
-	if (text == NULL)
+	if (asprintf(&text, "{\"id\":\"%s\",\"device\":\"%s\",\"kind\":\"request\","
+	    "\"receivedAt\":\"%s\",\"gateway\":%s,\"payload\":%s}", id, device, ts,
+	    note_gateway(q), pubtext) == -1)
 		return 0;
 	n.seq = seq;
 	n.received_ms = at_ms;
@@ -432,20 +684,20 @@ void
 requests_on_ack(struct requests *q, const struct msg_ack *m)
 {
 	struct note *n;
-	bool any = false;
 
 	if (m->slot != PROTO_SLOT_ROUTER)
 		return;
-	if (reqstore_begin(q->st) == -1)
+	if (tx_begin(q) == -1)
 		return;
 	for (uint32_t i = 0; i < m->n && i < ACK_MAX; i++) {
 		if ((n = note_find(q, m->seqs[i])) != NULL)
 			note_acked(q, n);
-		if (reqstore_note_del(q->st, m->seqs[i]) == 0)
-			any = true;
+		if (reqstore_note_del(q->st, m->seqs[i]) == -1) {
+			/* Sent again later (note_resend); the spool drops the copy. */
+			tx_fail(q);
+			break;
+		}
 	}
-	if (!any || reqstore_commit(q->st) == -1)
-		reqstore_abort(q->st);
 	note_compact(q);
 }
 
@@ -469,6 +721,7 @@ note_resend(struct requests *q)
 		e->sent_mono = now;
 		sent++;
 	}
+	note_flush(q);
 	if (sent > 0)
 		log_debug("resent %d request notifications", sent);
 	note_compact(q);
@@ -515,14 +768,15 @@ dev_save(struct requests *q, struct dev *d)
 {
 	json_t *doc = dev_doc(d);
 
-	if (reqstore_begin(q->st) == 0) {
-		if (reqstore_dev_put(q->st, d->id, doc) == 0 && reqstore_commit(q->st) == 0) {
+	if (tx_begin(q) == 0) {
+		if (reqstore_dev_put(q->st, d->id, doc) == 0) {
 			if (d->dirty) {
 				TAILQ_REMOVE(&q->dirty, d, dirty_link);
+				q->ndirty--;
 				d->dirty = false;
 			}
 		} else
-			reqstore_abort(q->st);
+			tx_fail(q);
 	}
 	json_decref(doc);
 }
@@ -533,28 +787,47 @@ dev_mark_dirty(struct requests *q, struct dev *d)
 	if (!d->dirty) {
 		d->dirty = true;
 		TAILQ_INSERT_TAIL(&q->dirty, d, dirty_link);
+		q->ndirty++;
+	}
+}
+
+/*
+ * Write up to max dirty presence records (lastSeen, telemetryAt: online
+ * changes are written at once by dev_set_online).  Called in slices every
+ * DEV_FLUSH_MS so that a busy second's thousands of devices never stall the
+ * loop in one piece.  A record whose write fails stays dirty.
+ */
+static void
+dev_flush(struct requests *q, size_t max)
+{
+	struct dev *d;
+	json_t *doc;
+	int rc;
+
+	for (size_t n = 0; n < max && (d = TAILQ_FIRST(&q->dirty)) != NULL; n++) {
+		if (tx_begin(q) == -1)
+			return;
+		doc = dev_doc(d);
+		rc = reqstore_dev_put(q->st, d->id, doc);
+		json_decref(doc);
+		if (rc == -1) {
+			tx_fail(q);
+			return;
+		}
+		TAILQ_REMOVE(&q->dirty, d, dirty_link);
+		q->ndirty--;
+		d->dirty = false;
 	}
 }
 
 static void
-dev_flush(struct requests *q)
+dev_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
-	struct dev *d;
-	json_t *doc;
+	struct requests *q = arg;
+	size_t max = q->ndirty / (1000 / DEV_FLUSH_MS);
 
-	if (TAILQ_EMPTY(&q->dirty) || reqstore_begin(q->st) == -1)
-		return;
-	TAILQ_FOREACH(d, &q->dirty, dirty_link) {
-		doc = dev_doc(d);
-		reqstore_dev_put(q->st, d->id, doc);
-		json_decref(doc);
-	}
-	if (reqstore_commit(q->st) == -1)
-		return;  /* stays dirty, tried again next tick */
-	while ((d = TAILQ_FIRST(&q->dirty)) != NULL) {
-		TAILQ_REMOVE(&q->dirty, d, dirty_link);
-		d->dirty = false;
-	}
+	/* About a tenth of the backlog a slice: each record waits ~1 s at most. */
+	dev_flush(q, max < DEV_FLUSH_MIN ? DEV_FLUSH_MIN : max);
 }
 
 static void
@@ -744,6 +1017,15 @@ dev_kick(struct requests *q, struct dev *d)
 
 	if (!d->online || d->pub != NULL)
 		return;
+	if (q->tx_open) {
+		/* A command goes out only once its request (and whatever changed
+		 * the queue) is committed. */
+		if (!d->kick) {
+			d->kick = true;
+			TAILQ_INSERT_TAIL(&q->kicks, d, kick_link);
+		}
+		return;
+	}
 	for (r = TAILQ_FIRST(&d->live); r != NULL; r = next) {
 		next = TAILQ_NEXT(r, dlink);
 		if (r->state != RS_QUEUED)
@@ -758,17 +1040,11 @@ dev_kick(struct requests *q, struct dev *d)
 		return;
 	if (evtimer_pending(d->retry, NULL))
 		evtimer_del(d->retry);
-	if ((rec = reqstore_get(q->st, r->cid)) == NULL) {
-		/* A read error: try again rather than stall the queue. */
-		log_ratelimited(LOG_ERR, "request %s: cannot read it from the store", r->cid);
-		evtimer_add(d->retry, &retry);
-		return;
-	}
+	rec = r->rec;
 	cmd = json_pack("{s:s,s:O,s:O,s:O}", "commandId", r->cid,
 	    "type", json_object_get(rec, "type"),
 	    "params", json_object_get(rec, "params"),
 	    "expiresAt", json_object_get(rec, "expiresAt"));
-	json_decref(rec);
 	text = cmd ? json_dumps(cmd, JSON_COMPACT) : NULL;
 	json_decref(cmd);
 	if (text == NULL)
@@ -799,13 +1075,8 @@ waiter_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct waiter *wt = arg;
 	struct requests *q = wt->q;
-	json_t *rec = reqstore_get(q->st, wt->r->cid);
 
-	if (rec == NULL)
-		reply_error(q, wt->peer, wt->reqid, 503, "unavailable", "request store unreadable");
-	else
-		reply(q, wt->peer, wt->reqid, 202, rec_public(rec));
-	json_decref(rec);
+	reply(q, wt->peer, wt->reqid, 202, rec_public(wt->r->rec));
 	waiter_free(wt);
 }
 
@@ -838,7 +1109,7 @@ req_timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static struct req *
 req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int state,
-    int64_t deadline_ms)
+    int64_t deadline_ms, json_t *rec)
 {
 	struct req *r = calloc(1, sizeof(*r));
 
@@ -852,11 +1123,13 @@ req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int st
 	r->seq = seq;
 	r->state = state;
 	r->deadline_ms = deadline_ms;
+	r->rec = json_incref(rec);
 	LIST_INIT(&r->waiters);
 	r->timer = evtimer_new(q->w->base, req_timer_cb, r);
 	if (r->timer == NULL || ht_add(&q->reqs, &r->hn) == -1) {
 		if (r->timer)
 			event_free(r->timer);
+		json_decref(r->rec);
 		free(r);
 		return NULL;
 	}
@@ -888,6 +1161,7 @@ req_free(struct requests *q, struct req *r)
 		q->n_sent--;
 	ht_del(&q->reqs, &r->hn);
 	event_free(r->timer);
+	json_decref(r->rec);
 	free(r);
 }
 
@@ -900,18 +1174,13 @@ static void
 req_change(struct requests *q, struct req *r, int state, json_t *fields)
 {
 	int64_t now = now_ms();
-	json_t *rec = reqstore_get(q->st, r->cid), *pub;
+	/* Changed in place: if the commit fails, memory is ahead of the store,
+	 * as the request's state already is. */
+	json_t *rec = json_incref(r->rec), *pub;
+	char *pubtext;
 	uint64_t nseq = 0;
 	struct waiter *wt;
 
-	if (rec == NULL) {
-		/* Cannot happen unless the store was damaged: forget it. */
-		log_err("request %s is not in the store any more; dropping it", r->cid);
-		json_decref(fields);
-		req_free(q, r);
-		gauges(q);
-		return;
-	}
 	json_object_set_new(rec, "state", json_string(rstate_names[state]));
 	if (state == RS_SENT || ((state == RS_CONFIRMED || state == RS_FAILED) &&
 	    json_object_get(rec, "sentAt") == NULL))
@@ -925,14 +1194,17 @@ req_change(struct requests *q, struct req *r, int state, json_t *fields)
 		json_decref(fields);
 	}
 	pub = rec_public(rec);
-	if (reqstore_begin(q->st) == 0) {
-		if (reqstore_update(q->st, r->cid, rec) == 0 &&
+	pubtext = json_dumps(pub, JSON_COMPACT);
+	if (tx_begin(q) == 0) {
+		struct later *l;
+		if (pubtext != NULL && reqstore_update(q->st, r->cid, rec) == 0 &&
 		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
-		    (nseq = note_add(q, pub, r->dev->id, now)) != 0 &&
-		    reqstore_commit(q->st) == 0) {
-			note_send_seq(q, nseq);
+		    (nseq = note_add(q, pubtext, r->dev->id, now)) != 0) {
+			/* Sent once committed; if that fails, never. */
+			if ((l = later_add(q, LATER_NOTE, NULL, 0)) != NULL)
+				l->nseq = nseq;
 		} else {
-			reqstore_abort(q->st);
+			tx_fail(q);
 			log_ratelimited(LOG_ERR, "request %s: state %s could not be stored",
 			    r->cid, rstate_names[state]);
 		}
@@ -946,12 +1218,16 @@ req_change(struct requests *q, struct req *r, int state, json_t *fields)
 		r->state = state;
 	} else {
 		while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
-			reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
+			if (pubtext != NULL)
+				reply_str(q, wt->peer, wt->reqid, 200, pubtext);
+			else
+				reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
 			waiter_free(wt);
 		}
 		worker_count(q->w, STAT_req_completed, 1);
 		req_free(q, r);
 	}
+	free(pubtext);
 	json_decref(pub);
 	json_decref(rec);
 	gauges(q);
@@ -1109,6 +1385,17 @@ arg_id(const struct call *c, const char *key, const char **out)
 	return true;
 }
 
+/* The record's answer text (without the store's fields); NULL if out of memory. */
+static char *
+later_text(const json_t *rec)
+{
+	json_t *pub = rec_public(rec);
+	char *text = json_dumps(pub, JSON_COMPACT);
+
+	json_decref(pub);
+	return text;
+}
+
 static void
 op_request_create(struct call *c)
 {
@@ -1122,6 +1409,7 @@ op_request_create(struct call *c)
 	uint64_t seq;
 	struct dev *d;
 	struct req *r;
+	struct later *created;
 	char ts[RFC3339_LEN], exp[RFC3339_LEN];
 
 	if (!arg_id(c, "device", &device))
@@ -1202,27 +1490,30 @@ op_request_create(struct call *c)
 	    "_seq", (json_int_t)seq, "_created", (json_int_t)now,
 	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
 	    "_tgiven", tv != NULL);
-	if (rec == NULL || reqstore_begin(q->st) == -1) {
+	if (rec == NULL || tx_begin(q) == -1) {
 		json_decref(rec);
 		reply_error(q, c->peer, c->reqid, 503, "unavailable", "the request store is unavailable");
 		return;
 	}
 	if (reqstore_add(q->st, seq, cid, device, rec) == -1 ||
-	    reqstore_meta_put(q->st, "seq", seq + 1) == -1 || reqstore_commit(q->st) == -1) {
+	    reqstore_meta_put(q->st, "seq", seq + 1) == -1 ||
+	    (created = later_add(q, LATER_CREATED, c->peer, c->reqid)) == NULL) {
 		bool full = reqstore_full(q->st);
-		reqstore_abort(q->st);
+		tx_fail(q);
 		json_decref(rec);
 		reply_error(q, c->peer, c->reqid, 503, full ? "store_full" : "unavailable",
 		    full ? "the request store is full" : "the request could not be stored");
 		return;
 	}
+	/* Answered (202, or by a waiter) only after the group's commit. */
+	strlcpy_h(created->cid, cid, sizeof(created->cid));
 	q->next_seq = seq + 1;
 	worker_count(q->w, STAT_req_accepted, 1);
-	r = req_new(q, d, cid, seq, RS_QUEUED, now + timeout * 1000);
+	r = req_new(q, d, cid, seq, RS_QUEUED, now + timeout * 1000, rec);
 	if (r == NULL) {
 		/* Stored but not tracked: it is picked up at the next start. */
 		log_err("out of memory tracking request %s", cid);
-		reply(q, c->peer, c->reqid, 202, rec_public(rec));
+		created->text = later_text(rec);
 		json_decref(rec);
 		return;
 	}
@@ -1243,7 +1534,7 @@ op_request_create(struct call *c)
 		}
 		free(wt);
 	}
-	reply(q, c->peer, c->reqid, 202, rec_public(rec));
+	created->text = later_text(rec);
 	json_decref(rec);
 	dev_kick(q, d);
 }
@@ -1324,7 +1615,7 @@ op_device_requests(struct call *c)
 	const char *device, *st = arg_str(c, "state");
 	struct dev *d;
 	struct req *r;
-	json_t *rec, *rev;
+	json_t *rev;
 
 	if (!arg_id(c, "device", &device)) {
 		json_decref(k.list);
@@ -1338,12 +1629,9 @@ op_device_requests(struct call *c)
 	if (k.state == RS_QUEUED || k.state == RS_SENT) {
 		/* Live requests are in memory, in accept order. */
 		if ((d = dev_find(c->q, device)) != NULL)
-			TAILQ_FOREACH(r, &d->live, dlink) {
-				if (r->state != k.state || (rec = reqstore_get(c->q->st, r->cid)) == NULL)
-					continue;
-				json_array_append_new(k.list, rec_public(rec));
-				json_decref(rec);
-			}
+			TAILQ_FOREACH(r, &d->live, dlink)
+				if (r->state == k.state)
+					json_array_append_new(k.list, rec_public(r->rec));
 	} else {
 		/* Newest first while collecting, shown in accept order. */
 		reqstore_walk_device(c->q->st, device, true, collect_cb, &k);
@@ -1581,11 +1869,15 @@ requests_prune(struct requests *q)
 	p->dev = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->dev));
 	if (p->cid != NULL && p->dev != NULL) {
 		reqstore_walk_all(q->st, false, prune_cb, p);
-		if (p->n > 0 && reqstore_begin(q->st) == 0) {
-			for (int i = 0; i < p->n; i++)
-				reqstore_remove(q->st, p->seq[i], p->cid[i], p->dev[i]);
-			if (reqstore_commit(q->st) == 0)
-				log_info("pruned %d requests ended more than %lld h ago", p->n,
+		if (p->n > 0 && tx_begin(q) == 0) {
+			int i;
+			for (i = 0; i < p->n; i++)
+				if (reqstore_remove(q->st, p->seq[i], p->cid[i], p->dev[i]) == -1) {
+					tx_fail(q);
+					break;
+				}
+			if (i == p->n)
+				log_info("pruning %d requests ended more than %lld h ago", p->n,
 				    (long long)(REQUESTS_KEEP_MS / 3600000));
 		}
 	}
@@ -1599,15 +1891,26 @@ requests_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct requests *q = arg;
 	int64_t now = now_ms();
+	struct timespec t0;
 
-	dev_flush(q);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	note_resend(q);
+	/*
+	 * fsync = batch: the store's thread flushes what was committed until
+	 * now (this group's writes go with the next second's sync), so a
+	 * commit is on disk within about a second plus the disk's time.  The
+	 * environment stays MDB_NOSYNC without MDB_WRITEMAP: LMDB then keeps
+	 * its integrity across a power cut on a file system that preserves
+	 * write order, losing only the last commits.
+	 */
 	if (q->w->cf->spool_fsync == FSYNC_BATCH)
-		reqstore_sync(q->st);
+		reqstore_sync_async(q->st);
 	if (now - q->last_prune_ms >= REQUESTS_PRUNE_MS) {
 		q->last_prune_ms = now;
 		requests_prune(q);
 	}
+	if (elapsed_ms(&t0) > SLOW_MS)
+		log_debug("tick took %.1f ms", elapsed_ms(&t0));
 }
 
 void
@@ -1707,7 +2010,7 @@ load_live_cb(uint64_t seq, const char *cid, void *arg)
 	state = st ? state_parse(st) : -1;
 	if (dev != NULL && device_id_valid(dev, strlen(dev)) && (state == RS_QUEUED || state == RS_SENT) &&
 	    ((d = dev_find(q, dev)) != NULL || (d = dev_new(q, dev)) != NULL))
-		req_new(q, d, cid, seq, state, rec_int(rec, "_deadline"));
+		req_new(q, d, cid, seq, state, rec_int(rec, "_deadline"), rec);
 	else
 		log_warn("request %s in the live index is not live (%s); ignored", cid, st ? st : "?");
 	json_decref(rec);
@@ -1728,11 +2031,15 @@ requests_open(struct worker *w)
 	struct requests *q = calloc(1, sizeof(*q));
 	char dir[600], err[700];
 	struct timeval tv = { REQUESTS_TICK_MS / 1000, (REQUESTS_TICK_MS % 1000) * 1000 };
+	struct timeval ftv = { 0, DEV_FLUSH_MS * 1000 };
 
 	if (q == NULL)
 		return NULL;
 	q->w = w;
 	TAILQ_INIT(&q->dirty);
+	TAILQ_INIT(&q->kicks);
+	STAILQ_INIT(&q->later);
+	STAILQ_INIT(&q->failed);
 	/* Publish references differ between lives: an mqtt worker's answer to
 	 * the previous router's publish must not settle a new one. */
 	q->next_ref = (uint64_t)w->generation << 40;
@@ -1758,6 +2065,9 @@ requests_open(struct worker *w)
 	gauges(q);
 	q->tick = event_new(w->base, -1, EV_PERSIST, requests_tick, q);
 	event_add(q->tick, &tv);
+	q->tx_ev = evtimer_new(w->base, tx_cb, q);
+	q->flush_ev = event_new(w->base, -1, EV_PERSIST, dev_flush_cb, q);
+	event_add(q->flush_ev, &ftv);
 	/* Queues of devices taken to be online go out once an mqtt worker is
 	 * reachable (first try now; failures retry every second). */
 	for (size_t i = 0; i < q->devs.nb; i++)
@@ -1777,9 +2087,17 @@ requests_close(struct requests *q)
 
 	if (q == NULL)
 		return;
-	dev_flush(q);
+	/* Kicks and answers of this last group go nowhere: the loop is over. */
+	dev_flush(q, q->ndirty);
+	tx_end(q);
+	if (q->w->cf->spool_fsync == FSYNC_BATCH)
+		reqstore_sync_wait(q->st);
 	if (q->tick)
 		event_free(q->tick);
+	if (q->tx_ev)
+		event_free(q->tx_ev);
+	if (q->flush_ev)
+		event_free(q->flush_ev);
 	for (size_t i = 0; i < q->pubs.nb; i++)
 		for (n = q->pubs.b[i]; n != NULL; n = next) {
 			struct pub *p = (struct pub *)n;
@@ -1795,6 +2113,7 @@ requests_close(struct requests *q)
 			while ((wt = LIST_FIRST(&r->waiters)) != NULL)
 				waiter_free(wt);
 			event_free(r->timer);
+			json_decref(r->rec);
 			free(r);
 		}
 	for (size_t i = 0; i < q->devs.nb; i++)
@@ -1809,6 +2128,9 @@ requests_close(struct requests *q)
 	free(q->devs.b);
 	free(q->pubs.b);
 	free(q->notes);
+	free(q->gw_json);
+	if (q->nout > 0)
+		hmw_free(&q->out);
 	reqstore_close(q->st);
 	free(q);
 }

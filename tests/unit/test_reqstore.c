@@ -2,7 +2,8 @@
  * Unit tests of the router's request store (workers/reqstore.c) on real
  * LMDB environments in temporary directories: records and their indexes,
  * walks in both directions, notifications, presence, counters, aborted and
- * reopened transactions, and a map that fills up.
+ * reopened transactions, a map that fills up, and the fsync = batch sync
+ * thread.
  */
 #define _XOPEN_SOURCE 700
 #include <ftw.h>
@@ -13,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <jansson.h>
@@ -450,6 +453,75 @@ test_map_full(void **state)
 	assert_int_equal(reqstore_commit(f->s), 0);
 }
 
+static uint64_t
+mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* fsync = batch: a thread syncs on request while the caller goes on writing. */
+static void
+test_sync_thread(void **state)
+{
+	struct fx *f = *state;
+	char err[256] = "", env[128];
+	struct reqstore *s;
+	json_t *rec = json_pack("{s:s}", "state", "queued"), *got;
+	uint64_t n0, deadline;
+
+	/* Without the thread (fsync = off): no syncs counted, calls still work. */
+	assert_int_equal(reqstore_sync_async(f->s), 0);
+	assert_int_equal(reqstore_sync_wait(f->s), 0);
+	assert_int_equal(reqstore_syncs(f->s), 0);
+
+	snprintf(env, sizeof(env), "%s/batch", f->dir);
+	s = reqstore_open(env, MAP, FSYNC_BATCH, err, sizeof(err));
+	assert_non_null(s);
+	assert_int_equal(reqstore_syncs(s), 0);
+	assert_int_equal(reqstore_begin(s), 0);
+	assert_int_equal(reqstore_add(s, 1, "c1", "d1", rec), 0);
+	assert_int_equal(reqstore_commit(s), 0);
+
+	/* async returns at once; the sync happens, bounded by a deadline. */
+	assert_int_equal(reqstore_sync_async(s), 0);
+	deadline = mono_us() + 5000000;
+	while (reqstore_syncs(s) == 0 && mono_us() < deadline)
+		usleep(1000);
+	assert_true(reqstore_syncs(s) >= 1);
+
+	/* A burst of requests coalesces; wait returns only after a sync that
+	 * started after it was called. */
+	n0 = reqstore_syncs(s);
+	for (int i = 0; i < 100; i++)
+		assert_int_equal(reqstore_sync_async(s), 0);
+	assert_int_equal(reqstore_sync_wait(s), 0);
+	assert_true(reqstore_syncs(s) > n0);
+	assert_true(reqstore_syncs(s) <= n0 + 102);
+
+	/* A sync while a write transaction is open on this thread. */
+	n0 = reqstore_syncs(s);
+	assert_int_equal(reqstore_begin(s), 0);
+	assert_int_equal(reqstore_add(s, 2, "c2", "d1", rec), 0);
+	assert_int_equal(reqstore_sync_wait(s), 0);
+	assert_true(reqstore_syncs(s) > n0);
+	assert_int_equal(reqstore_commit(s), 0);
+
+	/* Closing with a sync asked for neither hangs nor loses commits. */
+	assert_int_equal(reqstore_sync_async(s), 0);
+	reqstore_close(s);
+	s = reqstore_open(env, MAP, FSYNC_BATCH, err, sizeof(err));
+	assert_non_null(s);
+	assert_non_null(got = reqstore_get(s, "c1"));
+	json_decref(got);
+	assert_non_null(got = reqstore_get(s, "c2"));
+	json_decref(got);
+	reqstore_close(s);
+	json_decref(rec);
+}
+
 static void
 test_open_fails_cleanly(void **state)
 {
@@ -481,6 +553,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_meta, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_fails_cleanly, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sync_thread, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -2,7 +2,7 @@
 """contrib/bench/run --quick, scenarios 1 and 2: the seconds-long versions of
 device -> backend throughput and of the request round trip run, with their
 references (broker drain, raw MQTT round trip) measured; herald's rows have
-numbers, and no loss, whenever herald is built."""
+numbers, no loss and every request completed, whenever herald is built."""
 from benchlib import check_herald_row, main, run_scenarios
 
 
@@ -19,7 +19,10 @@ def test_throughput_and_round_trip():
     assert raw[0].startswith("raw MQTT") and raw[1:3] == ["400", "400"] and raw[7:9] == ["0", "0"], raw
     assert 0 < float(raw[3]) <= float(raw[5])
     if check_herald_row(t[2][1], text):
-        assert t[2][1][1] == "400", t[2][1]
+        # every request answered by its device, none timed out or failed
+        api = t[2][1]
+        assert api[1:3] == ["400", "400"] and api[7:9] == ["0", "0"], api
+        assert 0 < float(api[3]) <= float(api[5]), api
     assert "Commands:" in text and "herald-bench rtt --raw" in text
 
 

@@ -31,6 +31,8 @@
 #define HTTP_DETAIL_MAX         SPOOL_DETAIL_MAX
 #define HTTP_BATCH_OPS          1024    /* spool changes per write transaction */
 #define HTTP_LAZY_COMMIT_MS     20      /* deletions wait at most this for a commit */
+#define HTTP_SENT_SLOTS         (1u << 18)  /* delivered ids remembered (8 MiB) */
+#define HTTP_SENT_ID_MAX        31
 #define HTTP_DRAIN_MS           2000    /* in-flight POSTs may finish at stop */
 #define HTTP_TICK_MS            1000
 #define HTTP_PAUSE_RESEND_MS    10000   /* a restarted router must learn it */
@@ -59,6 +61,8 @@ struct lane {
 	char              *body;
 	size_t             bodylen, bodycap;
 	char               whid[SPOOL_ID_MAX + 16];
+	char             (*ids)[HTTP_SENT_ID_MAX + 1]; /* ids in the POST ("" if too long) */
+	size_t             idcap;
 	char               resp[HTTP_DETAIL_MAX];
 	size_t             resplen;
 	int64_t            retry_after_ms;      /* -1: the answer had none */
@@ -114,6 +118,14 @@ struct http {
 	struct event    *drain_ev;
 	unsigned char    key[HTTP_KEY_MAX];
 	size_t           keylen;
+	/*
+	 * Ids of envelopes the backend took, by hash, newest wins a slot.  An
+	 * outbox resends what was spooled but never acknowledged (the router
+	 * died with the ACK): once delivered, the spool no longer knows the id,
+	 * and the backend would get it a second time.  A hit here acknowledges
+	 * the copy instead; a miss only costs that duplicate, as before.
+	 */
+	char           (*sent)[HTTP_SENT_ID_MAX + 1];
 };
 
 static struct http http_state;
@@ -582,6 +594,48 @@ retry_later:
 	http_after(l->timer, HTTP_BACKOFF_MIN_MS);
 }
 
+static bool
+http_sent_recently(const struct http *h, const char *id, size_t len)
+{
+	const char *slot;
+
+	if (h->sent == NULL || len == 0 || len > HTTP_SENT_ID_MAX)
+		return false;
+	slot = h->sent[hash32(id, len) % HTTP_SENT_SLOTS];
+	return strlen(slot) == len && memcmp(slot, id, len) == 0;
+}
+
+static void
+http_sent_add(struct http *h, const char *id)
+{
+	size_t len = strlen(id);
+
+	if (h->sent != NULL && len > 0)
+		memcpy(h->sent[hash32(id, len) % HTTP_SENT_SLOTS], id, len + 1);
+}
+
+/* Keep the id of the POST's took-th envelope, to remember it once delivered. */
+static int
+http_lane_note_id(struct lane *l, size_t took, const char *id, size_t len)
+{
+	if (took >= l->idcap) {
+		size_t n = l->idcap ? l->idcap * 2 : 16;
+		void *p;
+
+		while (n <= took)
+			n *= 2;
+		if ((p = realloc(l->ids, n * sizeof(*l->ids))) == NULL)
+			return -1;
+		l->ids = p;
+		l->idcap = n;
+	}
+	if (len > HTTP_SENT_ID_MAX)
+		len = 0;        /* not remembered */
+	memcpy(l->ids[took], id, len);
+	l->ids[took][len] = '\0';
+	return 0;
+}
+
 /* Build the body from the head of the lane and post it. */
 static void
 http_lane_start(struct lane *l)
@@ -623,6 +677,8 @@ http_lane_start(struct lane *l)
 		}
 		if (took == 0)
 			snprintf(l->whid, sizeof(l->whid), "%.*s", (int)r.idlen, r.id);
+		if (http_lane_note_id(l, took, r.id, r.idlen) == -1)
+			goto nomem;
 		if ((took > 0 && http_body_add(l, ",", 1) == -1) ||
 		    http_body_add(l, r.json, r.jsonlen) == -1)
 			goto nomem;
@@ -718,6 +774,8 @@ http_lane_delivered(struct lane *l)
 		}
 		http_op_done(h, false);
 	}
+	for (size_t i = 0; i < l->inflight && i < l->idcap; i++)
+		http_sent_add(h, l->ids[i]);
 	worker_count(h->w, STAT_delivered, l->inflight);
 	http_lane_pop(l, l->inflight);
 	l->inflight = 0;
@@ -1044,6 +1102,7 @@ http_lane_free(struct http *h, struct lane *l)
 	free(l->q);
 	free(l->body);
 	free(l->url);
+	free(l->ids);
 	memset(l, 0, sizeof(*l));
 }
 
@@ -1157,8 +1216,11 @@ http_envelope(struct http *h, struct hmr *r)
 	if (http_batch(h) == -1)
 		return -1;
 	http_commit_soon(h);
-	rc = spool_put(h->sp, m.id.p, m.id.len, m.device.p, m.device.len,
-	    m.received_ms, m.json.p, m.json.len, &seq);
+	if (http_sent_recently(h, m.id.p, m.id.len))
+		rc = SPOOL_DUP;
+	else
+		rc = spool_put(h->sp, m.id.p, m.id.len, m.device.p, m.device.len,
+		    m.received_ms, m.json.p, m.json.len, &seq);
 	if (rc == SPOOL_INVAL) {
 		/* An id or device the spool cannot key: keep it, never drop it. */
 		log_ratelimited(LOG_WARNING, "envelope with a bad id or device: "
@@ -1572,6 +1634,8 @@ http_cleanup(struct http *h)
 	h->curl_timer = h->commit_ev = h->tick = h->drain_ev = NULL;
 	free(h->acks);
 	free(h->news);
+	free(h->sent);
+	h->sent = NULL;
 	curl_global_cleanup();
 }
 
@@ -1610,6 +1674,9 @@ http_main(struct worker *w)
 	curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
 	h->curl_timer = evtimer_new(w->base, http_timer_event, h);
 	h->commit_ev = event_new(w->base, -1, 0, http_commit_event, h);
+	/* Optional: without it a resent copy of a delivered envelope goes out again. */
+	if ((h->sent = calloc(HTTP_SENT_SLOTS, sizeof(*h->sent))) == NULL)
+		log_warn("no memory to remember delivered ids: resent copies are posted again");
 	h->tick = event_new(w->base, -1, EV_PERSIST, http_tick, h);
 	h->drain_ev = evtimer_new(w->base, http_drain_timeout, h);
 	if (h->curl_timer == NULL || h->commit_ev == NULL || h->tick == NULL ||

@@ -32,9 +32,10 @@ struct crypto {
 	size_t         cap;
 	struct hmw     out;          /* ENVELOPE records not sent yet */
 	int            nout;
-	/* DEVICE_INFO messages wait for the envelopes they follow, so the
-	 * router's own envelopes (a request confirmed by a response) reach
-	 * the spool after the device's. */
+	/* DEVICE_INFO messages leave after the envelopes they follow, so the
+	 * device's envelope (a response) is on its way to the spool before the
+	 * router's own (the request it confirmed), which takes one hop more.
+	 * Likely, not guaranteed: the two travel different paths. */
 	struct hmw     infos[PROTO_BATCH_RECORDS];
 	int            ninfos;
 };

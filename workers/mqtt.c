@@ -441,7 +441,8 @@ mqtt_batch_send(struct mqttw *mw)
 /*
  * Add one outbox record to the DEV_IN batch (its id depends only on what the
  * record holds); a full batch goes at once.  Sent or not, the record is due
- * again after the resend timeout: the router may be away.
+ * again after the resend timeout, until the spool acknowledges it: the crypto
+ * or http worker may have died with it.
  */
 static int
 mqtt_batch_add(struct mqttw *mw, const struct outbox_rec *r)

@@ -287,24 +287,13 @@ reqstore_sync(struct reqstore *s)
 	return rc == 0 ? 0 : store_error(s, "sync", rc);
 }
 
-int
-reqstore_sync_async(struct reqstore *s)
-{
-	int rc;
-
-	if (!s->syncer)
-		return reqstore_sync(s);
-	pthread_mutex_lock(&s->mu);
-	s->sync_want = true;
-	pthread_cond_signal(&s->cv);
-	rc = s->sync_rc;
-	s->sync_rc = 0;
-	pthread_mutex_unlock(&s->mu);
-	return rc == 0 ? 0 : store_error(s, "sync", rc);
-}
-
-int
-reqstore_sync_wait(struct reqstore *s)
+/*
+ * Ask the thread for a sync; with wait, return once a sync that started after
+ * this call (so after every earlier commit) is done.  Reports, once, the
+ * last sync that failed.
+ */
+static int
+reqstore_sync_ask(struct reqstore *s, bool wait)
 {
 	uint64_t target;
 	int rc;
@@ -316,12 +305,24 @@ reqstore_sync_wait(struct reqstore *s)
 	target = s->syncs + (s->sync_busy ? 2 : 1);
 	s->sync_want = true;
 	pthread_cond_signal(&s->cv);
-	while (s->syncs < target)
+	while (wait && s->syncs < target)
 		pthread_cond_wait(&s->cv, &s->mu);
 	rc = s->sync_rc;
 	s->sync_rc = 0;
 	pthread_mutex_unlock(&s->mu);
 	return rc == 0 ? 0 : store_error(s, "sync", rc);
+}
+
+int
+reqstore_sync_async(struct reqstore *s)
+{
+	return reqstore_sync_ask(s, false);
+}
+
+int
+reqstore_sync_wait(struct reqstore *s)
+{
+	return reqstore_sync_ask(s, true);
 }
 
 uint64_t

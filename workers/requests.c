@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
-#include <time.h>
 #include <event2/event.h>
 
 #include "log.h"
@@ -312,12 +311,9 @@ gauges(struct requests *q)
 /* ---- group commit ---- */
 
 static double
-elapsed_ms(const struct timespec *t0)
+elapsed_ms(uint64_t t0_us)
 {
-	struct timespec t1;
-
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+	return (double)(mono_us() - t0_us) / 1e3;
 }
 
 static struct later *
@@ -421,11 +417,10 @@ tx_end(struct requests *q)
 {
 	struct later_list done = STAILQ_HEAD_INITIALIZER(done);
 	TAILQ_HEAD(, dev) kicks = TAILQ_HEAD_INITIALIZER(kicks);
-	struct timespec t0;
+	uint64_t t0 = mono_us();
 	struct dev *d;
 	bool ok = true;
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	later_run(q, &q->failed, false);
 	if (q->tx_open) {
 		q->tx_open = false;
@@ -444,8 +439,8 @@ tx_end(struct requests *q)
 		d->kick = false;
 		dev_kick(q, d);
 	}
-	if (elapsed_ms(&t0) > SLOW_MS)
-		log_debug("group commit and its answers took %.1f ms", elapsed_ms(&t0));
+	if (elapsed_ms(t0) > SLOW_MS)
+		log_debug("group commit and its answers took %.1f ms", elapsed_ms(t0));
 }
 
 static void
@@ -472,41 +467,42 @@ reply_text(struct requests *q, const char *peer, uint64_t reqid, int status, con
 	hmw_free(&m);
 }
 
-/* reply() with the body already serialized (copied if it must wait). */
-static void
-reply_str(struct requests *q, const char *peer, uint64_t reqid, int status, const char *text)
-{
-	struct later *l;
-
-	if (q->tx_open && (l = later_add(q, LATER_REPLY, peer, reqid)) != NULL) {
-		l->status = status;
-		if ((l->text = strdup(text)) == NULL) {
-			STAILQ_REMOVE(&q->later, l, later, link);
-			free(l);
-			log_ratelimited(LOG_ERR, "out of memory: an answer is lost");
-		}
-		return;
-	}
-	reply_text(q, peer, reqid, status, text);
-}
-
 /*
- * While the group's transaction is open, an answer may show what it has
- * not committed yet: it waits for the commit.
+ * Answer with text (owned, may be NULL).  While the group's transaction is
+ * open an answer may show what it has not committed yet: it waits for the
+ * commit.
  */
 static void
-reply(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *body)
+reply_own(struct requests *q, const char *peer, uint64_t reqid, int status, char *text)
 {
-	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
 	struct later *l;
 
 	if (q->tx_open && (l = later_add(q, LATER_REPLY, peer, reqid)) != NULL) {
 		l->status = status;
 		l->text = text;
-	} else {
-		reply_text(q, peer, reqid, status, text);
-		free(text);
+		return;
 	}
+	reply_text(q, peer, reqid, status, text);
+	free(text);
+}
+
+/* The body already serialized (copied). */
+static void
+reply_str(struct requests *q, const char *peer, uint64_t reqid, int status, const char *text)
+{
+	char *copy = strdup(text);
+
+	if (copy == NULL) {
+		log_ratelimited(LOG_ERR, "out of memory: an answer is lost");
+		return;
+	}
+	reply_own(q, peer, reqid, status, copy);
+}
+
+static void
+reply(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *body)
+{
+	reply_own(q, peer, reqid, status, body != NULL ? json_dumps(body, JSON_COMPACT) : NULL);
 	json_decref(body);
 }
 
@@ -1891,9 +1887,8 @@ requests_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct requests *q = arg;
 	int64_t now = now_ms();
-	struct timespec t0;
+	uint64_t t0 = mono_us();
 
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	note_resend(q);
 	/*
 	 * fsync = batch: the store's thread flushes what was committed until
@@ -1909,8 +1904,8 @@ requests_tick(evutil_socket_t fd, short what, void *arg)
 		q->last_prune_ms = now;
 		requests_prune(q);
 	}
-	if (elapsed_ms(&t0) > SLOW_MS)
-		log_debug("tick took %.1f ms", elapsed_ms(&t0));
+	if (elapsed_ms(t0) > SLOW_MS)
+		log_debug("tick took %.1f ms", elapsed_ms(t0));
 }
 
 void

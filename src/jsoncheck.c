@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "jsoncheck.h"
+#include "util.h"
 
 struct jc_key {
 	uint32_t gen;       /* used in the check of this generation */
@@ -42,17 +43,13 @@ jc_ws(struct jsoncheck *jc)
 static int
 jc_key_bytes(struct jsoncheck *jc, const void *b, size_t n)
 {
-	if (jc->keylen + n > jc->keycap) {
-		size_t cap = jc->keycap ? jc->keycap : 1024;
-		char *nk;
+	char *nk;
 
-		while (cap < jc->keylen + n)
-			cap *= 2;
-		if (cap > UINT32_MAX || (nk = realloc(jc->keys, cap)) == NULL)
-			return JC_OOM;
-		jc->keys = nk;
-		jc->keycap = cap;
-	}
+	/* Offsets into the keys are 32-bit. */
+	if (jc->keylen + n > UINT32_MAX ||
+	    (nk = grow_array(jc->keys, &jc->keycap, jc->keylen + n, 1, 1024)) == NULL)
+		return JC_OOM;
+	jc->keys = nk;
 	memcpy(jc->keys + jc->keylen, b, n);
 	jc->keylen += n;
 	return 0;

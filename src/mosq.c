@@ -32,6 +32,7 @@
 #include <sys/syscall.h>
 
 #include "mosq.h"
+#include "util.h"
 
 #define MOSQ_IO_FDS     65536          /* fds past this are not buffered */
 #define MOSQ_IO_IN      (64u << 10)
@@ -190,6 +191,7 @@ ssize_t
 write(int fd, const void *buf, size_t n)
 {
 	struct mosq_io *io = mosq_io_get(fd);
+	char *nb;
 
 	if (io == NULL)
 		return syscall(SYS_write, fd, buf, n);
@@ -205,19 +207,11 @@ write(int fd, const void *buf, size_t n)
 		if (n >= MOSQ_IO_IN)
 			return syscall(SYS_write, fd, buf, n);
 	}
-	if (io->out_len + n > io->out_cap) {
-		size_t cap = io->out_cap ? io->out_cap : 4096;
-		char *nb;
-
-		while (cap < io->out_len + n)
-			cap *= 2;
-		if ((nb = realloc(io->out, cap)) == NULL) {
-			errno = ENOMEM;
-			return -1;
-		}
-		io->out = nb;
-		io->out_cap = cap;
+	if ((nb = grow_array(io->out, &io->out_cap, io->out_len + n, 1, 4096)) == NULL) {
+		errno = ENOMEM;
+		return -1;
 	}
+	io->out = nb;
 	memcpy(io->out + io->out_len, buf, n);
 	io->out_len += n;
 	return (ssize_t)n;

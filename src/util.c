@@ -225,3 +225,24 @@ mkdir_p(const char *path, int mode)
 		return -1;
 	return 0;
 }
+
+void *
+grow_array(void *p, size_t *cap, size_t need, size_t size, size_t first)
+{
+	size_t n = *cap ? *cap : first;
+	void *np;
+
+	if (need <= *cap)
+		return p;
+	while (n < need) {
+		if (n > SIZE_MAX / 2)
+			return NULL;
+		n *= 2;
+	}
+	if (size != 0 && n > SIZE_MAX / size)
+		return NULL;
+	if ((np = realloc(p, n * size)) == NULL)
+		return NULL;
+	*cap = n;
+	return np;
+}

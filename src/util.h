@@ -28,6 +28,13 @@ void ulid_random(char out[ULID_LEN]);
 
 uint32_t hash32(const void *p, size_t len);  /* FNV-1a */
 
+/*
+ * Room for `need` elements of `size` bytes in p, whose capacity *cap grows by
+ * doubling from `first`.  Returns p itself when it has room, the moved array,
+ * or NULL (p untouched) when out of memory or the size overflows.
+ */
+void *grow_array(void *p, size_t *cap, size_t need, size_t size, size_t first);
+
 /* ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ */
 bool device_id_valid(const char *id, size_t len);
 

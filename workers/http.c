@@ -373,17 +373,14 @@ http_owe_ack(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq,
 {
 	if (slot == PROTO_SLOT_NONE)
 		return;
-	if (h->nacks == h->ackcap) {
-		size_t n = h->ackcap ? h->ackcap * 2 : 256;
-		struct pend_ack *p = realloc(h->acks, n * sizeof(*p));
-		if (p == NULL) {
-			/* Not acknowledged: the outbox resends, the spool drops the copy. */
-			log_ratelimited(LOG_ERR, "out of memory for acknowledgements");
-			return;
-		}
-		h->acks = p;
-		h->ackcap = n;
+	struct pend_ack *p = grow_array(h->acks, &h->ackcap, h->nacks + 1, sizeof(*p), 256);
+
+	if (p == NULL) {
+		/* Not acknowledged: the outbox resends, the spool drops the copy. */
+		log_ratelimited(LOG_ERR, "out of memory for acknowledgements");
+		return;
 	}
+	h->acks = p;
 	h->acks[h->nacks] = (struct pend_ack){ slot, epoch, seq, spooled, h->nacks };
 	h->nacks++;
 }
@@ -417,16 +414,13 @@ http_send_acks(struct http *h)
 static void
 http_add_new(struct http *h, uint64_t seq, int lane)
 {
-	if (h->nnews == h->newcap) {
-		size_t n = h->newcap ? h->newcap * 2 : 256;
-		struct pend_new *p = realloc(h->news, n * sizeof(*p));
-		if (p == NULL) {
-			http_fatal(h, "out of memory");
-			return;
-		}
-		h->news = p;
-		h->newcap = n;
+	struct pend_new *p = grow_array(h->news, &h->newcap, h->nnews + 1, sizeof(*p), 256);
+
+	if (p == NULL) {
+		http_fatal(h, "out of memory");
+		return;
 	}
+	h->news = p;
 	h->news[h->nnews++] = (struct pend_new){ seq, lane };
 }
 
@@ -524,17 +518,11 @@ http_sign(const struct http *h, const char *id, const char *ts, const char *body
 static int
 http_body_add(struct lane *l, const char *p, size_t len)
 {
-	if (l->bodylen + len > l->bodycap) {
-		size_t n = l->bodycap ? l->bodycap : 4096;
-		char *b;
+	char *b = grow_array(l->body, &l->bodycap, l->bodylen + len, 1, 4096);
 
-		while (n < l->bodylen + len)
-			n *= 2;
-		if ((b = realloc(l->body, n)) == NULL)
-			return -1;
-		l->body = b;
-		l->bodycap = n;
-	}
+	if (b == NULL)
+		return -1;
+	l->body = b;
 	memcpy(l->body + l->bodylen, p, len);
 	l->bodylen += len;
 	return 0;
@@ -618,17 +606,11 @@ http_sent_add(struct http *h, const char *id)
 static int
 http_lane_note_id(struct lane *l, size_t took, const char *id, size_t len)
 {
-	if (took >= l->idcap) {
-		size_t n = l->idcap ? l->idcap * 2 : 16;
-		void *p;
+	void *p = grow_array(l->ids, &l->idcap, took + 1, sizeof(*l->ids), 16);
 
-		while (n <= took)
-			n *= 2;
-		if ((p = realloc(l->ids, n * sizeof(*l->ids))) == NULL)
-			return -1;
-		l->ids = p;
-		l->idcap = n;
-	}
+	if (p == NULL)
+		return -1;
+	l->ids = p;
 	if (len > HTTP_SENT_ID_MAX)
 		len = 0;        /* not remembered */
 	memcpy(l->ids[took], id, len);

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -103,6 +104,33 @@ test_hash_and_strings(void **state)
 	assert_string_equal(buf, "abc");
 }
 
+static void
+test_grow_array(void **state)
+{
+	size_t cap = 0;
+	int *a = NULL, *b;
+
+	/* From `first`, doubling until the need fits; the contents move along. */
+	a = grow_array(a, &cap, 1, sizeof(*a), 4);
+	assert_non_null(a);
+	assert_int_equal(cap, 4);
+	a[0] = 42;
+	a = grow_array(a, &cap, 9, sizeof(*a), 4);
+	assert_non_null(a);
+	assert_int_equal(cap, 16);
+	assert_int_equal(a[0], 42);
+	/* Room already: the same array, the same capacity. */
+	b = grow_array(a, &cap, 16, sizeof(*a), 4);
+	assert_ptr_equal(a, b);
+	assert_int_equal(cap, 16);
+	/* Sizes that overflow fail and leave the array alone. */
+	assert_null(grow_array(a, &cap, SIZE_MAX, sizeof(*a), 4));
+	assert_null(grow_array(a, &cap, SIZE_MAX / 2 + 2, 1, 4));
+	assert_int_equal(cap, 16);
+	assert_int_equal(a[0], 42);
+	free(a);
+}
+
 int
 main(void)
 {
@@ -113,6 +141,7 @@ main(void)
 		cmocka_unit_test(test_device_ids),
 		cmocka_unit_test(test_topics),
 		cmocka_unit_test(test_hash_and_strings),
+		cmocka_unit_test(test_grow_array),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

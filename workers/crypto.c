@@ -18,6 +18,7 @@
 
 #define SEEN_SLOTS     65536     /* presence hints sent at most once a second per device */
 #define SEEN_EVERY_MS  1000
+#define CRYPTO_LINGER_MS 2       /* envelopes wait this long for company */
 
 struct seen {
 	char    id[129];
@@ -32,10 +33,12 @@ struct crypto {
 	size_t         cap;
 	struct hmw     out;          /* ENVELOPE records not sent yet */
 	int            nout;
-	/* DEVICE_INFO messages leave after the envelopes they follow, so the
-	 * device's envelope (a response) is on its way to the spool before the
-	 * router's own (the request it confirmed), which takes one hop more.
-	 * Likely, not guaranteed: the two travel different paths. */
+	struct event  *linger;       /* sends them CRYPTO_LINGER_MS after the first */
+	/* DEVICE_INFO messages, sent at the end of each batch: the router
+	 * waits for responses.  The device's envelope (a response) lingers, but
+	 * less than the router's notifications, so it is likely on its way to
+	 * the spool before the router's own (the request it confirmed).  Likely,
+	 * not guaranteed: the two travel different paths. */
 	struct hmw     infos[PROTO_BATCH_RECORDS];
 	int            ninfos;
 };
@@ -132,9 +135,8 @@ crypto_id_valid(const struct pstr *id)
 	return true;
 }
 
-/* Send the envelope batch, then the device notes that follow it. */
 static void
-crypto_out_send(struct crypto *c)
+crypto_send_envelopes(struct crypto *c)
 {
 	if (c->nout > 0) {
 		/* Lost (http worker away too long): the outboxes send them again. */
@@ -142,11 +144,37 @@ crypto_out_send(struct crypto *c)
 		hmw_free(&c->out);
 		c->nout = 0;
 	}
+}
+
+static void
+crypto_send_infos(struct crypto *c)
+{
 	for (int i = 0; i < c->ninfos; i++) {
 		worker_send(c->w, NULL, &c->infos[i]);
 		hmw_free(&c->infos[i]);
 	}
 	c->ninfos = 0;
+}
+
+static void
+crypto_linger_cb(evutil_socket_t fd, short what, void *arg)
+{
+	crypto_send_envelopes(arg);
+}
+
+/*
+ * The end of a batch: device infos leave now; envelopes wait up to
+ * CRYPTO_LINGER_MS for more, so that at a moderate rate the http worker
+ * wakes once for several, not once for each.  A full batch has already left.
+ */
+static void
+crypto_batch_done(struct crypto *c)
+{
+	struct timeval tv = { 0, CRYPTO_LINGER_MS * 1000 };
+
+	crypto_send_infos(c);
+	if (c->nout > 0 && !evtimer_pending(c->linger, NULL))
+		evtimer_add(c->linger, &tv);
 }
 
 /* One device message; 0 when read (envelope or rejection), -1 if malformed. */
@@ -243,9 +271,10 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	c->nout++;
 	worker_count(c->w, STAT_envelopes, 1);
 	crypto_tell_router(c, id, idlen, kindp, &in);
-	if (c->nout >= PROTO_BATCH_RECORDS || c->ninfos >= PROTO_BATCH_RECORDS ||
-	    hmw_len(&c->out) >= PROTO_BATCH_BYTES)
-		crypto_out_send(c);
+	if (c->nout >= PROTO_BATCH_RECORDS || hmw_len(&c->out) >= PROTO_BATCH_BYTES)
+		crypto_send_envelopes(c);
+	if (c->ninfos >= PROTO_BATCH_RECORDS)
+		crypto_send_infos(c);
 	return 0;
 }
 
@@ -260,7 +289,18 @@ crypto_device_messages(struct crypto *c, struct hmr *r)
 			break;
 		}
 	} while (hmr_more(r));
-	crypto_out_send(c);
+	crypto_batch_done(c);
+}
+
+/* Stop: what lingers leaves first (else its outbox would resend it). */
+static void
+crypto_stop(struct worker *w)
+{
+	struct crypto *c = w->arg;
+
+	crypto_send_infos(c);
+	crypto_send_envelopes(c);
+	worker_exit(w, 0);
 }
 
 static void
@@ -293,10 +333,12 @@ crypto_main(struct worker *w)
 	}
 	c->w = w;
 	c->seen = calloc(SEEN_SLOTS, sizeof(*c->seen));
-	if (c->seen == NULL || crypto_reserve(c, 64 * 1024) == -1)
+	c->linger = evtimer_new(w->base, crypto_linger_cb, c);
+	if (c->seen == NULL || c->linger == NULL || crypto_reserve(c, 64 * 1024) == -1)
 		return 1;
 	w->arg = c;
 	w->hooks.fabric = crypto_dispatch;
+	w->hooks.stop = crypto_stop;
 	if (worker_join_fabric(w) == -1 || worker_lane_in(w, "crypto") == -1 ||
 	    worker_lane_out(w, "spool") == -1)
 		return 1;

@@ -30,6 +30,7 @@
 #define HTTP_RETRY_AFTER_MAX_MS 3600000
 #define HTTP_DETAIL_MAX         SPOOL_DETAIL_MAX
 #define HTTP_BATCH_OPS          1024    /* spool changes per write transaction */
+#define HTTP_PUT_COMMIT_MS      5       /* new envelopes wait at most this for a commit */
 #define HTTP_LAZY_COMMIT_MS     20      /* deletions wait at most this for a commit */
 #define HTTP_SENT_SLOTS         (1u << 18)  /* delivered ids remembered (8 MiB) */
 #define HTTP_SENT_ID_MAX        31
@@ -103,6 +104,7 @@ struct http {
 	int              want_lanes;    /* a concurrency change waits for quiet lanes */
 	/* the loop pass's write transaction */
 	struct event    *commit_ev;
+	int64_t          commit_due;    /* mono_ms() when commit_ev fires */
 	size_t           ops;
 	struct pend_ack *acks;
 	size_t           nacks, ackcap;
@@ -320,14 +322,29 @@ http_batch(struct http *h)
 	return 0;
 }
 
+/* Commit within ms, or sooner if an earlier commit is already due. */
+static void
+http_commit_within(struct http *h, int64_t ms)
+{
+	int64_t due = mono_ms() + ms;
+
+	if (event_pending(h->commit_ev, EV_TIMEOUT, NULL) && h->commit_due <= due)
+		return;
+	h->commit_due = due;
+	http_after(h->commit_ev, ms);
+}
+
 /*
- * Puts are acknowledged to their outbox only after the commit: commit once
- * the loop has run what is ready now, one sync per pass.
+ * Puts are acknowledged to their outbox, and posted, only after the commit
+ * (and its sync).  They wait up to HTTP_PUT_COMMIT_MS for company: at a
+ * moderate rate, where each loop pass brings one envelope, one commit then
+ * covers a few milliseconds' worth, not one; under load the batch fills
+ * (HTTP_BATCH_OPS) and commits at once.
  */
 static void
 http_commit_soon(struct http *h)
 {
-	event_active(h->commit_ev, EV_TIMEOUT, 0);
+	http_commit_within(h, HTTP_PUT_COMMIT_MS);
 }
 
 /*
@@ -339,8 +356,7 @@ http_commit_soon(struct http *h)
 static void
 http_commit_later(struct http *h)
 {
-	if (!event_pending(h->commit_ev, EV_TIMEOUT, NULL))
-		http_after(h->commit_ev, HTTP_LAZY_COMMIT_MS);
+	http_commit_within(h, HTTP_LAZY_COMMIT_MS);
 }
 
 /*

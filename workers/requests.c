@@ -32,6 +32,7 @@
 #define PUBLISH_RETRY_MS     1000
 #define NOTE_RESEND_MS       5000    /* no ACK from the spool: send again */
 #define NOTE_RESEND_BATCH    1000
+#define NOTE_LINGER_MS       5       /* notifications wait this long for company */
 #define LIST_MAX             1000
 #define WAIT_MAX             60
 #define PEER_MAX             32
@@ -147,6 +148,7 @@ struct requests {
 	struct event    *flush_ev;
 	struct hmw       out;           /* notifications to send, batched */
 	int              nout;
+	struct event    *note_ev;       /* sends them NOTE_LINGER_MS after the first */
 	char            *gw_json;       /* note_gateway() */
 	char             gw_name[256];
 	uint64_t         next_seq, next_nseq, next_ref;
@@ -166,6 +168,7 @@ static void req_free(struct requests *q, struct req *r);
 static struct req *req_find(struct requests *q, const char *cid);
 static void note_send_seq(struct requests *q, uint64_t seq);
 static void note_flush(struct requests *q);
+static void note_flush_soon(struct requests *q);
 
 /* ---- hash tables ---- */
 
@@ -432,7 +435,7 @@ tx_end(struct requests *q)
 	/* Settled in order; anything they write opens the next group. */
 	STAILQ_CONCAT(&done, &q->later);
 	later_run(q, &done, ok);
-	note_flush(q);
+	note_flush_soon(q);
 	TAILQ_CONCAT(&kicks, &q->kicks, kick_link);
 	while ((d = TAILQ_FIRST(&kicks)) != NULL) {
 		TAILQ_REMOVE(&kicks, d, kick_link);
@@ -552,6 +555,29 @@ note_flush(struct requests *q)
 	router_to_http(q->w, &q->out);
 	hmw_free(&q->out);
 	q->nout = 0;
+}
+
+/*
+ * Notifications are background traffic: each fabric message wakes the http
+ * worker (and its ACK wakes this one), so at a moderate rate they wait
+ * NOTE_LINGER_MS for company instead of leaving one per commit.  A full
+ * batch leaves at once (note_send).
+ */
+static void
+note_flush_soon(struct requests *q)
+{
+	struct timeval tv = { 0, NOTE_LINGER_MS * 1000 };
+
+	if (q->note_ev == NULL)
+		note_flush(q);
+	else if (q->nout > 0 && !evtimer_pending(q->note_ev, NULL))
+		evtimer_add(q->note_ev, &tv);
+}
+
+static void
+note_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	note_flush(arg);
 }
 
 static void
@@ -2061,6 +2087,7 @@ requests_open(struct worker *w)
 	q->tick = event_new(w->base, -1, EV_PERSIST, requests_tick, q);
 	event_add(q->tick, &tv);
 	q->tx_ev = evtimer_new(w->base, tx_cb, q);
+	q->note_ev = evtimer_new(w->base, note_flush_cb, q);
 	q->flush_ev = event_new(w->base, -1, EV_PERSIST, dev_flush_cb, q);
 	event_add(q->flush_ev, &ftv);
 	/* Queues of devices taken to be online go out once an mqtt worker is
@@ -2091,6 +2118,8 @@ requests_close(struct requests *q)
 		event_free(q->tick);
 	if (q->tx_ev)
 		event_free(q->tx_ev);
+	if (q->note_ev)
+		event_free(q->note_ev);
 	if (q->flush_ev)
 		event_free(q->flush_ev);
 	for (size_t i = 0; i < q->pubs.nb; i++)

@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,9 @@ struct reqstore {
 	MDB_dbi   meta;     /* name -> u64 */
 	MDB_txn  *txn;      /* the open write transaction */
 	bool      full;
+	/* Test-only: while this file exists, commits fail (EIO).  From
+	 * HERALD_TEST_REQSTORE_FAIL; NULL in normal operation. */
+	char     *fail_flag;
 	/* reqstore_sync_async(): a thread that runs mdb_env_sync, so the
 	 * router's loop never waits for the disk.  mu guards the rest. */
 	bool            syncer;     /* the thread runs */
@@ -214,6 +218,9 @@ reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync, char *err
 		}
 		s->syncer = true;
 	}
+	s->fail_flag = getenv("HERALD_TEST_REQSTORE_FAIL");
+	if (s->fail_flag != NULL)
+		log_warn("HERALD_TEST_REQSTORE_FAIL: commits fail while %s exists", s->fail_flag);
 	return s;
 fail:
 	if (s->env != NULL)
@@ -260,6 +267,11 @@ reqstore_commit(struct reqstore *s)
 
 	if (s->txn == NULL)
 		return -1;
+	if (s->fail_flag != NULL && access(s->fail_flag, F_OK) == 0) {
+		mdb_txn_abort(s->txn);
+		s->txn = NULL;
+		return store_error(s, "commit (HERALD_TEST_REQSTORE_FAIL)", EIO);
+	}
 	rc = mdb_txn_commit(s->txn);
 	s->txn = NULL;
 	return rc == 0 ? 0 : store_error(s, "commit", rc);

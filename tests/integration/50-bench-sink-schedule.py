@@ -59,7 +59,9 @@ def test_schedule():
     rep = s.report()
     assert rep["answers"]["400"] == 2 and rep["rejected_by_rule"] == 2, rep
     assert rep["answers"]["503"] >= 2, rep
-    assert rep["refused_requests"] == 1, rep
+    # The kept-alive request was cut; a probe of refused() whose connection
+    # was accepted just before the listener closed is cut too, not refused.
+    assert 1 <= rep["refused_requests"] <= 2, rep
     assert 0.9 < rep["refused_s"] < 1.6, rep["refused_s"]
     # only what was answered 2xx is counted: d1 seq 1 and 2
     assert rep["distinct"] == 2 and rep["devices"] == 1, rep

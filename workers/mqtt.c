@@ -47,6 +47,7 @@
 #define MQTT_BACKOFF_MIN_MS    100
 #define MQTT_BACKOFF_MAX_MS    10000
 #define MQTT_SYNC_RETRY_MS     100
+#define MQTT_SYNC_WINDOW_MS    2        /* fsync = batch: one outbox msync per window */
 #define MQTT_STOP_POLL_MS      20
 #define MQTT_STOP_DEADLINE_MS  2000
 #define MQTT_PUB_BUCKETS       256
@@ -148,7 +149,9 @@ struct mqttw {
 	int               nconns;
 	int               rr;
 	struct event     *flush_ev, *tick_ev, *resend_ev, *stop_ev;
+	struct event     *sync_ev;          /* the batch window's msync */
 	bool              paused_spool, paused_full, stopping, sync_failing;
+	bool              urgent;           /* a publish for a device waits to be written */
 	int64_t           stop_deadline;
 	uint32_t          node_hash;
 	uint64_t          unsent_from;      /* appended in this life, not sent yet */
@@ -569,26 +572,67 @@ conn_write(struct mconn *c)
 	c->writing = want;
 }
 
+/* The records appended since the last call leave for the crypto worker. */
 static void
-mqtt_flush(struct mqttw *mw)
+mqtt_send_new(struct mqttw *mw)
 {
-	/*
-	 * Every PUBACK queued so far belongs to a record appended before it;
-	 * those records reach the disk (fsync always|batch) before any PUBACK
-	 * is written, and before their ids leave the process.
-	 */
+	if (mw->unsent_from < outbox_next_seq(mw->ob)) {
+		outbox_foreach(mw->ob, mw->unsent_from, mqtt_send_new_cb, mw);
+		mqtt_batch_send(mw);
+		mw->unsent_from = outbox_next_seq(mw->ob);
+	}
+}
+
+/* Writes wait (the PUBACKs must not leave before their records' sync):
+ * stop watching for writability, or the loop would spin on it. */
+static void
+mqtt_hold_writes(struct mqttw *mw)
+{
+	for (int i = 0; i < mw->nconns; i++)
+		if (mw->conns[i].writing) {
+			event_del(mw->conns[i].wev);
+			mw->conns[i].writing = false;
+		}
+}
+
+/*
+ * The end of a loop pass.  Every PUBACK queued so far belongs to a record
+ * appended before it; those records reach the disk (fsync always|batch)
+ * before any PUBACK is written.
+ *
+ * With fsync = batch the new records' ids leave for the crypto worker
+ * first, and the sync waits up to MQTT_SYNC_WINDOW_MS for more records, so
+ * that one msync covers a window, not a pass; the writes (PUBACKs) wait
+ * with it.  A publish for a device (mw->urgent) or `force` syncs at once.
+ * Sending an id before its record is on disk is safe: a power cut can lose
+ * the record, never the message (no PUBACK left, the broker sends it
+ * again), and the id cannot name another message later, because it holds
+ * the message's arrival time (msgid_make) as well as its sequence.  Such a
+ * message may then reach the backend twice, under two ids.
+ */
+static void
+mqtt_flush_ex(struct mqttw *mw, bool force)
+{
+	bool early = mw->fsync == FSYNC_BATCH;
+
+	if (early)
+		mqtt_send_new(mw);
 	if (outbox_dirty(mw->ob)) {
+		if (early && !force && !mw->urgent) {
+			struct timeval tv = { 0, MQTT_SYNC_WINDOW_MS * 1000 };
+
+			mqtt_hold_writes(mw);
+			if (!evtimer_pending(mw->sync_ev, NULL))
+				evtimer_add(mw->sync_ev, &tv);
+			return;
+		}
 		if (outbox_sync(mw->ob, mw->fsync) == -1) {
 			struct timeval tv = { 0, MQTT_SYNC_RETRY_MS * 1000 };
 
 			log_ratelimited(LOG_ERR, "outbox msync: %s; holding the PUBACKs",
 			    strerror(errno));
 			mw->sync_failing = true;
-			for (int i = 0; i < mw->nconns; i++)
-				if (mw->conns[i].writing) {
-					event_del(mw->conns[i].wev);
-					mw->conns[i].writing = false;
-				}
+			mqtt_hold_writes(mw);
 			event_del(mw->flush_ev);
 			event_add(mw->flush_ev, &tv);
 			return;
@@ -598,19 +642,29 @@ mqtt_flush(struct mqttw *mw)
 		log_notice("outbox msync works again");
 		mw->sync_failing = false;
 	}
-	if (mw->unsent_from < outbox_next_seq(mw->ob)) {
-		outbox_foreach(mw->ob, mw->unsent_from, mqtt_send_new_cb, mw);
-		mqtt_batch_send(mw);
-		mw->unsent_from = outbox_next_seq(mw->ob);
-	}
+	mw->urgent = false;
+	if (!early)
+		mqtt_send_new(mw);
 	for (int i = 0; i < mw->nconns; i++)
 		conn_write(&mw->conns[i]);
+}
+
+static void
+mqtt_flush(struct mqttw *mw)
+{
+	mqtt_flush_ex(mw, false);
 }
 
 static void
 mqtt_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	mqtt_flush(arg);
+}
+
+static void
+mqtt_sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+	mqtt_flush_ex(arg, true);
 }
 
 /* Run the flush after every callback already due in this loop pass (reads
@@ -1176,6 +1230,7 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 	n->ref = p->ref;
 	n->next = c->pubs[(uint16_t)mid % MQTT_PUB_BUCKETS];
 	c->pubs[(uint16_t)mid % MQTT_PUB_BUCKETS] = n;
+	mw->urgent = true;      /* a request's round trip waits for this write */
 	mqtt_schedule_flush(mw);
 }
 
@@ -1239,7 +1294,7 @@ mqtt_stop_step(evutil_socket_t fd, short what, void *arg)
 	struct timeval tv = { 0, MQTT_STOP_POLL_MS * 1000 };
 	bool open = false;
 
-	mqtt_flush(mw);
+	mqtt_flush_ex(mw, true);
 	for (int i = 0; i < mw->nconns; i++) {
 		struct mconn *c = &mw->conns[i];
 
@@ -1361,9 +1416,10 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	mw->tick_ev = event_new(w->base, -1, EV_PERSIST, mqtt_tick, mw);
 	mw->resend_ev = evtimer_new(w->base, mqtt_resend_tick, mw);
 	mw->stop_ev = evtimer_new(w->base, mqtt_stop_step, mw);
+	mw->sync_ev = evtimer_new(w->base, mqtt_sync_cb, mw);
 	mw->conns = calloc((size_t)mw->nconns, sizeof(*mw->conns));
 	if (mw->flush_ev == NULL || mw->tick_ev == NULL || mw->resend_ev == NULL ||
-	    mw->stop_ev == NULL || mw->conns == NULL) {
+	    mw->stop_ev == NULL || mw->sync_ev == NULL || mw->conns == NULL) {
 		log_err("out of memory");
 		return -1;
 	}

@@ -114,6 +114,49 @@ def test_seq_in_counts_tail_loss():
         os.unlink(path)
 
 
+def test_reading_envelopes():
+    """The sink reads envelopes in place and falls back to jansson for what
+    it would have to unescape; both read the same: escaped ids, nested
+    payloads with braces inside strings, a real-valued seq (unsequenced),
+    a payload whose dev is not the envelope's device, request states.
+    Not an envelope, an array with a non-object, a duplicate key: 400."""
+    s = Sink("--json")
+    nested = tele("n1", "d1", 1)
+    nested["payload"]["deep"] = {"a": ["}", "]", {"b": "{\\\"x\\\""}], "c": [1, 2.5e3, True, None]}
+    assert s.post(json.dumps(nested, indent=2).encode())[0] == 204
+    escaped = b'{"id":"e\\u0032x","device":"d\\u0031","kind":"telemetry",' \
+        b'"receivedAt":"2026-11-22T00:00:00.000Z","payload":{"seq":2,"dev":"d1"}}'
+    assert s.post(escaped)[0] == 204                            # jansson: id e2x, device d1
+    assert s.post(json.dumps(tele("e2x", "d1", 2)).encode())[0] == 204   # its duplicate
+    real = tele("r1", "d1", 3)
+    real["payload"]["seq"] = 3.0
+    assert s.post(json.dumps(real).encode())[0] == 204          # unsequenced
+    other = tele("o1", "d1", 4)
+    other["payload"]["dev"] = "d9"
+    assert s.post(json.dumps(other).encode())[0] == 204         # dev mismatch
+    reqs = [envelope("q%d" % i, "d3", "request", {"commandId": "c%d" % i, "state": st})
+            for i, st in enumerate(["sent", "confirmed", "sent"])]
+    assert s.post(json.dumps(reqs).encode())[0] == 204
+    assert s.post(json.dumps([tele("x1", "d1", 5), 7]).encode())[0] == 400
+    nopay = tele("x2", "d1", 5)
+    nopay["payload"] = [1]
+    assert s.post(json.dumps(nopay).encode())[0] == 400
+    assert s.post(b'{"id":"x3","id":"x4","device":"d1","kind":"telemetry",'
+                  b'"receivedAt":"t","payload":{}}')[0] == 400
+    assert s.post(b"[]")[0] == 400
+    r = s.report()
+    t = r["kinds"]["telemetry"]
+    assert (t["distinct"], t["duplicates"], t["unsequenced"]) == (4, 1, 1), t
+    assert r["dev_mismatch"] == 1 and r["malformed"] == 4, r
+    assert r["request_states"] == {"sent": 2, "confirmed": 1}, r["request_states"]
+    assert r["batches"] == {"arrays": 1, "max": 3, "mean": 3.0}, r["batches"]
+    per = s.report(devices=True)["per_device"]
+    # seqs 1, 2 (escaped device d1), 4; 3 came as 3.0, which is no sequence
+    assert per["d1"]["telemetry"] == {"distinct": 3, "max_seq": 4, "gaps": 1, "repeats": 0,
+                                      "reordered": 0}, per["d1"]
+
+
 if __name__ == "__main__":
-    main(test_signatures_and_counts, test_unsigned_sink_accepts_and_expect_ends_it,
+    main(test_signatures_and_counts, test_reading_envelopes,
+         test_unsigned_sink_accepts_and_expect_ends_it,
          test_timeout_without_expect_reached_fails, test_seq_in_counts_tail_loss)

@@ -22,11 +22,22 @@
 #include <event2/keyvalq_struct.h>
 
 #include "bench.h"
+#include "jsoncheck.h"
 #include "util.h"
 
 #define SINK_MAX_PHASES 64
 #define SINK_MAX_RULES 16
 #define SINK_CODES 600
+#define SINK_FIELD_MAX 256              /* longest id, device, ... counted */
+
+/* What the sink needs of one envelope. */
+struct env_view {
+	bool ok;                        /* id, device, kind, receivedAt strings; payload an object */
+	char id[SINK_FIELD_MAX], device[SINK_FIELD_MAX], kind[32];
+	bool has_seq, has_ts, has_pdev, has_state;
+	int64_t seq, ts;                /* payload's, when integers */
+	char pdev[SINK_FIELD_MAX], state[64];
+};
 
 enum sink_mode { SM_OK, SM_CODE, SM_REFUSE };
 
@@ -83,6 +94,9 @@ struct sink {
 	uint64_t first_us, last_us, max_silence_us;  /* mono, of accepted requests */
 	struct bench_herald herald;
 	json_t *req_states;             /* kind "request" envelopes per payload state */
+	struct env_view *views;         /* the envelopes of the body being counted */
+	size_t nviews_cap;
+	struct jsoncheck jc;
 	LIST_HEAD(, sink_reply) delayed;
 	bool finishing;
 	int exit_code;
@@ -555,17 +569,6 @@ sink_answer(struct sink *k, struct evhttp_request *req, int code)
 	LIST_INSERT_HEAD(&k->delayed, r, link);
 }
 
-/* The envelope fields herald promises (SPEC §2); payload must be an object. */
-static bool
-sink_envelope_ok(json_t *e)
-{
-	return json_is_object(e) && json_is_string(json_object_get(e, "id")) &&
-	    json_is_string(json_object_get(e, "device")) &&
-	    json_is_string(json_object_get(e, "kind")) &&
-	    json_is_string(json_object_get(e, "receivedAt")) &&
-	    json_is_object(json_object_get(e, "payload"));
-}
-
 /* 0 = signature fine (or not checked), else the status to answer. */
 static int
 sink_check_signature(struct sink *k, struct evhttp_request *req, const void *body, size_t len,
@@ -600,44 +603,282 @@ sink_check_signature(struct sink *k, struct evhttp_request *req, const void *bod
 
 /* webhook-id is the envelope id, or for an array "<first id>.<count>". */
 static bool
-sink_webhook_id_matches(const char *wid, json_t *doc, json_t *first)
+sink_webhook_id_matches(const char *wid, const char *fid, bool array, size_t n)
 {
-	const char *fid = json_string_value(json_object_get(first, "id"));
 	char want[512];
 
 	if (wid == NULL)
 		return true;
-	if (!json_is_array(doc))
+	if (!array)
 		return strcmp(wid, fid) == 0;
-	snprintf(want, sizeof(want), "%s.%zu", fid, json_array_size(doc));
-	return strcmp(wid, want) == 0 || (json_array_size(doc) == 1 && strcmp(wid, fid) == 0);
+	snprintf(want, sizeof(want), "%s.%zu", fid, n);
+	return strcmp(wid, want) == 0 || (n == 1 && strcmp(wid, fid) == 0);
+}
+
+/*
+ * Reading the envelopes.  The body is first checked to be strict JSON
+ * (jsoncheck), then read in place for the few fields counted: building a
+ * jansson tree of every envelope cost the sink as much CPU per message as
+ * herald's http worker, on the same cores as herald.  A string the fast
+ * reader would have to unescape, or one too long for a view, sends the
+ * whole body to jansson instead.
+ */
+static const char *
+fp_ws(const char *p, const char *e)
+{
+	while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* p at '"': the raw content is [*s, *s + *len); returns what follows. */
+static const char *
+fp_str(const char *p, const char *e, const char **s, size_t *len, bool *esc)
+{
+	*s = ++p;
+	*esc = false;
+	while (p < e && *p != '"') {
+		if (*p == '\\') {
+			*esc = true;
+			p++;
+		}
+		p++;
+	}
+	*len = (size_t)(p - *s);
+	return p + 1;
+}
+
+/* Skip one value of valid JSON. */
+static const char *
+fp_skip(const char *p, const char *e)
+{
+	const char *s;
+	size_t len;
+	bool esc;
+	int d = 0;
+
+	if (*p == '"')
+		return fp_str(p, e, &s, &len, &esc);
+	if (*p != '{' && *p != '[') {
+		while (p < e && strchr(",}] \t\n\r", *p) == NULL)
+			p++;
+		return p;
+	}
+	do {
+		if (*p == '"') {
+			p = fp_str(p, e, &s, &len, &esc);
+			continue;
+		}
+		if (*p == '{' || *p == '[')
+			d++;
+		else if (*p == '}' || *p == ']')
+			d--;
+		p++;
+	} while (d > 0 && p < e);
+	return p;
+}
+
+/* A string value into dst; -1 (read it with jansson) if escaped or too long. */
+static int
+fp_copy(char *dst, size_t cap, const char *s, size_t len, bool esc)
+{
+	if (esc || len >= cap)
+		return -1;
+	memcpy(dst, s, len);
+	dst[len] = '\0';
+	return 0;
+}
+
+/* A number token that is an integer (jansson's json_is_integer) into *v. */
+static bool
+fp_int(const char *p, const char *end, int64_t *v)
+{
+	char buf[32];
+	size_t len = 0;
+
+	while (p + len < end && strchr(",}] \t\n\r", p[len]) == NULL)
+		len++;
+	if (len == 0 || len >= sizeof(buf) || strspn(p, "-0123456789") < len)
+		return false;
+	memcpy(buf, p, len);
+	buf[len] = '\0';
+	errno = 0;
+	*v = strtoll(buf, NULL, 10);
+	return errno == 0;
+}
+
+/* p at '{' of an envelope (payload: of its payload); NULL to use jansson. */
+static const char *
+fp_object(const char *p, const char *e, struct env_view *v, bool payload, bool *has_payload,
+    bool *has_recv)
+{
+	p = fp_ws(p + 1, e);
+	if (p < e && *p == '}')
+		return p + 1;
+	while (p < e) {
+		const char *key, *val;
+		size_t klen, vlen;
+		bool esc, str;
+
+		p = fp_str(p, e, &key, &klen, &esc);
+		if (esc)
+			return NULL;
+		p = fp_ws(fp_ws(p, e) + 1, e);          /* the ':' */
+		str = p < e && *p == '"';
+#define KEY(name) (klen == sizeof(name) - 1 && memcmp(key, name, klen) == 0)
+		if (!payload && str && (KEY("id") || KEY("device") || KEY("kind") || KEY("receivedAt"))) {
+			p = fp_str(p, e, &val, &vlen, &esc);
+			if ((KEY("id") && fp_copy(v->id, sizeof(v->id), val, vlen, esc) == -1) ||
+			    (KEY("device") && fp_copy(v->device, sizeof(v->device), val, vlen, esc) == -1) ||
+			    (KEY("kind") && fp_copy(v->kind, sizeof(v->kind), val, vlen, esc) == -1))
+				return NULL;
+			if (KEY("receivedAt"))
+				*has_recv = true;
+		} else if (!payload && KEY("payload") && p < e && *p == '{') {
+			*has_payload = true;
+			if ((p = fp_object(p, e, v, true, NULL, NULL)) == NULL)
+				return NULL;
+		} else if (payload && (KEY("seq") || KEY("ts")) && p < e && strchr("-0123456789", *p)) {
+			if (KEY("seq"))
+				v->has_seq = fp_int(p, e, &v->seq);
+			else
+				v->has_ts = fp_int(p, e, &v->ts);
+			p = fp_skip(p, e);
+		} else if (payload && str && (KEY("dev") || KEY("state"))) {
+			p = fp_str(p, e, &val, &vlen, &esc);
+			if (KEY("dev")) {
+				if (fp_copy(v->pdev, sizeof(v->pdev), val, vlen, esc) == -1)
+					return NULL;
+				v->has_pdev = true;
+			} else {
+				if (fp_copy(v->state, sizeof(v->state), val, vlen, esc) == -1)
+					return NULL;
+				v->has_state = true;
+			}
+		} else {
+			p = fp_skip(p, e);
+		}
+#undef KEY
+		p = fp_ws(p, e);
+		if (p < e && *p == '}')
+			return p + 1;
+		p = fp_ws(p + 1, e);                    /* the ',' */
+	}
+	return NULL;
+}
+
+static struct env_view *
+sink_view(struct sink *k, size_t i)
+{
+	if (i >= k->nviews_cap) {
+		size_t cap = k->nviews_cap ? k->nviews_cap * 2 : 128;
+		struct env_view *n = realloc(k->views, cap * sizeof(*n));
+
+		if (n == NULL)
+			return NULL;
+		k->views = n;
+		k->nviews_cap = cap;
+	}
+	memset(&k->views[i], 0, sizeof(k->views[i]));
+	return &k->views[i];
+}
+
+/* Valid JSON read in place: 1 with *n views, 0 to use jansson, -1 out of memory. */
+static int
+sink_read_fast(struct sink *k, const char *body, size_t len, size_t *n, bool *array)
+{
+	const char *p = fp_ws(body, body + len), *e = body + len;
+
+	*n = 0;
+	*array = p < e && *p == '[';
+	if (*array)
+		p = fp_ws(p + 1, e);
+	while (p < e && *p != ']') {
+		struct env_view *v = sink_view(k, *n);
+		bool has_payload = false, has_recv = false;
+
+		if (v == NULL)
+			return -1;
+		if (*p == '{') {
+			if ((p = fp_object(p, e, v, false, &has_payload, &has_recv)) == NULL)
+				return 0;
+			v->ok = v->id[0] != '\0' && v->device[0] != '\0' && v->kind[0] != '\0' &&
+			    has_recv && has_payload;
+		} else {
+			p = fp_skip(p, e);
+		}
+		(*n)++;
+		if (!*array)
+			break;
+		p = fp_ws(p, e);
+		if (p < e && *p == ',')
+			p = fp_ws(p + 1, e);
+	}
+	return 1;
 }
 
 static void
-sink_count(struct sink *k, json_t *e, uint64_t wall)
+sink_view_str(char *dst, size_t cap, json_t *s)
 {
-	const char *device = json_string_value(json_object_get(e, "device"));
-	enum track_kind kind = track_kind_parse(json_string_value(json_object_get(e, "kind")));
-	json_t *p = json_object_get(e, "payload");
-	json_t *seq = json_object_get(p, "seq"), *ts = json_object_get(p, "ts");
-	json_t *dev = json_object_get(p, "dev");
+	snprintf(dst, cap, "%s", json_string_value(s) ? json_string_value(s) : "");
+}
+
+/* The same views from a jansson tree; *n 0 when malformed. */
+static int
+sink_read_jansson(struct sink *k, const char *body, size_t len, size_t *n, bool *array)
+{
+	json_t *doc = json_loadb(body, len, 0, NULL);
+
+	*n = 0;
+	*array = json_is_array(doc);
+	for (size_t i = 0; doc != NULL && i < (*array ? json_array_size(doc) : 1); i++) {
+		json_t *e = *array ? json_array_get(doc, i) : doc, *p = json_object_get(e, "payload");
+		struct env_view *v = sink_view(k, i);
+
+		if (v == NULL) {
+			json_decref(doc);
+			return -1;
+		}
+		v->ok = json_is_object(e) && json_is_string(json_object_get(e, "id")) &&
+		    json_is_string(json_object_get(e, "device")) &&
+		    json_is_string(json_object_get(e, "kind")) &&
+		    json_is_string(json_object_get(e, "receivedAt")) && json_is_object(p);
+		sink_view_str(v->id, sizeof(v->id), json_object_get(e, "id"));
+		sink_view_str(v->device, sizeof(v->device), json_object_get(e, "device"));
+		sink_view_str(v->kind, sizeof(v->kind), json_object_get(e, "kind"));
+		if ((v->has_seq = json_is_integer(json_object_get(p, "seq"))))
+			v->seq = json_integer_value(json_object_get(p, "seq"));
+		if ((v->has_ts = json_is_integer(json_object_get(p, "ts"))))
+			v->ts = json_integer_value(json_object_get(p, "ts"));
+		if ((v->has_pdev = json_is_string(json_object_get(p, "dev"))))
+			sink_view_str(v->pdev, sizeof(v->pdev), json_object_get(p, "dev"));
+		if ((v->has_state = json_is_string(json_object_get(p, "state"))))
+			sink_view_str(v->state, sizeof(v->state), json_object_get(p, "state"));
+		(*n)++;
+	}
+	json_decref(doc);
+	return 0;
+}
+
+static void
+sink_count(struct sink *k, const struct env_view *v, uint64_t wall)
+{
+	enum track_kind kind = track_kind_parse(v->kind);
 	enum track_result r;
 
-	if (json_is_string(dev) && strcmp(json_string_value(dev), device) != 0)
+	if (v->has_pdev && strcmp(v->pdev, v->device) != 0)
 		k->dev_mismatch++;
-	r = track_add(k->track, json_string_value(json_object_get(e, "id")), device, kind,
-	    json_is_integer(seq) ? json_integer_value(seq) : -1);
+	r = track_add(k->track, v->id, v->device, kind, v->has_seq ? v->seq : -1);
 	if (kind == TK_REQUEST && r != TRACK_DUP_ID) {
 		/* which state changes herald reports (SPEC §2: the request record) */
-		json_t *st = json_object_get(p, "state");
-		const char *name = json_is_string(st) ? json_string_value(st) : "(none)";
+		const char *name = v->has_state ? v->state : "(none)";
 		json_t *n = json_object_get(k->req_states, name);
 
 		json_object_set_new(k->req_states, name, json_integer(n ? json_integer_value(n) + 1 : 1));
 	}
 	if ((r == TRACK_NEW || r == TRACK_REORDERED || r == TRACK_UNSEQUENCED) &&
-	    json_is_integer(ts) && json_integer_value(ts) > 0) {
-		uint64_t t = (uint64_t)json_integer_value(ts), lat = 0;
+	    v->has_ts && v->ts > 0) {
+		uint64_t t = (uint64_t)v->ts, lat = 0;
 
 		if (wall >= t)
 			lat = wall - t;
@@ -652,14 +893,16 @@ static void
 sink_post(struct sink *k, struct evhttp_request *req)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
-	size_t len = evbuffer_get_length(in), n;
+	size_t len = evbuffer_get_length(in);
 	const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
 	uint64_t wall = now_us(), mono = mono_us();
 	const struct sink_phase *ph = &k->o.phase[k->cur];
 	const char *wid = NULL;
-	json_t *doc, *first;
+	struct jc_result jr;
 	struct track_counts tot;
-	int code;
+	size_t n = 0;
+	bool array = false;
+	int code, rc;
 
 	if (ph->mode == SM_CODE) {
 		sink_answer(k, req, ph->code);
@@ -669,46 +912,44 @@ sink_post(struct sink *k, struct evhttp_request *req)
 		sink_answer(k, req, code);
 		return;
 	}
-	doc = json_loadb(body, len, 0, NULL);
-	n = json_is_array(doc) ? json_array_size(doc) : 1;
-	if (doc == NULL || (json_is_array(doc) && n == 0)) {
+	rc = jsoncheck(&k->jc, body, len, &jr);
+	if (rc == 0 && (rc = sink_read_fast(k, body, len, &n, &array)) == 0)
+		rc = sink_read_jansson(k, body, len, &n, &array);
+	else if (rc == -1)
+		rc = n = 0;     /* not JSON: malformed */
+	if (rc < 0) {
+		sink_answer(k, req, 503);       /* out of memory */
+		return;
+	}
+	if (n == 0) {
 		k->malformed++;
-		json_decref(doc);
 		sink_answer(k, req, 400);
 		return;
 	}
-	first = json_is_array(doc) ? json_array_get(doc, 0) : doc;
 	for (size_t i = 0; i < n; i++) {
-		json_t *e = json_is_array(doc) ? json_array_get(doc, i) : doc;
-		const char *dev;
-
-		if (!sink_envelope_ok(e)) {
+		if (!k->views[i].ok) {
 			k->malformed++;
-			json_decref(doc);
 			sink_answer(k, req, 400);
 			return;
 		}
-		dev = json_string_value(json_object_get(e, "device"));
 		for (int r = 0; r < k->o.nrules; r++) {
-			if (strcmp(dev, k->o.rule[r].device) == 0) {
+			if (strcmp(k->views[i].device, k->o.rule[r].device) == 0) {
 				k->rejected_rule++;
-				json_decref(doc);
 				sink_answer(k, req, k->o.rule[r].code);
 				return;
 			}
 		}
 	}
-	if (!sink_webhook_id_matches(wid, doc, first))
+	if (!sink_webhook_id_matches(wid, k->views[0].id, array, n))
 		k->id_mismatch++;
-	if (json_is_array(doc)) {
+	if (array) {
 		k->batches++;
 		k->batch_envelopes += n;
 		if (n > k->max_batch)
 			k->max_batch = n;
 	}
 	for (size_t i = 0; i < n; i++)
-		sink_count(k, json_is_array(doc) ? json_array_get(doc, i) : doc, wall);
-	json_decref(doc);
+		sink_count(k, &k->views[i], wall);
 	if (k->first_us == 0)
 		k->first_us = mono;
 	else if (mono - k->last_us > k->max_silence_us)
@@ -883,6 +1124,8 @@ sink_main(int argc, char **argv)
 	event_base_free(k->base);
 	track_free(k->track);
 	json_decref(k->req_states);
+	free(k->views);
+	jsoncheck_free(&k->jc);
 	for (int i = 0; i < k->o.nrules; i++)
 		free(k->o.rule[i].device);
 	free(k->o.key);

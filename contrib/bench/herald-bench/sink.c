@@ -770,15 +770,11 @@ fp_object(const char *p, const char *e, struct env_view *v, bool payload, bool *
 static struct env_view *
 sink_view(struct sink *k, size_t i)
 {
-	if (i >= k->nviews_cap) {
-		size_t cap = k->nviews_cap ? k->nviews_cap * 2 : 128;
-		struct env_view *n = realloc(k->views, cap * sizeof(*n));
+	struct env_view *n = grow_array(k->views, &k->nviews_cap, i + 1, sizeof(*n), 128);
 
-		if (n == NULL)
-			return NULL;
-		k->views = n;
-		k->nviews_cap = cap;
-	}
+	if (n == NULL)
+		return NULL;
+	k->views = n;
 	memset(&k->views[i], 0, sizeof(k->views[i]));
 	return &k->views[i];
 }

@@ -20,6 +20,7 @@
 #include "log.h"
 #include "proto.h"
 #include "util.h"
+#include "webhook.h"
 #include "worker.h"
 #include "workers.h"
 #include "spool.h"
@@ -170,21 +171,25 @@ http_fatal(struct http *h, const char *what)
 static int
 http_key(struct http *h, const char *secret)
 {
-	size_t len = strlen(secret), bin;
+	uint8_t *key;
+	size_t len;
 
-	if (strncmp(secret, "whsec_", 6) == 0) {
-		if (sodium_base642bin(h->key, sizeof(h->key), secret + 6, len - 6, NULL,
-		    &bin, NULL, sodium_base64_VARIANT_ORIGINAL) != 0 || bin == 0) {
-			log_err("[backend] secret: whsec_ value is not valid base64");
-			return -1;
-		}
-		h->keylen = bin;
+	if (secret[0] == '\0') {
+		h->keylen = 0;
 		return 0;
 	}
-	if (len > sizeof(h->key))
-		len = sizeof(h->key);
-	memcpy(h->key, secret, len);
+	if (webhook_secret_parse(secret, &key, &len) == -1) {
+		log_err("[backend] secret: whsec_ value is not valid base64");
+		return -1;
+	}
+	if (len > sizeof(h->key)) {     /* config caps the secret at 255 bytes */
+		log_err("[backend] secret: longer than %zu bytes", sizeof(h->key));
+		free(key);
+		return -1;
+	}
+	memcpy(h->key, key, len);
 	h->keylen = len;
+	free(key);
 	return 0;
 }
 
@@ -513,24 +518,6 @@ http_hdr(struct lane *l, const char *fmt, ...)
 	return 0;
 }
 
-/* Standard Webhooks: v1,base64(HMAC-SHA256(key, id "." timestamp "." body)). */
-static void
-http_sign(const struct http *h, const char *id, const char *ts, const char *body,
-    size_t len, char *out, size_t outlen)
-{
-	crypto_auth_hmacsha256_state st;
-	unsigned char mac[crypto_auth_hmacsha256_BYTES];
-
-	crypto_auth_hmacsha256_init(&st, h->key, h->keylen);
-	crypto_auth_hmacsha256_update(&st, (const unsigned char *)id, strlen(id));
-	crypto_auth_hmacsha256_update(&st, (const unsigned char *)".", 1);
-	crypto_auth_hmacsha256_update(&st, (const unsigned char *)ts, strlen(ts));
-	crypto_auth_hmacsha256_update(&st, (const unsigned char *)".", 1);
-	crypto_auth_hmacsha256_update(&st, (const unsigned char *)body, len);
-	crypto_auth_hmacsha256_final(&st, mac);
-	sodium_bin2base64(out, outlen, mac, sizeof(mac), sodium_base64_VARIANT_ORIGINAL);
-}
-
 static int
 http_body_add(struct lane *l, const char *p, size_t len)
 {
@@ -550,7 +537,7 @@ http_lane_post(struct lane *l)
 {
 	struct http *h = l->h;
 	const struct config *cf = h->w->cf;
-	char ts[24], sig[crypto_auth_hmacsha256_BYTES * 2 + 8];
+	char ts[24], sig[WEBHOOK_SIG_LEN];
 	CURLMcode mc;
 
 	curl_slist_free_all(l->hdrs);
@@ -560,10 +547,11 @@ http_lane_post(struct lane *l)
 		goto nomem;
 	if (cf->backend_secret[0] != '\0') {
 		snprintf(ts, sizeof(ts), "%lld", (long long)(now_ms() / 1000));
-		http_sign(h, l->whid, ts, l->body, l->bodylen, sig, sizeof(sig));
-		if (http_hdr(l, "webhook-id: %s", l->whid) == -1 ||
+		if (webhook_sign(h->key, h->keylen, l->whid, ts, l->body, l->bodylen,
+		    sig) == -1 ||
+		    http_hdr(l, "webhook-id: %s", l->whid) == -1 ||
 		    http_hdr(l, "webhook-timestamp: %s", ts) == -1 ||
-		    http_hdr(l, "webhook-signature: v1,%s", sig) == -1)
+		    http_hdr(l, "webhook-signature: %s", sig) == -1)
 			goto nomem;
 	}
 	/* libcurl parses the URL when it is set: only when it changed (reload). */

@@ -155,17 +155,6 @@ int track_missing_from_file(const struct track *t, const char *path, uint64_t *m
 /* {"<device>":{"<kind>":{"distinct","max_seq","gaps","repeats","reordered"}}} */
 json_t *track_devices_json(const struct track *t);
 
-/* --- webhook.c: Standard Webhooks signatures ------------------------------- */
-
-/* "whsec_<base64>" -> decoded bytes; anything else -> its raw bytes.  Caller frees. */
-int webhook_secret_parse(const char *s, uint8_t **key, size_t *keylen);
-#define WEBHOOK_SIG_LEN 48    /* "v1," + base64(32 bytes) + NUL */
-void webhook_sign(const uint8_t *key, size_t keylen, const char *id, const char *ts,
-    const void *body, size_t len, char out[WEBHOOK_SIG_LEN]);
-/* 1: one of the space-separated signatures in header matches; 0: none does; -1: malformed. */
-int webhook_verify(const uint8_t *key, size_t keylen, const char *id, const char *ts,
-    const void *body, size_t len, const char *header);
-
 /* --- seal.c: end-to-end sealed payloads (SPEC §1) -------------------------- */
 
 #define SEAL_HDR 34            /* version, key version, counter, nonce */

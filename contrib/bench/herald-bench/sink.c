@@ -22,6 +22,7 @@
 #include <event2/keyvalq_struct.h>
 
 #include "bench.h"
+#include "webhook.h"
 #include "jsoncheck.h"
 #include "util.h"
 

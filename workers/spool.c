@@ -79,6 +79,7 @@ struct spool {
 	bool      batch;        /* between spool_begin and spool_commit */
 	bool      full;         /* a put of this batch hit MAP_FULL */
 	bool      dirty;        /* this batch changed something */
+	bool      dead_empty;   /* no dead record: a put need not look there */
 	enum fsync_mode fsync;
 	size_t    max_bytes;
 	size_t    map_size;
@@ -225,6 +226,7 @@ spool_rtxn(struct spool *s)
 static int
 spool_txn_start(struct spool *s)
 {
+	MDB_stat st;
 	int rc;
 
 	spool_rtxn_end(s);
@@ -240,6 +242,7 @@ spool_txn_start(struct spool *s)
 	}
 	s->next_seq = s->next_seq0;
 	s->bytes = s->bytes0;
+	s->dead_empty = mdb_stat(s->txn, s->dead, &st) == 0 && st.ms_entries == 0;
 	return 0;
 }
 
@@ -327,9 +330,7 @@ spool_q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
 	memcpy((char *)v.mv_data + sizeof(h), id, idlen);
 	memcpy((char *)v.mv_data + sizeof(h) + idlen, dev, devlen);
 	memcpy((char *)v.mv_data + sizeof(h) + idlen + devlen, json, jsonlen);
-	s->next_seq = seq + 1;
-	if ((rc = spool_meta_put_seq(s)) != 0)
-		return rc;
+	s->next_seq = seq + 1;      /* stored in "meta" at the commit */
 	s->bytes += jsonlen;
 	*seqp = seq;
 	*res = SPOOL_OK;
@@ -349,7 +350,7 @@ spool_op_put(struct spool *s, struct op *op, int *res)
 	}
 	k.mv_data = (void *)op->p[0];
 	k.mv_size = op->len[0];
-	rc = mdb_get(s->txn, s->dead, &k, &v);
+	rc = s->dead_empty ? MDB_NOTFOUND : mdb_get(s->txn, s->dead, &k, &v);
 	if (rc == 0) {
 		*res = SPOOL_DUP;
 		return 0;
@@ -419,25 +420,35 @@ spool_q_remove(struct spool *s, const struct spool_rec *r)
 	return 0;
 }
 
+/* Only the id leaves the map (for "ids"), not the whole record. */
 static int
 spool_op_del(struct spool *s, struct op *op, int *res)
 {
+	char idb[SPOOL_ID_MAX];
 	struct spool_rec r;
+	uint8_t kb[8];
+	MDB_val k = { 8, kb }, v;
 	int rc;
 
-	if ((rc = spool_q_fetch(s, op->seq, &r, res)) != 0)
+	spool_seq_key(kb, op->seq);
+	rc = mdb_get(s->txn, s->q, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		*res = SPOOL_NOTFOUND;
+		return 0;
+	}
+	if (rc != 0)
 		return rc;
-	if (*res == SPOOL_INVAL) {
+	*res = SPOOL_OK;
+	if (spool_q_parse(&k, &v, &r) == -1) {
 		/* A corrupt record: drop it rather than keep it forever. */
-		uint8_t kb[8];
-		MDB_val k = { 8, kb };
-
-		spool_seq_key(kb, op->seq);
-		*res = SPOOL_OK;
+		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
+		    (unsigned long long)op->seq);
+		k.mv_data = kb;
+		k.mv_size = 8;
 		return mdb_del(s->txn, s->q, &k, NULL);
 	}
-	if (*res != SPOOL_OK)
-		return 0;
+	memcpy(idb, r.id, r.idlen);
+	r.id = idb;
 	return spool_q_remove(s, &r);
 }
 
@@ -474,6 +485,8 @@ spool_dead_write(struct spool *s, const struct spool_dead *d, bool overwrite, in
 	    h.datalen;
 	rc = mdb_put(s->txn, s->dead, &k, &v,
 	    MDB_RESERVE | (overwrite ? 0 : MDB_NOOVERWRITE));
+	if (rc == 0)
+		s->dead_empty = false;
 	if (rc == MDB_KEYEXIST) {
 		*res = SPOOL_DUP;
 		return 0;
@@ -847,7 +860,12 @@ spool_commit(struct spool *s)
 		nref += s->redo[i].refusable;
 	keep = SIZE_MAX;
 	for (int tries = 0;; ) {
-		rc = mdb_txn_commit(s->txn);
+		/* The counter once per batch, not once per put. */
+		rc = s->next_seq != s->next_seq0 ? spool_meta_put_seq(s) : 0;
+		if (rc == 0)
+			rc = mdb_txn_commit(s->txn);
+		else
+			mdb_txn_abort(s->txn);
 		s->txn = NULL;
 		if (rc == 0)
 			break;

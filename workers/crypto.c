@@ -177,6 +177,22 @@ crypto_batch_done(struct crypto *c)
 		evtimer_add(c->linger, &tv);
 }
 
+/* SPEC §2 envelope, in this order; the payload member comes last. */
+#define ENV_ID       "{\"id\":\""
+#define ENV_DEVICE   "\",\"device\":\""
+#define ENV_KIND     "\",\"kind\":\""
+#define ENV_TOPIC    "\",\"topic\":\""
+#define ENV_RECEIVED "\",\"receivedAt\":\""
+#define ENV_GATEWAY  "\",\"gateway\":\""
+#define ENV_PAYLOAD  "\",\"payload\":"
+
+static char *
+crypto_put(char *p, const void *s, size_t n)
+{
+	memcpy(p, s, n);
+	return p + n;
+}
+
 /* One device message; 0 when read (envelope or rejection), -1 if malformed. */
 static int
 crypto_device_message(struct crypto *c, struct hmr *r)
@@ -188,7 +204,8 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	struct jc_result jr;
 	const struct config *cf = c->w->cf;
 	struct msg_envelope env;
-	int n;
+	size_t n, need, klen, gwlen;
+	char *p;
 
 	/* A malformed id comes only from a broken or hostile fabric peer. */
 	if (proto_read_dev_in(r, &in) == -1 || !crypto_id_valid(&in.id))
@@ -239,24 +256,36 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	}
 
 	/* The device id, topic and node name are checked to need no escaping;
-	 * the payload goes in verbatim, as the device sent it. */
+	 * the payload goes in verbatim, as the device sent it.  Pieces are
+	 * copied, not printed: snprintf was a tenth of this worker's time. */
 	fmt_rfc3339(in.received_ms, ts);
-	if (crypto_reserve(c, in.payload.len + in.topic.len + idlen + 512) == -1) {
+	klen = strlen(kind);
+	gwlen = strlen(cf->node_name);
+	need = sizeof(ENV_ID) + sizeof(ENV_DEVICE) + sizeof(ENV_KIND) + sizeof(ENV_TOPIC) +
+	    sizeof(ENV_RECEIVED) + sizeof(ENV_GATEWAY) + sizeof(ENV_PAYLOAD) +
+	    in.id.len + idlen + klen + in.topic.len + RFC3339_LEN + gwlen +
+	    in.payload.len + 1;
+	if (crypto_reserve(c, need) == -1) {
 		log_err("out of memory building an envelope");
 		return 0;
 	}
-	n = snprintf(c->buf, c->cap,
-	    "{\"id\":\"%.*s\",\"device\":\"%.*s\",\"kind\":\"%s\",\"topic\":\"%s\","
-	    "\"receivedAt\":\"%s\",\"gateway\":\"%s\",\"payload\":",
-	    (int)in.id.len, in.id.p, (int)idlen, id, kind, topic, ts, cf->node_name);
-	if (n < 0 || (size_t)n + in.payload.len + 2 > c->cap) {
-		log_err("envelope header of %d bytes does not fit; message %.*s not built",
-		    n, (int)in.id.len, in.id.p);
-		return 0;
-	}
-	memcpy(c->buf + n, in.payload.p, in.payload.len);
-	n += (int)in.payload.len;
-	c->buf[n++] = '}';
+	p = c->buf;
+	p = crypto_put(p, ENV_ID, sizeof(ENV_ID) - 1);
+	p = crypto_put(p, in.id.p, in.id.len);
+	p = crypto_put(p, ENV_DEVICE, sizeof(ENV_DEVICE) - 1);
+	p = crypto_put(p, id, idlen);
+	p = crypto_put(p, ENV_KIND, sizeof(ENV_KIND) - 1);
+	p = crypto_put(p, kind, klen);
+	p = crypto_put(p, ENV_TOPIC, sizeof(ENV_TOPIC) - 1);
+	p = crypto_put(p, in.topic.p, in.topic.len);
+	p = crypto_put(p, ENV_RECEIVED, sizeof(ENV_RECEIVED) - 1);
+	p = crypto_put(p, ts, strlen(ts));
+	p = crypto_put(p, ENV_GATEWAY, sizeof(ENV_GATEWAY) - 1);
+	p = crypto_put(p, cf->node_name, gwlen);
+	p = crypto_put(p, ENV_PAYLOAD, sizeof(ENV_PAYLOAD) - 1);
+	p = crypto_put(p, in.payload.p, in.payload.len);
+	*p++ = '}';
+	n = (size_t)(p - c->buf);
 
 	env.slot = in.slot;
 	env.epoch = in.epoch;
@@ -264,7 +293,7 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	env.received_ms = in.received_ms;
 	env.id = in.id;
 	env.device = (struct pstr){ id, idlen };
-	env.json = (struct pstr){ c->buf, (size_t)n };
+	env.json = (struct pstr){ c->buf, n };
 	if (c->nout == 0)
 		hmw_init(&c->out, HM_FAB_ENVELOPE);
 	proto_write_envelope(&c->out, &env);

@@ -1,7 +1,14 @@
 /*
- * The durable spool and dead-letter store of the http worker on LMDB.  A redo
- * log of the open batch lets one put that hits MDB_MAP_FULL be refused alone
- * (the transaction is aborted and the batch's other changes are re-applied).
+ * The durable spool of the http worker: the queue of envelopes in segment
+ * files (segq.c), the dead-letter store in LMDB.  A redo log of the LMDB
+ * changes of the open batch lets one dead-letter put that hits MDB_MAP_FULL
+ * be refused alone (the transaction is aborted and the batch's other LMDB
+ * changes are re-applied); queue changes are not redone, they are made once.
+ *
+ * A batch commits LMDB first, then the queue: an envelope moved to the
+ * dead letters is never only in neither.  A replay commits the queue first.
+ * When a crash leaves an envelope in both, opening keeps the dead letter.
+ * Envelopes of an older herald, queued in LMDB, move to segments on open.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -13,6 +20,7 @@
 #include "log.h"
 #include "util.h"
 #include "spool.h"
+#include "segq.h"
 
 #define SPOOL_VER        1
 #define SPOOL_SLACK_MIN  (1u << 20)
@@ -65,6 +73,7 @@ struct op {
 	int         status;
 	bool        replayable;
 	bool        refusable;  /* may be dropped when the map is full */
+	bool        overwrite;  /* DEAD_PUT: replace a record of the same id */
 	const char *p[OP_NBLOB];
 	size_t      len[OP_NBLOB];
 	size_t      off[OP_NBLOB];
@@ -72,20 +81,21 @@ struct op {
 
 struct spool {
 	MDB_env  *env;
-	MDB_dbi   q, ids, dead, meta;
-	MDB_txn  *txn;          /* the open write transaction */
+	MDB_dbi   q, ids, dead, meta;   /* q, ids: only to read an older spool */
+	struct segq *sq;        /* the queue */
+	MDB_txn  *txn;          /* the open write transaction (dead letters) */
 	MDB_txn  *rtxn;         /* reused read transaction (MDB_NOTLS) */
 	bool      rtxn_live;
 	bool      batch;        /* between spool_begin and spool_commit */
 	bool      full;         /* a put of this batch hit MAP_FULL */
 	bool      dirty;        /* this batch changed something */
 	bool      dead_empty;   /* no dead record: a put need not look there */
+	bool      queue_first;  /* commit the queue before LMDB (a replay) */
 	enum fsync_mode fsync;
 	size_t    max_bytes;
 	size_t    map_size;
 	size_t    put_cap;      /* queued bytes never exceed the first map size */
-	uint64_t  next_seq, bytes;      /* including the open batch */
-	uint64_t  next_seq0, bytes0;    /* as of the last commit */
+	uint64_t  next_seq;     /* the sequence the next put gets */
 	struct op *redo;
 	size_t    nredo, redocap;
 	char     *arena;
@@ -93,13 +103,6 @@ struct spool {
 	char     *scratch;
 	size_t    scratchcap;
 };
-
-static void
-spool_seq_key(uint8_t k[8], uint64_t seq)
-{
-	for (int i = 0; i < 8; i++)
-		k[i] = (uint8_t)(seq >> (8 * (7 - i)));
-}
 
 static uint64_t
 spool_seq_from_key(const MDB_val *k)
@@ -240,8 +243,6 @@ spool_txn_start(struct spool *s)
 		log_err("spool: write transaction: %s", mdb_strerror(rc));
 		return -1;
 	}
-	s->next_seq = s->next_seq0;
-	s->bytes = s->bytes0;
 	s->dead_empty = mdb_stat(s->txn, s->dead, &st) == 0 && st.ms_entries == 0;
 	return 0;
 }
@@ -252,8 +253,6 @@ spool_txn_drop(struct spool *s)
 	if (s->txn != NULL)
 		mdb_txn_abort(s->txn);
 	s->txn = NULL;
-	s->next_seq = s->next_seq0;
-	s->bytes = s->bytes0;
 }
 
 /* A bigger map, when a change that must not be refused found it full. */
@@ -281,66 +280,49 @@ spool_grow(struct spool *s)
 	return 0;
 }
 
+/* Is the id a dead letter?  0 yes, MDB_NOTFOUND no, else an LMDB error. */
 static int
-spool_meta_put_seq(struct spool *s)
+spool_dead_has(struct spool *s, const char *id, size_t idlen)
 {
-	MDB_val k = { 8, "next_seq" }, v = { sizeof(s->next_seq), &s->next_seq };
+	MDB_val k = { idlen, (void *)id }, v;
+	MDB_txn *t;
 
-	return mdb_put(s->txn, s->meta, &k, &v, 0);
+	if (s->dead_empty)
+		return MDB_NOTFOUND;
+	if ((t = spool_rtxn(s)) == NULL)
+		return EIO;
+	return mdb_get(t, s->dead, &k, &v);
 }
 
-/* Insert into "q" and "ids"; the id must not be in "dead" (checked by callers). */
+/* Into the queue with the next sequence; the id is new (checked by callers). */
 static int
-spool_q_insert(struct spool *s, const char *id, size_t idlen, const char *dev,
+spool_q_put(struct spool *s, const char *id, size_t idlen, const char *dev,
     size_t devlen, int64_t received_ms, const char *json, size_t jsonlen,
     uint64_t *seqp, int *res)
 {
-	struct qhdr h;
-	uint8_t kb[8];
-	uint64_t seq = s->next_seq;
-	MDB_val k, v;
-	int rc;
-
-	k.mv_data = (void *)id;
-	k.mv_size = idlen;
-	v.mv_data = &seq;
-	v.mv_size = sizeof(seq);
-	rc = mdb_put(s->txn, s->ids, &k, &v, MDB_NOOVERWRITE);
-	if (rc == MDB_KEYEXIST) {
-		*res = SPOOL_DUP;
+	/* Room the map grew by is for deletions, not for more envelopes. */
+	if (segq_bytes(s->sq) + jsonlen > s->put_cap) {
+		*res = SPOOL_FULL;
 		return 0;
 	}
-	if (rc != 0)
-		return rc;
-	spool_seq_key(kb, seq);
-	k.mv_data = kb;
-	k.mv_size = 8;
-	v.mv_data = NULL;
-	v.mv_size = sizeof(h) + idlen + devlen + jsonlen;
-	/* Sequences only grow, so APPEND fills pages and skips the search. */
-	if ((rc = mdb_put(s->txn, s->q, &k, &v, MDB_APPEND | MDB_RESERVE)) != 0)
-		return rc;
-	memset(&h, 0, sizeof(h));
-	h.ver = SPOOL_VER;
-	h.idlen = (uint8_t)idlen;
-	h.devlen = (uint8_t)devlen;
-	h.jsonlen = (uint32_t)jsonlen;
-	h.received_ms = received_ms;
-	memcpy(v.mv_data, &h, sizeof(h));
-	memcpy((char *)v.mv_data + sizeof(h), id, idlen);
-	memcpy((char *)v.mv_data + sizeof(h) + idlen, dev, devlen);
-	memcpy((char *)v.mv_data + sizeof(h) + idlen + devlen, json, jsonlen);
-	s->next_seq = seq + 1;      /* stored in "meta" at the commit */
-	s->bytes += jsonlen;
-	*seqp = seq;
-	*res = SPOOL_OK;
-	return 0;
+	switch (segq_put(s->sq, s->next_seq, id, idlen, dev, devlen, received_ms,
+	    json, jsonlen)) {
+	case 0:
+		*seqp = s->next_seq++;
+		*res = SPOOL_OK;
+		return 0;
+	case 1:
+		*res = SPOOL_FULL;      /* the segment is full until the commit */
+		return 0;
+	default:
+		return ENOMEM;
+	}
 }
 
 static int
 spool_op_put(struct spool *s, struct op *op, int *res)
 {
-	MDB_val k, v;
+	uint64_t old;
 	int rc;
 
 	if (op->len[0] == 0 || op->len[0] > SPOOL_ID_MAX ||
@@ -348,108 +330,28 @@ spool_op_put(struct spool *s, struct op *op, int *res)
 		*res = SPOOL_INVAL;
 		return 0;
 	}
-	k.mv_data = (void *)op->p[0];
-	k.mv_size = op->len[0];
-	rc = s->dead_empty ? MDB_NOTFOUND : mdb_get(s->txn, s->dead, &k, &v);
+	if (segq_find_id(s->sq, op->p[0], op->len[0], &old)) {
+		*res = SPOOL_DUP;
+		return 0;
+	}
+	rc = spool_dead_has(s, op->p[0], op->len[0]);
 	if (rc == 0) {
 		*res = SPOOL_DUP;
 		return 0;
 	}
 	if (rc != MDB_NOTFOUND)
 		return rc;
-	/* Room the map grew by is for deletions, not for more envelopes. */
-	if (s->bytes + op->len[2] > s->put_cap) {
-		*res = SPOOL_FULL;
-		return 0;
-	}
-	return spool_q_insert(s, op->p[0], op->len[0], op->p[1], op->len[1],
+	return spool_q_put(s, op->p[0], op->len[0], op->p[1], op->len[1],
 	    op->received_ms, op->p[2], op->len[2], &op->seq, res);
 }
 
-/* Copy a queued record into the scratch buffer (writes may move map pages). */
-static int
-spool_q_fetch(struct spool *s, uint64_t seq, struct spool_rec *r, int *res)
-{
-	uint8_t kb[8];
-	MDB_val k = { 8, kb }, v;
-	struct spool_rec m;
-	int rc;
-
-	spool_seq_key(kb, seq);
-	rc = mdb_get(s->txn, s->q, &k, &v);
-	if (rc == MDB_NOTFOUND) {
-		*res = SPOOL_NOTFOUND;
-		return 0;
-	}
-	if (rc != 0)
-		return rc;
-	if (spool_q_parse(&k, &v, &m) == -1) {
-		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
-		    (unsigned long long)seq);
-		*res = SPOOL_INVAL;
-		return 0;
-	}
-	if (spool_grow_buf(&s->scratch, &s->scratchcap, v.mv_size) == -1)
-		return ENOMEM;
-	memcpy(s->scratch, v.mv_data, v.mv_size);
-	*r = m;
-	r->id = s->scratch + (m.id - (const char *)v.mv_data);
-	r->device = s->scratch + (m.device - (const char *)v.mv_data);
-	r->json = s->scratch + (m.json - (const char *)v.mv_data);
-	*res = SPOOL_OK;
-	return 0;
-}
-
-/* Remove a fetched record from "q" and "ids". */
-static int
-spool_q_remove(struct spool *s, const struct spool_rec *r)
-{
-	uint8_t kb[8];
-	MDB_val k = { 8, kb };
-	int rc;
-
-	spool_seq_key(kb, r->seq);
-	if ((rc = mdb_del(s->txn, s->q, &k, NULL)) != 0)
-		return rc;
-	k.mv_data = (void *)r->id;
-	k.mv_size = r->idlen;
-	rc = mdb_del(s->txn, s->ids, &k, NULL);
-	if (rc != 0 && rc != MDB_NOTFOUND)
-		return rc;
-	s->bytes -= r->jsonlen <= s->bytes ? r->jsonlen : s->bytes;
-	return 0;
-}
-
-/* Only the id leaves the map (for "ids"), not the whole record. */
 static int
 spool_op_del(struct spool *s, struct op *op, int *res)
 {
-	char idb[SPOOL_ID_MAX];
-	struct spool_rec r;
-	uint8_t kb[8];
-	MDB_val k = { 8, kb }, v;
-	int rc;
+	size_t jsonlen;
 
-	spool_seq_key(kb, op->seq);
-	rc = mdb_get(s->txn, s->q, &k, &v);
-	if (rc == MDB_NOTFOUND) {
-		*res = SPOOL_NOTFOUND;
-		return 0;
-	}
-	if (rc != 0)
-		return rc;
-	*res = SPOOL_OK;
-	if (spool_q_parse(&k, &v, &r) == -1) {
-		/* A corrupt record: drop it rather than keep it forever. */
-		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
-		    (unsigned long long)op->seq);
-		k.mv_data = kb;
-		k.mv_size = 8;
-		return mdb_del(s->txn, s->q, &k, NULL);
-	}
-	memcpy(idb, r.id, r.idlen);
-	r.id = idb;
-	return spool_q_remove(s, &r);
+	*res = segq_del(s->sq, op->seq, &jsonlen);
+	return *res == SPOOL_ERR ? ENOMEM : 0;
 }
 
 static size_t
@@ -514,23 +416,17 @@ static int
 spool_op_dead_put(struct spool *s, struct op *op, int *res)
 {
 	struct spool_dead d;
-	MDB_val k, v;
-	int rc;
+	uint64_t old;
 
 	if (op->len[0] == 0 || op->len[0] > SPOOL_ID_MAX || op->len[5] > UINT32_MAX) {
 		*res = SPOOL_INVAL;
 		return 0;
 	}
 	/* Already queued as an envelope: that copy wins. */
-	k.mv_data = (void *)op->p[0];
-	k.mv_size = op->len[0];
-	rc = mdb_get(s->txn, s->ids, &k, &v);
-	if (rc == 0) {
+	if (!op->overwrite && segq_find_id(s->sq, op->p[0], op->len[0], &old)) {
 		*res = SPOOL_DUP;
 		return 0;
 	}
-	if (rc != MDB_NOTFOUND)
-		return rc;
 	memset(&d, 0, sizeof(d));
 	d.id = op->p[0];
 	d.idlen = op->len[0];
@@ -548,20 +444,24 @@ spool_op_dead_put(struct spool *s, struct op *op, int *res)
 	d.received_ms = op->received_ms;
 	d.dead_ms = op->dead_ms;
 	d.replayable = op->replayable;
-	return spool_dead_write(s, &d, false, res);
+	return spool_dead_write(s, &d, op->overwrite, res);
 }
 
+/*
+ * The dead letter is written first, then the envelope leaves the queue (a
+ * retry after MAP_FULL finds it still queued).  The op becomes the dead
+ * letter's put, which is what a redo of the LMDB transaction repeats.
+ */
 static int
 spool_op_dead_move(struct spool *s, struct op *op, int *res)
 {
 	struct spool_rec r;
 	struct spool_dead d;
+	size_t jsonlen;
 	int rc;
 
-	if ((rc = spool_q_fetch(s, op->seq, &r, res)) != 0 || *res != SPOOL_OK)
-		return rc;
-	if ((rc = spool_q_remove(s, &r)) != 0)
-		return rc;
+	if ((*res = segq_get(s->sq, op->seq, &r)) != SPOOL_OK)
+		return *res == SPOOL_ERR ? EIO : 0;
 	memset(&d, 0, sizeof(d));
 	d.id = r.id;
 	d.idlen = r.idlen;
@@ -579,15 +479,36 @@ spool_op_dead_move(struct spool *s, struct op *op, int *res)
 	d.received_ms = r.received_ms;
 	d.dead_ms = op->dead_ms;
 	d.replayable = true;
-	return spool_dead_write(s, &d, true, res);
+	if ((rc = spool_dead_write(s, &d, true, res)) != 0 || *res != SPOOL_OK)
+		return rc;
+	/* The record's bytes stay readable until the next put or commit. */
+	if ((*res = segq_del(s->sq, op->seq, &jsonlen)) != SPOOL_OK)
+		return *res == SPOOL_ERR ? ENOMEM : 0;
+	op->type = OP_DEAD_PUT;
+	op->overwrite = true;
+	op->p[0] = r.id;
+	op->len[0] = r.idlen;
+	op->p[1] = r.device;
+	op->len[1] = r.devlen;
+	op->p[5] = r.json;
+	op->len[5] = r.jsonlen;
+	op->received_ms = r.received_ms;
+	op->replayable = true;
+	return 0;
 }
 
+/*
+ * The dead letter leaves LMDB, then the envelope enters the queue under a
+ * new sequence (once: the op becomes the dead letter's deletion, which is
+ * what a redo of the LMDB transaction repeats).
+ */
 static int
 spool_op_dead_replay(struct spool *s, struct op *op, int *res)
 {
 	struct spool_dead d;
 	MDB_val k, v;
 	char *id, *dev, *json;
+	uint64_t old;
 	int rc;
 
 	k.mv_data = (void *)op->p[0];
@@ -603,7 +524,7 @@ spool_op_dead_replay(struct spool *s, struct op *op, int *res)
 		*res = SPOOL_INVAL;
 		return 0;
 	}
-	if (s->bytes + d.datalen > s->put_cap) {
+	if (segq_bytes(s->sq) + d.datalen > s->put_cap) {
 		*res = SPOOL_FULL;
 		return 0;
 	}
@@ -618,12 +539,17 @@ spool_op_dead_replay(struct spool *s, struct op *op, int *res)
 	k.mv_data = id;
 	if ((rc = mdb_del(s->txn, s->dead, &k, NULL)) != 0)
 		return rc;
-	rc = spool_q_insert(s, id, d.idlen, dev, d.devlen, d.received_ms, json, d.datalen,
-	    &op->seq, res);
-	if (rc == 0 && *res == SPOOL_DUP)
+	op->type = OP_DEAD_DEL;
+	op->refusable = false;
+	if (segq_find_id(s->sq, id, d.idlen, &old)) {
 		op->seq = 0;    /* already queued under its id: nothing to re-queue */
-	if (rc == 0)
 		*res = SPOOL_OK;
+		return 0;
+	}
+	rc = spool_q_put(s, id, d.idlen, dev, d.devlen, d.received_ms, json, d.datalen,
+	    &op->seq, res);
+	if (rc == 0 && *res == SPOOL_FULL)
+		return MDB_MAP_FULL;    /* the deletion must not stand alone */
 	return rc;
 }
 
@@ -739,14 +665,23 @@ spool_redo_clear(struct spool *s)
 	s->arenalen = 0;
 }
 
+/* The batch is lost: so are the queue's pending changes (reopen to go on). */
 static void
 spool_batch_lost(struct spool *s)
 {
 	spool_txn_drop(s);
 	spool_redo_clear(s);
+	segq_lose(s->sq);
 	s->batch = false;
 	s->full = false;
 	s->dirty = false;
+	s->queue_first = false;
+}
+
+static bool
+spool_op_lmdb(const struct op *op)
+{
+	return op->type != OP_PUT && op->type != OP_DEL;
 }
 
 /* Apply one change inside the open batch. */
@@ -758,12 +693,29 @@ spool_batch_exec(struct spool *s, struct op *op, bool refusable)
 	op->refusable = refusable;
 	if (refusable && s->full)
 		return SPOOL_FULL;
+	if (segq_broken(s->sq))
+		return SPOOL_ERR;
+	if (!spool_op_lmdb(op)) {
+		/* The queue: no transaction to abort, no redo. */
+		if ((rc = spool_op_apply(s, op, &res)) != 0) {
+			log_err("spool: %s", rc == ENOMEM ? "out of memory" : mdb_strerror(rc));
+			spool_batch_lost(s);
+			return SPOOL_ERR;
+		}
+		if (res == SPOOL_OK)
+			s->dirty = true;
+		return res;
+	}
+	if (s->txn == NULL && spool_txn_start(s) == -1) {
+		spool_batch_lost(s);
+		return SPOOL_ERR;
+	}
 	for (int tries = 0;; tries++) {
 		rc = spool_op_apply(s, op, &res);
 		if (rc == 0)
 			break;
 		if (rc != MDB_MAP_FULL) {
-			log_err("spool: %s", mdb_strerror(rc));
+			log_err("spool: %s", rc == ENOMEM ? "out of memory" : mdb_strerror(rc));
 			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
@@ -827,7 +779,7 @@ spool_begin(struct spool *s)
 		log_err("spool: batch already open");
 		return SPOOL_ERR;
 	}
-	if (spool_txn_start(s) == -1)
+	if (segq_broken(s->sq))
 		return SPOOL_ERR;
 	spool_redo_clear(s);
 	s->batch = true;
@@ -842,44 +794,34 @@ spool_in_batch(const struct spool *s)
 	return s->batch;
 }
 
-int
-spool_commit(struct spool *s)
+/* The LMDB part of the batch: SPOOL_OK, SPOOL_FULL (puts dropped), SPOOL_ERR. */
+static int
+spool_commit_lmdb(struct spool *s)
 {
 	size_t nref, i, keep;
 	bool dropped = false;
+	MDB_stat st;
+	MDB_txn *t;
 	int rc;
 
-	if (!s->batch)
+	if (s->txn == NULL)
 		return SPOOL_OK;
-	if (!s->dirty) {
-		spool_txn_drop(s);
-		s->batch = false;
-		return SPOOL_OK;
-	}
 	for (nref = 0, i = 0; i < s->nredo; i++)
 		nref += s->redo[i].refusable;
 	keep = SIZE_MAX;
 	for (int tries = 0;; ) {
-		/* The counter once per batch, not once per put. */
-		rc = s->next_seq != s->next_seq0 ? spool_meta_put_seq(s) : 0;
-		if (rc == 0)
-			rc = mdb_txn_commit(s->txn);
-		else
-			mdb_txn_abort(s->txn);
+		rc = mdb_txn_commit(s->txn);
 		s->txn = NULL;
 		if (rc == 0)
 			break;
-		s->next_seq = s->next_seq0;
-		s->bytes = s->bytes0;
 		if (rc != MDB_MAP_FULL) {
 			log_err("spool: commit: %s", mdb_strerror(rc));
-			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
 		/*
 		 * The free list needs pages of its own at commit.  Drop the
-		 * newest puts (halving what is kept) before growing the map:
-		 * a put may be refused, a deletion may not.
+		 * newest refusable puts (halving what is kept) before growing
+		 * the map: a put may be refused, a deletion may not.
 		 */
 		if (keep == SIZE_MAX)
 			keep = nref;
@@ -888,29 +830,54 @@ spool_commit(struct spool *s)
 			dropped = true;
 		} else if (tries++ == SPOOL_GROW_TRIES || spool_grow(s) == -1) {
 			log_err("spool: commit: %s", mdb_strerror(rc));
-			spool_batch_lost(s);
 			return SPOOL_ERR;
 		}
-		if (spool_txn_start(s) == -1 || spool_redo_apply(s, keep) == -1) {
-			spool_batch_lost(s);
+		if (spool_txn_start(s) == -1 || spool_redo_apply(s, keep) == -1)
 			return SPOOL_ERR;
-		}
 	}
 	if (s->fsync == FSYNC_BATCH && (rc = mdb_env_sync(s->env, 1)) != 0) {
 		/* Committed but maybe not durable: the caller must not ack. */
 		log_err("spool: sync: %s", mdb_strerror(rc));
-		s->next_seq0 = s->next_seq;
-		s->bytes0 = s->bytes;
+		return SPOOL_ERR;
+	}
+	if ((t = spool_rtxn(s)) != NULL && mdb_stat(t, s->dead, &st) == 0)
+		s->dead_empty = st.ms_entries == 0;
+	return dropped ? SPOOL_FULL : SPOOL_OK;
+}
+
+/*
+ * LMDB first (a dead letter exists before its envelope leaves the queue),
+ * then the queue; a replay the other way round (the envelope is queued
+ * before its dead letter goes).
+ */
+int
+spool_commit(struct spool *s)
+{
+	int rc = SPOOL_OK;
+
+	if (!s->batch)
+		return SPOOL_OK;
+	if (!s->dirty) {
+		spool_txn_drop(s);
+		s->batch = false;
+		s->queue_first = false;
+		return SPOOL_OK;
+	}
+	if (s->queue_first && segq_commit(s->sq) != SPOOL_OK) {
 		spool_batch_lost(s);
 		return SPOOL_ERR;
 	}
-	s->next_seq0 = s->next_seq;
-	s->bytes0 = s->bytes;
+	if ((rc = spool_commit_lmdb(s)) == SPOOL_ERR ||
+	    (!s->queue_first && segq_commit(s->sq) != SPOOL_OK)) {
+		spool_batch_lost(s);
+		return SPOOL_ERR;
+	}
 	spool_redo_clear(s);
 	s->batch = false;
 	s->full = false;
 	s->dirty = false;
-	return dropped ? SPOOL_FULL : SPOOL_OK;
+	s->queue_first = false;
+	return rc;
 }
 
 uint64_t
@@ -945,27 +912,7 @@ spool_put(struct spool *s, const char *id, size_t idlen, const char *device,
 int
 spool_get(struct spool *s, uint64_t seq, struct spool_rec *rec)
 {
-	uint8_t kb[8];
-	MDB_val k = { 8, kb }, v;
-	MDB_txn *t;
-	int rc;
-
-	if ((t = spool_rtxn(s)) == NULL)
-		return SPOOL_ERR;
-	spool_seq_key(kb, seq);
-	rc = mdb_get(t, s->q, &k, &v);
-	if (rc == MDB_NOTFOUND)
-		return SPOOL_NOTFOUND;
-	if (rc != 0) {
-		log_ratelimited(LOG_ERR, "spool: get: %s", mdb_strerror(rc));
-		return SPOOL_ERR;
-	}
-	if (spool_q_parse(&k, &v, rec) == -1) {
-		log_ratelimited(LOG_ERR, "spool: record %llu is corrupt",
-		    (unsigned long long)seq);
-		return SPOOL_INVAL;
-	}
-	return SPOOL_OK;
+	return segq_get(s->sq, seq, rec);
 }
 
 int
@@ -982,28 +929,7 @@ spool_del(struct spool *s, uint64_t seq)
 long
 spool_foreach(struct spool *s, spool_iter_fn *cb, void *arg)
 {
-	MDB_cursor *c;
-	MDB_txn *t;
-	MDB_val k, v;
-	struct spool_rec r;
-	long n = 0;
-	int rc;
-
-	if ((t = spool_rtxn(s)) == NULL || mdb_cursor_open(t, s->q, &c) != 0)
-		return SPOOL_ERR;
-	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		if (spool_q_parse(&k, &v, &r) == -1) {
-			log_ratelimited(LOG_ERR, "spool: record %llu is corrupt, skipped",
-			    (unsigned long long)spool_seq_from_key(&k));
-			continue;
-		}
-		n++;
-		if (cb != NULL && cb(arg, &r) != 0)
-			break;
-	}
-	mdb_cursor_close(c);
-	return n;
+	return segq_foreach(s->sq, cb, arg);
 }
 
 int
@@ -1158,6 +1084,7 @@ spool_dead_replay(struct spool *s, const char *id, size_t idlen,
 		ret = SPOOL_ERR;
 		goto out;
 	}
+	s->queue_first = true;
 	for (size_t i = 0; i < l.n; i++) {
 		struct op op;
 
@@ -1249,61 +1176,133 @@ void
 spool_stats(struct spool *s, struct spool_stats *st)
 {
 	MDB_stat ms;
-	MDB_cursor *c;
-	MDB_val k, v;
 	MDB_txn *t;
-	struct spool_rec r;
 
 	memset(st, 0, sizeof(*st));
-	st->bytes = s->bytes;
+	st->depth = segq_depth(s->sq);
+	st->bytes = segq_bytes(s->sq);
+	st->oldest_ms = segq_oldest_ms(s->sq);
 	st->map_size = s->map_size;
-	if ((t = spool_rtxn(s)) == NULL)
-		return;
-	if (mdb_stat(t, s->q, &ms) == 0)
-		st->depth = ms.ms_entries;
-	if (mdb_stat(t, s->dead, &ms) == 0)
+	if ((t = spool_rtxn(s)) != NULL && mdb_stat(t, s->dead, &ms) == 0)
 		st->dead_depth = ms.ms_entries;
-	if (mdb_cursor_open(t, s->q, &c) == 0) {
-		if (mdb_cursor_get(c, &k, &v, MDB_FIRST) == 0 && spool_q_parse(&k, &v, &r) == 0)
-			st->oldest_ms = r.received_ms;
-		mdb_cursor_close(c);
-	}
 }
 
-/* Count bytes and find the highest sequence: the truth is the "q" table. */
+/*
+ * Envelopes that an older herald queued in LMDB move to the segments, with
+ * their sequences; then LMDB's queue is emptied.  A crash in between moves
+ * them again: those already queued are known by their ids.
+ */
 static int
-spool_scan(struct spool *s)
+spool_migrate(struct spool *s, uint64_t *next)
 {
-	MDB_txn *t;
-	MDB_cursor *c;
 	MDB_val k, v, mk = { 8, "next_seq" };
+	MDB_cursor *c;
+	MDB_stat st;
+	MDB_txn *t;
 	struct spool_rec r;
-	uint64_t next = 1, bytes = 0;
+	size_t moved = 0;
+	uint64_t old;
 	int rc;
 
 	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t)) != 0)
 		return rc;
 	if (mdb_get(t, s->meta, &mk, &v) == 0 && v.mv_size == sizeof(uint64_t))
-		memcpy(&next, v.mv_data, sizeof(next));
-	if ((rc = mdb_cursor_open(t, s->q, &c)) != 0) {
+		memcpy(next, v.mv_data, sizeof(*next));
+	if ((rc = mdb_stat(t, s->q, &st)) != 0 || st.ms_entries == 0 ||
+	    (rc = mdb_cursor_open(t, s->q, &c)) != 0) {
 		mdb_txn_abort(t);
 		return rc;
 	}
+	log_info("spool: moving %zu queued envelope(s) from LMDB to segment files",
+	    (size_t)st.ms_entries);
 	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
 	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
-		uint64_t seq = spool_seq_from_key(&k);
-		if (seq >= next)
-			next = seq + 1;
-		if (spool_q_parse(&k, &v, &r) == 0)
-			bytes += r.jsonlen;
+		if (spool_q_parse(&k, &v, &r) == -1 || r.idlen == 0) {
+			log_err("spool: record %llu of the LMDB queue is corrupt, skipped",
+			    (unsigned long long)spool_seq_from_key(&k));
+			continue;
+		}
+		if (r.seq >= *next)
+			*next = r.seq + 1;
+		if (segq_find_id(s->sq, r.id, r.idlen, &old))
+			continue;
+		if (segq_put(s->sq, r.seq, r.id, r.idlen, r.device, r.devlen, r.received_ms,
+		    r.json, r.jsonlen) != 0 ||
+		    (++moved % 4096 == 0 && segq_commit(s->sq) != SPOOL_OK)) {
+			rc = EIO;
+			break;
+		}
 	}
 	mdb_cursor_close(c);
 	mdb_txn_abort(t);
-	if (next == 0)
-		next = 1;
-	s->next_seq = s->next_seq0 = next;
-	s->bytes = s->bytes0 = bytes;
+	if (rc != MDB_NOTFOUND)
+		return rc;
+	if (segq_commit(s->sq) != SPOOL_OK)
+		return EIO;
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &t)) != 0)
+		return rc;
+	if ((rc = mdb_drop(t, s->q, 0)) != 0 || (rc = mdb_drop(t, s->ids, 0)) != 0) {
+		mdb_txn_abort(t);
+		return rc;
+	}
+	if ((rc = mdb_txn_commit(t)) != 0 || (rc = mdb_env_sync(s->env, 1)) != 0)
+		return rc;
+	log_info("spool: %zu envelope(s) moved", moved);
 	return 0;
+}
+
+struct seqlist {
+	struct spool *s;
+	uint64_t     *seq;
+	size_t        n, cap;
+	bool          nomem;
+};
+
+static int
+spool_dead_wins_cb(void *arg, const struct spool_rec *r)
+{
+	struct seqlist *l = arg;
+	uint64_t *p;
+
+	if (spool_dead_has(l->s, r->id, r->idlen) != 0)
+		return 0;
+	if ((p = grow_array(l->seq, &l->cap, l->n + 1, sizeof(*p), 64)) == NULL) {
+		l->nomem = true;
+		return 1;
+	}
+	l->seq = p;
+	l->seq[l->n++] = r->seq;
+	return 0;
+}
+
+/*
+ * An envelope both queued and dead (a crash between the two commits of a
+ * move or a replay) stays dead: it is taken out of the queue.
+ */
+static int
+spool_dead_wins(struct spool *s)
+{
+	struct seqlist l = { .s = s };
+	size_t jsonlen;
+	int rc = 0;
+
+	if (s->dead_empty)
+		return 0;
+	if (segq_foreach(s->sq, spool_dead_wins_cb, &l) < 0 || l.nomem) {
+		free(l.seq);
+		return -1;
+	}
+	if (l.n > 0) {
+		log_warn("spool: %zu envelope(s) both queued and dead after a crash: kept dead",
+		    l.n);
+		for (size_t i = 0; i < l.n && rc == 0; i++)
+			if (segq_del(s->sq, l.seq[i], &jsonlen) == SPOOL_ERR)
+				rc = -1;
+		if (rc == 0 && segq_commit(s->sq) != SPOOL_OK)
+			rc = -1;
+	}
+	free(l.seq);
+	return rc;
 }
 
 struct spool *
@@ -1316,6 +1315,8 @@ spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
 	long pg = sysconf(_SC_PAGESIZE);
 	size_t slack;
 	MDB_envinfo info;
+	MDB_stat st;
+	uint64_t next;
 	int rc, dead;
 
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
@@ -1359,12 +1360,30 @@ spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
 			mdb_txn_abort(t);
 		goto fail;
 	}
-	if ((rc = mdb_txn_commit(t)) != 0 || (rc = spool_scan(s)) != 0) {
+	if ((rc = mdb_txn_commit(t)) != 0) {
 		snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
+		goto fail;
+	}
+	if ((s->sq = segq_open(dir, fsync, err, errlen)) == NULL)
+		goto fail;
+	next = 1;
+	if ((rc = spool_migrate(s, &next)) != 0) {
+		snprintf(err, errlen, "%s: moving the LMDB queue to segments: %s", dir,
+		    rc == EIO ? "write failed" : mdb_strerror(rc));
+		goto fail;
+	}
+	s->next_seq = segq_next_seq(s->sq) > next ? segq_next_seq(s->sq) : next;
+	if ((t = spool_rtxn(s)) != NULL && mdb_stat(t, s->dead, &st) == 0)
+		s->dead_empty = st.ms_entries == 0;
+	if (spool_dead_wins(s) == -1) {
+		snprintf(err, errlen, "%s: cannot drop the queued copies of dead letters", dir);
 		goto fail;
 	}
 	return s;
 fail:
+	if (s->rtxn != NULL)
+		mdb_txn_abort(s->rtxn);
+	segq_close(s->sq);
 	if (s->env != NULL)
 		mdb_env_close(s->env);
 	free(s);
@@ -1385,6 +1404,7 @@ spool_close(struct spool *s)
 	if (s->fsync != FSYNC_ALWAYS)
 		mdb_env_sync(s->env, 1);
 	mdb_env_close(s->env);
+	segq_close(s->sq);
 	free(s->redo);
 	free(s->arena);
 	free(s->scratch);

@@ -1,7 +1,8 @@
 /*
- * The http worker's durable spool and dead-letter store: one LMDB environment
- * (<state_dir>/spool).  An envelope lives here from the commit that lets the
- * http worker acknowledge it until the backend answered 2xx or it went dead.
+ * The http worker's durable spool and dead-letter store, in <state_dir>/spool:
+ * the queue in segment files (segq.h), the dead letters in an LMDB
+ * environment.  An envelope lives here from the commit that lets the http
+ * worker acknowledge it until the backend answered 2xx or it went dead.
  */
 #ifndef HERALD_SPOOL_H
 #define HERALD_SPOOL_H
@@ -70,8 +71,10 @@ struct spool_stats {
 };
 
 /*
- * Open (creating the directory) with a map of about 2 x max_bytes + slack.
- * Recomputes the byte count and checks the sequence counter.
+ * Open (creating the directory) with an LMDB map of about 2 x max_bytes +
+ * slack; queued JSON bytes may not exceed that first map size either.
+ * Indexes the segments (cutting a torn write off the newest), moves an older
+ * spool's LMDB queue to segments, and drops queued copies of dead letters.
  */
 struct spool *spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
     char *err, size_t errlen);
@@ -79,16 +82,18 @@ struct spool *spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsyn
 void spool_close(struct spool *s);
 
 /*
- * Batching: every change between spool_begin() and spool_commit() goes into
- * one write transaction (one sync).  Outside a batch each call commits alone.
+ * Batching: every change between spool_begin() and spool_commit() is written
+ * and synced at the commit, once.  Outside a batch each call commits alone.
  * A put refused with SPOOL_FULL inside a batch leaves the batch's other
- * changes intact; SPOOL_ERR means the whole batch is lost.
+ * changes intact; SPOOL_ERR means the whole batch is lost, and every later
+ * call fails until the spool is opened again.
  */
 int  spool_begin(struct spool *s);
 /*
- * SPOOL_OK; SPOOL_FULL when the commit itself found the map full and had to
- * drop the batch's newest puts and dead-letter puts: the deletions and moves
- * committed, and of the puts those with seq < spool_next_seq() did.  Do not
+ * SPOOL_OK; SPOOL_FULL when the commit itself found the LMDB map full and had
+ * to drop the batch's newest dead-letter puts: the deletions and moves
+ * committed, and of the puts those with seq < spool_next_seq() did (all
+ * puts to the queue do).  Do not
  * acknowledge anything of such a batch (resent copies are acked as DUP).
  * SPOOL_ERR: the batch is lost.
  */

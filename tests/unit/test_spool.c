@@ -1,7 +1,9 @@
 /*
- * Unit tests of the spool and dead-letter store (workers/spool.c) on real
- * LMDB environments in temporary directories: order, duplicates, deletion,
- * reopening, byte accounting, dead letters, and a map that fills up.
+ * Unit tests of the spool (workers/spool.c, the queue in segment files of
+ * workers/segq.c, the dead letters in LMDB) in temporary directories: order,
+ * duplicates, deletion, reopening, byte accounting, dead letters, a map that
+ * fills up, torn writes, segments that empty or thin out, and a spool that
+ * an older herald queued in LMDB.
  */
 #define _XOPEN_SOURCE 700
 #include <errno.h>
@@ -16,8 +18,12 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <lmdb.h>
 
 #include "workers/spool.h"
+#include "workers/segq.h"
 
 struct fx {
 	char          dir[64];
@@ -627,6 +633,232 @@ test_map_full_moves_still_work(void **state)
 	free(sn);
 }
 
+/* The segment logs (q-*.log) in the spool directory: count and total size. */
+static int
+seg_files(const char *env, const char *ext, size_t *bytes, char *last, size_t lastlen)
+{
+	DIR *d = opendir(env);
+	struct dirent *de;
+	int n = 0;
+
+	assert_non_null(d);
+	if (bytes != NULL)
+		*bytes = 0;
+	while ((de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name);
+		char path[512];
+		struct stat st;
+
+		if (strncmp(de->d_name, "q-", 2) != 0 || len < 4 ||
+		    strcmp(de->d_name + len - 4, ext) != 0)
+			continue;
+		n++;
+		snprintf(path, sizeof(path), "%s/%s", env, de->d_name);
+		assert_int_equal(stat(path, &st), 0);
+		if (bytes != NULL)
+			*bytes += (size_t)st.st_size;
+		if (last != NULL && strcmp(path, last) > 0)
+			snprintf(last, lastlen, "%s", path);
+	}
+	closedir(d);
+	return n;
+}
+
+/* A crash in the middle of a write: the tail of the newest segment is torn. */
+static void
+test_torn_tail_is_cut(void **state)
+{
+	struct fx *f = *state;
+	struct spool_stats st;
+	char last[512] = "", junk[100];
+	size_t before, after;
+	uint64_t a, b;
+	int fd;
+
+	assert_int_equal(put(f->s, "T1", "dev", 1, "{\"n\":1}", &a), SPOOL_OK);
+	assert_int_equal(put(f->s, "T2", "dev", 2, "{\"n\":2}", &b), SPOOL_OK);
+	spool_close(f->s);
+	f->s = NULL;
+	assert_int_equal(seg_files(f->env, ".log", &before, last, sizeof(last)), 1);
+	/* Part of a record header. */
+	memset(junk, 0, sizeof(junk));
+	memcpy(junk, "HLDQ", 4);
+	junk[8] = 3;
+	assert_true((fd = open(last, O_WRONLY | O_APPEND)) >= 0);
+	assert_int_equal(write(fd, junk, 20), 20);
+	assert_int_equal(close(fd), 0);
+	f->s = open_env(f->env, 1 << 20, FSYNC_ALWAYS);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 2);
+	expect_rec(f->s, a, "T1", "dev", 1, "{\"n\":1}");
+	expect_rec(f->s, b, "T2", "dev", 2, "{\"n\":2}");
+	seg_files(f->env, ".log", &after, NULL, 0);
+	assert_int_equal(after, before);
+	/* What comes next is appended where the torn write was. */
+	assert_int_equal(put(f->s, "T3", "dev", 3, "{\"n\":3}", NULL), SPOOL_OK);
+	reopen(f, 1 << 20, FSYNC_ALWAYS);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 3);
+	/* A damaged byte in a committed record: that record and the rest of the
+	 * segment are not delivered as if they were sound. */
+	spool_close(f->s);
+	f->s = NULL;
+	seg_files(f->env, ".log", NULL, last, sizeof(last));
+	assert_true((fd = open(last, O_RDWR)) >= 0);
+	assert_int_equal(pwrite(fd, "X", 1, (off_t)before - 8), 1);   /* T2's JSON */
+	assert_int_equal(close(fd), 0);
+	f->s = open_env(f->env, 1 << 20, FSYNC_ALWAYS);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	expect_rec(f->s, a, "T1", "dev", 1, "{\"n\":1}");
+}
+
+/*
+ * Segments roll over at SEGQ_SEG_MAX; one whose records are all delivered
+ * goes with its deletion log; one that keeps a single undelivered record
+ * among many delivered ones is copied forward, so its dead space goes too.
+ */
+static void
+test_segments_roll_empty_and_thin_out(void **state)
+{
+	struct fx *f = *state;
+	static char body[8192];
+	struct spool_stats st;
+	uint64_t *seqs;
+	size_t n = (3 * SEGQ_SEG_MAX) / sizeof(body) + 10, bytes;
+	char id[32], path[512];
+	int fd;
+
+	memset(body, 'z', sizeof(body) - 1);
+	assert_non_null(seqs = calloc(n, sizeof(*seqs)));
+	reopen(f, 256u << 20, FSYNC_OFF);
+	for (size_t i = 0; i < n; i += 100) {
+		assert_int_equal(spool_begin(f->s), SPOOL_OK);
+		for (size_t k = i; k < i + 100 && k < n; k++) {
+			snprintf(id, sizeof(id), "S%06zu", k);
+			assert_int_equal(put(f->s, id, "dev", (int64_t)k, body, &seqs[k]), SPOOL_OK);
+		}
+		assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	}
+	assert_true(seg_files(f->env, ".log", NULL, NULL, 0) >= 3);
+	/* Deliver all but one record in the middle. */
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	for (size_t k = 0; k < n; k++)
+		if (k != n / 2)
+			assert_int_equal(spool_del(f->s, seqs[k]), SPOOL_OK);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	seg_files(f->env, ".log", &bytes, NULL, 0);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	assert_true(bytes < SEGQ_SEG_MAX + 4 * sizeof(body));
+	snprintf(id, sizeof(id), "S%06zu", n / 2);
+	expect_rec(f->s, seqs[n / 2], id, "dev", (int64_t)(n / 2), body);
+	/* The record copied forward is the same record after a restart, once. */
+	reopen(f, 256u << 20, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	assert_int_equal(st.bytes, sizeof(body) - 1);
+	expect_rec(f->s, seqs[n / 2], id, "dev", (int64_t)(n / 2), body);
+	assert_int_equal(put(f->s, id, "dev", 1, "{}", NULL), SPOOL_DUP);
+	assert_int_equal(spool_del(f->s, seqs[n / 2]), SPOOL_OK);
+	/* Nothing left but the newest segment. */
+	assert_int_equal(put(f->s, "V", "dev", 1, "{}", NULL), SPOOL_OK);
+	assert_int_equal(seg_files(f->env, ".log", NULL, NULL, 0), 1);
+	assert_true(seg_files(f->env, ".del", NULL, NULL, 0) <= 1);
+	/* A deletion log left behind by a crash between two unlinks goes too. */
+	snprintf(path, sizeof(path), "%s/q-0000000000000002.del", f->env);
+	assert_true((fd = open(path, O_WRONLY | O_CREAT, 0600)) >= 0);
+	assert_int_equal(close(fd), 0);
+	reopen(f, 256u << 20, FSYNC_OFF);
+	assert_int_equal(access(path, F_OK), -1);
+	free(seqs);
+}
+
+/* The record layout of the LMDB queue of an older herald (its "q" table). */
+struct old_qhdr {
+	uint8_t  ver;
+	uint8_t  idlen;
+	uint8_t  devlen;
+	uint8_t  flags;
+	uint32_t jsonlen;
+	int64_t  received_ms;
+};
+
+static void
+old_put(MDB_txn *t, MDB_dbi q, MDB_dbi ids, uint64_t seq, const char *id, const char *json)
+{
+	char v[256];
+	uint8_t k[8];
+	struct old_qhdr h = { 1, (uint8_t)strlen(id), 3, 0, (uint32_t)strlen(json), 42 };
+	MDB_val kv = { 8, k }, vv = { sizeof(h) + h.idlen + 3 + h.jsonlen, v };
+	MDB_val ik = { h.idlen, (void *)id }, iv = { 8, &seq };
+
+	for (int i = 0; i < 8; i++)
+		k[i] = (uint8_t)(seq >> (8 * (7 - i)));
+	memcpy(v, &h, sizeof(h));
+	memcpy(v + sizeof(h), id, h.idlen);
+	memcpy(v + sizeof(h) + h.idlen, "dev", 3);
+	memcpy(v + sizeof(h) + h.idlen + 3, json, h.jsonlen);
+	assert_int_equal(mdb_put(t, q, &kv, &vv, 0), 0);
+	assert_int_equal(mdb_put(t, ids, &ik, &iv, 0), 0);
+}
+
+/* Envelopes an older herald queued in LMDB are moved to segments, in order. */
+static void
+test_lmdb_queue_is_moved(void **state)
+{
+	struct fx *f = *state;
+	struct seen *sn = calloc(1, sizeof(*sn));
+	struct spool_stats st;
+	MDB_env *env;
+	MDB_txn *t;
+	MDB_dbi q, ids;
+	MDB_stat ms;
+	uint64_t c;
+
+	spool_close(f->s);
+	f->s = NULL;
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+	assert_int_equal(mdb_env_open(env, f->env, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &t), 0);
+	assert_int_equal(mdb_dbi_open(t, "q", MDB_CREATE, &q), 0);
+	assert_int_equal(mdb_dbi_open(t, "ids", MDB_CREATE, &ids), 0);
+	old_put(t, q, ids, 700, "OLD1", "{\"a\":1}");
+	old_put(t, q, ids, 701, "OLD2", "{\"b\":2}");
+	assert_int_equal(mdb_txn_commit(t), 0);
+	mdb_env_close(env);
+
+	f->s = open_env(f->env, 1 << 20, FSYNC_ALWAYS);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 2);
+	assert_int_equal(spool_foreach(f->s, collect, sn), 2);
+	assert_string_equal(sn->id[0], "OLD1");
+	assert_int_equal(sn->seq[0], 700);
+	expect_rec(f->s, 701, "OLD2", "dev", 42, "{\"b\":2}");
+	assert_int_equal(put(f->s, "OLD2", "dev", 1, "{}", NULL), SPOOL_DUP);
+	assert_int_equal(put(f->s, "NEW", "dev", 1, "{}", &c), SPOOL_OK);
+	assert_true(c > 701);
+	reopen(f, 1 << 20, FSYNC_ALWAYS);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 3);
+	spool_close(f->s);
+	f->s = NULL;
+	/* LMDB's queue is empty now: nothing is moved twice. */
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, 8u << 20), 0);
+	assert_int_equal(mdb_env_open(env, f->env, MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &t), 0);
+	assert_int_equal(mdb_dbi_open(t, "q", 0, &q), 0);
+	assert_int_equal(mdb_stat(t, q, &ms), 0);
+	assert_int_equal(ms.ms_entries, 0);
+	mdb_txn_abort(t);
+	mdb_env_close(env);
+	f->s = open_env(f->env, 1 << 20, FSYNC_ALWAYS);
+	free(sn);
+}
+
 int
 main(void)
 {
@@ -645,6 +877,10 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_map_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full_moves_still_work, setup,
 		    teardown),
+		cmocka_unit_test_setup_teardown(test_torn_tail_is_cut, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_segments_roll_empty_and_thin_out, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_lmdb_queue_is_moved, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -76,6 +76,11 @@ struct qent {                   /* seq 0: empty slot */
 	uint32_t    len;            /* padded record length */
 };
 
+struct oldmap {
+	char  *p;
+	size_t len;
+};
+
 struct ident {                  /* seq 0: empty slot */
 	uint64_t h;
 	uint64_t seq;
@@ -98,6 +103,8 @@ struct segq {
 	struct seg   **dirty;
 	size_t         ndirty, dirtycap;
 	uint64_t       next_seq, lo, bytes;
+	struct oldmap *old;         /* replaced mappings, unmapped at the commit */
+	size_t         nold, oldcap;
 };
 
 /* ---- CRC32C ---- */
@@ -349,24 +356,35 @@ ids_remove(struct segq *q, uint64_t h, uint64_t seq)
 
 /* ---- records ---- */
 
+/*
+ * Map the segment, past its end (the file grows into it).  A mapping that
+ * is replaced by a longer one stays until the next commit: pointers that
+ * segq_get() handed out stay valid until then.
+ */
 static int
-seg_map(struct seg *g, size_t need)
+seg_map(struct segq *q, struct seg *g, size_t need)
 {
 	size_t len = SEGQ_MAP_MIN;
+	struct oldmap *o;
 	char *p;
 
 	while (len < need)
 		len *= 2;
 	if (g->map != NULL && g->maplen >= need)
 		return 0;
-	/* Past the end of the file is mapped too: the file grows into it. */
+	if (g->map != NULL) {
+		o = grow_array(q->old, &q->oldcap, q->nold + 1, sizeof(*o), 4);
+		if (o == NULL)
+			return -1;
+		q->old = o;
+	}
 	p = mmap(NULL, len, PROT_READ, MAP_SHARED, g->fd, 0);
 	if (p == MAP_FAILED) {
 		log_err("spool: map segment %016" PRIx64 ": %s", g->name, strerror(errno));
 		return -1;
 	}
 	if (g->map != NULL)
-		munmap(g->map, g->maplen);
+		q->old[q->nold++] = (struct oldmap){ g->map, g->maplen };
 	g->map = p;
 	g->maplen = len;
 	return 0;
@@ -380,7 +398,8 @@ rec_at(struct segq *q, const struct qent *e)
 
 	if (g == q->active && e->off >= g->size)
 		return q->wbuf + (e->off - g->size);
-	if ((size_t)e->off + e->len > g->maplen && seg_map(g, (size_t)e->off + e->len) == -1)
+	if ((size_t)e->off + e->len > g->maplen &&
+	    seg_map(q, g, (size_t)e->off + e->len) == -1)
 		return NULL;
 	return g->map + e->off;
 }
@@ -493,7 +512,7 @@ seg_create(struct segq *q, uint64_t name)
 		return -1;
 	}
 	/* The name must be durable before an acknowledged record is in it. */
-	if (seg_map(g, 0) == -1 || dir_sync(q) == -1 || segs_append(q, g) == -1) {
+	if (seg_map(q, g, 0) == -1 || dir_sync(q) == -1 || segs_append(q, g) == -1) {
 		unlink(path);
 		seg_free(g);
 		return -1;
@@ -754,7 +773,7 @@ segq_copy_forward(struct segq *q, struct seg *g)
 {
 	size_t off = 0;
 
-	if (seg_map(g, g->size) == -1)
+	if (seg_map(q, g, g->size) == -1)
 		return -1;
 	while (off + sizeof(struct rhdr) <= g->size && g->live > 0) {
 		struct rhdr h;
@@ -807,9 +826,18 @@ segq_housekeep(struct segq *q)
 			i++;
 }
 
+static void
+segq_unmap_old(struct segq *q)
+{
+	for (size_t i = 0; i < q->nold; i++)
+		munmap(q->old[i].p, q->old[i].len);
+	q->nold = 0;
+}
+
 int
 segq_commit(struct segq *q)
 {
+	segq_unmap_old(q);
 	if (q->broken)
 		return SPOOL_ERR;
 	if (segq_write_records(q) == -1 || segq_write_dels(q) == -1)
@@ -919,7 +947,7 @@ segq_load_seg(struct segq *q, struct seg *g, bool newest)
 		log_err("spool: open %s: %s", path, strerror(errno));
 		return -1;
 	}
-	if (seg_map(g, (size_t)st.st_size) == -1)
+	if (seg_map(q, g, (size_t)st.st_size) == -1)
 		return -1;
 	while (off + sizeof(struct rhdr) <= (size_t)st.st_size) {
 		struct rhdr h;
@@ -1149,6 +1177,8 @@ segq_close(struct segq *q)
 		return;
 	for (size_t i = 0; i < q->nsegs; i++)
 		seg_free(q->segs[i]);
+	segq_unmap_old(q);
+	free(q->old);
 	if (q->dirfd >= 0)
 		close(q->dirfd);
 	free(q->segs);

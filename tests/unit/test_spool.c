@@ -774,6 +774,40 @@ test_segments_roll_empty_and_thin_out(void **state)
 	free(seqs);
 }
 
+/*
+ * One batch bigger than a segment's mapping: reading its end maps the
+ * segment again, and what spool_get() returned before stays readable.
+ */
+static void
+test_big_batch_pointers_stay_valid(void **state)
+{
+	struct fx *f = *state;
+	static char body[16384];
+	size_t n = (5 * SEGQ_SEG_MAX) / sizeof(body) + 10;
+	struct spool_rec first, last;
+	uint64_t s0 = 0, sn = 0, seq;
+	char id[32];
+
+	memset(body, 'b', sizeof(body) - 1);
+	reopen(f, 256u << 20, FSYNC_OFF);
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	for (size_t k = 0; k < n; k++) {
+		snprintf(id, sizeof(id), "B%06zu", k);
+		assert_int_equal(put(f->s, id, "dev", 7, body, &seq), SPOOL_OK);
+		if (k == 0)
+			s0 = seq;
+		sn = seq;
+	}
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	assert_int_equal(spool_get(f->s, s0, &first), SPOOL_OK);
+	assert_int_equal(spool_get(f->s, sn, &last), SPOOL_OK);
+	assert_int_equal(first.jsonlen, sizeof(body) - 1);
+	assert_memory_equal(first.json, body, first.jsonlen);
+	assert_memory_equal(last.json, body, last.jsonlen);
+	reopen(f, 256u << 20, FSYNC_OFF);
+	expect_rec(f->s, sn, id, "dev", 7, body);
+}
+
 /* The record layout of the LMDB queue of an older herald (its "q" table). */
 struct old_qhdr {
 	uint8_t  ver;
@@ -879,6 +913,8 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tail_is_cut, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_segments_roll_empty_and_thin_out, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_big_batch_pointers_stay_valid, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_lmdb_queue_is_moved, setup, teardown),
 	};

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <sodium.h>
 
@@ -44,37 +45,68 @@ webhook_secret_parse(const char *s, uint8_t **key, size_t *keylen)
 }
 
 /*
- * HMAC-SHA256(key, id "." ts "." body).  The MAC implementation is fetched
- * once per process (herald's processes and herald-bench are single-threaded);
- * a context is made per call.  -1 only if OpenSSL itself fails (no memory).
+ * A context keyed with the last key used: fetching the algorithm and keying
+ * a fresh context cost more than hashing a 500-byte body.  Each MAC starts
+ * it again.  herald's processes and herald-bench are single-threaded.
  */
+static EVP_MAC_CTX *webhook_keyed;
+static uint8_t     *webhook_key;
+static size_t       webhook_keylen;
+
+static EVP_MAC_CTX *
+webhook_ctx(const uint8_t *key, size_t keylen)
+{
+	static EVP_MAC *hmac;
+	OSSL_PARAM params[2];
+	EVP_MAC_CTX *c;
+	uint8_t *k;
+
+	if (webhook_keyed != NULL && keylen == webhook_keylen &&
+	    CRYPTO_memcmp(key, webhook_key, keylen) == 0)
+		return webhook_keyed;
+	if (hmac == NULL && (hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL)
+		return NULL;
+	if ((c = EVP_MAC_CTX_new(hmac)) == NULL || (k = malloc(keylen + 1)) == NULL) {
+		EVP_MAC_CTX_free(c);
+		return NULL;
+	}
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+	    (char *)"SHA256", 0);
+	params[1] = OSSL_PARAM_construct_end();
+	if (!EVP_MAC_init(c, key, keylen, params)) {
+		EVP_MAC_CTX_free(c);
+		free(k);
+		return NULL;
+	}
+	memcpy(k, key, keylen);
+	EVP_MAC_CTX_free(webhook_keyed);
+	if (webhook_key != NULL)
+		OPENSSL_cleanse(webhook_key, webhook_keylen);
+	free(webhook_key);
+	webhook_keyed = c;
+	webhook_key = k;
+	webhook_keylen = keylen;
+	return c;
+}
+
+/* HMAC-SHA256(key, id "." ts "." body); -1 only if OpenSSL fails (no memory). */
 static int
 webhook_mac(const uint8_t *key, size_t keylen, const char *id, const char *ts,
     const void *body, size_t len, uint8_t mac[WEBHOOK_MAC_LEN])
 {
-	static EVP_MAC *hmac;
-	OSSL_PARAM params[2];
-	EVP_MAC_CTX *ctx;
+	EVP_MAC_CTX *ctx = webhook_ctx(key, keylen);
 	size_t maclen = 0;
-	int ok;
 
-	if (hmac == NULL && (hmac = EVP_MAC_fetch(NULL, "HMAC", NULL)) == NULL)
+	/* A NULL key starts again with the key the context has. */
+	if (ctx == NULL || !EVP_MAC_init(ctx, NULL, 0, NULL))
 		return -1;
-	if ((ctx = EVP_MAC_CTX_new(hmac)) == NULL)
-		return -1;
-	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-	    (char *)"SHA256", 0);
-	params[1] = OSSL_PARAM_construct_end();
-	ok = EVP_MAC_init(ctx, key, keylen, params) &&
-	    EVP_MAC_update(ctx, (const unsigned char *)id, strlen(id)) &&
+	return EVP_MAC_update(ctx, (const unsigned char *)id, strlen(id)) &&
 	    EVP_MAC_update(ctx, (const unsigned char *)".", 1) &&
 	    EVP_MAC_update(ctx, (const unsigned char *)ts, strlen(ts)) &&
 	    EVP_MAC_update(ctx, (const unsigned char *)".", 1) &&
 	    EVP_MAC_update(ctx, body, len) &&
 	    EVP_MAC_final(ctx, mac, &maclen, WEBHOOK_MAC_LEN) &&
-	    maclen == WEBHOOK_MAC_LEN;
-	EVP_MAC_CTX_free(ctx);
-	return ok ? 0 : -1;
+	    maclen == WEBHOOK_MAC_LEN ? 0 : -1;
 }
 
 int

@@ -78,6 +78,25 @@ test_secret_forms(void **state)
 	assert_int_equal(webhook_sign(key, len, "id", "1", "b", 1, sig), 0);
 	assert_int_equal(webhook_verify(key, len, "id", "1", "b", 1, sig), 1);
 	free(key);
+	/* Another key, then the first again (a reload): each signs as its own. */
+	{
+		uint8_t *vkey;
+		size_t vlen;
+		char again[WEBHOOK_SIG_LEN];
+
+		assert_int_equal(webhook_secret_parse(VEC_SECRET, &vkey, &vlen), 0);
+		assert_int_equal(webhook_sign(vkey, vlen, VEC_ID, VEC_TS, VEC_BODY,
+		    strlen(VEC_BODY), again), 0);
+		assert_string_equal(again, VEC_SIG);
+		assert_int_equal(webhook_verify(vkey, vlen, "id", "1", "b", 1, sig), 0);
+		assert_int_equal(webhook_sign(vkey, 3, VEC_ID, VEC_TS, VEC_BODY,
+		    strlen(VEC_BODY), again), 0);
+		assert_string_not_equal(again, VEC_SIG);
+		assert_int_equal(webhook_sign(vkey, vlen, VEC_ID, VEC_TS, VEC_BODY,
+		    strlen(VEC_BODY), again), 0);
+		assert_string_equal(again, VEC_SIG);
+		free(vkey);
+	}
 	assert_int_equal(webhook_secret_parse("whsec_%%%notbase64", &key, &len), -1);
 	assert_int_equal(webhook_secret_parse("whsec_", &key, &len), -1);
 	assert_int_equal(webhook_secret_parse("", &key, &len), -1);

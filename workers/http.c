@@ -92,6 +92,7 @@ struct pend_new {
 struct http_sock {
 	struct http  *h;
 	struct event *ev;
+	short         kind;     /* what ev waits for */
 };
 
 struct http {
@@ -951,7 +952,8 @@ http_sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
 
 	if (what == CURL_POLL_REMOVE) {
 		if (hs != NULL) {
-			event_free(hs->ev);
+			if (hs->ev != NULL)
+				event_free(hs->ev);
 			free(hs);
 		}
 		return 0;
@@ -964,14 +966,21 @@ http_sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
 		if ((hs = calloc(1, sizeof(*hs))) == NULL)
 			return -1;
 		hs->h = h;
+		if ((hs->ev = event_new(h->w->base, fd, kind, http_sock_event, h)) == NULL) {
+			free(hs);
+			return -1;
+		}
 		curl_multi_assign(h->multi, fd, hs);
+	} else if (kind == hs->kind) {
+		return 0;       /* libcurl says again what it wants */
 	} else {
-		event_free(hs->ev);
+		/* The same event, waiting for something else: no free and new. */
+		event_del(hs->ev);
+		if (event_assign(hs->ev, h->w->base, fd, kind, http_sock_event, h) == -1)
+			return -1;
 	}
-	hs->ev = event_new(h->w->base, fd, kind, http_sock_event, h);
-	if (hs->ev == NULL || event_add(hs->ev, NULL) == -1)
-		return -1;
-	return 0;
+	hs->kind = kind;
+	return event_add(hs->ev, NULL) == -1 ? -1 : 0;
 }
 
 static int

@@ -1035,12 +1035,6 @@ segq_load_dels(struct segq *q, struct seg *g)
 	return 0;
 }
 
-static int
-name_cmp(const void *a, const void *b)
-{
-	return seq_cmp(a, b);
-}
-
 /* The names of the q-<16 hex><ext> files in the directory, sorted. */
 static int
 segq_list(struct segq *q, const char *ext, uint64_t **names, size_t *n, size_t *cap)
@@ -1073,7 +1067,7 @@ segq_list(struct segq *q, const char *ext, uint64_t **names, size_t *n, size_t *
 	}
 	closedir(d);
 	if (*n > 1)
-		qsort(*names, *n, sizeof(**names), name_cmp);
+		qsort(*names, *n, sizeof(**names), seq_cmp);
 	return 0;
 }
 

@@ -1536,6 +1536,11 @@ http_tick(evutil_socket_t fd, short what, void *arg)
 	 * RESUME lost on its way to an mqtt worker, must not pause reading for good. */
 	if (mono_ms() - h->pause_sent_ms >= HTTP_PAUSE_RESEND_MS)
 		http_say(h, h->paused ? HM_FAB_PAUSE : HM_FAB_RESUME);
+	/* Deliveries reach the disk once a second, not at every commit. */
+	if (spool_sync(h->sp) != SPOOL_OK) {
+		http_fatal(h, "sync");
+		return;
+	}
 	http_gauges(h);
 }
 

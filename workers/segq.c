@@ -12,7 +12,10 @@
  * so a segment and its log leave together and no other file refers to them.
  *
  * The order of writes at a commit: new records (sync), then deletions
- * (sync), then unlinks of segments left with no live record.  A crash at
+ * (sync with fsync always; with batch, segq_sync_deletions() syncs them
+ * about once a second: a power cut may bring a delivered record back, to be
+ * delivered again, never lose one), then unlinks of segments left with no
+ * live record.  A crash at
  * any point leaves each record either queued or deleted, never lost: a
  * deletion is only written for a record whose removal the caller wants,
  * and a segment is only unlinked once every record in it is deleted or
@@ -67,6 +70,7 @@ struct seg {
 	struct delent *dels;    /* pending deletions */
 	size_t         ndels, delcap;
 	bool           dirty;   /* on the list of segments with pending deletions */
+	bool           dunsynced;       /* deletions written, not yet synced */
 };
 
 struct qent {                   /* seq 0: empty slot */
@@ -748,11 +752,13 @@ segq_write_dels(struct segq *q)
 			}
 			created = true;
 		}
+		/* fsync batch syncs deletions in segq_sync_deletions(), later. */
 		if (write_all(g->dfd, g->dels, g->ndels * sizeof(*g->dels), 0, false) == -1 ||
-		    (q->fsync != FSYNC_OFF && fdatasync(g->dfd) == -1)) {
+		    (q->fsync == FSYNC_ALWAYS && fdatasync(g->dfd) == -1)) {
 			segq_break(q, "write", path);
 			return -1;
 		}
+		g->dunsynced = q->fsync == FSYNC_BATCH;
 		g->ndels = 0;
 	}
 	q->ndirty = 0;
@@ -852,6 +858,28 @@ segq_commit(struct segq *q)
 			q->broken = true;
 			return SPOOL_ERR;
 		}
+	}
+	return SPOOL_OK;
+}
+
+int
+segq_sync_deletions(struct segq *q)
+{
+	char path[4096];
+
+	if (q->broken)
+		return SPOOL_ERR;
+	for (size_t i = 0; i < q->nsegs; i++) {
+		struct seg *g = q->segs[i];
+
+		if (!g->dunsynced)
+			continue;
+		if (fdatasync(g->dfd) == -1) {
+			seg_path(q, g->name, "del", path, sizeof(path));
+			segq_break(q, "sync", path);
+			return SPOOL_ERR;
+		}
+		g->dunsynced = false;
 	}
 	return SPOOL_OK;
 }
@@ -1169,6 +1197,7 @@ segq_close(struct segq *q)
 {
 	if (q == NULL)
 		return;
+	segq_sync_deletions(q);
 	for (size_t i = 0; i < q->nsegs; i++)
 		seg_free(q->segs[i]);
 	segq_unmap_old(q);

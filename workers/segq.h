@@ -6,7 +6,8 @@
  * with its deletions; one mostly deleted is copied forward and unlinked.
  *
  * Changes are pending until segq_commit(), which writes them and (fsync
- * modes batch and always) syncs what it wrote.  A write or sync that fails
+ * modes batch and always) syncs the new records; deletions are synced at
+ * once with fsync always, by segq_sync_deletions() with batch.  A write or sync that fails
  * breaks the queue: every later call fails until it is opened again, from
  * what the files hold.  Used by spool.c only; the dead letters live in LMDB.
  */
@@ -44,6 +45,8 @@ int  segq_del(struct segq *q, uint64_t seq, size_t *jsonlen);
 bool segq_find_id(struct segq *q, const char *id, size_t idlen, uint64_t *seq);
 /* SPOOL_OK or SPOOL_ERR (the queue is broken: reopen). */
 int  segq_commit(struct segq *q);
+/* fsync batch: sync the deletions that commits wrote since the last call. */
+int  segq_sync_deletions(struct segq *q);
 bool segq_broken(const struct segq *q);
 /* The batch is lost: break the queue (its index holds the pending changes). */
 void segq_lose(struct segq *q);

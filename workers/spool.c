@@ -880,6 +880,12 @@ spool_commit(struct spool *s)
 	return rc;
 }
 
+int
+spool_sync(struct spool *s)
+{
+	return segq_sync_deletions(s->sq);
+}
+
 uint64_t
 spool_next_seq(const struct spool *s)
 {

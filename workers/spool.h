@@ -99,6 +99,12 @@ int  spool_begin(struct spool *s);
  */
 int  spool_commit(struct spool *s);
 bool spool_in_batch(const struct spool *s);
+/*
+ * fsync batch: deliveries (deletions) committed since the last call reach
+ * the disk.  Call it about once a second: until then a power cut may bring
+ * them back, to be delivered again.  SPOOL_ERR: reopen.
+ */
+int  spool_sync(struct spool *s);
 /* The sequence the next put gets. */
 uint64_t spool_next_seq(const struct spool *s);
 

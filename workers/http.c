@@ -42,6 +42,7 @@
 #define HTTP_LOW_WATER_PCT      80
 #define HTTP_LIST_DEFAULT       100
 #define HTTP_KEY_MAX            256
+#define HTTP_DISK_FULL_MS       1000    /* reading pauses this long on a full disk */
 
 enum http_lane_state { LANE_IDLE, LANE_LINGER, LANE_SENDING, LANE_BACKOFF };
 
@@ -116,6 +117,7 @@ struct http {
 	bool             paused;
 	int64_t          pause_sent_ms;
 	uint64_t         refused_full;  /* puts refused: the map was full */
+	int64_t          disk_full_until;       /* mono ms: pause reading till then */
 	struct event    *tick;
 	bool             stopping;
 	bool             fatal;
@@ -274,19 +276,23 @@ static void
 http_pressure(struct http *h, const struct spool_stats *st)
 {
 	uint64_t max = h->w->cf->spool_max_bytes;
+	bool disk_full = mono_ms() < h->disk_full_until;
 
-	if (!h->paused && st->bytes >= max) {
+	if (!h->paused && (st->bytes >= max || disk_full)) {
 		h->paused = true;
 		worker_count(h->w, STAT_backpressure, 1);
 		worker_gauge(h->w, GAUGE_paused, 1);
-		log_warn("spool at its quota (%llu of %llu bytes): pausing device reading",
-		    (unsigned long long)st->bytes, (unsigned long long)max);
+		if (disk_full)
+			log_warn("spool: the disk is full: pausing device reading");
+		else
+			log_warn("spool at its quota (%llu of %llu bytes): pausing device "
+			    "reading", (unsigned long long)st->bytes, (unsigned long long)max);
 		http_say(h, HM_FAB_PAUSE);
-	} else if (h->paused && st->bytes < max / 100 * HTTP_LOW_WATER_PCT) {
+	} else if (h->paused && !disk_full && st->bytes < max / 100 * HTTP_LOW_WATER_PCT) {
 		h->paused = false;
 		worker_gauge(h->w, GAUGE_paused, 0);
-		log_notice("spool below %d%% of its quota: resuming device reading",
-		    HTTP_LOW_WATER_PCT);
+		log_notice("spool below %d%% of its quota, with room on disk: resuming device "
+		    "reading", HTTP_LOW_WATER_PCT);
 		http_say(h, HM_FAB_RESUME);
 	}
 }
@@ -477,8 +483,15 @@ http_flush(struct http *h)
 				h->acks[k++] = h->acks[i];
 		held = h->nacks - k;
 		h->nacks = k;
-		log_ratelimited(LOG_WARNING, "spool map full: %zu acknowledgement(s) held back",
-		    held);
+		if (spool_disk_full(h->sp)) {
+			/* Their outboxes send them again once reading resumes. */
+			h->disk_full_until = mono_ms() + HTTP_DISK_FULL_MS;
+			log_ratelimited(LOG_ERR, "spool: no room on disk: %zu acknowledgement(s) "
+			    "held back", held);
+		} else {
+			log_ratelimited(LOG_WARNING, "spool map full: %zu acknowledgement(s) "
+			    "held back", held);
+		}
 	}
 	http_send_acks(h);
 	for (size_t i = 0; i < h->nnews; i++) {

@@ -71,6 +71,7 @@ struct seg {
 	size_t         ndels, delcap;
 	bool           dirty;   /* on the list of segments with pending deletions */
 	bool           dunsynced;       /* deletions written, not yet synced */
+	size_t         dsize;   /* bytes in the deletion log */
 };
 
 struct qent {                   /* seq 0: empty slot */
@@ -109,6 +110,9 @@ struct segq {
 	uint64_t       next_seq, lo, bytes;
 	struct oldmap *old;         /* replaced mappings, unmapped at the commit */
 	size_t         nold, oldcap;
+	uint64_t      *pend;        /* sequences of the pending records */
+	size_t         npend, pendcap;
+	bool           nospace;     /* the last commit found the disk full */
 };
 
 /* ---- CRC32C ---- */
@@ -538,6 +542,14 @@ seg_unlink(struct segq *q, size_t i)
 	seg_path(q, g->name, "del", path, sizeof(path));
 	if (unlink(path) == -1 && errno != ENOENT)
 		log_warn("spool: unlink %s: %s", path, strerror(errno));
+	/* Deletions still pending for it (a full disk) refer to nothing now. */
+	for (size_t j = 0; g->dirty && j < q->ndirty; j++)
+		if (q->dirty[j] == g) {
+			memmove(&q->dirty[j], &q->dirty[j + 1],
+			    (q->ndirty - j - 1) * sizeof(q->dirty[0]));
+			q->ndirty--;
+			break;
+		}
 	seg_free(g);
 	memmove(&q->segs[i], &q->segs[i + 1], (q->nsegs - i - 1) * sizeof(q->segs[0]));
 	q->nsegs--;
@@ -556,6 +568,12 @@ bool
 segq_broken(const struct segq *q)
 {
 	return q->broken;
+}
+
+bool
+segq_nospace(const struct segq *q)
+{
+	return q->nospace;
 }
 
 void
@@ -625,6 +643,7 @@ segq_put(struct segq *q, uint64_t seq, const char *id, size_t idlen,
 {
 	size_t len = rec_len(idlen, devlen, jsonlen), off;
 	struct rhdr h;
+	uint64_t *p;
 	char *w;
 
 	if (q->broken || seq == 0 || idlen == 0 || idlen > UINT8_MAX ||
@@ -651,8 +670,12 @@ segq_put(struct segq *q, uint64_t seq, const char *id, size_t idlen,
 	    len - sizeof(h) - idlen - devlen - jsonlen);
 	h.crc = rec_crc(&h, w + sizeof(h), idlen + devlen + jsonlen);
 	memcpy(w, &h, sizeof(h));
+	if ((p = grow_array(q->pend, &q->pendcap, q->npend + 1, sizeof(*p), 256)) == NULL)
+		return -1;
+	q->pend = p;
 	if (segq_index(q, q->active, seq, (uint32_t)off, (uint32_t)len, id, idlen) == -1)
 		return -1;
+	q->pend[q->npend++] = seq;
 	q->wlen += len;
 	q->bytes += jsonlen;
 	if (seq < q->lo)
@@ -711,41 +734,99 @@ segq_del(struct segq *q, uint64_t seq, size_t *jsonlen)
 	return SPOOL_OK;
 }
 
-/* Write (and sync) the pending records. */
+static bool
+no_space(int err)
+{
+	return err == ENOSPC || err == EDQUOT;
+}
+
+/*
+ * The disk is full: the pending records are not stored.  They leave the
+ * index (their callers acknowledge nothing of them) and the file is cut
+ * back to what it held.
+ */
+static void
+segq_unwrite(struct segq *q)
+{
+	struct seg *g = q->active;
+
+	if (ftruncate(g->fd, (off_t)g->size) == -1)
+		log_warn("spool: cut back segment %016" PRIx64 ": %s", g->name, strerror(errno));
+	for (size_t i = 0; i < q->npend; i++) {
+		struct qent *e = tab_find(q, q->pend[i]);
+		struct spool_rec r;
+
+		if (e == NULL || e->seg != g || e->off < g->size)
+			continue;       /* delivered already, within the batch */
+		rec_fill(q->wbuf + (e->off - g->size), &r);
+		ids_remove(q, id_hash(r.id, r.idlen), r.seq);
+		q->bytes -= r.jsonlen <= q->bytes ? r.jsonlen : q->bytes;
+		g->live--;
+		g->livebytes -= e->len;
+		tab_remove(q, e);
+	}
+	q->npend = 0;
+	q->wlen = 0;
+}
+
+/* Write (and sync) the pending records: 0; 1 the disk is full; -1 broken. */
 static int
 segq_write_records(struct segq *q)
 {
 	struct seg *g = q->active;
 	char path[4096];
 
-	if (q->wlen == 0)
+	if (q->wlen == 0) {
+		q->npend = 0;
 		return 0;
+	}
 	if (write_all(g->fd, q->wbuf, q->wlen, (off_t)g->size, true) == -1 ||
 	    (q->fsync != FSYNC_OFF && fdatasync(g->fd) == -1)) {
+		int err = errno;
+
 		seg_path(q, g->name, "log", path, sizeof(path));
+		if (no_space(err)) {
+			log_ratelimited(LOG_ERR, "spool: write %s: %s: %zu new envelope(s) "
+			    "not stored, to come again", path, strerror(err), q->npend);
+			segq_unwrite(q);
+			return 1;
+		}
 		segq_break(q, "write", path);
 		return -1;
 	}
 	g->size += q->wlen;
 	q->wlen = 0;
+	q->npend = 0;
 	return 0;
 }
 
+/*
+ * Write the pending deletions: 0; 1 the disk is full (they stay pending for
+ * the next commit, the log cut back to whole entries); -1 broken.
+ */
 static int
 segq_write_dels(struct segq *q)
 {
 	char path[4096];
 	bool created = false;
+	int ret = 0;
+	size_t keep = 0;
 
 	for (size_t i = 0; i < q->ndirty; i++) {
 		struct seg *g = q->dirty[i];
 
-		g->dirty = false;
-		if (g->ndels == 0)
+		if (g->ndels == 0) {
+			g->dirty = false;
 			continue;
+		}
 		seg_path(q, g->name, "del", path, sizeof(path));
 		if (g->dfd == -1) {
 			g->dfd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+			if (g->dfd == -1 && no_space(errno)) {
+				q->dirty[keep++] = g;
+				ret = 1;
+				continue;
+			}
 			if (g->dfd == -1) {
 				segq_break(q, "create", path);
 				return -1;
@@ -755,18 +836,33 @@ segq_write_dels(struct segq *q)
 		/* fsync batch syncs deletions in segq_sync_deletions(), later. */
 		if (write_all(g->dfd, g->dels, g->ndels * sizeof(*g->dels), 0, false) == -1 ||
 		    (q->fsync == FSYNC_ALWAYS && fdatasync(g->dfd) == -1)) {
-			segq_break(q, "write", path);
-			return -1;
+			int err = errno;
+
+			if (!no_space(err)) {
+				segq_break(q, "write", path);
+				return -1;
+			}
+			log_ratelimited(LOG_ERR, "spool: write %s: %s: %zu delivery(ies) kept "
+			    "for the next commit", path, strerror(err), g->ndels);
+			if (ftruncate(g->dfd, (off_t)g->dsize) == -1) {
+				segq_break(q, "cut back", path);
+				return -1;
+			}
+			q->dirty[keep++] = g;
+			ret = 1;
+			continue;
 		}
+		g->dsize += g->ndels * sizeof(*g->dels);
 		g->dunsynced = q->fsync == FSYNC_BATCH;
 		g->ndels = 0;
+		g->dirty = false;
 	}
-	q->ndirty = 0;
+	q->ndirty = keep;
 	if (created && dir_sync(q) == -1) {
 		q->broken = true;
 		return -1;
 	}
-	return 0;
+	return ret;
 }
 
 /*
@@ -777,7 +873,9 @@ segq_write_dels(struct segq *q)
 static int
 segq_copy_forward(struct segq *q, struct seg *g)
 {
-	size_t off = 0;
+	size_t off = 0, n = 0, cap = 0;
+	struct moved { uint64_t seq; uint32_t off; } *mv = NULL, *m;
+	int rc;
 
 	if (seg_map(q, g, g->size) == -1)
 		return -1;
@@ -794,10 +892,17 @@ segq_copy_forward(struct segq *q, struct seg *g)
 			size_t noff = q->active->size + q->wlen;
 
 			if (noff + len > SEGQ_OFF_MAX)
-				return 0;       /* the next active segment takes it */
-			if ((w = grow_array(q->wbuf, &q->wcap, q->wlen + len, 1, 64 * 1024)) == NULL)
-				return -1;
+				break;          /* the rest waits for the next active segment */
+			if ((w = grow_array(q->wbuf, &q->wcap, q->wlen + len, 1, 64 * 1024)) == NULL ||
+			    (m = grow_array(mv, &cap, n + 1, sizeof(*m), 64)) == NULL) {
+				if (w != NULL)
+					q->wbuf = w;
+				rc = -1;
+				goto undo;
+			}
 			q->wbuf = w;
+			mv = m;
+			mv[n++] = (struct moved){ h.seq, (uint32_t)off };
 			memcpy(q->wbuf + q->wlen, g->map + off, len);
 			q->wlen += len;
 			g->live--;
@@ -809,27 +914,72 @@ segq_copy_forward(struct segq *q, struct seg *g)
 		}
 		off += len;
 	}
-	return segq_write_records(q);
+	/* Not through segq_write_records: a full disk must not unindex these. */
+	if (q->wlen == 0 || (write_all(q->active->fd, q->wbuf, q->wlen,
+	    (off_t)q->active->size, true) == 0 &&
+	    (q->fsync == FSYNC_OFF || fdatasync(q->active->fd) == 0))) {
+		q->active->size += q->wlen;
+		q->wlen = 0;
+		free(mv);
+		return 0;
+	}
+	rc = no_space(errno) ? 1 : -1;
+	if (ftruncate(q->active->fd, (off_t)q->active->size) == -1)
+		rc = -1;
+undo:
+	/* Back where they were: the old segment keeps them. */
+	for (size_t i = 0; i < n; i++) {
+		struct qent *e = tab_find(q, mv[i].seq);
+
+		q->active->live--;
+		q->active->livebytes -= e->len;
+		e->seg = g;
+		e->off = mv[i].off;
+		g->live++;
+		g->livebytes += e->len;
+	}
+	q->wlen = 0;
+	free(mv);
+	if (rc == -1)
+		q->broken = true;
+	return rc;
 }
 
+/*
+ * Segments with no live record go (their pending deletions with them).  So
+ * does the active one once all it holds is delivered, for a new one, when
+ * it has grown past a sixteenth of a segment or the disk is full: else a
+ * full disk would stay full with delivered records.
+ */
 static void
 segq_housekeep(struct segq *q)
 {
-	/* One sparse segment per commit is copied forward. */
-	for (size_t i = 0; i + 1 < q->nsegs; i++) {
+	struct seg *a = q->active;
+
+	/* One sparse segment per commit is copied forward (not on a full disk). */
+	for (size_t i = 0; !q->nospace && i + 1 < q->nsegs; i++) {
 		struct seg *g = q->segs[i];
 
 		if (g->live > 0 && g->size >= SEGQ_SEG_MAX / 2 && g->livebytes * 4 < g->size) {
-			if (segq_copy_forward(q, g) == -1)
+			if (segq_copy_forward(q, g) != 0)
 				log_warn("spool: segment %016" PRIx64 " not compacted", g->name);
 			break;
 		}
 	}
 	for (size_t i = 0; i + 1 < q->nsegs; )
-		if (q->segs[i]->live == 0 && q->segs[i]->ndels == 0)
+		if (q->segs[i]->live == 0)
 			seg_unlink(q, i);
 		else
 			i++;
+	if (a->live == 0 && q->wlen == 0 && a->size > 0 &&
+	    (q->nospace || a->size >= SEGQ_SEG_MAX / 16)) {
+		uint64_t name = q->next_seq > a->name ? q->next_seq : a->name + 1;
+
+		if (seg_create(q, name) == 0)
+			seg_unlink(q, q->nsegs - 2);
+		else
+			log_warn("spool: no new segment for %016" PRIx64 " yet", a->name);
+	}
 }
 
 static void
@@ -843,14 +993,19 @@ segq_unmap_old(struct segq *q)
 int
 segq_commit(struct segq *q)
 {
+	int rw, dw;
+
 	segq_unmap_old(q);
 	if (q->broken)
 		return SPOOL_ERR;
-	if (segq_write_records(q) == -1 || segq_write_dels(q) == -1)
+	if ((rw = segq_write_records(q)) == -1 || (dw = segq_write_dels(q)) == -1)
 		return SPOOL_ERR;
+	q->nospace = rw == 1 || dw == 1;
 	segq_housekeep(q);
 	if (q->broken)
 		return SPOOL_ERR;
+	if (q->nospace)
+		return SPOOL_FULL;
 	if (q->active->size >= SEGQ_SEG_MAX) {
 		uint64_t name = q->next_seq > q->active->name ? q->next_seq : q->active->name + 1;
 
@@ -1055,6 +1210,7 @@ segq_load_dels(struct segq *q, struct seg *g)
 		tab_remove(q, e);
 	}
 	free(d);
+	g->dsize = n * sizeof(*d);
 	if ((size_t)st.st_size != n * sizeof(*d) && ftruncate(fd, (off_t)(n * sizeof(*d))) == -1) {
 		close(fd);
 		return -1;
@@ -1209,6 +1365,7 @@ segq_close(struct segq *q)
 	free(q->tab);
 	free(q->ids);
 	free(q->dirty);
+	free(q->pend);
 	free(q->dir);
 	free(q);
 }

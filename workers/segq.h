@@ -43,8 +43,13 @@ int  segq_get(struct segq *q, uint64_t seq, struct spool_rec *r);
 /* SPOOL_OK (*jsonlen set), SPOOL_NOTFOUND, SPOOL_ERR (out of memory). */
 int  segq_del(struct segq *q, uint64_t seq, size_t *jsonlen);
 bool segq_find_id(struct segq *q, const char *id, size_t idlen, uint64_t *seq);
-/* SPOOL_OK or SPOOL_ERR (the queue is broken: reopen). */
+/*
+ * SPOOL_OK; SPOOL_FULL when the disk is full: the pending records are not
+ * stored (they left the index), the pending deletions stay pending for the
+ * next commit; SPOOL_ERR: the queue is broken (reopen).
+ */
 int  segq_commit(struct segq *q);
+bool segq_nospace(const struct segq *q);        /* the last commit found no room */
 /* fsync batch: sync the deletions that commits wrote since the last call. */
 int  segq_sync_deletions(struct segq *q);
 bool segq_broken(const struct segq *q);

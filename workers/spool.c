@@ -96,6 +96,7 @@ struct spool {
 	size_t    map_size;
 	size_t    put_cap;      /* queued bytes never exceed the first map size */
 	uint64_t  next_seq;     /* the sequence the next put gets */
+	uint64_t  batch_seq;    /* next_seq when the batch began */
 	struct op *redo;
 	size_t    nredo, redocap;
 	char     *arena;
@@ -785,6 +786,7 @@ spool_begin(struct spool *s)
 	s->batch = true;
 	s->full = false;
 	s->dirty = false;
+	s->batch_seq = s->next_seq;
 	return SPOOL_OK;
 }
 
@@ -863,14 +865,33 @@ spool_commit(struct spool *s)
 		s->queue_first = false;
 		return SPOOL_OK;
 	}
-	if (s->queue_first && segq_commit(s->sq) != SPOOL_OK) {
+	if (s->queue_first) {
+		switch (segq_commit(s->sq)) {
+		case SPOOL_OK:
+			break;
+		case SPOOL_FULL:
+			/* No room for the replayed envelopes: they stay dead. */
+			spool_txn_drop(s);
+			goto nospace;
+		default:
+			spool_batch_lost(s);
+			return SPOOL_ERR;
+		}
+	}
+	if ((rc = spool_commit_lmdb(s)) == SPOOL_ERR) {
 		spool_batch_lost(s);
 		return SPOOL_ERR;
 	}
-	if ((rc = spool_commit_lmdb(s)) == SPOOL_ERR ||
-	    (!s->queue_first && segq_commit(s->sq) != SPOOL_OK)) {
-		spool_batch_lost(s);
-		return SPOOL_ERR;
+	if (!s->queue_first) {
+		switch (segq_commit(s->sq)) {
+		case SPOOL_OK:
+			break;
+		case SPOOL_FULL:
+			goto nospace;
+		default:
+			spool_batch_lost(s);
+			return SPOOL_ERR;
+		}
 	}
 	spool_redo_clear(s);
 	s->batch = false;
@@ -878,6 +899,21 @@ spool_commit(struct spool *s)
 	s->dirty = false;
 	s->queue_first = false;
 	return rc;
+nospace:
+	/* The disk is full: none of the batch's puts stayed. */
+	s->next_seq = s->batch_seq;
+	spool_redo_clear(s);
+	s->batch = false;
+	s->full = false;
+	s->dirty = false;
+	s->queue_first = false;
+	return SPOOL_FULL;
+}
+
+bool
+spool_disk_full(const struct spool *s)
+{
+	return segq_nospace(s->sq);
 }
 
 int

@@ -91,9 +91,10 @@ void spool_close(struct spool *s);
 int  spool_begin(struct spool *s);
 /*
  * SPOOL_OK; SPOOL_FULL when the commit itself found the LMDB map full and had
- * to drop the batch's newest dead-letter puts: the deletions and moves
- * committed, and of the puts those with seq < spool_next_seq() did (all
- * puts to the queue do).  Do not
+ * to drop the batch's newest dead-letter puts, or found the disk full
+ * (spool_disk_full()) and stored none of the batch's puts: the puts with
+ * seq < spool_next_seq() committed; the deletions and moves did too, or
+ * (disk full) are written at a later commit.  Do not
  * acknowledge anything of such a batch (resent copies are acked as DUP).
  * SPOOL_ERR: the batch is lost.
  */
@@ -105,6 +106,8 @@ bool spool_in_batch(const struct spool *s);
  * them back, to be delivered again.  SPOOL_ERR: reopen.
  */
 int  spool_sync(struct spool *s);
+/* The last commit found no room on the disk. */
+bool spool_disk_full(const struct spool *s);
 /* The sequence the next put gets. */
 uint64_t spool_next_seq(const struct spool *s);
 

@@ -962,7 +962,8 @@ segq_housekeep(struct segq *q)
 
 		if (g->live > 0 && g->size >= SEGQ_SEG_MAX / 2 && g->livebytes * 4 < g->size) {
 			if (segq_copy_forward(q, g) != 0)
-				log_warn("spool: segment %016" PRIx64 " not compacted", g->name);
+				log_ratelimited(LOG_WARNING, "spool: segment %016" PRIx64
+				    " not compacted", g->name);
 			break;
 		}
 	}
@@ -978,7 +979,8 @@ segq_housekeep(struct segq *q)
 		if (seg_create(q, name) == 0)
 			seg_unlink(q, q->nsegs - 2);
 		else
-			log_warn("spool: no new segment for %016" PRIx64 " yet", a->name);
+			log_ratelimited(LOG_WARNING, "spool: no new segment for %016" PRIx64
+			    " yet", a->name);
 	}
 }
 

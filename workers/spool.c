@@ -666,17 +666,24 @@ spool_redo_clear(struct spool *s)
 	s->arenalen = 0;
 }
 
+/* The batch is over, committed or not: changes stand alone again. */
+static void
+spool_batch_end(struct spool *s)
+{
+	spool_redo_clear(s);
+	s->batch = false;
+	s->full = false;
+	s->dirty = false;
+	s->queue_first = false;
+}
+
 /* The batch is lost: so are the queue's pending changes (reopen to go on). */
 static void
 spool_batch_lost(struct spool *s)
 {
 	spool_txn_drop(s);
-	spool_redo_clear(s);
 	segq_lose(s->sq);
-	s->batch = false;
-	s->full = false;
-	s->dirty = false;
-	s->queue_first = false;
+	spool_batch_end(s);
 }
 
 static bool
@@ -861,8 +868,7 @@ spool_commit(struct spool *s)
 		return SPOOL_OK;
 	if (!s->dirty) {
 		spool_txn_drop(s);
-		s->batch = false;
-		s->queue_first = false;
+		spool_batch_end(s);
 		return SPOOL_OK;
 	}
 	if (s->queue_first) {
@@ -893,20 +899,12 @@ spool_commit(struct spool *s)
 			return SPOOL_ERR;
 		}
 	}
-	spool_redo_clear(s);
-	s->batch = false;
-	s->full = false;
-	s->dirty = false;
-	s->queue_first = false;
+	spool_batch_end(s);
 	return rc;
 nospace:
 	/* The disk is full: none of the batch's puts stayed. */
 	s->next_seq = s->batch_seq;
-	spool_redo_clear(s);
-	s->batch = false;
-	s->full = false;
-	s->dirty = false;
-	s->queue_first = false;
+	spool_batch_end(s);
 	return SPOOL_FULL;
 }
 

@@ -1107,16 +1107,6 @@ segq_oldest_ms(struct segq *q)
 	return segq_get(q, q->lo, &r) == SPOOL_OK ? r.received_ms : 0;
 }
 
-size_t
-segq_disk_bytes(const struct segq *q)
-{
-	size_t n = 0;
-
-	for (size_t i = 0; i < q->nsegs; i++)
-		n += q->segs[i]->size;
-	return n;
-}
-
 /* ---- opening ---- */
 
 /* Index the records of a segment; cut a torn tail off the newest one. */

@@ -63,6 +63,5 @@ uint64_t segq_depth(const struct segq *q);
 uint64_t segq_bytes(const struct segq *q);      /* sum of the JSON lengths */
 uint64_t segq_next_seq(const struct segq *q);   /* above every sequence on file */
 int64_t  segq_oldest_ms(struct segq *q);        /* 0 when empty */
-size_t   segq_disk_bytes(const struct segq *q); /* segment bytes on disk */
 
 #endif

@@ -92,7 +92,6 @@ struct spool {
 	bool      dead_empty;   /* no dead record: a put need not look there */
 	bool      queue_first;  /* commit the queue before LMDB (a replay) */
 	enum fsync_mode fsync;
-	size_t    max_bytes;
 	size_t    map_size;
 	size_t    put_cap;      /* queued bytes never exceed the first map size */
 	uint64_t  next_seq;     /* the sequence the next put gets */
@@ -1364,7 +1363,6 @@ spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
 		return NULL;
 	}
 	s->fsync = fsync;
-	s->max_bytes = max_bytes;
 	slack = max_bytes / 4;
 	if (slack < SPOOL_SLACK_MIN)
 		slack = SPOOL_SLACK_MIN;

@@ -3,9 +3,10 @@
  *
  * A record is a 32-byte header (magic, CRC32C of header and body, sequence,
  * arrival time, lengths), the id, the device and the JSON, padded to 8
- * bytes.  Opening reads every segment: a record that does not check ends
- * its segment (a torn write at the tail of the newest one is cut off), then
- * the deletion logs are applied.  A sequence found twice (a record copied
+ * bytes.  Opening reads every segment: a record that does not check is
+ * skipped with the bytes up to the next sound record (a torn write at the
+ * tail of the newest segment, with none after it, is cut off), then the
+ * deletion logs are applied.  A sequence found twice (a record copied
  * forward, then a crash before its old segment was unlinked) lives at the
  * newer place.  A deletion is an entry of 16 bytes (the sequence and a
  * check of it) in the deletion log of the segment that holds the record,
@@ -187,6 +188,33 @@ static size_t
 rec_len(size_t idlen, size_t devlen, size_t jsonlen)
 {
 	return (sizeof(struct rhdr) + idlen + devlen + jsonlen + 7) & ~(size_t)7;
+}
+
+/*
+ * The first offset from off on (records start 8-byte aligned) where a sound
+ * record starts: magic, lengths within the segment, CRC.  Its header goes
+ * to *h and its length to *len.  size when none does.  A damaged record is
+ * stepped over this way without losing the sound ones after it: no sound
+ * record can hide in a record's body, whose id, device and JSON are text.
+ */
+static size_t
+seg_next_sound(const char *map, size_t off, size_t size, struct rhdr *h, size_t *len)
+{
+	for (; off + sizeof(*h) <= size && off <= SEGQ_OFF_MAX; off += 8) {
+		size_t n;
+
+		memcpy(h, map + off, sizeof(*h));
+		if (h->magic != SEGQ_MAGIC || h->seq == 0 || h->idlen == 0)
+			continue;
+		n = rec_len(h->idlen, h->devlen, h->jsonlen);
+		if (off + n > size || off + n > SEGQ_OFF_MAX ||
+		    rec_crc(h, map + off + sizeof(*h), (size_t)h->idlen + h->devlen + h->jsonlen) !=
+		    h->crc)
+			continue;
+		*len = n;
+		return off;
+	}
+	return size;
 }
 
 /* ---- hash tables (linear probing, deletion by backward shift) ---- */
@@ -885,8 +913,9 @@ segq_copy_forward(struct segq *q, struct seg *g)
 		size_t len;
 		char *w;
 
-		memcpy(&h, g->map + off, sizeof(h));
-		len = rec_len(h.idlen, h.devlen, h.jsonlen);
+		/* Over damaged bytes that opening skipped, to the next record. */
+		if ((off = seg_next_sound(g->map, off, g->size, &h, &len)) >= g->size)
+			break;
 		e = tab_find(q, h.seq);
 		if (e != NULL && e->seg == g && e->off == off) {
 			size_t noff = q->active->size + q->wlen;
@@ -1109,12 +1138,17 @@ segq_oldest_ms(struct segq *q)
 
 /* ---- opening ---- */
 
-/* Index the records of a segment; cut a torn tail off the newest one. */
+/*
+ * Index the records of a segment.  Damaged bytes between sound records are
+ * skipped (logged; the sound records after them stay queued).  Bytes after
+ * the last sound record are cut off the newest segment (a write cut short
+ * by a crash, never committed) and skipped in an older one (damage).
+ */
 static int
 segq_load_seg(struct segq *q, struct seg *g, bool newest)
 {
 	struct stat st;
-	size_t off = 0;
+	size_t off = 0, end = 0, size;
 	char path[4096];
 
 	seg_path(q, g->name, "log", path, sizeof(path));
@@ -1122,40 +1156,40 @@ segq_load_seg(struct segq *q, struct seg *g, bool newest)
 		log_err("spool: open %s: %s", path, strerror(errno));
 		return -1;
 	}
-	if (seg_map(q, g, (size_t)st.st_size) == -1)
+	size = (size_t)st.st_size;
+	if (seg_map(q, g, size) == -1)
 		return -1;
-	while (off + sizeof(struct rhdr) <= (size_t)st.st_size) {
+	while (off + sizeof(struct rhdr) <= size) {
 		struct rhdr h;
-		const char *body = g->map + off + sizeof(h);
-		size_t len;
+		size_t len, at = seg_next_sound(g->map, off, size, &h, &len);
 
-		memcpy(&h, g->map + off, sizeof(h));
-		len = rec_len(h.idlen, h.devlen, h.jsonlen);
-		if (h.magic != SEGQ_MAGIC || h.seq == 0 || h.idlen == 0 ||
-		    off + len > (size_t)st.st_size || off + len > SEGQ_OFF_MAX ||
-		    rec_crc(&h, body, (size_t)h.idlen + h.devlen + h.jsonlen) != h.crc)
+		if (at >= size)
 			break;
-		if (segq_index(q, g, h.seq, (uint32_t)off, (uint32_t)len, body, h.idlen) == -1) {
+		if (at > off)
+			log_err("spool: %s: %zu damaged bytes at byte %zu skipped (a record lost "
+			    "its check); the records after them are kept", path, at - off, off);
+		if (segq_index(q, g, h.seq, (uint32_t)at, (uint32_t)len,
+		    g->map + at + sizeof(h), h.idlen) == -1) {
 			log_err("spool: out of memory indexing %s", path);
 			return -1;
 		}
-		off += len;
+		off = end = at + len;
 	}
-	if (off < (size_t)st.st_size) {
+	if (end < size) {
 		if (newest) {
 			/* Never committed: a write cut short by a crash. */
 			log_warn("spool: %s: %zu bytes of an unfinished write cut off", path,
-			    (size_t)st.st_size - off);
-			if (ftruncate(g->fd, (off_t)off) == -1) {
+			    size - end);
+			if (ftruncate(g->fd, (off_t)end) == -1) {
 				log_err("spool: truncate %s: %s", path, strerror(errno));
 				return -1;
 			}
 		} else {
-			log_err("spool: %s: record at byte %zu is damaged; the %zu bytes from "
-			    "there on are skipped", path, off, (size_t)st.st_size - off);
+			log_err("spool: %s: the %zu bytes from byte %zu on hold no sound record; "
+			    "skipped", path, size - end, end);
 		}
 	}
-	g->size = off;
+	g->size = end;
 	return 0;
 }
 

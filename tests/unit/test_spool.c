@@ -670,6 +670,8 @@ test_torn_tail_is_cut(void **state)
 {
 	struct fx *f = *state;
 	struct spool_stats st;
+	struct spool_rec r;
+	struct seen *sn;
 	char last[512] = "", junk[100];
 	size_t before, after;
 	uint64_t a, b;
@@ -699,8 +701,8 @@ test_torn_tail_is_cut(void **state)
 	reopen(f, 1 << 20, FSYNC_ALWAYS);
 	spool_stats(f->s, &st);
 	assert_int_equal(st.depth, 3);
-	/* A damaged byte in a committed record: that record and the rest of the
-	 * segment are not delivered as if they were sound. */
+	/* A damaged byte in a committed record: that record is not delivered
+	 * as if it were sound; the one after it is kept. */
 	spool_close(f->s);
 	f->s = NULL;
 	seg_files(f->env, ".log", NULL, last, sizeof(last));
@@ -709,8 +711,111 @@ test_torn_tail_is_cut(void **state)
 	assert_int_equal(close(fd), 0);
 	f->s = open_env(f->env, 1 << 20, FSYNC_ALWAYS);
 	spool_stats(f->s, &st);
-	assert_int_equal(st.depth, 1);
+	assert_int_equal(st.depth, 2);
 	expect_rec(f->s, a, "T1", "dev", 1, "{\"n\":1}");
+	assert_int_equal(spool_get(f->s, b, &r), SPOOL_NOTFOUND);
+	assert_int_equal(put(f->s, "T4", "dev", 4, "{\"n\":4}", NULL), SPOOL_OK);
+	reopen(f, 1 << 20, FSYNC_ALWAYS);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 3);
+	assert_non_null(sn = calloc(1, sizeof(*sn)));
+	assert_int_equal(spool_foreach(f->s, collect, sn), 3);
+	assert_string_equal(sn->id[0], "T1");
+	assert_string_equal(sn->id[1], "T3");
+	assert_string_equal(sn->id[2], "T4");
+	free(sn);
+}
+
+/* Change one byte of the JSON of the record with this id (device "dev"),
+ * in whichever segment holds it; that segment's path goes to path. */
+static void
+damage_record(const char *env, const char *id, char *path, size_t pathlen)
+{
+	DIR *d = opendir(env);
+	struct dirent *de;
+	bool done = false;
+
+	assert_non_null(d);
+	while (!done && (de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name);
+		struct stat st;
+		char *buf, *at;
+		int fd;
+
+		if (strncmp(de->d_name, "q-", 2) != 0 || len < 4 ||
+		    strcmp(de->d_name + len - 4, ".log") != 0)
+			continue;
+		snprintf(path, pathlen, "%s/%s", env, de->d_name);
+		assert_true((fd = open(path, O_RDWR)) >= 0);
+		assert_int_equal(fstat(fd, &st), 0);
+		assert_non_null(buf = malloc((size_t)st.st_size + 1));
+		assert_int_equal(pread(fd, buf, (size_t)st.st_size, 0), st.st_size);
+		if ((at = memmem(buf, (size_t)st.st_size, id, strlen(id))) != NULL) {
+			/* Past the id and "dev": inside the JSON. */
+			off_t off = (off_t)(at - buf) + (off_t)strlen(id) + 8;
+
+			assert_int_equal(pwrite(fd, "#", 1, off), 1);
+			done = true;
+		}
+		free(buf);
+		assert_int_equal(close(fd), 0);
+	}
+	closedir(d);
+	assert_true(done);
+}
+
+/*
+ * A damaged record in an older segment costs that record only: the records
+ * after it in the same segment stay queued, and copying the segment forward
+ * steps over the damaged bytes.
+ */
+static void
+test_damaged_record_costs_only_itself(void **state)
+{
+	struct fx *f = *state;
+	static char body[8192];
+	size_t n = SEGQ_SEG_MAX / sizeof(body) + 20;
+	struct spool_stats st;
+	struct spool_rec r;
+	uint64_t *seqs;
+	char id[32], damaged[512], last[512] = "";
+
+	memset(body, 'd', sizeof(body) - 1);
+	assert_non_null(seqs = calloc(n, sizeof(*seqs)));
+	reopen(f, 256u << 20, FSYNC_OFF);
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	for (size_t k = 0; k < n; k++) {
+		snprintf(id, sizeof(id), "D%06zu", k);
+		assert_int_equal(put(f->s, id, "dev", (int64_t)k, body, &seqs[k]), SPOOL_OK);
+	}
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	spool_close(f->s);
+	f->s = NULL;
+	assert_int_equal(seg_files(f->env, ".log", NULL, last, sizeof(last)), 2);
+	damage_record(f->env, "D000010", damaged, sizeof(damaged));
+	assert_string_not_equal(damaged, last);
+
+	f->s = open_env(f->env, 256u << 20, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, n - 1);
+	assert_int_equal(spool_get(f->s, seqs[10], &r), SPOOL_NOTFOUND);
+	expect_rec(f->s, seqs[9], "D000009", "dev", 9, body);
+	expect_rec(f->s, seqs[11], "D000011", "dev", 11, body);
+	snprintf(id, sizeof(id), "D%06zu", n - 1);
+	expect_rec(f->s, seqs[n - 1], id, "dev", (int64_t)(n - 1), body);
+
+	/* Deliver all but D000011: its segment is copied forward, over the hole. */
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	for (size_t k = 0; k < n; k++)
+		if (k != 10 && k != 11)
+			assert_int_equal(spool_del(f->s, seqs[k]), SPOOL_OK);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	assert_int_equal(access(damaged, F_OK), -1);
+	reopen(f, 256u << 20, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.depth, 1);
+	expect_rec(f->s, seqs[11], "D000011", "dev", 11, body);
+	free(seqs);
 }
 
 /*
@@ -912,6 +1017,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_map_full_moves_still_work, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tail_is_cut, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_damaged_record_costs_only_itself, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_segments_roll_empty_and_thin_out, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_big_batch_pointers_stay_valid, setup,

@@ -29,8 +29,9 @@ struct reqstore {
 	MDB_dbi   meta;     /* name -> u64 */
 	MDB_txn  *txn;      /* the open write transaction */
 	bool      full;
-	/* Test-only: while this file exists, commits fail (EIO).  From
-	 * HERALD_TEST_REQSTORE_FAIL; NULL in normal operation. */
+	/* Test-only: while this file exists, commits fail (EIO), and so do
+	 * puts and deletes if it says "put".  From HERALD_TEST_REQSTORE_FAIL;
+	 * NULL in normal operation. */
 	char     *fail_flag;
 	/* reqstore_sync_async(): a thread that runs mdb_env_sync, so the
 	 * router's loop never waits for the disk.  mu guards the rest. */
@@ -80,6 +81,21 @@ dev_key(uint8_t k[DEVKEY_MAX], const char *device, uint64_t seq)
 	k[n] = '\0';
 	seq_key(k + n + 1, seq);
 	return n + 9;
+}
+
+/* HERALD_TEST_REQSTORE_FAIL: whether a commit (or a put, puts) fails now. */
+static bool
+test_fails(const struct reqstore *s, bool puts)
+{
+	char buf[8] = "";
+	FILE *f;
+
+	if (s->fail_flag == NULL || (f = fopen(s->fail_flag, "r")) == NULL)
+		return false;
+	if (fgets(buf, sizeof(buf), f) == NULL)
+		buf[0] = '\0';
+	fclose(f);
+	return !puts || strncmp(buf, "put", 3) == 0;
 }
 
 static int
@@ -220,7 +236,8 @@ reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync, char *err
 	}
 	s->fail_flag = getenv("HERALD_TEST_REQSTORE_FAIL");
 	if (s->fail_flag != NULL)
-		log_warn("HERALD_TEST_REQSTORE_FAIL: commits fail while %s exists", s->fail_flag);
+		log_warn("HERALD_TEST_REQSTORE_FAIL: commits fail while %s exists (puts too if it says put)",
+		    s->fail_flag);
 	return s;
 fail:
 	if (s->env != NULL)
@@ -267,7 +284,7 @@ reqstore_commit(struct reqstore *s)
 
 	if (s->txn == NULL)
 		return -1;
-	if (s->fail_flag != NULL && access(s->fail_flag, F_OK) == 0) {
+	if (test_fails(s, false)) {
 		mdb_txn_abort(s->txn);
 		s->txn = NULL;
 		return store_error(s, "commit (HERALD_TEST_REQSTORE_FAIL)", EIO);
@@ -361,6 +378,8 @@ put(struct reqstore *s, MDB_dbi dbi, const void *k, size_t klen, const void *v, 
 		log_err("request store: %s outside a transaction", what);
 		return -1;
 	}
+	if (test_fails(s, true))
+		return store_error(s, "put (HERALD_TEST_REQSTORE_FAIL)", EIO);
 	rc = mdb_put(s->txn, dbi, &key, &val, flags);
 	if (rc == MDB_KEYEXIST)
 		return -1;
@@ -377,6 +396,8 @@ del(struct reqstore *s, MDB_dbi dbi, const void *k, size_t klen, const char *wha
 		log_err("request store: %s outside a transaction", what);
 		return -1;
 	}
+	if (test_fails(s, true))
+		return store_error(s, "delete (HERALD_TEST_REQSTORE_FAIL)", EIO);
 	rc = mdb_del(s->txn, dbi, &key, NULL);
 	if (rc == MDB_NOTFOUND)
 		return 0;
@@ -399,15 +420,16 @@ put_json(struct reqstore *s, MDB_dbi dbi, const char *key, const json_t *doc, un
 	return rc;
 }
 
+/* In t, or (NULL) in the open write transaction or a read one. */
 static json_t *
-get_json(struct reqstore *s, MDB_dbi dbi, const char *key)
+get_json(struct reqstore *s, MDB_txn *t, MDB_dbi dbi, const char *key)
 {
-	MDB_txn *t = rd_begin(s);
 	MDB_val k = { strlen(key), (void *)key }, v;
+	MDB_txn *own = NULL;
 	json_t *doc = NULL;
 	int rc;
 
-	if (t == NULL)
+	if (t == NULL && (t = own = rd_begin(s)) == NULL)
 		return NULL;
 	rc = mdb_get(t, dbi, &k, &v);
 	if (rc == 0) {
@@ -416,7 +438,7 @@ get_json(struct reqstore *s, MDB_dbi dbi, const char *key)
 			log_ratelimited(LOG_ERR, "request store: unreadable entry %.128s", key);
 	} else if (rc != MDB_NOTFOUND)
 		store_error(s, "get", rc);
-	rd_end(s, t);
+	rd_end(s, own);
 	return doc;
 }
 
@@ -469,7 +491,24 @@ reqstore_remove(struct reqstore *s, uint64_t seq, const char *cid, const char *d
 json_t *
 reqstore_get(struct reqstore *s, const char *cid)
 {
-	return get_json(s, s->rec, cid);
+	return get_json(s, NULL, s->rec, cid);
+}
+
+json_t *
+reqstore_get_committed(struct reqstore *s, const char *cid)
+{
+	MDB_txn *t;
+	json_t *doc;
+	int rc;
+
+	/* MDB_NOTLS: a read transaction beside the thread's write one. */
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &t)) != 0) {
+		store_error(s, "read", rc);
+		return NULL;
+	}
+	doc = get_json(s, t, s->rec, cid);
+	mdb_txn_abort(t);
+	return doc;
 }
 
 /* Calls fn for each entry whose value is a commandId. */
@@ -677,7 +716,7 @@ reqstore_dev_put(struct reqstore *s, const char *device, const json_t *doc)
 json_t *
 reqstore_dev_get(struct reqstore *s, const char *device)
 {
-	return get_json(s, s->devs, device);
+	return get_json(s, NULL, s->devs, device);
 }
 
 int

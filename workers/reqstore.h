@@ -58,6 +58,8 @@ int     reqstore_ended(struct reqstore *s, uint64_t seq);
 int     reqstore_remove(struct reqstore *s, uint64_t seq, const char *cid, const char *device);
 /* The stored record, or NULL (not found or unreadable).  Owned by the caller. */
 json_t *reqstore_get(struct reqstore *s, const char *cid);
+/* The same, as last committed (not what the open write transaction wrote). */
+json_t *reqstore_get_committed(struct reqstore *s, const char *cid);
 
 /* Walks: the callback returns 0 to go on, 1 to stop.  cid is NUL-terminated. */
 typedef int reqstore_walk_fn(uint64_t seq, const char *cid, void *arg);

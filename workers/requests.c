@@ -72,9 +72,28 @@ struct req {
 	struct dev       *dev;
 	char              cid[REQSTORE_ID_MAX + 1];
 	uint64_t          seq;
-	int               state;        /* RS_QUEUED or RS_SENT */
+	/*
+	 * state and rec are what the open group wrote: the API sees them only
+	 * through answers that wait for its commit.  The first change of a
+	 * group keeps the committed ones in cstate and crec (the request is
+	 * then in q->staged); a failed commit puts them back.  An ended
+	 * request stays until its end is committed.
+	 */
+	int               state;
+	json_t           *rec;
+	int               cstate;
+	json_t           *crec;
+	bool              staged;
+	TAILQ_ENTRY(req)  slink;        /* in q->staged */
+	/* A fact (broker ack, device answer, deadline) of the group, and one
+	 * whose write failed: that is written again every tick (want, in
+	 * q->retry) rather than forgotten.  -1: none. */
+	int               fact;
+	json_t           *fact_rec;
+	int               want;
+	json_t           *want_rec;
+	TAILQ_ENTRY(req)  rlink;        /* in q->retry */
 	int64_t           deadline_ms;
-	json_t           *rec;          /* the stored record, as last written */
 	struct event     *timer;
 	struct pub       *pub;          /* its publish in flight */
 	LIST_HEAD(, waiter) waiters;
@@ -87,7 +106,8 @@ struct dev {
 	struct requests  *q;
 	char              id[REQSTORE_ID_MAX + 1];
 	bool              online;
-	bool              dirty;
+	bool              dirty;        /* in q->dirty */
+	bool              saving;       /* in q->saved (same link) */
 	bool              kick;         /* in q->kicks */
 	int64_t           last_seen_ms, status_ms, telemetry_ms;
 	json_t           *status;
@@ -140,10 +160,13 @@ struct requests {
 	struct htab      reqs, devs, pubs;
 	TAILQ_HEAD(, dev) dirty;
 	size_t           ndirty;
+	TAILQ_HEAD(, dev) saved;        /* presence written by the group */
 	TAILQ_HEAD(, dev) kicks;        /* to kick after the commit */
+	TAILQ_HEAD(, req) staged;       /* requests the group changed */
+	TAILQ_HEAD(, req) retry;        /* facts whose write failed */
 	bool             tx_open;       /* the group's write transaction */
-	struct later_list later;        /* waits for that transaction */
-	struct later_list failed;       /* of an aborted one, run by tx_ev */
+	bool             tx_failed;     /* the group is lost: writes refused until tx_end */
+	struct later_list later;        /* waits for the group's commit */
 	struct event    *tx_ev;         /* commits after the loop polled */
 	struct event    *flush_ev;
 	struct hmw       out;           /* notifications to send, batched */
@@ -160,7 +183,10 @@ struct requests {
 	bool             spool_full;
 };
 
-static void req_change(struct requests *q, struct req *r, int state, json_t *fields);
+static void req_change(struct requests *q, struct req *r, int state, json_t *fields, bool fact);
+static void req_finish(struct requests *q, struct req *r);
+static void req_count(struct requests *q, int state, int delta);
+static void req_timer_arm(struct req *r);
 static void dev_kick(struct requests *q, struct dev *d);
 static void reply_text(struct requests *q, const char *peer, uint64_t reqid, int status,
     const char *text);
@@ -365,8 +391,12 @@ later_run(struct requests *q, struct later_list *list, bool ok)
 				req_free(q, r);
 				gauges(q);
 			}
-			reply_text(q, l->peer, l->reqid, 503, "{\"error\":{\"code\":"
-			    "\"unavailable\",\"message\":\"the request could not be stored\"}}");
+			if (reqstore_full(q->st))
+				reply_text(q, l->peer, l->reqid, 503, "{\"error\":{\"code\":"
+				    "\"store_full\",\"message\":\"the request store is full\"}}");
+			else
+				reply_text(q, l->peer, l->reqid, 503, "{\"error\":{\"code\":"
+				    "\"unavailable\",\"message\":\"the request could not be stored\"}}");
 			break;
 		}
 		free(l->text);
@@ -375,10 +405,82 @@ later_run(struct requests *q, struct later_list *list, bool ok)
 }
 
 /*
+ * Presence written by the group moves from q->dirty to q->saved; if the
+ * group is lost it goes back, to be written again by dev_flush.
+ */
+static void
+devs_settle(struct requests *q, bool ok)
+{
+	struct dev *d;
+
+	while ((d = TAILQ_FIRST(&q->saved)) != NULL) {
+		TAILQ_REMOVE(&q->saved, d, dirty_link);
+		d->saving = false;
+		if (!ok) {
+			d->dirty = true;
+			TAILQ_INSERT_TAIL(&q->dirty, d, dirty_link);
+			q->ndirty++;
+		}
+	}
+}
+
+/*
+ * The group's request changes are committed: ended requests answer their
+ * waiters and go.  Or they are lost: each request is as it was before the
+ * group, and a fact among its changes is kept to be written again.
+ */
+static void
+staged_settle(struct requests *q, bool ok)
+{
+	struct req *r;
+
+	while ((r = TAILQ_FIRST(&q->staged)) != NULL) {
+		TAILQ_REMOVE(&q->staged, r, slink);
+		r->staged = false;
+		if (ok) {
+			json_decref(r->crec);
+			r->crec = NULL;
+			/* Every change was made over the fact in want. */
+			if (r->want >= 0) {
+				TAILQ_REMOVE(&q->retry, r, rlink);
+				json_decref(r->want_rec);
+				r->want_rec = NULL;
+				r->want = -1;
+			}
+		} else {
+			req_count(q, r->state, -1);
+			req_count(q, r->cstate, 1);
+			json_decref(r->rec);
+			r->rec = r->crec;
+			r->crec = NULL;
+			r->state = r->cstate;
+			if (r->fact >= 0) {
+				if (r->want < 0)
+					TAILQ_INSERT_TAIL(&q->retry, r, rlink);
+				json_decref(r->want_rec);
+				r->want = r->fact;
+				r->want_rec = r->fact_rec;
+				r->fact_rec = NULL;
+				log_ratelimited(LOG_WARNING, "request %s: state %s not stored; "
+				    "writing it again", r->cid, rstate_names[r->want]);
+			}
+			if (!evtimer_pending(r->timer, NULL))
+				req_timer_arm(r);
+		}
+		json_decref(r->fact_rec);
+		r->fact_rec = NULL;
+		r->fact = -1;
+		if (ok && state_ended(r->state))
+			req_finish(q, r);
+	}
+}
+
+/*
  * The group's transaction, opened by the first write of a loop pass and
  * committed by tx_ev once the loop has polled again, i.e. after the fabric
  * handed over its whole batch: a burst of state changes costs one commit
- * (one set of page writes) instead of one each.  -1: no transaction.
+ * (one set of page writes) instead of one each.  -1: no transaction (the
+ * group is then lost, see tx_fail).
  */
 static int
 tx_begin(struct requests *q)
@@ -387,8 +489,12 @@ tx_begin(struct requests *q)
 
 	if (q->tx_open)
 		return 0;
-	if (reqstore_begin(q->st) == -1)
+	if (q->tx_failed || reqstore_begin(q->st) == -1) {
+		q->tx_failed = true;
+		if (!evtimer_pending(q->tx_ev, NULL))
+			evtimer_add(q->tx_ev, &zero);
 		return -1;
+	}
 	q->tx_open = true;
 	if (!evtimer_pending(q->tx_ev, NULL))
 		evtimer_add(q->tx_ev, &zero);
@@ -397,19 +503,21 @@ tx_begin(struct requests *q)
 
 /*
  * A write of the group failed: LMDB cannot go on with the transaction, so
- * the whole group is lost.  What waited for it is settled by tx_ev, not
- * here: the caller may be holding a request that settling would free.
+ * the whole group is lost.  Until tx_end settles it (not here: the caller
+ * may be holding a request that settling would free), memory is ahead of
+ * the store, so further writes are refused, answers wait (and become 503)
+ * and nothing is published.
  */
 static void
 tx_fail(struct requests *q)
 {
 	static const struct timeval zero = { 0, 0 };
 
-	if (!q->tx_open)
-		return;
-	reqstore_abort(q->st);
-	q->tx_open = false;
-	STAILQ_CONCAT(&q->failed, &q->later);
+	if (q->tx_open) {
+		reqstore_abort(q->st);
+		q->tx_open = false;
+	}
+	q->tx_failed = true;
 	if (!evtimer_pending(q->tx_ev, NULL))
 		evtimer_add(q->tx_ev, &zero);
 }
@@ -422,17 +530,20 @@ tx_end(struct requests *q)
 	TAILQ_HEAD(, dev) kicks = TAILQ_HEAD_INITIALIZER(kicks);
 	uint64_t t0 = mono_us();
 	struct dev *d;
-	bool ok = true;
+	bool ok = !q->tx_failed;
 
-	later_run(q, &q->failed, false);
 	if (q->tx_open) {
 		q->tx_open = false;
-		if (reqstore_commit(q->st) == -1) {
+		if (reqstore_commit(q->st) == -1)
 			ok = false;
-			log_ratelimited(LOG_ERR, "request store: a commit failed; its changes are lost");
-		}
 	}
+	q->tx_failed = false;
+	if (!ok)
+		log_ratelimited(LOG_ERR, "request store: a group of changes could not be stored; "
+		    "answered 503, facts are written again");
 	/* Settled in order; anything they write opens the next group. */
+	staged_settle(q, ok);
+	devs_settle(q, ok);
 	STAILQ_CONCAT(&done, &q->later);
 	later_run(q, &done, ok);
 	note_flush_soon(q);
@@ -471,16 +582,22 @@ reply_text(struct requests *q, const char *peer, uint64_t reqid, int status, con
 }
 
 /*
- * Answer with text (owned, may be NULL).  While the group's transaction is
- * open an answer may show what it has not committed yet: it waits for the
- * commit.
+ * Answer with text (owned, may be NULL).  While a group is open (or lost)
+ * an answer may show what is not committed: it waits for the commit, and
+ * becomes 503 if that fails.
  */
 static void
 reply_own(struct requests *q, const char *peer, uint64_t reqid, int status, char *text)
 {
 	struct later *l;
 
-	if (q->tx_open && (l = later_add(q, LATER_REPLY, peer, reqid)) != NULL) {
+	if (q->tx_open || q->tx_failed) {
+		if ((l = later_add(q, LATER_REPLY, peer, reqid)) == NULL) {
+			free(text);
+			reply_text(q, peer, reqid, 503, "{\"error\":{\"code\":\"unavailable\","
+			    "\"message\":\"out of memory\"}}");
+			return;
+		}
 		l->status = status;
 		l->text = text;
 		return;
@@ -500,6 +617,17 @@ reply_str(struct requests *q, const char *peer, uint64_t reqid, int status, cons
 		return;
 	}
 	reply_own(q, peer, reqid, status, copy);
+}
+
+/* At once, even while a group is open: body (stolen) shows only what is committed. */
+static void
+reply_now(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *body)
+{
+	char *text = body != NULL ? json_dumps(body, JSON_COMPACT) : NULL;
+
+	reply_text(q, peer, reqid, body != NULL && text == NULL ? 503 : status, text);
+	free(text);
+	json_decref(body);
 }
 
 static void
@@ -785,32 +913,49 @@ dev_view(const struct dev *d)
 	return o;
 }
 
+/* Written by the group: kept in q->saved until it settles (devs_settle). */
 static void
-dev_save(struct requests *q, struct dev *d)
+dev_saving(struct requests *q, struct dev *d)
 {
-	json_t *doc = dev_doc(d);
-
-	if (tx_begin(q) == 0) {
-		if (reqstore_dev_put(q->st, d->id, doc) == 0) {
-			if (d->dirty) {
-				TAILQ_REMOVE(&q->dirty, d, dirty_link);
-				q->ndirty--;
-				d->dirty = false;
-			}
-		} else
-			tx_fail(q);
+	if (d->saving)
+		return;
+	if (d->dirty) {
+		TAILQ_REMOVE(&q->dirty, d, dirty_link);
+		q->ndirty--;
+		d->dirty = false;
 	}
-	json_decref(doc);
+	d->saving = true;
+	TAILQ_INSERT_TAIL(&q->saved, d, dirty_link);
 }
 
 static void
 dev_mark_dirty(struct requests *q, struct dev *d)
 {
+	if (d->saving) {
+		/* Changed after the group wrote it: written again by the next. */
+		TAILQ_REMOVE(&q->saved, d, dirty_link);
+		d->saving = false;
+	}
 	if (!d->dirty) {
 		d->dirty = true;
 		TAILQ_INSERT_TAIL(&q->dirty, d, dirty_link);
 		q->ndirty++;
 	}
+}
+
+/* Write the presence record now; if that fails, dev_flush tries again. */
+static void
+dev_save(struct requests *q, struct dev *d)
+{
+	json_t *doc = dev_doc(d);
+
+	if (tx_begin(q) == 0 && reqstore_dev_put(q->st, d->id, doc) == 0)
+		dev_saving(q, d);
+	else {
+		tx_fail(q);
+		dev_mark_dirty(q, d);
+	}
+	json_decref(doc);
 }
 
 /*
@@ -836,9 +981,7 @@ dev_flush(struct requests *q, size_t max)
 			tx_fail(q);
 			return;
 		}
-		TAILQ_REMOVE(&q->dirty, d, dirty_link);
-		q->ndirty--;
-		d->dirty = false;
+		dev_saving(q, d);
 	}
 }
 
@@ -981,8 +1124,8 @@ pub_done(struct requests *q, struct pub *p, bool ok)
 			d->pub = NULL;
 		if (r != NULL)
 			r->pub = NULL;
-		if (ok && r != NULL && r->state == RS_QUEUED)
-			req_change(q, r, RS_SENT, NULL);
+		if (ok && r != NULL && r->state == RS_QUEUED && r->want < 0)
+			req_change(q, r, RS_SENT, NULL, true);
 		if (ok)
 			dev_kick(q, d);
 		else if (!evtimer_pending(d->retry, NULL))
@@ -1039,9 +1182,9 @@ dev_kick(struct requests *q, struct dev *d)
 
 	if (!d->online || d->pub != NULL)
 		return;
-	if (q->tx_open) {
+	if (q->tx_open || q->tx_failed) {
 		/* A command goes out only once its request (and whatever changed
-		 * the queue) is committed. */
+		 * the queue) is committed; a lost group settles first. */
 		if (!d->kick) {
 			d->kick = true;
 			TAILQ_INSERT_TAIL(&q->kicks, d, kick_link);
@@ -1050,10 +1193,11 @@ dev_kick(struct requests *q, struct dev *d)
 	}
 	for (r = TAILQ_FIRST(&d->live); r != NULL; r = next) {
 		next = TAILQ_NEXT(r, dlink);
-		if (r->state != RS_QUEUED)
+		/* want: sent (or ended), only not yet stored as such */
+		if (r->state != RS_QUEUED || r->want >= 0)
 			continue;
 		if (r->deadline_ms <= now_ms()) {
-			req_change(q, r, RS_EXPIRED, NULL);
+			req_change(q, r, RS_EXPIRED, NULL, true);
 			continue;
 		}
 		break;
@@ -1097,8 +1241,10 @@ waiter_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct waiter *wt = arg;
 	struct requests *q = wt->q;
+	struct req *r = wt->r;
 
-	reply(q, wt->peer, wt->reqid, 202, rec_public(wt->r->rec));
+	/* Still going, as far as the store knows. */
+	reply(q, wt->peer, wt->reqid, 202, rec_public(r->staged ? r->crec : r->rec));
 	waiter_free(wt);
 }
 
@@ -1126,7 +1272,10 @@ req_timer_cb(evutil_socket_t fd, short what, void *arg)
 		req_timer_arm(r);
 		return;
 	}
-	req_change(r->q, r, r->state == RS_SENT ? RS_TIMEOUT : RS_EXPIRED, NULL);
+	if (state_ended(r->state) || (r->want >= 0 && state_ended(r->want)))
+		return;   /* ended by what is being (or waits to be) written */
+	req_change(r->q, r, r->state == RS_SENT || r->want == RS_SENT ? RS_TIMEOUT : RS_EXPIRED,
+	    NULL, true);
 }
 
 static struct req *
@@ -1144,6 +1293,7 @@ req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int st
 	r->hn.hash = hash_str(r->cid);
 	r->seq = seq;
 	r->state = state;
+	r->fact = r->want = -1;
 	r->deadline_ms = deadline_ms;
 	r->rec = json_incref(rec);
 	LIST_INIT(&r->waiters);
@@ -1158,12 +1308,18 @@ req_new(struct requests *q, struct dev *d, const char *cid, uint64_t seq, int st
 	/* Accept order: seqs grow, but a restart loads them in order too. */
 	TAILQ_INSERT_TAIL(&d->live, r, dlink);
 	d->pending++;
-	if (state == RS_QUEUED)
-		q->n_queued++;
-	else
-		q->n_sent++;
+	req_count(q, state, 1);
 	req_timer_arm(r);
 	return r;
+}
+
+static void
+req_count(struct requests *q, int state, int delta)
+{
+	if (state == RS_QUEUED)
+		q->n_queued += delta;
+	else if (state == RS_SENT)
+		q->n_sent += delta;
 }
 
 static void
@@ -1175,34 +1331,114 @@ req_free(struct requests *q, struct req *r)
 		waiter_free(wt);
 	if (r->pub != NULL)
 		r->pub->r = NULL;
+	if (r->staged)
+		TAILQ_REMOVE(&q->staged, r, slink);
+	if (r->want >= 0)
+		TAILQ_REMOVE(&q->retry, r, rlink);
 	TAILQ_REMOVE(&r->dev->live, r, dlink);
 	r->dev->pending--;
-	if (r->state == RS_QUEUED)
-		q->n_queued--;
-	else
-		q->n_sent--;
+	req_count(q, r->state, -1);
 	ht_del(&q->reqs, &r->hn);
 	event_free(r->timer);
 	json_decref(r->rec);
+	json_decref(r->crec);
+	json_decref(r->fact_rec);
+	json_decref(r->want_rec);
 	free(r);
 }
 
+/* Its end is committed: the waiters get the record, and it goes. */
+static void
+req_finish(struct requests *q, struct req *r)
+{
+	struct waiter *wt;
+	json_t *pub = rec_public(r->rec);
+	char *text = json_dumps(pub, JSON_COMPACT);
+
+	while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
+		if (text != NULL)
+			reply_str(q, wt->peer, wt->reqid, 200, text);
+		else
+			reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
+		waiter_free(wt);
+	}
+	worker_count(q->w, STAT_req_completed, 1);
+	req_free(q, r);
+	free(text);
+	json_decref(pub);
+	gauges(q);
+}
+
 /*
- * One state change: record, live index and notification in one commit,
- * then the notification goes out and waiters of an ended request get it.
- * fields (stolen, may be NULL) are merged into the record.
+ * Write the request's record rec (stolen) in state: record, live index and
+ * notification go in the group's commit, the notification is sent once
+ * that succeeded.  Memory shows the change at once (answers wait for the
+ * commit); staged_settle finishes it or takes it back.  A fact is written
+ * again if the group is lost.
  */
 static void
-req_change(struct requests *q, struct req *r, int state, json_t *fields)
+req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 {
 	int64_t now = now_ms();
-	/* Changed in place: if the commit fails, memory is ahead of the store,
-	 * as the request's state already is. */
-	json_t *rec = json_incref(r->rec), *pub;
-	char *pubtext;
-	uint64_t nseq = 0;
-	struct waiter *wt;
+	json_t *pub = rec_public(rec);
+	char *pubtext = json_dumps(pub, JSON_COMPACT);
+	uint64_t nseq;
+	struct later *l;
 
+	if (tx_begin(q) == 0) {
+		if (pubtext != NULL && reqstore_update(q->st, r->cid, rec) == 0 &&
+		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
+		    (nseq = note_add(q, pubtext, r->dev->id, now)) != 0) {
+			/* Sent once committed; if that fails, never. */
+			if ((l = later_add(q, LATER_NOTE, NULL, 0)) != NULL)
+				l->nseq = nseq;
+		} else
+			tx_fail(q);
+	}
+	if (q->tx_failed)
+		log_ratelimited(LOG_ERR, "request %s: state %s could not be stored",
+		    r->cid, rstate_names[state]);
+	log_debug("request %s -> %s", r->cid, rstate_names[state]);
+	if (!r->staged) {
+		r->staged = true;
+		r->cstate = r->state;
+		r->crec = r->rec;
+		TAILQ_INSERT_TAIL(&q->staged, r, slink);
+	} else
+		json_decref(r->rec);
+	r->rec = rec;
+	req_count(q, r->state, -1);
+	req_count(q, state, 1);
+	r->state = state;
+	if (fact) {
+		json_decref(r->fact_rec);
+		r->fact = state;
+		r->fact_rec = json_incref(rec);
+	}
+	if (state_ended(state))
+		evtimer_del(r->timer);
+	free(pubtext);
+	json_decref(pub);
+	gauges(q);
+}
+
+/*
+ * One state change, over the fact that waits to be written again if there
+ * is one (so that fact is written by it).  fields (stolen, may be NULL) are
+ * merged into the record.  An ended request changes no more, nor one whose
+ * end waits to be written again.
+ */
+static void
+req_change(struct requests *q, struct req *r, int state, json_t *fields, bool fact)
+{
+	int64_t now = now_ms();
+	json_t *rec;
+
+	if (state_ended(r->state) || (r->want >= 0 && state_ended(r->want)) ||
+	    (rec = json_copy(r->want >= 0 ? r->want_rec : r->rec)) == NULL) {
+		json_decref(fields);
+		return;
+	}
 	json_object_set_new(rec, "state", json_string(rstate_names[state]));
 	if (state == RS_SENT || ((state == RS_CONFIRMED || state == RS_FAILED) &&
 	    json_object_get(rec, "sentAt") == NULL))
@@ -1215,44 +1451,24 @@ req_change(struct requests *q, struct req *r, int state, json_t *fields)
 		json_object_update(rec, fields);
 		json_decref(fields);
 	}
-	pub = rec_public(rec);
-	pubtext = json_dumps(pub, JSON_COMPACT);
-	if (tx_begin(q) == 0) {
-		struct later *l;
-		if (pubtext != NULL && reqstore_update(q->st, r->cid, rec) == 0 &&
-		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
-		    (nseq = note_add(q, pubtext, r->dev->id, now)) != 0) {
-			/* Sent once committed; if that fails, never. */
-			if ((l = later_add(q, LATER_NOTE, NULL, 0)) != NULL)
-				l->nseq = nseq;
-		} else {
-			tx_fail(q);
-			log_ratelimited(LOG_ERR, "request %s: state %s could not be stored",
-			    r->cid, rstate_names[state]);
-		}
+	req_write(q, r, state, rec, fact);
+}
+
+/* Every tick: the facts whose writes were lost are written again. */
+static void
+req_retry_all(struct requests *q)
+{
+	TAILQ_HEAD(, req) list = TAILQ_HEAD_INITIALIZER(list);
+	struct req *r;
+
+	TAILQ_CONCAT(&list, &q->retry, rlink);
+	while ((r = TAILQ_FIRST(&list)) != NULL) {
+		TAILQ_REMOVE(&list, r, rlink);
+		/* Stays in want until the write is committed (staged_settle). */
+		TAILQ_INSERT_TAIL(&q->retry, r, rlink);
+		if (!state_ended(r->state) && !r->staged)
+			req_write(q, r, r->want, json_incref(r->want_rec), true);
 	}
-	log_debug("request %s -> %s", r->cid, rstate_names[state]);
-	if (!state_ended(state)) {
-		if (r->state == RS_QUEUED && state == RS_SENT) {
-			q->n_queued--;
-			q->n_sent++;
-		}
-		r->state = state;
-	} else {
-		while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
-			if (pubtext != NULL)
-				reply_str(q, wt->peer, wt->reqid, 200, pubtext);
-			else
-				reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
-			waiter_free(wt);
-		}
-		worker_count(q->w, STAT_req_completed, 1);
-		req_free(q, r);
-	}
-	free(pubtext);
-	json_decref(pub);
-	json_decref(rec);
-	gauges(q);
 }
 
 static struct req *
@@ -1331,7 +1547,7 @@ on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 			json_object_set_new(fields, "error", json_pack("{s:s,s:s}", "code",
 			    "bad_response", "message", "the response has no boolean \"success\""));
 	}
-	req_change(q, r, ok ? RS_CONFIRMED : RS_FAILED, fields);
+	req_change(q, r, ok ? RS_CONFIRMED : RS_FAILED, fields, true);
 out:
 	json_decref(doc);
 }
@@ -1569,39 +1785,49 @@ op_request_get(struct call *c)
 
 	if (!arg_id(c, "commandId", &cid))
 		return;
-	if ((rec = reqstore_get(c->q->st, cid)) == NULL) {
-		reply_error(c->q, c->peer, c->reqid, 404, "not_found", "no request %s", cid);
+	/* What is committed, answered at once: any answer that told a client
+	 * of a change waited for its commit, so none is contradicted. */
+	if ((rec = reqstore_get_committed(c->q->st, cid)) == NULL) {
+		reply_now(c->q, c->peer, c->reqid, 404, json_pack("{s:{s:s,s:s+}}", "error",
+		    "code", "not_found", "message", "no request ", cid));
 		return;
 	}
-	reply(c->q, c->peer, c->reqid, 200, rec_public(rec));
+	reply_now(c->q, c->peer, c->reqid, 200, rec_public(rec));
 	json_decref(rec);
 }
 
 static void
 op_request_cancel(struct call *c)
 {
+	struct requests *q = c->q;
 	const char *cid;
 	json_t *rec;
 	struct req *r;
 
 	if (!arg_id(c, "commandId", &cid))
 		return;
-	if ((r = req_find(c->q, cid)) != NULL) {
-		req_change(c->q, r, RS_CANCELLED, NULL);
-		rec = reqstore_get(c->q->st, cid);
-		if (rec == NULL) {
-			reply_error(c->q, c->peer, c->reqid, 503, "unavailable", "request store unreadable");
+	if ((r = req_find(q, cid)) != NULL) {
+		/* An end that waits to be written again comes first. */
+		if (r->want >= 0 && state_ended(r->want) && !r->staged)
+			req_write(q, r, r->want, json_incref(r->want_rec), true);
+		/* Every answer here waits for the commit (or becomes 503). */
+		if (state_ended(r->state)) {
+			reply_error(q, c->peer, c->reqid, 409, "already_ended",
+			    "request %s already ended (%s)", cid, rstate_names[r->state]);
 			return;
 		}
-		reply(c->q, c->peer, c->reqid, 200, rec_public(rec));
-		json_decref(rec);
+		req_change(q, r, RS_CANCELLED, NULL, false);
+		if (r->state == RS_CANCELLED)
+			reply(q, c->peer, c->reqid, 200, rec_public(r->rec));
+		else
+			reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
 		return;
 	}
-	if ((rec = reqstore_get(c->q->st, cid)) == NULL) {
-		reply_error(c->q, c->peer, c->reqid, 404, "not_found", "no request %s", cid);
+	if ((rec = reqstore_get(q->st, cid)) == NULL) {
+		reply_error(q, c->peer, c->reqid, 404, "not_found", "no request %s", cid);
 		return;
 	}
-	reply_error(c->q, c->peer, c->reqid, 409, "already_ended", "request %s already ended (%s)",
+	reply_error(q, c->peer, c->reqid, 409, "already_ended", "request %s already ended (%s)",
 	    cid, json_string_value(json_object_get(rec, "state")) ?: "?");
 	json_decref(rec);
 }
@@ -1916,6 +2142,7 @@ requests_tick(evutil_socket_t fd, short what, void *arg)
 	uint64_t t0 = mono_us();
 
 	note_resend(q);
+	req_retry_all(q);
 	/*
 	 * fsync = batch: the store's thread flushes what was committed until
 	 * now (this group's writes go with the next second's sync), so a
@@ -2059,8 +2286,10 @@ requests_open(struct worker *w)
 	q->w = w;
 	TAILQ_INIT(&q->dirty);
 	TAILQ_INIT(&q->kicks);
+	TAILQ_INIT(&q->saved);
+	TAILQ_INIT(&q->staged);
+	TAILQ_INIT(&q->retry);
 	STAILQ_INIT(&q->later);
-	STAILQ_INIT(&q->failed);
 	/* Publish references differ between lives: an mqtt worker's answer to
 	 * the previous router's publish must not settle a new one. */
 	q->next_ref = (uint64_t)w->generation << 40;
@@ -2138,6 +2367,9 @@ requests_close(struct requests *q)
 				waiter_free(wt);
 			event_free(r->timer);
 			json_decref(r->rec);
+			json_decref(r->crec);
+			json_decref(r->fact_rec);
+			json_decref(r->want_rec);
 			free(r);
 		}
 	for (size_t i = 0; i < q->devs.nb; i++)

@@ -147,6 +147,7 @@ static const struct cfg_key cfg_keys[] = {
 	INT("requests", "default_timeout", default_timeout, 1, 86400, "30"),
 	INT("requests", "max_timeout", max_timeout, 1, 604800, "3600"),
 	INT("requests", "max_pending_per_device", max_pending_per_device, 1, 1000000, "1000"),
+	SIZE("requests", "max_bytes", requests_max_bytes, 16 * MIB, 1 * TIB, "4G"),
 
 	SIZE("limits", "max_payload", max_payload, 64, 16 * MIB, "256K"),
 

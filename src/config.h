@@ -69,6 +69,7 @@ struct config {
 	int      default_timeout;           /* seconds */
 	int      max_timeout;
 	int      max_pending_per_device;
+	size_t   requests_max_bytes;
 
 	/* [limits] */
 	size_t   max_payload;

@@ -514,6 +514,10 @@ role_needs_restart(int role, const struct config *a, const struct config *b)
 		    a->spool_fsync != b->spool_fsync || strcmp(a->node_name, b->node_name);
 	case ROLE_CRYPTO:
 		return strcmp(a->node_name, b->node_name) != 0;
+	case ROLE_ROUTER:
+		/* the request store's size and sync mode are set when it opens */
+		return a->requests_max_bytes != b->requests_max_bytes ||
+		    a->spool_fsync != b->spool_fsync;
 	default:
 		return false;
 	}

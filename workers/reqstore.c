@@ -309,6 +309,31 @@ reqstore_full(const struct reqstore *s)
 }
 
 int
+reqstore_usage(struct reqstore *s, uint64_t *used, uint64_t *size)
+{
+	MDB_dbi dbis[] = { s->rec, s->order, s->bydev, s->live, s->notes, s->devs, s->meta };
+	MDB_envinfo info;
+	MDB_stat st;
+	MDB_txn *t;
+	int rc = 0;
+
+	*used = *size = 0;
+	if ((t = rd_begin(s)) == NULL)
+		return -1;
+	for (size_t i = 0; i < sizeof(dbis) / sizeof(dbis[0]) && rc == 0; i++)
+		if ((rc = mdb_stat(t, dbis[i], &st)) == 0)
+			*used += (uint64_t)(st.ms_branch_pages + st.ms_leaf_pages +
+			    st.ms_overflow_pages) * st.ms_psize;
+	rd_end(s, t);
+	if (rc != 0)
+		return store_error(s, "stat", rc);
+	if ((rc = mdb_env_info(s->env, &info)) != 0)
+		return store_error(s, "info", rc);
+	*size = info.me_mapsize;
+	return 0;
+}
+
+int
 reqstore_sync(struct reqstore *s)
 {
 	int rc = mdb_env_sync(s->env, 1);

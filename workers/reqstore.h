@@ -33,6 +33,8 @@ int     reqstore_begin(struct reqstore *s);
 int     reqstore_commit(struct reqstore *s);
 void    reqstore_abort(struct reqstore *s);
 bool    reqstore_full(const struct reqstore *s);
+/* Bytes in the pages of the records (not the free ones) and the map's size. */
+int     reqstore_usage(struct reqstore *s, uint64_t *used, uint64_t *size);
 /* Flush to disk now, on the caller's thread. */
 int     reqstore_sync(struct reqstore *s);
 /*

@@ -20,14 +20,15 @@
 #include "util.h"
 #include "worker.h"
 
-#define REQUESTS_MAP_SIZE    (4ULL << 30)
 #define REQUESTS_KEEP_MS     (24LL * 3600 * 1000)  /* ended records stay readable this long */
+#define REQUESTS_HIGH_PCT    50      /* over this much of max_bytes, sooner */
 #define REQUESTS_TICK_MS     1000
 #define DEV_FLUSH_MS         100     /* presence records are written in slices */
 #define DEV_FLUSH_MIN        128     /* devices per slice, at least */
 #define SLOW_MS              2       /* a pass this long is logged (debug) */
-#define REQUESTS_PRUNE_MS    60000
-#define REQUESTS_PRUNE_BATCH 5000
+#define REQUESTS_PRUNE_MS    60000   /* a look for old records, at least this often */
+#define REQUESTS_PRUNE_BATCH 500     /* records a slice; slices every DEV_FLUSH_MS while
+                                        there are more (5,000 a second) */
 #define PUBLISH_TIMEOUT_MS   10000   /* no PUBLISHED from the mqtt worker: retry */
 #define PUBLISH_RETRY_MS     1000
 #define NOTE_RESEND_MS       5000    /* no ACK from the spool: send again */
@@ -179,6 +180,7 @@ struct requests {
 	size_t           nnotes, capnotes, nacked;
 	struct event    *tick;
 	int64_t          last_prune_ms;
+	bool             prune_more;    /* the last slice did not reach the end */
 	int              n_online, n_queued, n_sent;
 	bool             spool_full;
 };
@@ -187,6 +189,7 @@ static void req_change(struct requests *q, struct req *r, int state, json_t *fie
 static void req_finish(struct requests *q, struct req *r);
 static void req_count(struct requests *q, int state, int delta);
 static void req_timer_arm(struct req *r);
+static bool requests_prune(struct requests *q, bool due);
 static void dev_kick(struct requests *q, struct dev *d);
 static void reply_text(struct requests *q, const char *peer, uint64_t reqid, int status,
     const char *text);
@@ -993,6 +996,8 @@ dev_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 	/* About a tenth of the backlog a slice: each record waits ~1 s at most. */
 	dev_flush(q, max < DEV_FLUSH_MIN ? DEV_FLUSH_MIN : max);
+	if (q->prune_more)
+		q->prune_more = requests_prune(q, false);
 }
 
 static void
@@ -2104,15 +2109,29 @@ prune_cb(uint64_t seq, const char *cid, void *arg)
 	return 0;
 }
 
-static void
-requests_prune(struct requests *q)
+/*
+ * Drop ended requests older than REQUESTS_KEEP_MS, a slice at a time; while
+ * the store is more than REQUESTS_HIGH_PCT full, the oldest ended ones
+ * whatever their age, so that history never fills it.  due: it is time
+ * to look for old records (the fill is looked at every time).  Returns
+ * whether there is more to drop now.
+ */
+static bool
+requests_prune(struct requests *q, bool due)
 {
-	struct prune *p = calloc(1, sizeof(*p));
+	struct prune *p;
+	uint64_t used = 0, size = 0;
+	bool high, more = false;
 
-	if (p == NULL)
-		return;
+	high = reqstore_usage(q->st, &used, &size) == 0 && used > size / 100 * REQUESTS_HIGH_PCT;
+	if (!high && !due)
+		return false;
+	if (due)
+		q->last_prune_ms = now_ms();
+	if ((p = calloc(1, sizeof(*p))) == NULL)
+		return false;
 	p->q = q;
-	p->cutoff = now_ms() - REQUESTS_KEEP_MS;
+	p->cutoff = high ? INT64_MAX : now_ms() - REQUESTS_KEEP_MS;
 	p->cid = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->cid));
 	p->dev = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->dev));
 	if (p->cid != NULL && p->dev != NULL) {
@@ -2124,14 +2143,23 @@ requests_prune(struct requests *q)
 					tx_fail(q);
 					break;
 				}
-			if (i == p->n)
-				log_info("pruning %d requests ended more than %lld h ago", p->n,
-				    (long long)(REQUESTS_KEEP_MS / 3600000));
+			if (i == p->n) {
+				if (high)
+					log_ratelimited(LOG_WARNING, "request store %llu of %llu MiB used: "
+					    "dropping ended requests before their %lld h",
+					    (unsigned long long)(used >> 20), (unsigned long long)(size >> 20),
+					    (long long)(REQUESTS_KEEP_MS / 3600000));
+				else
+					log_debug("pruned %d requests ended more than %lld h ago", p->n,
+					    (long long)(REQUESTS_KEEP_MS / 3600000));
+				more = p->n == REQUESTS_PRUNE_BATCH || high;
+			}
 		}
 	}
 	free(p->cid);
 	free(p->dev);
 	free(p);
+	return more;
 }
 
 static void
@@ -2153,10 +2181,8 @@ requests_tick(evutil_socket_t fd, short what, void *arg)
 	 */
 	if (q->w->cf->spool_fsync == FSYNC_BATCH)
 		reqstore_sync_async(q->st);
-	if (now - q->last_prune_ms >= REQUESTS_PRUNE_MS) {
-		q->last_prune_ms = now;
-		requests_prune(q);
-	}
+	if (!q->prune_more)
+		q->prune_more = requests_prune(q, now - q->last_prune_ms >= REQUESTS_PRUNE_MS);
 	if (elapsed_ms(t0) > SLOW_MS)
 		log_debug("tick took %.1f ms", elapsed_ms(t0));
 }
@@ -2294,7 +2320,7 @@ requests_open(struct worker *w)
 	 * the previous router's publish must not settle a new one. */
 	q->next_ref = (uint64_t)w->generation << 40;
 	snprintf(dir, sizeof(dir), "%s/requests", w->cf->state_dir);
-	q->st = reqstore_open(dir, REQUESTS_MAP_SIZE, w->cf->spool_fsync, err, sizeof(err));
+	q->st = reqstore_open(dir, w->cf->requests_max_bytes, w->cf->spool_fsync, err, sizeof(err));
 	if (q->st == NULL) {
 		log_err("request store: %s", err);
 		free(q);

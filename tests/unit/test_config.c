@@ -124,6 +124,7 @@ test_defaults(void **state)
 	assert_int_equal(cf.default_timeout, 30);
 	assert_int_equal(cf.max_timeout, 3600);
 	assert_int_equal(cf.max_pending_per_device, 1000);
+	assert_true(cf.requests_max_bytes == (size_t)4 << 30);
 	assert_true(cf.max_payload == 256u * 1024);
 	assert_string_equal(cf.admin_socket, "/run/herald/herald.sock");
 }
@@ -192,6 +193,7 @@ test_every_key(void **state)
 	    "default_timeout = 86400\n"
 	    "max_timeout = 604800\n"
 	    "max_pending_per_device = 1000000\n"
+	    "max_bytes = 16M\n"
 	    "[limits]\n"
 	    "max_payload = 64\n"
 	    "[admin]\n"
@@ -234,6 +236,7 @@ test_every_key(void **state)
 	assert_int_equal(cf.default_timeout, 86400);
 	assert_int_equal(cf.max_timeout, 604800);
 	assert_int_equal(cf.max_pending_per_device, 1000000);
+	assert_true(cf.requests_max_bytes == (size_t)16 << 20);
 	assert_true(cf.max_payload == 64);
 	assert_string_equal(cf.admin_socket, "/tmp/h.sock");
 }
@@ -540,6 +543,7 @@ test_errors_values(void **state)
 	expect_error("[requests]\nmax_timeout = 604801\n", 2, "out of range 1..604800");
 	expect_error("[requests]\nmax_pending_per_device = 0\n", 2,
 	    "out of range 1..1000000");
+	expect_error("[requests]\nmax_bytes = 8M\n", 2, "[requests] max_bytes");
 
 	expect_error("[api]\nmax_body = 1X\n", 2, "bad size suffix \"X\"");
 	expect_error("[api]\nmax_body = 1KB\n", 2, "bad size suffix \"KB\"");

@@ -468,19 +468,41 @@ get_json(struct reqstore *s, MDB_txn *t, MDB_dbi dbi, const char *key)
 }
 
 int
-reqstore_add(struct reqstore *s, uint64_t seq, const char *cid, const char *device,
-    const json_t *rec)
+reqstore_add_text(struct reqstore *s, uint64_t seq, const char *cid, const char *device,
+    const char *text, size_t len)
 {
 	uint8_t sk[8], dk[DEVKEY_MAX];
 	size_t dklen = dev_key(dk, device, seq), clen = strlen(cid);
 
 	seq_key(sk, seq);
-	if (put_json(s, s->rec, cid, rec, MDB_NOOVERWRITE, "add") == -1 ||
+	if (put(s, s->rec, cid, clen, text, len, MDB_NOOVERWRITE, "add") == -1 ||
 	    put(s, s->order, sk, 8, cid, clen, 0, "add order") == -1 ||
 	    put(s, s->bydev, dk, dklen, cid, clen, 0, "add device index") == -1 ||
 	    put(s, s->live, sk, 8, cid, clen, 0, "add live") == -1)
 		return -1;
 	return 0;
+}
+
+int
+reqstore_update_text(struct reqstore *s, const char *cid, const char *text, size_t len)
+{
+	return put(s, s->rec, cid, strlen(cid), text, len, 0, "update");
+}
+
+int
+reqstore_add(struct reqstore *s, uint64_t seq, const char *cid, const char *device,
+    const json_t *rec)
+{
+	char *text = json_dumps(rec, JSON_COMPACT);
+	int rc;
+
+	if (text == NULL) {
+		log_err("request store: add: cannot serialize");
+		return -1;
+	}
+	rc = reqstore_add_text(s, seq, cid, device, text, strlen(text));
+	free(text);
+	return rc;
 }
 
 int

@@ -54,6 +54,10 @@ uint64_t reqstore_syncs(struct reqstore *s);
 int     reqstore_add(struct reqstore *s, uint64_t seq, const char *cid, const char *device,
     const json_t *rec);
 int     reqstore_update(struct reqstore *s, const char *cid, const json_t *rec);
+/* The same with the record already serialized (JSON text of len bytes). */
+int     reqstore_add_text(struct reqstore *s, uint64_t seq, const char *cid, const char *device,
+    const char *text, size_t len);
+int     reqstore_update_text(struct reqstore *s, const char *cid, const char *text, size_t len);
 /* The request ended: it leaves the live index. */
 int     reqstore_ended(struct reqstore *s, uint64_t seq);
 /* Forget a request entirely (pruning). */

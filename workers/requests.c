@@ -94,6 +94,7 @@ struct req {
 	int               want;
 	json_t           *want_rec;
 	TAILQ_ENTRY(req)  rlink;        /* in q->retry */
+	char             *text;         /* rec's public text, as its last write made it */
 	int64_t           deadline_ms;
 	struct event     *timer;
 	struct pub       *pub;          /* its publish in flight */
@@ -332,6 +333,72 @@ rec_public(const json_t *rec)
 	return o;
 }
 
+/*
+ * The stored text of rec, from its public text (pubtext, rec_public() of
+ * it dumped) and its own fields (keys "_", integers and booleans): one
+ * serialization per change instead of two.  NULL if rec has some other
+ * kind of private field (then the caller dumps it) or out of memory.
+ */
+static char *
+rec_stored_text(const char *pubtext, const json_t *rec, size_t *lenp)
+{
+	size_t plen = strlen(pubtext), cap = plen + 256, n;
+	const char *k;
+	json_t *v;
+	char *t, *nt;
+
+	if (plen < 2 || pubtext[plen - 1] != '}' || (t = malloc(cap)) == NULL)
+		return NULL;
+	memcpy(t, pubtext, plen - 1);
+	n = plen - 1;
+	json_object_foreach((json_t *)rec, k, v) {
+		char val[32];
+		size_t need;
+
+		if (k[0] != '_')
+			continue;
+		if (json_is_integer(v))
+			snprintf(val, sizeof(val), "%lld", (long long)json_integer_value(v));
+		else if (json_is_boolean(v))
+			strlcpy_h(val, json_is_true(v) ? "true" : "false", sizeof(val));
+		else
+			goto other;
+		for (const char *p = k; *p != '\0'; p++)
+			if (*p != '_' && (*p < 'a' || *p > 'z') && (*p < 'A' || *p > 'Z'))
+				goto other;
+		need = n + strlen(k) + strlen(val) + 8;
+		if (need > cap) {
+			cap = need * 2;
+			if ((nt = realloc(t, cap)) == NULL)
+				goto other;
+			t = nt;
+		}
+		n += (size_t)snprintf(t + n, cap - n, "%s\"%s\":%s", n > 1 ? "," : "", k, val);
+	}
+	t[n++] = '}';
+	t[n] = '\0';
+	*lenp = n;
+	return t;
+other:
+	free(t);
+	return NULL;
+}
+
+/* Write rec, whose public text is pubtext, as the request's record. */
+static int
+rec_update(struct requests *q, const char *cid, const char *pubtext, const json_t *rec)
+{
+	size_t len;
+	char *text = rec_stored_text(pubtext, rec, &len);
+	int rc;
+
+	if (text == NULL)
+		return reqstore_update(q->st, cid, rec);
+	rc = reqstore_update_text(q->st, cid, text, len);
+	free(text);
+	return rc;
+}
+
 static void
 gauges(struct requests *q)
 {
@@ -457,6 +524,8 @@ staged_settle(struct requests *q, bool ok)
 			r->rec = r->crec;
 			r->crec = NULL;
 			r->state = r->cstate;
+			free(r->text);
+			r->text = NULL;
 			if (r->fact >= 0) {
 				if (r->want < 0)
 					TAILQ_INSERT_TAIL(&q->retry, r, rlink);
@@ -1349,6 +1418,7 @@ req_free(struct requests *q, struct req *r)
 	json_decref(r->crec);
 	json_decref(r->fact_rec);
 	json_decref(r->want_rec);
+	free(r->text);
 	free(r);
 }
 
@@ -1357,20 +1427,16 @@ static void
 req_finish(struct requests *q, struct req *r)
 {
 	struct waiter *wt;
-	json_t *pub = rec_public(r->rec);
-	char *text = json_dumps(pub, JSON_COMPACT);
 
 	while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
-		if (text != NULL)
-			reply_str(q, wt->peer, wt->reqid, 200, text);
+		if (r->text != NULL)
+			reply_str(q, wt->peer, wt->reqid, 200, r->text);
 		else
-			reply(q, wt->peer, wt->reqid, 200, json_incref(pub));
+			reply(q, wt->peer, wt->reqid, 200, rec_public(r->rec));
 		waiter_free(wt);
 	}
 	worker_count(q->w, STAT_req_completed, 1);
 	req_free(q, r);
-	free(text);
-	json_decref(pub);
 	gauges(q);
 }
 
@@ -1391,7 +1457,7 @@ req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 	struct later *l;
 
 	if (tx_begin(q) == 0) {
-		if (pubtext != NULL && reqstore_update(q->st, r->cid, rec) == 0 &&
+		if (pubtext != NULL && rec_update(q, r->cid, pubtext, rec) == 0 &&
 		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
 		    (nseq = note_add(q, pubtext, r->dev->id, now)) != 0) {
 			/* Sent once committed; if that fails, never. */
@@ -1422,7 +1488,8 @@ req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 	}
 	if (state_ended(state))
 		evtimer_del(r->timer);
-	free(pubtext);
+	free(r->text);
+	r->text = pubtext;
 	json_decref(pub);
 	gauges(q);
 }
@@ -1653,7 +1720,8 @@ op_request_create(struct call *c)
 	struct dev *d;
 	struct req *r;
 	struct later *created;
-	char ts[RFC3339_LEN], exp[RFC3339_LEN];
+	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text, *stored;
+	size_t slen;
 
 	if (!arg_id(c, "device", &device))
 		return;
@@ -1733,21 +1801,29 @@ op_request_create(struct call *c)
 	    "_seq", (json_int_t)seq, "_created", (json_int_t)now,
 	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
 	    "_tgiven", tv != NULL);
-	if (rec == NULL || tx_begin(q) == -1) {
+	text = rec != NULL ? later_text(rec) : NULL;
+	stored = text != NULL ? rec_stored_text(text, rec, &slen) : NULL;
+	if (text == NULL || tx_begin(q) == -1) {
 		json_decref(rec);
+		free(text);
+		free(stored);
 		reply_error(q, c->peer, c->reqid, 503, "unavailable", "the request store is unavailable");
 		return;
 	}
-	if (reqstore_add(q->st, seq, cid, device, rec) == -1 ||
+	if ((stored != NULL ? reqstore_add_text(q->st, seq, cid, device, stored, slen) :
+	    reqstore_add(q->st, seq, cid, device, rec)) == -1 ||
 	    reqstore_meta_put(q->st, "seq", seq + 1) == -1 ||
 	    (created = later_add(q, LATER_CREATED, c->peer, c->reqid)) == NULL) {
 		bool full = reqstore_full(q->st);
 		tx_fail(q);
 		json_decref(rec);
+		free(text);
+		free(stored);
 		reply_error(q, c->peer, c->reqid, 503, full ? "store_full" : "unavailable",
 		    full ? "the request store is full" : "the request could not be stored");
 		return;
 	}
+	free(stored);
 	/* Answered (202, or by a waiter) only after the group's commit. */
 	strlcpy_h(created->cid, cid, sizeof(created->cid));
 	q->next_seq = seq + 1;
@@ -1756,7 +1832,7 @@ op_request_create(struct call *c)
 	if (r == NULL) {
 		/* Stored but not tracked: it is picked up at the next start. */
 		log_err("out of memory tracking request %s", cid);
-		created->text = later_text(rec);
+		created->text = text;
 		json_decref(rec);
 		return;
 	}
@@ -1771,13 +1847,14 @@ op_request_create(struct call *c)
 			strlcpy_h(wt->peer, c->peer, sizeof(wt->peer));
 			LIST_INSERT_HEAD(&r->waiters, wt, link);
 			evtimer_add(wt->timer, &wtv);
+			free(text);
 			json_decref(rec);
 			dev_kick(q, d);
 			return;
 		}
 		free(wt);
 	}
-	created->text = later_text(rec);
+	created->text = text;
 	json_decref(rec);
 	dev_kick(q, d);
 }
@@ -2396,6 +2473,7 @@ requests_close(struct requests *q)
 			json_decref(r->crec);
 			json_decref(r->fact_rec);
 			json_decref(r->want_rec);
+			free(r->text);
 			free(r);
 		}
 	for (size_t i = 0; i < q->devs.nb; i++)

@@ -379,6 +379,11 @@ mqtt_recent_open(struct mqttw *mw, const char *path)
 			close(fd);
 			fd = -1;
 		}
+		/* Blocks reserved now: a store into a hole of a full disk is a SIGBUS. */
+		if (fd != -1 && (errno = posix_fallocate(fd, 0, (off_t)len)) != 0) {
+			close(fd);
+			fd = -1;
+		}
 		if (fd != -1)
 			map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	}

@@ -2,7 +2,12 @@
 reading (the broker keeps the messages), keeps every worker alive, and once
 the backend is back it delivers every message, the ones the full disk
 refused included.  The spool directory is a 4 MB tmpfs of its own; the test
-is skipped where it cannot mount one (it needs root)."""
+is skipped where it cannot mount one (it needs root).
+
+An mqtt worker restarted on a full outbox disk with more connections (whose
+redelivery table, <slot>.recent, then needs more room) keeps that table in
+memory, says so, and delivers: it must not map a file with holes, whose
+first store would be a SIGBUS."""
 import os
 import subprocess
 from heraldtest import (Backend, Herald, Mosquitto, Publisher, Skip, TmpDir, _cleanups,
@@ -48,5 +53,43 @@ def test_disk_full():
     assert h.stop() == 0
 
 
+def fill(directory):
+    """Write a file in directory until its disk is full."""
+    with open(os.path.join(directory, "filler"), "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 4096)
+        except OSError:
+            pass
+
+
+def test_outbox_disk_full_more_connections():
+    tmp = TmpDir()
+    small_disk(tmp.join("state", "outbox"), "2m")
+    broker = Mosquitto(tmp)
+    backend = Backend()
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"workers": {"mqtt": 1},
+                     "mqtt": {"connections_per_worker": 1, "outbox_bytes": "1M"}}).wait_ready()
+    fill(tmp.join("state", "outbox"))
+
+    h.sections["mqtt"]["connections_per_worker"] = 4
+    h.write()
+    old = h.worker("mqtt")["pid"]
+    assert h.ctl("reload")["ok"] is True
+    wait_for(lambda: h.worker("mqtt")["pid"] != old and h.worker("mqtt")["state"] == "ready",
+             15, 0.1, "the mqtt worker to restart with 4 connections")
+    wait_for(lambda: h.subscribed(), 15, 0.1, "the new connections to subscribe")
+    pid = h.worker("mqtt")["pid"]
+    assert "redeliveries after a restart may get a second id" in h.log_text()
+
+    pub = Publisher(broker.port, ["o-%d" % i for i in range(20)], kinds=("telemetry",),
+                    count=20).run()
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 60, 0.2, "all delivered")
+    check_delivery(backend.delivered(), pub)
+    assert h.worker("mqtt")["pid"] == pid, "the mqtt worker died: " + h.log_text()[-2000:]
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_disk_full)
+    main(test_disk_full, test_outbox_disk_full_more_connections)

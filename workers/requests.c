@@ -333,6 +333,17 @@ rec_public(const json_t *rec)
 	return o;
 }
 
+/* The record's answer text (without the store's fields); NULL if out of memory. */
+static char *
+rec_public_text(const json_t *rec)
+{
+	json_t *pub = rec_public(rec);
+	char *text = json_dumps(pub, JSON_COMPACT);
+
+	json_decref(pub);
+	return text;
+}
+
 /*
  * The stored text of rec, from its public text (pubtext, rec_public() of
  * it dumped) and its own fields (keys "_", integers and booleans): one
@@ -1451,8 +1462,7 @@ static void
 req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 {
 	int64_t now = now_ms();
-	json_t *pub = rec_public(rec);
-	char *pubtext = json_dumps(pub, JSON_COMPACT);
+	char *pubtext = rec_public_text(rec);
 	uint64_t nseq;
 	struct later *l;
 
@@ -1490,7 +1500,6 @@ req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 		evtimer_del(r->timer);
 	free(r->text);
 	r->text = pubtext;
-	json_decref(pub);
 	gauges(q);
 }
 
@@ -1695,17 +1704,6 @@ arg_id(const struct call *c, const char *key, const char **out)
 	return true;
 }
 
-/* The record's answer text (without the store's fields); NULL if out of memory. */
-static char *
-later_text(const json_t *rec)
-{
-	json_t *pub = rec_public(rec);
-	char *text = json_dumps(pub, JSON_COMPACT);
-
-	json_decref(pub);
-	return text;
-}
-
 static void
 op_request_create(struct call *c)
 {
@@ -1801,7 +1799,7 @@ op_request_create(struct call *c)
 	    "_seq", (json_int_t)seq, "_created", (json_int_t)now,
 	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
 	    "_tgiven", tv != NULL);
-	text = rec != NULL ? later_text(rec) : NULL;
+	text = rec != NULL ? rec_public_text(rec) : NULL;
 	stored = text != NULL ? rec_stored_text(text, rec, &slen) : NULL;
 	if (text == NULL || tx_begin(q) == -1) {
 		json_decref(rec);

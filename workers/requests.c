@@ -395,17 +395,20 @@ other:
 	return NULL;
 }
 
-/* Write rec, whose public text is pubtext, as the request's record. */
+/* Store rec, whose public text is pubtext: a new request (seq > 0) or a change. */
 static int
-rec_update(struct requests *q, const char *cid, const char *pubtext, const json_t *rec)
+rec_put(struct requests *q, uint64_t seq, const char *cid, const char *device,
+    const char *pubtext, const json_t *rec)
 {
 	size_t len;
 	char *text = rec_stored_text(pubtext, rec, &len);
 	int rc;
 
 	if (text == NULL)
-		return reqstore_update(q->st, cid, rec);
-	rc = reqstore_update_text(q->st, cid, text, len);
+		return seq > 0 ? reqstore_add(q->st, seq, cid, device, rec) :
+		    reqstore_update(q->st, cid, rec);
+	rc = seq > 0 ? reqstore_add_text(q->st, seq, cid, device, text, len) :
+	    reqstore_update_text(q->st, cid, text, len);
 	free(text);
 	return rc;
 }
@@ -1467,7 +1470,7 @@ req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 	struct later *l;
 
 	if (tx_begin(q) == 0) {
-		if (pubtext != NULL && rec_update(q, r->cid, pubtext, rec) == 0 &&
+		if (pubtext != NULL && rec_put(q, 0, r->cid, NULL, pubtext, rec) == 0 &&
 		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
 		    (nseq = note_add(q, pubtext, r->dev->id, now)) != 0) {
 			/* Sent once committed; if that fails, never. */
@@ -1718,8 +1721,7 @@ op_request_create(struct call *c)
 	struct dev *d;
 	struct req *r;
 	struct later *created;
-	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text, *stored;
-	size_t slen;
+	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text;
 
 	if (!arg_id(c, "device", &device))
 		return;
@@ -1800,28 +1802,23 @@ op_request_create(struct call *c)
 	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
 	    "_tgiven", tv != NULL);
 	text = rec != NULL ? rec_public_text(rec) : NULL;
-	stored = text != NULL ? rec_stored_text(text, rec, &slen) : NULL;
 	if (text == NULL || tx_begin(q) == -1) {
 		json_decref(rec);
 		free(text);
-		free(stored);
 		reply_error(q, c->peer, c->reqid, 503, "unavailable", "the request store is unavailable");
 		return;
 	}
-	if ((stored != NULL ? reqstore_add_text(q->st, seq, cid, device, stored, slen) :
-	    reqstore_add(q->st, seq, cid, device, rec)) == -1 ||
+	if (rec_put(q, seq, cid, device, text, rec) == -1 ||
 	    reqstore_meta_put(q->st, "seq", seq + 1) == -1 ||
 	    (created = later_add(q, LATER_CREATED, c->peer, c->reqid)) == NULL) {
 		bool full = reqstore_full(q->st);
 		tx_fail(q);
 		json_decref(rec);
 		free(text);
-		free(stored);
 		reply_error(q, c->peer, c->reqid, 503, full ? "store_full" : "unavailable",
 		    full ? "the request store is full" : "the request could not be stored");
 		return;
 	}
-	free(stored);
 	/* Answered (202, or by a waiter) only after the group's commit. */
 	strlcpy_h(created->cid, cid, sizeof(created->cid));
 	q->next_seq = seq + 1;

@@ -858,7 +858,13 @@ http_lane_retry(struct lane *l, CURLcode res, long status)
 	int64_t delay;
 
 	worker_count(h->w, STAT_http_retries, 1);
-	if (l->retry_after_ms >= 0) {
+	/*
+	 * A Retry-After shorter than the first backoff step ("0", or a date
+	 * already past: clocks differ, a proxy served a stale answer) would
+	 * retry at once, over and over, against a backend that is failing:
+	 * it counts as absent and the backoff goes on growing.
+	 */
+	if (l->retry_after_ms >= HTTP_BACKOFF_MIN_MS) {
 		delay = l->retry_after_ms;
 		if (delay > HTTP_RETRY_AFTER_MAX_MS)
 			delay = HTTP_RETRY_AFTER_MAX_MS;

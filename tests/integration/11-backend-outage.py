@@ -1,6 +1,7 @@
 """The backend answers 503 for 20 s, then refuses connections for 20 s, then
 recovers: nothing is lost; the gaps between retries grow; a Retry-After answer
-is honoured."""
+is honoured.  A Retry-After of 0 or of a date already past does not make
+herald retry at once, over and over: the backoff still grows."""
 import json
 import threading
 import time
@@ -70,5 +71,42 @@ def test_outage():
     assert h.stop() == 0
 
 
+def test_retry_after_zero():
+    state = {"ok": False}
+    lock = threading.Lock()
+    attempts = []
+
+    def respond(handler, body):
+        with lock:
+            if state["ok"]:
+                return 204, {}
+            attempts.append(time.monotonic())
+            # "0", then a date long past, in turn
+            if len(attempts) % 2:
+                return 503, {"Retry-After": "0"}
+            return 503, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
+
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend(respond=respond)
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"backend": {"concurrency": 1}}).wait_ready()
+    pub = Publisher(broker.port, ["z-0"], count=1).run()
+    wait_for(lambda: len(attempts) >= 1, 15, 0.05, "a first POST")
+    time.sleep(4)
+    with lock:
+        times = list(attempts)
+        state["ok"] = True
+    # A retry at once would be hundreds of POSTs in 4 s; the backoff
+    # (200 ms doubling, equal jitter) makes about six.
+    assert 3 <= len(times) <= 12, len(times)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert gaps[-1] > gaps[0] * 2, gaps
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 30, 0.1, "delivery")
+    assert check_delivery(backend.delivered(), pub)[0] == pub.total()
+    assert h.all_ready()
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_outage)
+    main(test_outage, test_retry_after_zero)

@@ -106,7 +106,6 @@ struct http {
 	struct lane     *lanes;
 	int              nlanes;
 	int              sending;       /* lanes with a POST in flight */
-	int              want_lanes;    /* a concurrency change waits for quiet lanes */
 	/* the loop pass's write transaction */
 	struct event    *commit_ev;
 	int64_t          commit_due;    /* mono_ms() when commit_ev fires */
@@ -145,7 +144,6 @@ static struct http http_state;
 
 static void http_flush(struct http *h);
 static void http_finish(struct http *h);
-static void http_relane(struct http *h);
 static void http_lane_kick(struct lane *l);
 
 /* Arm a timer ms from now. */
@@ -728,8 +726,7 @@ http_lane_kick(struct lane *l)
 	struct http *h = l->h;
 	int bmax = http_batch_max(h);
 
-	/* While lanes are to be rebuilt, let the POSTs in flight end first. */
-	if (h->stopping || h->fatal || h->sp == NULL || l->n == 0 || h->want_lanes > 0)
+	if (h->stopping || h->fatal || h->sp == NULL || l->n == 0)
 		return;
 	if (l->state == LANE_LINGER) {
 		if (l->n < (size_t)bmax)
@@ -757,11 +754,6 @@ http_lane_timer(evutil_socket_t fd, short what, void *arg)
 	if (h->stopping || h->fatal || h->sp == NULL)
 		return;
 	l->state = LANE_IDLE;
-	if (h->want_lanes > 0) {
-		http_gauge_retrying(h);
-		http_relane(h);
-		return;
-	}
 	if (was == LANE_BACKOFF) {
 		http_gauge_retrying(h);
 		if (l->inflight > 0) {
@@ -923,9 +915,7 @@ http_lane_done(struct lane *l, CURLcode res)
 			http_finish(h);
 		return;
 	}
-	if (h->want_lanes > 0 && h->sending == 0)
-		http_relane(h);
-	else if (l->state == LANE_IDLE)
+	if (l->state == LANE_IDLE)
 		http_lane_kick(l);
 }
 
@@ -1170,29 +1160,6 @@ http_lanes_free(struct http *h)
 	free(h->lanes);
 	h->lanes = NULL;
 	h->nlanes = 0;
-}
-
-/* A new concurrency: only with no POST in flight (lanes map devices). */
-static void
-http_relane(struct http *h)
-{
-	int n = h->want_lanes;
-
-	if (n <= 0 || h->sending > 0 || h->sp == NULL)
-		return;
-	http_flush(h);
-	if (h->fatal)
-		return;
-	h->want_lanes = 0;
-	http_lanes_free(h);
-	if (http_lanes(h, n) == -1) {
-		http_fatal(h, "rebuilding lanes");
-		return;
-	}
-	log_info("backend concurrency now %d lanes", n);
-	http_gauge_retrying(h);
-	for (int i = 0; i < h->nlanes; i++)
-		http_lane_kick(&h->lanes[i]);
 }
 
 /* ---- fabric messages ---- */
@@ -1632,18 +1599,12 @@ http_reload(struct worker *w, const struct config *old)
 		log_err("reload: keeping the previous signing key");
 		http_key(h, old->backend_secret);
 	}
-	/* url, timeout_ms and batch_max are read at every POST. */
-	if (cf->concurrency != h->nlanes && cf->concurrency > 0) {
-		h->want_lanes = cf->concurrency;
-		if (h->sending > 0)
-			log_info("concurrency %d -> %d once the POSTs in flight are answered",
-			    h->nlanes, cf->concurrency);
-		http_relane(h);
-	}
-	if (cf->spool_max_bytes != old->spool_max_bytes)
-		http_gauges(h);
-	if (cf->spool_fsync != old->spool_fsync)
-		log_notice("[spool] fsync change applies after a restart of the http worker");
+	/*
+	 * url, timeout_ms and batch_max are read at every POST.  A change of
+	 * concurrency (lanes map devices), of the spool's quota or of its
+	 * sync mode restarts this worker instead (role_needs_restart in
+	 * supervisor.c): the new worker builds its lanes from the spool.
+	 */
 }
 
 static void

@@ -152,11 +152,10 @@ api_error(struct api *a, struct evhttp_request *req, int status, const char *cod
 static const char canned_body[] = "<HTML><HEAD>\n<TITLE>";
 static const char canned_end[] = "</BODY></HTML>\n";
 
-static void
-api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+/* The page at the end of buf, replaced; 0 when there is none. */
+static int
+api_canned_replace(struct api *a, struct evbuffer *buf)
 {
-	static bool busy;
-	struct api *a = arg;
 	size_t len = evbuffer_get_length(buf), elen = sizeof(canned_end) - 1, start;
 	struct evbuffer_ptr p, body;
 	char tail[sizeof(canned_end)], line[16], json[320], msg[160], *text;
@@ -164,16 +163,16 @@ api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *a
 	struct evbuffer *prefix;
 	int status, n;
 
-	if (busy || info->n_added == 0 || len < elen)
-		return;
+	if (len < elen)
+		return 0;
 	if (evbuffer_ptr_set(buf, &p, len - elen, EVBUFFER_PTR_SET) == -1 ||
 	    evbuffer_copyout_from(buf, &p, tail, elen) != (ev_ssize_t)elen ||
 	    memcmp(tail, canned_end, elen) != 0)
-		return;
+		return 0;
 	evbuffer_ptr_set(buf, &p, len > 1024 ? len - 1024 : 0, EVBUFFER_PTR_SET);
 	body = evbuffer_search(buf, canned_body, sizeof(canned_body) - 1, &p);
 	if (body.pos < 0)
-		return;
+		return 0;
 	/* The page's status line: the last "HTTP/1." before its body. */
 	start = (size_t)-1;
 	evbuffer_ptr_set(buf, &p, body.pos > 2048 ? (size_t)body.pos - 2048 : 0, EVBUFFER_PTR_SET);
@@ -186,7 +185,7 @@ api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *a
 			break;
 	}
 	if (start == (size_t)-1)
-		return;
+		return 0;
 	evbuffer_ptr_set(buf, &p, start, EVBUFFER_PTR_SET);
 	memset(line, 0, sizeof(line));
 	evbuffer_copyout_from(buf, &p, line, 12);
@@ -218,22 +217,54 @@ api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *a
 	n = asprintf(&text, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
 	    "Connection: close\r\nContent-Length: %zu\r\n\r\n%s", status, api_reason(status),
 	    strlen(json), json);
-	if (n < 0 || (prefix = evbuffer_new()) == NULL) {
-		if (n >= 0)
-			free(text);
-		return;
+	if (n < 0)
+		return 0;
+	if ((prefix = evbuffer_new()) == NULL) {
+		free(text);
+		return 0;
 	}
-	busy = true;
-	evbuffer_remove_buffer(buf, prefix, start);
-	evbuffer_drain(buf, evbuffer_get_length(buf));
+	if (evbuffer_remove_buffer(buf, prefix, start) != (int)start ||
+	    evbuffer_drain(buf, evbuffer_get_length(buf)) == -1) {
+		/* Leave the page rather than a mix of it and JSON. */
+		evbuffer_prepend_buffer(buf, prefix);
+		evbuffer_free(prefix);
+		free(text);
+		return 0;
+	}
 	evbuffer_add_buffer(buf, prefix);
 	evbuffer_add(buf, text, (size_t)n);
-	busy = false;
 	evbuffer_free(prefix);
 	free(text);
 	worker_count(a->w, STAT_api_requests, 1);
 	worker_count(a->w, STAT_api_errors, 1);
 	log_ratelimited(LOG_INFO, "rejected a malformed or oversized HTTP request (%d)", status);
+	return 1;
+}
+
+/*
+ * A socket bufferevent keeps the start of its output buffer frozen except
+ * while it writes (bufferevent_sock.c), and then reading and removing from
+ * the front fail: on a connection that has answered a request before, the
+ * page went out as HTML.  The start is thawed for the replacement and
+ * frozen again as it was.
+ */
+static void
+api_canned_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+	static bool busy;
+	char c;
+	bool frozen;
+
+	if (busy || info->n_added == 0 || evbuffer_get_length(buf) < sizeof(canned_end) - 1)
+		return;
+	busy = true;
+	frozen = evbuffer_copyout(buf, &c, 1) == -1;
+	if (frozen)
+		evbuffer_unfreeze(buf, 1);
+	api_canned_replace(arg, buf);
+	if (frozen)
+		evbuffer_freeze(buf, 1);
+	busy = false;
 }
 
 static struct bufferevent *

@@ -7,6 +7,7 @@ requests that stall, clients gone before their ?wait answer) leave every
 worker alive and /healthz at 200; /metrics is valid Prometheus text;
 /healthz names a worker that is not up."""
 import concurrent.futures
+import json
 import os
 import random
 import socket
@@ -92,6 +93,27 @@ def test_bad_input():
     assert b"max_body (4096 bytes)" in answer, answer
     calls["n"] += 1
     calls["errors"] += 1
+    # The same on a connection that has answered a request before (keep-alive):
+    # SPEC's JSON body, not libevent's HTML page.
+    port = int(h.sections["api"]["listen"].rsplit(":", 1)[1])
+    for second, status, code in (
+            (b"POST /v1/devices/d1/requests HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
+             + b"x" * 5000, 413, b"payload_too_large"),
+            (b"GET /v1/devices HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n",
+             400, b"bad_request")):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first or not first.rstrip().endswith(b"}"):
+            first += s.recv(4096)
+        s.sendall(second)
+        answer = recv_all(s, 5)
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert b"Content-Type: application/json" in head and b"<HTML>" not in answer, answer
+        assert json.loads(body)["error"]["code"] == code.decode(), body
+        calls["n"] += 2
+        calls["errors"] += 1
 
     # 404: unknown request, device, resource.
     for path in ("/v1/requests/unknown-cmd", "/v1/devices/never-seen", "/v1/nothing", "/",

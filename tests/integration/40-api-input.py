@@ -68,7 +68,8 @@ def test_bad_input():
                  "/v1/devices/d1/requests?wait=-1"):
         st, doc, _ = api(h, "POST", path, good)
         check_error(st, doc, 400, "invalid_field")
-    for path in ("/v1/devices/d1/requests?state=bogus", "/v1/devices?online=maybe",
+    for path in ("/v1/devices/d1/requests?state=bogus", "/v1/devices/d1/requests?state=%ff%0a",
+                 "/v1/devices/d1/requests?state=" + "a" * 31 + "%C3%A9", "/v1/devices?online=maybe",
                  "/v1/devices?limit=0", "/v1/devices?limit=1001", "/v1/devices?cursor=%2Fx"):
         st, doc, _ = api(h, "GET", path)
         check_error(st, doc, 400, "invalid_field")

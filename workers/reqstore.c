@@ -558,10 +558,11 @@ reqstore_get_committed(struct reqstore *s, const char *cid)
 	return doc;
 }
 
-/* Calls fn for each entry whose value is a commandId. */
+/* Calls fn for each entry whose value is a commandId; from: the first
+ * sequence (a walk of 8-byte sequence keys, forward), 0: the start. */
 static int
 walk_ids(struct reqstore *s, MDB_dbi dbi, bool reverse, const void *prefix, size_t plen,
-    reqstore_walk_fn *fn, void *arg)
+    uint64_t from, reqstore_walk_fn *fn, void *arg)
 {
 	MDB_txn *t = rd_begin(s);
 	MDB_cursor *c = NULL;
@@ -576,7 +577,12 @@ walk_ids(struct reqstore *s, MDB_dbi dbi, bool reverse, const void *prefix, size
 		rd_end(s, t);
 		return store_error(s, "walk", rc);
 	}
-	if (plen == 0)
+	if (plen == 0 && from > 0 && !reverse) {
+		seq_key(start, from);
+		k.mv_data = start;
+		k.mv_size = 8;
+		rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+	} else if (plen == 0)
 		rc = mdb_cursor_get(c, &k, &v, reverse ? MDB_LAST : MDB_FIRST);
 	else if (!reverse) {
 		k.mv_data = (void *)prefix;
@@ -615,13 +621,19 @@ walk_ids(struct reqstore *s, MDB_dbi dbi, bool reverse, const void *prefix, size
 int
 reqstore_walk_live(struct reqstore *s, reqstore_walk_fn *fn, void *arg)
 {
-	return walk_ids(s, s->live, false, NULL, 0, fn, arg);
+	return walk_ids(s, s->live, false, NULL, 0, 0, fn, arg);
 }
 
 int
 reqstore_walk_all(struct reqstore *s, bool reverse, reqstore_walk_fn *fn, void *arg)
 {
-	return walk_ids(s, s->order, reverse, NULL, 0, fn, arg);
+	return walk_ids(s, s->order, reverse, NULL, 0, 0, fn, arg);
+}
+
+int
+reqstore_walk_from(struct reqstore *s, uint64_t from, reqstore_walk_fn *fn, void *arg)
+{
+	return walk_ids(s, s->order, false, NULL, 0, from, fn, arg);
 }
 
 int
@@ -635,7 +647,7 @@ reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
 		return 0;
 	memcpy(prefix, device, n);
 	prefix[n] = '\0';
-	return walk_ids(s, s->bydev, reverse, prefix, n + 1, fn, arg);
+	return walk_ids(s, s->bydev, reverse, prefix, n + 1, 0, fn, arg);
 }
 
 int

@@ -73,6 +73,8 @@ typedef int reqstore_walk_fn(uint64_t seq, const char *cid, void *arg);
 int     reqstore_walk_live(struct reqstore *s, reqstore_walk_fn *fn, void *arg);
 /* Every request in accept order (reverse: newest first). */
 int     reqstore_walk_all(struct reqstore *s, bool reverse, reqstore_walk_fn *fn, void *arg);
+/* The same from sequence `from` on (accept order). */
+int     reqstore_walk_from(struct reqstore *s, uint64_t from, reqstore_walk_fn *fn, void *arg);
 /* One device's requests in accept order (reverse: newest first). */
 int     reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
     reqstore_walk_fn *fn, void *arg);

@@ -29,6 +29,7 @@
 #define REQUESTS_PRUNE_MS    60000   /* a look for old records, at least this often */
 #define REQUESTS_PRUNE_BATCH 500     /* records a slice; slices every DEV_FLUSH_MS while
                                         there are more (5,000 a second) */
+#define REQUESTS_PRUNE_LIVE  20000   /* live requests a slice steps over, at most */
 #define PUBLISH_TIMEOUT_MS   10000   /* no PUBLISHED from the mqtt worker: retry */
 #define PUBLISH_RETRY_MS     1000
 #define NOTE_RESEND_MS       5000    /* no ACK from the spool: send again */
@@ -182,6 +183,7 @@ struct requests {
 	struct event    *tick;
 	int64_t          last_prune_ms;
 	bool             prune_more;    /* the last slice did not reach the end */
+	uint64_t         prune_from;    /* where the next slice looks first; 0: the start */
 	int              n_online, n_queued, n_sent;
 	bool             spool_full;
 };
@@ -1079,8 +1081,9 @@ dev_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 	/* About a tenth of the backlog a slice: each record waits ~1 s at most. */
 	dev_flush(q, max < DEV_FLUSH_MIN ? DEV_FLUSH_MIN : max);
+	/* The rest of a look that was cut short. */
 	if (q->prune_more)
-		q->prune_more = requests_prune(q, false);
+		q->prune_more = requests_prune(q, true);
 }
 
 static void
@@ -2146,7 +2149,9 @@ out:
 struct prune {
 	struct requests *q;
 	int64_t          cutoff;
-	int              n, scanned;
+	int              n, read, live;
+	bool             cut;           /* the slice ended before the store did */
+	uint64_t         resume;        /* if cut: the first record not looked at */
 	uint64_t         seq[REQUESTS_PRUNE_BATCH];
 	char           (*cid)[REQSTORE_ID_MAX + 1];
 	char           (*dev)[REQSTORE_ID_MAX + 1];
@@ -2160,17 +2165,25 @@ prune_cb(uint64_t seq, const char *cid, void *arg)
 	int64_t ended;
 	const char *dev;
 
-	if (++p->scanned > 4 * REQUESTS_PRUNE_BATCH || p->n >= REQUESTS_PRUNE_BATCH)
+	if (p->n >= REQUESTS_PRUNE_BATCH || p->read >= 4 * REQUESTS_PRUNE_BATCH ||
+	    p->live >= REQUESTS_PRUNE_LIVE) {
+		p->cut = true;
+		p->resume = seq;
 		return 1;
-	if (req_find(p->q, cid) != NULL)
+	}
+	if (req_find(p->q, cid) != NULL) {
+		p->live++;
 		return 0;   /* still live: later ones may be old enough */
+	}
+	p->read++;
 	if ((rec = reqstore_get(p->q->st, cid)) == NULL)
 		return 0;
 	ended = rec_int(rec, "_ended");
 	dev = json_string_value(json_object_get(rec, "device"));
 	if (ended == 0 || ended > p->cutoff || dev == NULL) {
 		json_decref(rec);
-		/* Requests end roughly in accept order: stop at the first young one. */
+		/* Requests end roughly in accept order: stop at the first young
+		 * one, and begin at the start again next time. */
 		return ended > p->cutoff;
 	}
 	p->seq[p->n] = seq;
@@ -2185,8 +2198,10 @@ prune_cb(uint64_t seq, const char *cid, void *arg)
  * Drop ended requests older than REQUESTS_KEEP_MS, a slice at a time; while
  * the store is more than REQUESTS_HIGH_PCT full, the oldest ended ones
  * whatever their age, so that history never fills it.  due: it is time
- * to look for old records (the fill is looked at every time).  Returns
- * whether there is more to drop now.
+ * to look for old records (the fill is looked at every time).  A slice
+ * goes on where the last one was cut short, so live requests at the head
+ * of the accept order (queued for days for an offline device) cannot hide
+ * the history behind them.  Returns whether there is more to look at now.
  */
 static bool
 requests_prune(struct requests *q, bool due)
@@ -2207,8 +2222,11 @@ requests_prune(struct requests *q, bool due)
 	p->cid = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->cid));
 	p->dev = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->dev));
 	if (p->cid != NULL && p->dev != NULL) {
-		reqstore_walk_all(q->st, false, prune_cb, p);
-		if (p->n > 0 && tx_begin(q) == 0) {
+		reqstore_walk_from(q->st, q->prune_from, prune_cb, p);
+		if (p->n == 0) {
+			q->prune_from = p->cut ? p->resume : 0;
+			more = p->cut;
+		} else if (tx_begin(q) == 0) {
 			int i;
 			for (i = 0; i < p->n; i++)
 				if (reqstore_remove(q->st, p->seq[i], p->cid[i], p->dev[i]) == -1) {
@@ -2224,7 +2242,8 @@ requests_prune(struct requests *q, bool due)
 				else
 					log_debug("pruned %d requests ended more than %lld h ago", p->n,
 					    (long long)(REQUESTS_KEEP_MS / 3600000));
-				more = p->n == REQUESTS_PRUNE_BATCH || high;
+				q->prune_from = p->cut ? p->resume : 0;
+				more = p->cut;
 			}
 		}
 	}

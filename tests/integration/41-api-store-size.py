@@ -2,7 +2,9 @@
 """The request store's size ([requests] max_bytes) is never filled by the
 history of ended requests: while the store is more than half full they are
 dropped before their 24 hours, oldest first, and new requests keep being
-accepted (202, never 503)."""
+accepted (202, never 503).  Requests queued for a long time for offline
+devices, the oldest in the store, stay, and do not hide the history after
+them from the pruning."""
 import http.client
 import json
 import threading
@@ -21,6 +23,17 @@ def test_history_never_fills_the_store():
     # 16 MiB holds ~10,000 of these requests: post 16,000 that expire at once.
     tmp, broker, backend, h = start({"requests": {"max_bytes": "16M"}})
     host, port = h.sections["api"]["listen"].rsplit(":", 1)
+    # First 2,100 live requests (an hour's timeout) for 3 offline devices:
+    # more than one pruning slice reads.
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
+    for i in range(2100):
+        c.request("POST", "/v1/devices/off-%d/requests" % (i % 3),
+                  body=json.dumps({"type": "t", "commandId": "old-%05d" % i, "timeout": 3600}),
+                  headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
+        r = c.getresponse()
+        r.read()
+        assert r.status == 202, (i, r.status)
+    c.close()
     total, nthreads = 16000, 6
     params = {"pad": "p" * 1000}
     statuses = {}
@@ -54,6 +67,7 @@ def test_history_never_fills_the_store():
     wait_for(lambda: state(h, "hs-%05d" % (total - 1)) == "expired", 10, what="the last to expire")
     check_error(*api(h, "GET", "/v1/requests/hs-00000")[:2], 404)
     assert "MDB_MAP_FULL" not in h.log_text()
+    assert state(h, "old-00000") == "queued" and state(h, "old-02099") == "queued"
 
 
 if __name__ == "__main__":

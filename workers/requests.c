@@ -22,6 +22,7 @@
 
 #define REQUESTS_KEEP_MS     (24LL * 3600 * 1000)  /* ended records stay readable this long */
 #define REQUESTS_HIGH_PCT    50      /* over this much of max_bytes, sooner */
+#define REQUESTS_CREATE_PCT  90      /* over this much, new requests are refused */
 #define REQUESTS_TICK_MS     1000
 #define DEV_FLUSH_MS         100     /* presence records are written in slices */
 #define DEV_FLUSH_MIN        128     /* devices per slice, at least */
@@ -1081,9 +1082,9 @@ dev_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 	/* About a tenth of the backlog a slice: each record waits ~1 s at most. */
 	dev_flush(q, max < DEV_FLUSH_MIN ? DEV_FLUSH_MIN : max);
-	/* The rest of a look that was cut short. */
-	if (q->prune_more)
-		q->prune_more = requests_prune(q, true);
+	/* The rest of a look that was cut short; else the fill, which a flood
+	 * of new requests can raise by a good part of a small map in a second. */
+	q->prune_more = requests_prune(q, q->prune_more);
 }
 
 static void
@@ -1723,7 +1724,9 @@ op_request_create(struct call *c)
 	uint64_t seq;
 	struct dev *d;
 	struct req *r;
-	struct later *created;
+	struct later *created = NULL;
+	uint64_t used, size;
+	bool full;
 	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text;
 
 	if (!arg_id(c, "device", &device))
@@ -1793,6 +1796,18 @@ op_request_create(struct call *c)
 		    "device %s has %d requests pending (max_pending_per_device)", device, d->pending);
 		return;
 	}
+	/*
+	 * The last part of the map is kept for changes: an LMDB write copies
+	 * pages even to delete, so a map filled by new requests could not
+	 * take a cancel, a device's answer or the pruning that frees it.
+	 */
+	if (reqstore_usage(q->st, &used, &size) == 0 && used > size / 100 * REQUESTS_CREATE_PCT) {
+		log_ratelimited(LOG_WARNING, "request store %llu of %llu KiB used: new requests refused",
+		    (unsigned long long)(used >> 10), (unsigned long long)(size >> 10));
+		reply_now(q, c->peer, c->reqid, 503, json_pack("{s:{s:s,s:s}}", "error", "code",
+		    "store_full", "message", "the request store is full"));
+		return;
+	}
 	now = now_ms();
 	fmt_rfc3339(now, ts);
 	fmt_rfc3339(now + timeout * 1000, exp);
@@ -1805,21 +1820,24 @@ op_request_create(struct call *c)
 	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
 	    "_tgiven", tv != NULL);
 	text = rec != NULL ? rec_public_text(rec) : NULL;
-	if (text == NULL || tx_begin(q) == -1) {
-		json_decref(rec);
-		free(text);
-		reply_error(q, c->peer, c->reqid, 503, "unavailable", "the request store is unavailable");
-		return;
-	}
-	if (rec_put(q, seq, cid, device, text, rec) == -1 ||
+	/* A full map refuses the rest of its pass too (tx_failed): those
+	 * creates are told store_full as well. */
+	full = text != NULL && tx_begin(q) == -1 && reqstore_full(q->st);
+	if (text != NULL && q->tx_open &&
+	    (rec_put(q, seq, cid, device, text, rec) == -1 ||
 	    reqstore_meta_put(q->st, "seq", seq + 1) == -1 ||
-	    (created = later_add(q, LATER_CREATED, c->peer, c->reqid)) == NULL) {
-		bool full = reqstore_full(q->st);
+	    (created = later_add(q, LATER_CREATED, c->peer, c->reqid)) == NULL)) {
+		full = reqstore_full(q->st);
 		tx_fail(q);
+	}
+	if (text == NULL || created == NULL) {
 		json_decref(rec);
 		free(text);
-		reply_error(q, c->peer, c->reqid, 503, full ? "store_full" : "unavailable",
-		    full ? "the request store is full" : "the request could not be stored");
+		/* At once: held for the lost group, it would become a plain
+		 * "unavailable", and it shows nothing uncommitted. */
+		reply_now(q, c->peer, c->reqid, 503, json_pack("{s:{s:s,s:s}}", "error", "code",
+		    full ? "store_full" : "unavailable", "message",
+		    full ? "the request store is full" : "the request could not be stored"));
 		return;
 	}
 	/* Answered (202, or by a waiter) only after the group's commit. */
@@ -2243,7 +2261,8 @@ requests_prune(struct requests *q, bool due)
 					log_debug("pruned %d requests ended more than %lld h ago", p->n,
 					    (long long)(REQUESTS_KEEP_MS / 3600000));
 				q->prune_from = p->cut ? p->resume : 0;
-				more = p->cut;
+				/* Over the high mark, on while there is something to drop. */
+				more = p->cut || high;
 			}
 		}
 	}

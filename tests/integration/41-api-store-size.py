@@ -19,48 +19,56 @@ def state(h, cid):
     return rec["state"]
 
 
-def test_history_never_fills_the_store():
-    # 16 MiB holds ~10,000 of these requests: post 16,000 that expire at once.
-    tmp, broker, backend, h = start({"requests": {"max_bytes": "16M"}})
+def post_many(h, total, body, path, nthreads=6):
+    """POST total requests over nthreads keep-alive connections: body(i) and
+    path(i) make the i-th.  Returns {status: count} and {error code: count}."""
     host, port = h.sections["api"]["listen"].rsplit(":", 1)
-    # First 2,100 live requests (an hour's timeout) for 3 offline devices:
-    # more than one pruning slice reads.
-    c = http.client.HTTPConnection(host, int(port), timeout=30)
-    for i in range(2100):
-        c.request("POST", "/v1/devices/off-%d/requests" % (i % 3),
-                  body=json.dumps({"type": "t", "commandId": "old-%05d" % i, "timeout": 3600}),
-                  headers={"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
-        r = c.getresponse()
-        r.read()
-        assert r.status == 202, (i, r.status)
-    c.close()
-    total, nthreads = 16000, 6
-    params = {"pad": "p" * 1000}
-    statuses = {}
+    statuses, codes = {}, {}
     lock = threading.Lock()
 
     def poster(k):
         c = http.client.HTTPConnection(host, int(port), timeout=30)
-        seen = {}
+        seen, seen_codes = {}, {}
         for i in range(k, total, nthreads):
-            body = json.dumps({"type": "t", "commandId": "hs-%05d" % i, "timeout": 1,
-                               "params": params})
-            c.request("POST", "/v1/devices/hs-%02d/requests" % (i % 100), body=body,
+            c.request("POST", path(i), body=json.dumps(body(i)),
                       headers={"Authorization": "Bearer " + TOKEN,
                                "Content-Type": "application/json"})
             r = c.getresponse()
-            r.read()
+            answer = r.read()
             seen[r.status] = seen.get(r.status, 0) + 1
+            if r.status >= 400:
+                code = json.loads(answer)["error"]["code"]
+                seen_codes[code] = seen_codes.get(code, 0) + 1
         c.close()
         with lock:
-            for s, n in seen.items():
-                statuses[s] = statuses.get(s, 0) + n
+            for d, m in ((statuses, seen), (codes, seen_codes)):
+                for key, n in m.items():
+                    d[key] = d.get(key, 0) + n
 
     ts = [threading.Thread(target=poster, args=(k,)) for k in range(nthreads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join(600)
+    return statuses, codes
+
+
+PAD = {"pad": "p" * 1000}
+
+
+def test_history_never_fills_the_store():
+    # 16 MiB holds ~10,000 of these requests: post 16,000 that expire at once.
+    tmp, broker, backend, h = start({"requests": {"max_bytes": "16M"}})
+    # First 2,100 live requests (an hour's timeout) for 3 offline devices:
+    # more than one pruning slice reads.
+    statuses, _ = post_many(h, 2100, lambda i: {"type": "t", "commandId": "old-%05d" % i,
+                                                "timeout": 3600},
+                            lambda i: "/v1/devices/off-%d/requests" % (i % 3), nthreads=1)
+    assert statuses == {202: 2100}, statuses
+    total = 16000
+    statuses, _ = post_many(h, total, lambda i: {"type": "t", "commandId": "hs-%05d" % i,
+                                                 "timeout": 1, "params": PAD},
+                            lambda i: "/v1/devices/hs-%02d/requests" % (i % 100))
     assert statuses.get(202, 0) == total, statuses
     assert "dropping ended requests before their 24 h" in h.log_text()
     # The newest are kept, the oldest went first.
@@ -70,5 +78,32 @@ def test_history_never_fills_the_store():
     assert state(h, "old-00000") == "queued" and state(h, "old-02099") == "queued"
 
 
+def test_full_of_live_requests():
+    """A store full of live requests (nothing to drop) refuses new ones with
+    503 store_full, keeps every accepted one, and takes new ones again once
+    some end."""
+    tmp, broker, backend, h = start({"requests": {"max_bytes": "16M"}})
+    total = 12000
+    statuses, codes = post_many(h, total, lambda i: {"type": "t", "commandId": "lv-%05d" % i,
+                                                     "timeout": 3600, "params": PAD},
+                                lambda i: "/v1/devices/lv-%02d/requests" % (i % 12))
+    assert 0 < statuses.get(503, 0) and statuses.get(202, 0) + statuses[503] == total, statuses
+    assert codes == {"store_full": statuses[503]}, codes
+    accepted = statuses[202]
+    # Every accepted request is there and queued (a sample across the range).
+    for i in range(0, total, 997):
+        st, rec, _ = api(h, "GET", "/v1/requests/lv-%05d" % i)
+        assert st == 404 or rec["state"] == "queued", (i, st, rec)
+    assert state(h, "lv-00000") == "queued"
+    # Cancelling ends some; once pruned (the store is over half full), new
+    # requests fit again.
+    for i in range(0, 3000):
+        st, rec, _ = api(h, "DELETE", "/v1/requests/lv-%05d" % i)
+        assert st == 200 or (st == 404 and i >= accepted), (i, st, rec)
+    wait_for(lambda: api(h, "POST", "/v1/devices/new/requests",
+                         {"type": "t", "params": PAD})[0] == 202, 20, 0.2, "room again")
+    assert h.all_ready()
+
+
 if __name__ == "__main__":
-    main(test_history_never_fills_the_store)
+    main(test_history_never_fills_the_store, test_full_of_live_requests)

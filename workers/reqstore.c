@@ -333,6 +333,22 @@ reqstore_usage(struct reqstore *s, uint64_t *used, uint64_t *size)
 	return 0;
 }
 
+int64_t
+reqstore_note_count(struct reqstore *s)
+{
+	MDB_stat st;
+	MDB_txn *t;
+	int rc;
+
+	if ((t = rd_begin(s)) == NULL)
+		return -1;
+	rc = mdb_stat(t, s->notes, &st);
+	rd_end(s, t);
+	if (rc != 0)
+		return store_error(s, "stat", rc);
+	return (int64_t)st.ms_entries;
+}
+
 int
 reqstore_sync(struct reqstore *s)
 {

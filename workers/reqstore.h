@@ -80,6 +80,8 @@ int     reqstore_walk_device(struct reqstore *s, const char *device, bool revers
     reqstore_walk_fn *fn, void *arg);
 
 /* Notifications waiting for the spool's acknowledgement. */
+/* How many are stored (-1: unreadable). */
+int64_t reqstore_note_count(struct reqstore *s);
 struct reqstore_note {
 	uint64_t    seq;
 	int64_t     received_ms;

@@ -181,6 +181,8 @@ struct requests {
 	uint64_t         next_seq, next_nseq, next_ref;
 	struct note     *notes;         /* unacknowledged, by seq */
 	size_t           nnotes, capnotes, nacked;
+	uint64_t        *acking;        /* acknowledged, their deletion not yet committed */
+	size_t           nacking, capacking;
 	struct event    *tick;
 	int64_t          last_prune_ms;
 	bool             prune_more;    /* the last slice did not reach the end */
@@ -190,6 +192,7 @@ struct requests {
 };
 
 static void req_change(struct requests *q, struct req *r, int state, json_t *fields, bool fact);
+static void acks_settle(struct requests *q, bool ok);
 static void req_finish(struct requests *q, struct req *r);
 static void req_count(struct requests *q, int state, int delta);
 static void req_timer_arm(struct req *r);
@@ -633,6 +636,7 @@ tx_end(struct requests *q)
 	/* Settled in order; anything they write opens the next group. */
 	staged_settle(q, ok);
 	devs_settle(q, ok);
+	acks_settle(q, ok);
 	STAILQ_CONCAT(&done, &q->later);
 	later_run(q, &done, ok);
 	note_flush_soon(q);
@@ -922,21 +926,40 @@ note_send_seq(struct requests *q, uint64_t seq)
 void
 requests_on_ack(struct requests *q, const struct msg_ack *m)
 {
-	struct note *n;
-
 	if (m->slot != PROTO_SLOT_ROUTER)
 		return;
 	if (tx_begin(q) == -1)
 		return;
 	for (uint32_t i = 0; i < m->n && i < ACK_MAX; i++) {
-		if ((n = note_find(q, m->seqs[i])) != NULL)
-			note_acked(q, n);
 		if (reqstore_note_del(q->st, m->seqs[i]) == -1) {
 			/* Sent again later (note_resend); the spool drops the copy. */
 			tx_fail(q);
 			break;
 		}
+		/* Done in memory once the deletion is committed (acks_settle):
+		 * until then it is sent again if the group is lost. */
+		if (q->nacking == q->capacking) {
+			size_t cap = q->capacking ? q->capacking * 2 : 256;
+			uint64_t *a = realloc(q->acking, cap * sizeof(*a));
+			if (a == NULL)
+				continue;   /* resent later, then found gone */
+			q->acking = a;
+			q->capacking = cap;
+		}
+		q->acking[q->nacking++] = m->seqs[i];
 	}
+}
+
+/* The group that deleted acknowledged notifications ended. */
+static void
+acks_settle(struct requests *q, bool ok)
+{
+	struct note *n;
+
+	for (size_t i = 0; ok && i < q->nacking; i++)
+		if ((n = note_find(q, q->acking[i])) != NULL)
+			note_acked(q, n);
+	q->nacking = 0;
 	note_compact(q);
 }
 
@@ -2333,8 +2356,11 @@ requests_admin(struct requests *q, int argc, char **argv)
 			reqstore_walk_device(q->st, argv[1], true, collect_cb, &k);
 		} else
 			reqstore_walk_all(q->st, true, collect_cb, &k);
-		return json_pack("{s:o,s:i,s:i}", "requests", k.list, "queued", q->n_queued,
-		    "sent", q->n_sent);
+		/* notifications: kind "request" envelopes the spool has not
+		 * acknowledged, stored (and, in memory, waiting to be resent). */
+		return json_pack("{s:o,s:i,s:i,s:I,s:I}", "requests", k.list, "queued", q->n_queued,
+		    "sent", q->n_sent, "notifications", (json_int_t)reqstore_note_count(q->st),
+		    "notifications_unacked", (json_int_t)(q->nnotes - q->nacked));
 	}
 	json_decref(k.list);
 	if (strcmp(argv[0], "devices") == 0) {
@@ -2521,6 +2547,7 @@ requests_close(struct requests *q)
 	free(q->devs.b);
 	free(q->pubs.b);
 	free(q->notes);
+	free(q->acking);
 	free(q->gw_json);
 	if (q->nout > 0)
 		hmw_free(&q->out);

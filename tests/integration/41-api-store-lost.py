@@ -10,11 +10,15 @@ not hold, and nothing the store does hold is forgotten.
   then, and the backend hears of it once.
 - A failed put (not only a failed commit) answers 503, not a record that
   was never stored.
+- The spool's acknowledgements of notifications whose deletion was lost do
+  not leave them in the store: they are sent again, acknowledged again and
+  deleted then.
 
 HERALD_TEST_REQSTORE_FAIL=<file>: while <file> exists every commit of the
 request store fails; if it says "put", every put and delete fails too."""
 import json
 import os
+import signal
 import threading
 import time
 
@@ -152,6 +156,38 @@ def test_refused_put_answers_503():
     assert st == 202 and rec["state"] == "queued", (st, rec)
 
 
+def notifications(h):
+    return h.ctl("requests")["notifications"]
+
+
+def test_lost_ack_is_taken_again():
+    tmp, broker, backend, h, flag = start()
+    http_pid = h.worker("http")["pid"]
+    # The http worker stopped: the notifications of 50 requests that expire
+    # (to an offline device) wait for it, stored.
+    os.kill(http_pid, signal.SIGSTOP)
+    try:
+        for i in range(50):
+            st, rec, _ = api(h, "POST", "/v1/devices/la-dev/requests",
+                             {"type": "t", "commandId": "la-%02d" % i, "timeout": 1})
+            assert st == 202, (st, rec)
+        wait_for(lambda: state(h, "la-49") == "expired", 10, what="the requests to expire")
+        wait_for(lambda: notifications(h) >= 50, 10, what="their notifications stored")
+        # Its acknowledgements come while no commit succeeds.
+        failing(flag, "commit")
+        os.kill(http_pid, signal.SIGCONT)
+        wait_for(lambda: "a group of changes could not be stored" in h.log_text(), 10,
+                 what="a lost group")
+    finally:
+        os.kill(http_pid, signal.SIGCONT)
+    failing(flag, None)
+    # Every notification reached the backend, and none stays in the store.
+    wait_for(lambda: notifications(h) == 0, 20, 0.2, "the store to hold no notification")
+    wait_for(lambda: all("expired" in request_states(backend).get("la-%02d" % i, [])
+                         for i in range(50)), 10, what="every notification delivered")
+    assert h.all_ready()
+
+
 if __name__ == "__main__":
     main(test_refused_cancel_leaves_the_request_live, test_lost_answer_commit,
-         test_lost_answer_put, test_refused_put_answers_503)
+         test_lost_answer_put, test_refused_put_answers_503, test_lost_ack_is_taken_again)

@@ -1239,7 +1239,9 @@ pub_done(struct requests *q, struct pub *p, bool ok)
 			d->pub = NULL;
 		if (r != NULL)
 			r->pub = NULL;
-		if (ok && r != NULL && r->state == RS_QUEUED && r->want < 0)
+		/* (also behind a cancel not yet committed: see req_change) */
+		if (ok && r != NULL && r->want < 0 && (r->state == RS_QUEUED ||
+		    (r->staged && r->cstate == RS_QUEUED)))
 			req_change(q, r, RS_SENT, NULL, true);
 		if (ok)
 			dev_kick(q, d);
@@ -1543,10 +1545,22 @@ static void
 req_change(struct requests *q, struct req *r, int state, json_t *fields, bool fact)
 {
 	int64_t now = now_ms();
-	json_t *rec;
+	json_t *rec, *base = r->want >= 0 ? r->want_rec : r->rec;
+	bool behind = false;
 
-	if (state_ended(r->state) || (r->want >= 0 && state_ended(r->want)) ||
-	    (rec = json_copy(r->want >= 0 ? r->want_rec : r->rec)) == NULL) {
+	/*
+	 * A fact behind an end the open group has not committed (a cancel in
+	 * the same pass) changes nothing now; but if that end is lost with its
+	 * group, the fact is what happened: it is kept, over the committed
+	 * record, to be written then (staged_settle).
+	 */
+	if (fact && r->staged && state_ended(r->state) && !state_ended(r->cstate) &&
+	    (r->fact < 0 || !state_ended(r->fact)) && (r->want < 0 || !state_ended(r->want))) {
+		behind = true;
+		base = r->fact >= 0 ? r->fact_rec : r->want >= 0 ? r->want_rec : r->crec;
+	} else if (state_ended(r->state) || (r->want >= 0 && state_ended(r->want)))
+		base = NULL;
+	if (base == NULL || (rec = json_copy(base)) == NULL) {
 		json_decref(fields);
 		return;
 	}
@@ -1561,6 +1575,12 @@ req_change(struct requests *q, struct req *r, int state, json_t *fields, bool fa
 	if (fields != NULL) {
 		json_object_update(rec, fields);
 		json_decref(fields);
+	}
+	if (behind) {
+		json_decref(r->fact_rec);
+		r->fact = state;
+		r->fact_rec = rec;
+		return;
 	}
 	req_write(q, r, state, rec, fact);
 }

@@ -10,6 +10,8 @@ not hold, and nothing the store does hold is forgotten.
   then, and the backend hears of it once.
 - A failed put (not only a failed commit) answers 503, not a record that
   was never stored.
+- A device's answer that comes with a cancel, in the group the store loses,
+  is not lost with the cancel: the request ends `confirmed`.
 - The spool's acknowledgements of notifications whose deletion was lost do
   not leave them in the store: they are sent again, acknowledged again and
   deleted then.
@@ -156,6 +158,49 @@ def test_refused_put_answers_503():
     assert st == 202 and rec["state"] == "queued", (st, rec)
 
 
+def counter(h, role, name):
+    w = [w for w in h.ctl("stats")["workers"] if w["role"] == role][0]
+    return w["counters"].get(name, 0)
+
+
+def test_answer_behind_lost_cancel():
+    tmp, broker, backend, h, flag = start()
+    dev = Device(broker, "ca-dev", answer=lambda cmd: None).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/ca-dev")[1].get("online"), 10,
+             what="ca-dev to be online")
+    st, rec, _ = api(h, "POST", "/v1/devices/ca-dev/requests",
+                     {"type": "ok", "commandId": "ca-1", "timeout": 60})
+    assert st == 202, (st, rec)
+    wait_for(lambda: state(h, "ca-1") == "sent", 10, what="ca-1 to be sent")
+    router = h.worker("router")["pid"]
+    calls, answers = counter(h, "api", "ipc_out"), counter(h, "crypto", "envelopes")
+    # The router stopped: the cancel, then the device's answer, wait for it
+    # together, and it takes them in one pass, whose commit fails.
+    os.kill(router, signal.SIGSTOP)
+    try:
+        res = {}
+        t = threading.Thread(target=lambda: res.setdefault("r", api(h, "DELETE", "/v1/requests/ca-1")))
+        t.start()
+        wait_for(lambda: counter(h, "api", "ipc_out") > calls, 10, what="the cancel")
+        dev.c.publish("device/ca-dev/response", json.dumps(
+            {"commandId": "ca-1", "success": True, "result": {"n": 1}}), 1).wait_for_publish()
+        wait_for(lambda: counter(h, "crypto", "envelopes") > answers, 10, what="the answer")
+        failing(flag, "commit")
+    finally:
+        os.kill(router, signal.SIGCONT)
+    t.join(10)
+    st, doc, _ = res["r"]
+    assert st in (503, 409), (st, doc)
+    failing(flag, None)
+    wait_for(lambda: state(h, "ca-1") == "confirmed", 10, what="ca-1 confirmed")
+    st, rec, _ = api(h, "GET", "/v1/requests/ca-1")
+    assert rec["result"] == {"n": 1}, rec
+    wait_for(lambda: request_states(backend).get("ca-1") == ["sent", "confirmed"], 10,
+             what="ca-1's notifications")
+    assert len(dev.cmds()) == 1, dev.cmds()
+    dev.disconnect()
+
+
 def notifications(h):
     return h.ctl("requests")["notifications"]
 
@@ -190,4 +235,5 @@ def test_lost_ack_is_taken_again():
 
 if __name__ == "__main__":
     main(test_refused_cancel_leaves_the_request_live, test_lost_answer_commit,
-         test_lost_answer_put, test_refused_put_answers_503, test_lost_ack_is_taken_again)
+         test_lost_answer_put, test_refused_put_answers_503, test_answer_behind_lost_cancel,
+         test_lost_ack_is_taken_again)

@@ -86,6 +86,18 @@ struct pend_ack {
 	size_t   order;
 };
 
+/*
+ * The first envelope of an mqtt outbox that the spool could not take (map
+ * or disk full): the later ones of that outbox are not taken either (not
+ * acknowledged: the outbox sends them again) until it comes again, so that
+ * a device's messages keep their order.  since: mono ms, 0: no hole.
+ */
+struct hole {
+	uint64_t epoch, seq;
+	int64_t  since;
+};
+#define HTTP_HOLE_MAX_MS 60000  /* a hole not filled by then is forgotten */
+
 /* A new spool entry that enters its lane once the batch is committed. */
 struct pend_new {
 	uint64_t seq;
@@ -118,6 +130,7 @@ struct http {
 	bool             paused;
 	int64_t          pause_sent_ms;
 	uint64_t         refused_full;  /* puts refused: the map was full */
+	struct hole      holes[CONFIG_MAX_MQTT];
 	int64_t          disk_full_until;       /* mono ms: pause reading till then */
 	struct event    *tick;
 	bool             stopping;
@@ -445,6 +458,45 @@ http_send_acks(struct http *h)
 }
 
 static void
+http_hole_open(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq)
+{
+	struct hole *o = slot < CONFIG_MAX_MQTT ? &h->holes[slot] : NULL;
+
+	if (o == NULL)
+		return;
+	if (o->since == 0 || epoch < o->epoch || (epoch == o->epoch && seq < o->seq)) {
+		if (o->since == 0)
+			o->since = mono_ms();
+		o->epoch = epoch;
+		o->seq = seq;
+	}
+}
+
+/* Whether an envelope of outbox (slot, epoch) at seq may be taken now. */
+static bool
+http_hole_allows(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq)
+{
+	struct hole *o = slot < CONFIG_MAX_MQTT ? &h->holes[slot] : NULL;
+
+	if (o == NULL || o->since == 0)
+		return true;
+	if (mono_ms() - o->since > HTTP_HOLE_MAX_MS) {
+		log_warn("outbox of mqtt.%u never sent %llu again: order no longer held for it",
+		    slot, (unsigned long long)o->seq);
+		o->since = 0;
+		return true;
+	}
+	return epoch < o->epoch || (epoch == o->epoch && seq <= o->seq);
+}
+
+static void
+http_hole_fill(struct http *h, uint32_t slot, uint64_t epoch, uint64_t seq)
+{
+	if (slot < CONFIG_MAX_MQTT && h->holes[slot].epoch == epoch && h->holes[slot].seq == seq)
+		h->holes[slot].since = 0;
+}
+
+static void
 http_add_new(struct http *h, uint64_t seq, int lane)
 {
 	struct pend_new *p = grow_array(h->news, &h->newcap, h->nnews + 1, sizeof(*p), 256);
@@ -486,6 +538,8 @@ http_flush(struct http *h)
 		for (size_t i = 0; i < h->nacks; i++)
 			if (h->acks[i].spooled != 0 && h->acks[i].spooled < cutoff)
 				h->acks[k++] = h->acks[i];
+			else if (h->acks[i].spooled != 0)
+				http_hole_open(h, h->acks[i].slot, h->acks[i].epoch, h->acks[i].seq);
 		held = h->nacks - k;
 		h->nacks = k;
 		if (spool_disk_full(h->sp)) {
@@ -1213,6 +1267,12 @@ http_envelope(struct http *h, struct hmr *r)
 	if (http_batch(h) == -1)
 		return -1;
 	http_commit_soon(h);
+	if (!http_hole_allows(h, m.slot, m.epoch, m.seq)) {
+		log_ratelimited(LOG_INFO, "envelope %.*s waits for an earlier one of its outbox "
+		    "(order)", (int)m.id.len, m.id.p);
+		http_op_done(h, true);
+		return 0;
+	}
 	if (http_sent_recently(h, m.id.p, m.id.len))
 		rc = SPOOL_DUP;
 	else
@@ -1235,13 +1295,16 @@ http_envelope(struct http *h, struct hmr *r)
 		worker_count(h->w, STAT_spooled, 1);
 		http_owe_ack(h, m.slot, m.epoch, m.seq, seq);
 		http_add_new(h, seq, http_lane_of(h, m.device.p, m.device.len));
+		http_hole_fill(h, m.slot, m.epoch, m.seq);
 		break;
 	case SPOOL_DUP:
 		worker_count(h->w, STAT_spool_duplicates, 1);
 		http_owe_ack(h, m.slot, m.epoch, m.seq, 0);
+		http_hole_fill(h, m.slot, m.epoch, m.seq);
 		break;
 	case SPOOL_FULL:
 		/* Not acknowledged: the outbox keeps it and sends it again. */
+		http_hole_open(h, m.slot, m.epoch, m.seq);
 		h->refused_full++;
 		log_ratelimited(LOG_WARNING, "spool map full: envelope %.*s not taken "
 		    "(its outbox resends it)", (int)m.id.len, m.id.p);

@@ -1,7 +1,8 @@
 """The spool's disk fills up with the backend down: herald says so, stops
 reading (the broker keeps the messages), keeps every worker alive, and once
 the backend is back it delivers every message, the ones the full disk
-refused included.  The spool directory is a 4 MB tmpfs of its own; the test
+refused included, each device's in order (one inbound connection).  The
+spool directory is a 4 MB tmpfs of its own; the test
 is skipped where it cannot mount one (it needs root).
 
 An mqtt worker restarted on a full outbox disk with more connections (whose
@@ -30,9 +31,11 @@ def test_disk_full():
     broker = Mosquitto(tmp)
     backend = Backend()
     backend.refuse()
-    # A quota far above the disk: the disk fills first.
+    # A quota far above the disk: the disk fills first.  One inbound
+    # connection: each device's order holds.
     h = Herald(tmp, broker=broker, backend=backend,
-               conf={"spool": {"max_bytes": "1G"}}).wait_ready()
+               conf={"spool": {"max_bytes": "1G"}, "workers": {"mqtt": 1},
+                     "mqtt": {"connections_per_worker": 1}}).wait_ready()
     http_pid = h.worker("http")["pid"]
 
     # ~6 MB of envelopes for a 4 MB disk.
@@ -47,7 +50,7 @@ def test_disk_full():
 
     backend.accept_again()
     wait_for(lambda: distinct_delivered(backend) >= pub.total(), 120, 0.2, "all delivered")
-    check_delivery(backend.delivered(), pub)
+    check_delivery(backend.delivered(), pub, ordered=True)
     wait_for(lambda: not h.ctl("spool")["paused"], 10, 0.1, "reading resumed")
     assert h.worker("http")["restarts"] == 0
     assert h.stop() == 0

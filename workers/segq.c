@@ -677,6 +677,11 @@ segq_put(struct segq *q, uint64_t seq, const char *id, size_t idlen,
 	if (q->broken || seq == 0 || idlen == 0 || idlen > UINT8_MAX ||
 	    devlen > UINT8_MAX || jsonlen > UINT32_MAX)
 		return -1;
+	if (tab_find(q, seq) != NULL) {
+		/* Another envelope holds it: indexing this one would hide it. */
+		log_err("spool: sequence %" PRIu64 " is already queued", seq);
+		return -1;
+	}
 	off = q->active->size + q->wlen;
 	if (off + len > SEGQ_OFF_MAX)
 		return 1;
@@ -1035,15 +1040,22 @@ segq_commit(struct segq *q)
 	segq_housekeep(q);
 	if (q->broken)
 		return SPOOL_ERR;
-	if (q->nospace)
+	/*
+	 * SPOOL_FULL only when the records are not stored: the caller then
+	 * takes back their sequences.  Deletions the disk refused stay pending
+	 * (a crash repeats those deliveries, same ids) while the records that
+	 * were written are stored, and must be acknowledged and delivered.
+	 */
+	if (rw == 1)
 		return SPOOL_FULL;
-	if (q->active->size >= SEGQ_SEG_MAX) {
+	if (q->active->size >= SEGQ_SEG_MAX && !q->nospace) {
 		uint64_t name = q->next_seq > q->active->name ? q->next_seq : q->active->name + 1;
 
-		if (seg_create(q, name) == -1) {
-			q->broken = true;
-			return SPOOL_ERR;
-		}
+		/* No new file (a full disk): the active one grows on, and the
+		 * next commit tries again. */
+		if (seg_create(q, name) == -1)
+			log_ratelimited(LOG_WARNING, "spool: segment %016" PRIx64 " is full and "
+			    "no new one could be made; it goes on growing", q->active->name);
 	}
 	return SPOOL_OK;
 }
@@ -1346,8 +1358,14 @@ segq_open(const char *dir, enum fsync_mode fsync, char *err, size_t errlen)
 	if (q->nsegs > 0 && q->segs[q->nsegs - 1]->size < SEGQ_SEG_MAX)
 		q->active = q->segs[q->nsegs - 1];
 	else if (seg_create(q, q->next_seq) == -1) {
-		snprintf(err, errlen, "%s: cannot create a segment", dir);
-		goto fail;
+		/* A full disk must not keep the spool shut: the newest grows on. */
+		if (q->nsegs == 0) {
+			snprintf(err, errlen, "%s: cannot create a segment", dir);
+			goto fail;
+		}
+		log_warn("spool: segment %016" PRIx64 " is full and no new one could be made; "
+		    "it goes on growing", q->segs[q->nsegs - 1]->name);
+		q->active = q->segs[q->nsegs - 1];
 	}
 	/* A deletion log whose segment went (a crash between the two unlinks). */
 	nnames = 0;

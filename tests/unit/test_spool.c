@@ -2,8 +2,8 @@
  * Unit tests of the spool (workers/spool.c, the queue in segment files of
  * workers/segq.c, the dead letters in LMDB) in temporary directories: order,
  * duplicates, deletion, reopening, byte accounting, dead letters, a map that
- * fills up, torn writes, segments that empty or thin out, and a spool that
- * an older herald queued in LMDB.
+ * fills up, torn writes, segments that empty or thin out, a deletion log the
+ * disk refuses, and a spool that an older herald queued in LMDB.
  */
 #define _XOPEN_SOURCE 700
 #include <errno.h>
@@ -24,6 +24,27 @@
 
 #include "workers/spool.h"
 #include "workers/segq.h"
+
+/*
+ * While set, write(2) fails with ENOSPC (the test links with
+ * -Wl,--wrap=write).  The spool writes its segment records with pwrite and
+ * appends to deletion logs with write: this fails the deletion logs only,
+ * as a disk whose last free block went does.
+ */
+static bool write_enospc;
+
+ssize_t __real_write(int fd, const void *buf, size_t n);
+ssize_t __wrap_write(int fd, const void *buf, size_t n);
+
+ssize_t
+__wrap_write(int fd, const void *buf, size_t n)
+{
+	if (write_enospc) {
+		errno = ENOSPC;
+		return -1;
+	}
+	return __real_write(fd, buf, n);
+}
 
 struct fx {
 	char          dir[64];
@@ -257,6 +278,50 @@ test_delete(void **state)
 	assert_int_equal(st.depth, 0);
 	assert_int_equal(st.bytes, 0);
 	assert_int_equal(st.oldest_ms, 0);
+}
+
+/*
+ * A commit whose records were written but whose deletions the disk refused:
+ * the records are stored (SPOOL_OK: the caller acknowledges them and their
+ * sequences stay taken), the deletions wait for a later commit.  Taking the
+ * sequences back let the next envelope reuse one and hide an acknowledged
+ * envelope.
+ */
+static void
+test_deletion_log_full_keeps_records(void **state)
+{
+	struct fx *f = *state;
+	struct seen sn = { .n = 0 };
+	uint64_t p, a, a2, b;
+
+	reopen(f, 1 << 20, FSYNC_ALWAYS);
+	assert_int_equal(put(f->s, "P", "dev", 1, "{\"p\":1}", &p), SPOOL_OK);
+	assert_int_equal(spool_begin(f->s), 0);
+	assert_int_equal(spool_del(f->s, p), SPOOL_OK);
+	assert_int_equal(put(f->s, "A", "dev", 2, "{\"a\":1}", &a), SPOOL_OK);
+	write_enospc = true;
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	write_enospc = false;
+	assert_true(spool_disk_full(f->s));
+	assert_true(spool_next_seq(f->s) > a);
+	expect_rec(f->s, a, "A", "dev", 2, "{\"a\":1}");
+
+	/* A again (its outbox resent it) is a duplicate; B gets a new sequence. */
+	assert_int_equal(spool_begin(f->s), 0);
+	assert_int_equal(put(f->s, "A", "dev", 2, "{\"a\":1}", &a2), SPOOL_DUP);
+	assert_int_equal(put(f->s, "B", "dev", 3, "{\"b\":1}", &b), SPOOL_OK);
+	assert_true(b > a);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	assert_false(spool_disk_full(f->s));
+	expect_rec(f->s, a, "A", "dev", 2, "{\"a\":1}");
+	expect_rec(f->s, b, "B", "dev", 3, "{\"b\":1}");
+
+	/* The same after a restart; P's deletion was written by the last commit. */
+	reopen(f, 1 << 20, FSYNC_ALWAYS);
+	assert_int_equal(spool_foreach(f->s, collect, &sn), 2);
+	assert_int_equal(sn.n, 2);
+	assert_string_equal(sn.id[0], "A");
+	assert_string_equal(sn.id[1], "B");
 }
 
 static void
@@ -1008,6 +1073,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_invalid, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deletion_log_full_keeps_records, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_uncommitted_batch_is_lost_on_close,
 		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_batch_commit_and_fsync_modes, setup,

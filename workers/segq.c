@@ -1168,6 +1168,16 @@ segq_load_seg(struct segq *q, struct seg *g, bool newest)
 		log_err("spool: open %s: %s", path, strerror(errno));
 		return -1;
 	}
+	/*
+	 * A worker that died between a write and its sync left records in the
+	 * page cache only; found here, they would be acknowledged (as
+	 * duplicates) or replace a durable copy.  Made durable before they
+	 * count.
+	 */
+	if (q->fsync != FSYNC_OFF && fdatasync(g->fd) == -1) {
+		log_err("spool: sync %s: %s", path, strerror(errno));
+		return -1;
+	}
 	size = (size_t)st.st_size;
 	if (seg_map(q, g, size) == -1)
 		return -1;
@@ -1218,7 +1228,7 @@ segq_load_dels(struct segq *q, struct seg *g)
 	seg_path(q, g->name, "del", path, sizeof(path));
 	if ((fd = open(path, O_RDWR | O_CLOEXEC)) == -1)
 		return errno == ENOENT ? 0 : -1;
-	if (fstat(fd, &st) == -1) {
+	if (fstat(fd, &st) == -1 || (q->fsync != FSYNC_OFF && fdatasync(fd) == -1)) {
 		close(fd);
 		return -1;
 	}

@@ -1249,6 +1249,11 @@ segq_load_dels(struct segq *q, struct seg *g)
 
 		if (d[i].seq == 0 || (d[i].seq ^ SEGQ_DEL_CHECK) != d[i].check)
 			continue;
+		/* A deletion whose record did not reach the disk (a power cut):
+		 * its sequence must not be given again, or this entry would
+		 * delete the new envelope at the next open. */
+		if (d[i].seq >= q->next_seq)
+			q->next_seq = d[i].seq + 1;
 		if ((e = tab_find(q, d[i].seq)) == NULL || (p = rec_at(q, e)) == NULL)
 			continue;
 		rec_fill(p, &r);

@@ -729,6 +729,41 @@ seg_files(const char *env, const char *ext, size_t *bytes, char *last, size_t la
 	return n;
 }
 
+/*
+ * fsync = off, a power cut: a deletion entry reached the disk, its record
+ * did not.  The next envelope must not get that record's sequence, or the
+ * old entry deletes it at the next open.
+ */
+static void
+test_deletion_of_a_lost_record_spares_the_next(void **state)
+{
+	struct fx *f = *state;
+	char last[512] = "";
+	size_t size_a;
+	uint64_t a, b, c;
+	int fd;
+
+	assert_int_equal(put(f->s, "L1", "dev", 1, "{\"n\":1}", &a), SPOOL_OK);
+	spool_close(f->s);
+	f->s = NULL;
+	assert_int_equal(seg_files(f->env, ".log", &size_a, last, sizeof(last)), 1);
+	f->s = open_env(f->env, 1 << 20, FSYNC_OFF);
+	assert_int_equal(put(f->s, "L2", "dev", 2, "{\"n\":2}", &b), SPOOL_OK);
+	assert_int_equal(spool_del(f->s, b), SPOOL_OK);
+	spool_close(f->s);
+	f->s = NULL;
+	/* L2's record is lost, its deletion entry is not. */
+	assert_true((fd = open(last, O_RDWR)) >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)size_a), 0);
+	assert_int_equal(close(fd), 0);
+	f->s = open_env(f->env, 1 << 20, FSYNC_OFF);
+	assert_int_equal(put(f->s, "L3", "dev", 3, "{\"n\":3}", &c), SPOOL_OK);
+	assert_true(c > b);
+	reopen(f, 1 << 20, FSYNC_OFF);
+	expect_rec(f->s, a, "L1", "dev", 1, "{\"n\":1}");
+	expect_rec(f->s, c, "L3", "dev", 3, "{\"n\":3}");
+}
+
 /* A crash in the middle of a write: the tail of the newest segment is torn. */
 static void
 test_torn_tail_is_cut(void **state)
@@ -1084,6 +1119,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_map_full_moves_still_work, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_torn_tail_is_cut, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_deletion_of_a_lost_record_spares_the_next,
+		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_damaged_record_costs_only_itself, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_segments_roll_empty_and_thin_out, setup,
 		    teardown),

@@ -707,8 +707,11 @@ conn_read(struct mconn *c, int budget, bool force)
 		if (!force && !mqtt_may_read(mw) && c->connected)
 			break;
 		/* Room for the largest message first: one that on_message gets
-		 * must never be refused (its PUBACK is already queued). */
-		if (outbox_room(mw->ob) < mw->high_water) {
+		 * must never be refused (its PUBACK is already queued).  Before
+		 * its CONNACK a connection gets no message: it reads the CONNACK
+		 * whatever the room, or its read event, which stays armed for
+		 * it, would fire on every loop pass. */
+		if (c->connected && outbox_room(mw->ob) < mw->high_water) {
 			mqtt_set_full(mw, true);
 			break;
 		}

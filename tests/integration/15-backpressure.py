@@ -1,7 +1,11 @@
 """A small spool quota with the backend down: herald stops reading, the broker
 holds the messages (its $SYS dropped counter stays 0), and after recovery the
-backend has every message."""
+backend has every message.  While its outbox is full, an mqtt worker whose
+broker connection drops (it reads nothing, so its keepalive fails) and comes
+back does not spin on the unread CONNACK."""
+import os
 import threading
+import time
 import paho.mqtt.client as mqtt
 from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_delivery,
                         distinct_delivered, main, wait_for)
@@ -46,5 +50,45 @@ def test_quota_pauses_reading():
     assert h.stop() == 0
 
 
+def cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        p = f.read().rsplit(")", 1)[1].split()
+    return (int(p[11]) + int(p[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_full_outbox_reconnect_does_not_spin():
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    down = threading.Event()
+    down.set()
+    # Down (503, retry in a second) until told otherwise.
+    backend = Backend(respond=lambda handler, body: (503, {"Retry-After": "1"})
+                      if down.is_set() else (204, {}))
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"workers": {"mqtt": 1}, "mqtt": {"keepalive": 5, "outbox_bytes": "1M"},
+                     "spool": {"max_bytes": "1M"}}).wait_ready()
+    mqtt_pid = h.worker("mqtt")["pid"]
+    pub = Publisher(broker.port, ["f-%d" % i for i in range(10)], kinds=("telemetry",),
+                    count=50, pad=8000).start()
+    wait_for(lambda: h.ctl("outbox", "0")["paused_full"], 60, 0.2, "the outbox to fill")
+
+    def counter(name):
+        w = [w for w in h.ctl("stats")["workers"] if w["role"] == "mqtt"][0]
+        return w["counters"].get(name, 0)
+    connects, drops = counter("mqtt_connects"), counter("mqtt_disconnects")
+    # Reading nothing, the connection misses its keepalive and drops.
+    wait_for(lambda: counter("mqtt_disconnects") > drops, 30, 0.2,
+             "the connection to drop while the outbox is full")
+    c0, t0 = cpu_s(mqtt_pid), time.monotonic()
+    wait_for(lambda: time.monotonic() - t0 >= 3, 4, 0.5, "3 s")
+    used = cpu_s(mqtt_pid) - c0
+    assert used < 0.6, "the mqtt worker used %.2f s of CPU in 3 s" % used
+    wait_for(lambda: counter("mqtt_connects") > connects, 30, 0.2, "the connection back")
+    down.clear()
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 120, 0.2, "all delivered")
+    check_delivery(backend.delivered(), pub)
+    assert h.worker("mqtt")["pid"] == mqtt_pid
+
+
 if __name__ == "__main__":
-    main(test_quota_pauses_reading)
+    main(test_quota_pauses_reading, test_full_outbox_reconnect_does_not_spin)

@@ -337,10 +337,15 @@ conn_recent_push(struct mconn *c, uint32_t origin, uint64_t hash, uint64_t seq)
 	__atomic_store_n(&rr->count, n + 1, __ATOMIC_RELEASE);
 }
 
-/* The connection is gone (or the worker is new): its recent messages may
- * come back. */
+/*
+ * The connection is gone (or the worker is new): its recent messages may
+ * come back.  at_open: an entry whose record this outbox does not know
+ * (lost with a power cut, or never written) is cleared: its sequence may
+ * be given to another message, and the entry would then make a later
+ * delivery of its own message look like a redelivery.
+ */
 static void
-conn_recent_to_candidates(struct mconn *c)
+conn_recent_to_candidates(struct mconn *c, bool at_open)
 {
 	struct recent_ring *rr = c->recent;
 	uint64_t n = __atomic_load_n(&rr->count, __ATOMIC_ACQUIRE);
@@ -350,9 +355,13 @@ conn_recent_to_candidates(struct mconn *c)
 	for (uint64_t i = from; i < n; i++) {
 		struct recent_ent *e = &rr->e[i & (MQTT_RECENT - 1)];
 
-		if ((e->origin >> 16) != (uint32_t)c->idx ||
-		    outbox_seq_state(c->mw->ob, e->seq) == OUTBOX_UNKNOWN)
+		if ((e->origin >> 16) != (uint32_t)c->idx)
 			continue;
+		if (outbox_seq_state(c->mw->ob, e->seq) == OUTBOX_UNKNOWN) {
+			if (at_open)
+				e->origin = UINT32_MAX;
+			continue;
+		}
 		mqtt_redeliv_put(c->mw, e->origin, e->hash, e->seq);
 		c->candidates = true;
 	}
@@ -1037,7 +1046,7 @@ conn_down(struct mconn *c, int rc)
 		    mw->port, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
 	}
 	conn_fail_pubs(c);
-	conn_recent_to_candidates(c);
+	conn_recent_to_candidates(c, false);
 	if (!mw->stopping && !evtimer_pending(c->retry, NULL))
 		conn_schedule_retry(c);
 }
@@ -1451,7 +1460,7 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 		return -1;
 	}
 	for (int i = 0; i < mw->nconns; i++)
-		conn_recent_to_candidates(&mw->conns[i]);
+		conn_recent_to_candidates(&mw->conns[i], true);
 	snprintf(path, sizeof(path), "%s/outbox/%d.ring", cf->state_dir, w->slot);
 	log_info("outbox %s: epoch %u, %zu records to send again, %zu recent ones watched "
 	    "for redelivery, next sequence %llu", path, outbox_epoch(mw->ob), outbox_depth(mw->ob),

@@ -405,7 +405,13 @@ ob_scan(struct outbox *ob)
 		ob->next_seq = expect;
 	if (ob->next_seq == 0)
 		ob->next_seq = 1;
-	ob->synced_tail = ob->hdr->tail;
+	/*
+	 * The header's tail here is the page cache's: a dead worker's last
+	 * acknowledgements may have moved it past what the disk holds.  Taken
+	 * as unknown, the first append that could overwrite what an older tail
+	 * still counts syncs the header first (once).
+	 */
+	ob->synced_tail = 0;
 	/*
 	 * Not next_seq when nothing is left: after a power loss the header may
 	 * count records that never reached the disk.  Records before the first

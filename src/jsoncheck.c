@@ -2,11 +2,15 @@
  * Strict JSON validation without a tree (see jsoncheck.h): one pass over
  * the bytes, recursion bounded by JC_MAX_DEPTH, object keys decoded into a
  * scratch buffer and kept in one hash set keyed by (object, key) so that a
- * hostile payload with thousands of keys costs linear time.
+ * hostile payload with thousands of keys costs linear time.  The hash is
+ * keyed with a secret of the process (SipHash): a device cannot choose keys
+ * that pile up in a few slots.
  */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <sodium.h>
 
 #include "jsoncheck.h"
 #include "util.h"
@@ -219,12 +223,19 @@ jc_string(struct jsoncheck *jc, bool key)
 static uint64_t
 jc_hash(const char *p, size_t n)
 {
-	uint64_t h = 0xcbf29ce484222325ULL;
+	static unsigned char key[crypto_shorthash_KEYBYTES];
+	static bool keyed;
+	unsigned char out[crypto_shorthash_BYTES];
+	uint64_t h;
 
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)p[i];
-		h *= 0x100000001b3ULL;
+	if (!keyed) {
+		if (sodium_init() < 0)
+			abort();
+		randombytes_buf(key, sizeof(key));
+		keyed = true;
 	}
+	crypto_shorthash(out, (const unsigned char *)p, n, key);
+	memcpy(&h, out, sizeof(h));
 	return h;
 }
 
@@ -266,6 +277,7 @@ jc_key_add(struct jsoncheck *jc, uint32_t obj, uint32_t off, const char *at)
 	for (j = h & (jc->tabcap - 1); jc->tab[j].gen == jc->gen; j = (j + 1) & (jc->tabcap - 1)) {
 		struct jc_key *k = &jc->tab[j];
 
+		jc->probes++;
 		if (k->hash == h && k->obj == obj && k->len == len &&
 		    memcmp(jc->keys + k->off, jc->keys + off, len) == 0)
 			return jc_fail(jc, at, "duplicate object key");

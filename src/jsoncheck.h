@@ -26,6 +26,7 @@ struct jsoncheck {
 	char          *keys;         /* decoded key bytes */
 	size_t         keycap, keylen;
 	uint32_t       objects;      /* objects opened in this check */
+	uint64_t       probes;       /* key slots compared, all checks (a test watches it) */
 	/* the current check */
 	const char    *p, *end, *start;
 	int            depth;

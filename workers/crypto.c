@@ -111,9 +111,16 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 	if (!full && strlen(s->id) == devlen && memcmp(s->id, device, devlen) == 0 &&
 	    now - s->at < SEEN_EVERY_MS)
 		return;
-	memcpy(s->id, device, devlen);
-	s->id[devlen] = '\0';
-	s->at = now;
+	if (strcmp(kind, "status") == 0) {
+		/* It may say offline (a Last Will): the device's next message,
+		 * however soon, must reach the router to say it is back. */
+		if (strlen(s->id) == devlen && memcmp(s->id, device, devlen) == 0)
+			s->id[0] = '\0';
+	} else {
+		memcpy(s->id, device, devlen);
+		s->id[devlen] = '\0';
+		s->at = now;
+	}
 	info.device = (struct pstr){ device, devlen };
 	info.kind = (struct pstr){ kind, strlen(kind) };
 	info.received_ms = in->received_ms;

@@ -5,9 +5,12 @@ record; no answer ends in "timeout" within 200 ms of the deadline); requests
 for an offline device wait in order, a request that expires while it is
 offline is never sent; a repeated commandId gives 200 or 409; cancel; and
 every state change after "queued" reaches the backend as a kind "request"
-envelope."""
+envelope.  A device is online again from its first message after its Last
+Will, however soon that message comes."""
 import json
 import time
+
+import paho.mqtt.client as mqtt
 
 from apilib import (Device, api, check_error, check_record, envelopes, ms,
                     request_states, start)
@@ -260,6 +263,30 @@ def test_unknown_command_dead_letter():
     b.disconnect()
 
 
+def test_back_online_right_after_last_will():
+    tmp, broker, backend, h = start()
+    c = mqtt.Client(client_id="po-pub", protocol=mqtt.MQTTv311)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+
+    def online():
+        st, doc, _ = api(h, "GET", "/v1/devices/po-dev")
+        return st == 200 and doc["online"]
+    try:
+        c.publish("device/po-dev/telemetry", json.dumps({"n": 1}), 1).wait_for_publish()
+        wait_for(online, 10, 0.05, "po-dev online from its telemetry")
+        # Its Last Will, then at once a message of the device back online.
+        c.publish("device/po-dev/status", json.dumps({"state": "offline"}), 1,
+                  True).wait_for_publish()
+        wait_for(lambda: not online(), 10, 0.02, "po-dev offline")
+        c.publish("device/po-dev/telemetry", json.dumps({"n": 2}), 1).wait_for_publish()
+        wait_for(online, 10, 0.05, "po-dev online again from its next message")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 if __name__ == "__main__":
     main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
-         test_device_list_paging, test_unknown_command_dead_letter)
+         test_device_list_paging, test_unknown_command_dead_letter,
+         test_back_online_right_after_last_will)

@@ -148,6 +148,18 @@ outbox_record_size(size_t topic_len, size_t payload_len)
 	return ob_align8(OB_RECHDR + topic_len + payload_len);
 }
 
+size_t
+outbox_high_water(size_t max_payload)
+{
+	return outbox_record_size(OUTBOX_TOPIC_MAX, max_payload + OUTBOX_TRUNC_EXTRA) + 64 * 1024;
+}
+
+size_t
+outbox_min_bytes(size_t max_payload)
+{
+	return OB_HDRSIZE + 2 * outbox_high_water(max_payload) + 8;
+}
+
 static uint32_t
 ob_new_epoch(uint32_t not)
 {

@@ -81,6 +81,16 @@ int  outbox_seq_state(const struct outbox *ob, uint64_t seq);
 
 /* Bytes a record of these lengths takes in the ring. */
 size_t   outbox_record_size(size_t topic_len, size_t payload_len);
+/*
+ * For device messages of up to max_payload bytes (longer ones are cut to
+ * max_payload + 64 KiB and dead-lettered): the room under which an mqtt
+ * worker stops reading, and the smallest [mqtt] outbox_bytes that holds
+ * twice that (checked with the configuration).
+ */
+size_t   outbox_high_water(size_t max_payload);
+size_t   outbox_min_bytes(size_t max_payload);
+#define  OUTBOX_TRUNC_EXTRA (64u * 1024)
+#define  OUTBOX_TOPIC_MAX   65535           /* MQTT's limit on a topic */
 /* The largest record (outbox_record_size) that outbox_append would take now. */
 size_t   outbox_room(const struct outbox *ob);
 size_t   outbox_capacity(const struct outbox *ob);   /* bytes for records */

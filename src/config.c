@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "outbox.h"
 #include "util.h"
 
 #define CFG_LINE_MAX    4096            /* bytes per line, newline excluded */
@@ -839,6 +840,18 @@ config_validate(const struct config *cf, char *err, size_t errlen)
 	}
 	if (cfg_check_socket_path(cf->admin_socket, msg, sizeof(msg)) == -1) {
 		cfg_msg(err, errlen, "%s: [admin] socket: %s", path, msg);
+		return -1;
+	}
+	if (cf->outbox_bytes < outbox_min_bytes(cf->max_payload)) {
+		cfg_msg(err, errlen, "%s: [mqtt] outbox_bytes (%zu) is too small for [limits] "
+		    "max_payload (%zu): it needs at least %zu", path, cf->outbox_bytes,
+		    cf->max_payload, outbox_min_bytes(cf->max_payload));
+		return -1;
+	}
+	if (cf->e2e != E2E_OFF) {
+		cfg_msg(err, errlen, "%s: [security] e2e = %s needs the device registry, which "
+		    "this herald does not have yet; set e2e = off", path,
+		    cf->e2e == E2E_REQUIRED ? "required" : "optional");
 		return -1;
 	}
 	return 0;

@@ -506,7 +506,9 @@ role_needs_restart(int role, const struct config *a, const struct config *b)
 		    strcmp(a->mqtt_password, b->mqtt_password) ||
 		    a->connections_per_worker != b->connections_per_worker ||
 		    a->keepalive != b->keepalive || strcmp(a->share_group, b->share_group) ||
-		    a->outbox_bytes != b->outbox_bytes || strcmp(a->node_name, b->node_name);
+		    a->outbox_bytes != b->outbox_bytes || strcmp(a->node_name, b->node_name) ||
+		    /* the outbox's sync mode and room are set at its start */
+		    a->spool_fsync != b->spool_fsync || a->max_payload != b->max_payload;
 	case ROLE_API:
 		return strcmp(a->api_listen, b->api_listen) != 0;
 	case ROLE_HTTP:

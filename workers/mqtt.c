@@ -1384,7 +1384,6 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 {
 	struct config *cf = w->cf;
 	char path[600], err[512];
-	size_t rec_max;
 	const char *die;
 
 	mw->w = w;
@@ -1406,13 +1405,13 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	}
 	outbox_set_fsync(mw->ob, mw->fsync);
 	/* Longer payloads are over max_payload whatever e2e adds: cut them. */
-	mw->trunc_limit = cf->max_payload + 64 * 1024;
-	rec_max = outbox_record_size(MQTT_TOPIC_MAX, mw->trunc_limit);
-	mw->high_water = rec_max + 64 * 1024;
+	mw->trunc_limit = cf->max_payload + OUTBOX_TRUNC_EXTRA;
+	mw->high_water = outbox_high_water(cf->max_payload);
 	if (outbox_capacity(mw->ob) < 2 * mw->high_water) {
+		/* config_validate refuses this; a file of another size may remain */
 		log_err("[mqtt] outbox_bytes (%zu) is too small for [limits] max_payload (%zu): "
 		    "it needs at least %zu", cf->outbox_bytes, cf->max_payload,
-		    2 * mw->high_water + 4096);
+		    outbox_min_bytes(cf->max_payload));
 		return WORKER_EXIT_FATAL;
 	}
 	mw->unsent_from = outbox_next_seq(mw->ob);

@@ -1,6 +1,7 @@
 """SIGHUP with a broken configuration keeps the old one running and logs why;
 with a good one it is applied: log level live, mqtt worker count by starting
 the new workers, and `heraldctl reload` does the same."""
+import os
 import signal
 from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
 
@@ -48,6 +49,26 @@ def test_reload():
         f.write("[nosuch]\n")
     r = h.ctl("reload", check=False)
     assert r["ok"] is False and "nosuch" in r["error"]["message"], r
+    # [spool] fsync also sets how the mqtt workers' outboxes sync: they restart.
+    h.write()
+    mqtt = h.worker("mqtt")["pid"]
+    h.sections.setdefault("spool", {})["fsync"] = "always"
+    h.write()
+    assert h.ctl("reload")["ok"] is True
+    wait_for(lambda: h.worker("mqtt")["pid"] != mqtt and h.worker("mqtt")["state"] == "ready",
+             10, what="the mqtt worker restarted for the new fsync")
+    # A valid file asking for what this herald cannot do (end-to-end
+    # encryption needs the registry): refused too, nothing restarts, and
+    # a crypto worker restarted later still runs.
+    h.sections["security"] = {"e2e": "required"}
+    h.write()
+    crypto = h.worker("crypto")["pid"]
+    r = h.ctl("reload", check=False)
+    assert r["ok"] is False and "e2e = required" in r["error"]["message"], r
+    os.kill(crypto, signal.SIGKILL)
+    wait_for(lambda: h.worker("crypto")["pid"] != crypto and h.worker("crypto")["state"] == "ready",
+             10, what="the crypto worker back")
+    assert h.all_ready()
     assert h.stop() == 0
 
 

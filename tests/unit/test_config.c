@@ -692,6 +692,17 @@ test_validate(void **state)
 	    "[workers] ping_timeout_ms (3000) must be greater than ping_interval_ms (3000)");
 	expect_invalid("[workers]\nping_timeout_ms = 500\n",
 	    "ping_timeout_ms (500) must be greater");
+	/* End-to-end encryption needs the device registry, not built yet: a
+	 * configuration (or a reload) asking for it is refused, not accepted
+	 * for a crypto worker that could never start. */
+	expect_invalid("[security]\ne2e = required\n", "[security] e2e = required needs");
+	expect_invalid("[security]\ne2e = optional\n", "[security] e2e = optional needs");
+	/* An outbox that cannot take two of the largest messages (the mqtt
+	 * workers would exit at their start). */
+	expect_invalid("[mqtt]\noutbox_bytes = 1M\n[limits]\nmax_payload = 1M\n",
+	    "[mqtt] outbox_bytes (1048576) is too small for [limits] max_payload (1048576)");
+	parse_ok(&cf, T_VALID "[mqtt]\noutbox_bytes = 1M\n");
+	assert_int_equal(config_validate(&cf, err, sizeof(err)), 0);
 
 	/* Limits that are fine on their own boundary. */
 	parse_ok(&cf, T_VALID "[requests]\ndefault_timeout = 60\nmax_timeout = 60\n"

@@ -36,6 +36,7 @@ struct admin_conn {
 	struct bufferevent *bev;
 	int                 pending;   /* forwarded questions not yet answered */
 	bool                closing;
+	bool                skipping;  /* the rest of a line over ADMIN_MAX_LINE follows */
 };
 
 struct admin_pending {
@@ -92,18 +93,28 @@ admin_error(const char *code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	/* It may quote the client's bytes: printable ASCII is valid JSON text
+	 * (jansson refuses bad UTF-8, and the answer would be lost). */
+	for (char *p = msg; *p != '\0'; p++)
+		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
+			*p = '?';
 	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
 }
 
+/* Every command gets one answer line, or the client's next answers would
+ * be taken for this one's. */
 static void
 admin_write(struct admin_conn *c, json_t *doc)
 {
-	char *text = json_dumps(doc, JSON_COMPACT);
+	char *text = doc != NULL ? json_dumps(doc, JSON_COMPACT) : NULL;
 
 	if (text != NULL) {
 		evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n", text);
 		free(text);
-	}
+	} else
+		evbuffer_add_printf(bufferevent_get_output(c->bev), "%s\n",
+		    "{\"error\":{\"code\":\"internal\",\"message\":\"the answer could not be "
+		    "written\"}}");
 	json_decref(doc);
 }
 
@@ -311,7 +322,9 @@ admin_read(struct bufferevent *bev, void *arg)
 	while (evbuffer_get_length(bufferevent_get_output(bev)) < ADMIN_OUT_HIGH &&
 	    c->pending < 4 &&
 	    (line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF)) != NULL) {
-		if (len >= ADMIN_MAX_LINE)
+		if (c->skipping)
+			c->skipping = false;    /* answered already: too_long */
+		else if (len >= ADMIN_MAX_LINE)
 			admin_write(c, admin_error("too_long", "command line over %d bytes",
 			    ADMIN_MAX_LINE));
 		else
@@ -322,8 +335,11 @@ admin_read(struct bufferevent *bev, void *arg)
 		bufferevent_disable(bev, EV_READ);
 	else if (evbuffer_get_length(in) >= ADMIN_MAX_LINE &&
 	    evbuffer_search_eol(in, NULL, NULL, EVBUFFER_EOL_CRLF).pos == -1) {
-		admin_write(c, admin_error("too_long", "command line over %d bytes", ADMIN_MAX_LINE));
+		if (!c->skipping)
+			admin_write(c, admin_error("too_long", "command line over %d bytes",
+			    ADMIN_MAX_LINE));
 		evbuffer_drain(in, evbuffer_get_length(in));
+		c->skipping = true;
 	}
 }
 

@@ -1,7 +1,8 @@
 """The admin socket holds up: a client that floods commands and never reads
 its answers does not grow the supervisor's memory, a flood of connections is
-capped, an endless line is refused, and herald keeps answering and restarting
-workers throughout."""
+capped, an endless line is refused (and what follows it on that line is not
+run as a command), bytes that are not UTF-8 still get an answer, and herald
+keeps answering and restarting workers throughout."""
 import os
 import socket
 import time
@@ -83,10 +84,21 @@ def test_admin_abuse():
     while s is None and time.monotonic() < deadline:
         s = refused_as_too_long()
     assert s is not None, "still busy 5 s after the other connections closed"
-    s.sendall(b"\nworkers\n")
+    # The rest of the refused line is not a command: the next answer is
+    # the one to "workers".
+    s.sendall(b" log-level notice\nworkers\n")
     data = b""
-    while b'"workers"' not in data:
+    while b"\n" not in data:
         data += s.recv(65536)
+    assert data.startswith(b'{"workers"'), data[:200]
+    # Bytes that are not UTF-8: an error answer, then the next command's.
+    s.sendall(b"log-level \xe9\xff\nworkers\n")
+    data = b""
+    while data.count(b"\n") < 2:
+        data += s.recv(65536)
+    first, second = data.split(b"\n")[:2]
+    assert b'"error"' in first, first
+    assert second.startswith(b'{"workers"'), second[:200]
     s.close()
 
     # Workers were never disturbed, and a killed one still comes back.

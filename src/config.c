@@ -115,7 +115,7 @@ static const struct cfg_key cfg_keys[] = {
 	INT("workers", "ping_interval_ms", ping_interval_ms, 100, 600000, "1000"),
 	INT("workers", "ping_timeout_ms", ping_timeout_ms, 100, 600000, "3000"),
 	INT("workers", "stop_timeout_ms", stop_timeout_ms, 100, 600000, "10000"),
-	INT("workers", "throttle_restarts", throttle_restarts, 1, 1000, "5"),
+	INT("workers", "throttle_restarts", throttle_restarts, 1, CONFIG_MAX_THROTTLE, "5"),
 	INT("workers", "throttle_window_ms", throttle_window_ms, 1000, 3600000, "10000"),
 	INT("workers", "throttle_pause_ms", throttle_pause_ms, 1000, 3600000, "60000"),
 

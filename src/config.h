@@ -10,6 +10,7 @@
 
 #define CONFIG_MAX_TOKENS   16
 #define CONFIG_MAX_MQTT     64      /* upper bound of [workers] mqtt */
+#define CONFIG_MAX_THROTTLE 32      /* upper bound of [workers] throttle_restarts */
 #define CONFIG_ERRLEN       512
 
 enum fsync_mode { FSYNC_OFF = 0, FSYNC_BATCH, FSYNC_ALWAYS };

@@ -17,7 +17,7 @@
 #include "stats.h"
 
 #define SUP_MAX_CHILDREN (4 + CONFIG_MAX_MQTT)
-#define SUP_MAX_DEATHS   32
+#define SUP_MAX_DEATHS   CONFIG_MAX_THROTTLE   /* deaths remembered: the most throttle_restarts counts */
 
 struct ctl;
 struct admin;

@@ -534,6 +534,9 @@ test_errors_values(void **state)
 	expect_error("[mqtt]\nport = 99999999999999999999999\n", 2, "out of range 1..65535");
 	expect_error("[workers]\nmqtt = 65\n", 2, "[workers] mqtt: 65 out of range 1..64");
 	expect_error("[workers]\nmqtt = 0\n", 2, "out of range 1..64");
+	/* The supervisor remembers 32 deaths a slot: more could never throttle. */
+	expect_error("[workers]\nthrottle_restarts = 33\n", 2,
+	    "[workers] throttle_restarts: 33 out of range 1..32");
 	expect_error("[mqtt]\nkeepalive = 4\n", 2, "out of range 5..3600");
 	expect_error("[mqtt]\nconnections_per_worker = 65\n", 2, "out of range 1..64");
 	expect_error("[backend]\nbatch_max = 1001\n", 2, "out of range 1..1000");

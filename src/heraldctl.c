@@ -59,15 +59,33 @@ ctl_connect(const char *path)
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	strlcpy_h(sun.sun_path, path, sizeof(sun.sun_path));
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd == -1 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
-		fprintf(stderr, "heraldctl: cannot connect to %s: %s (is herald running?)\n",
-		    path, strerror(errno));
-		if (fd != -1)
+	/*
+	 * Non-blocking: a supervisor that does not accept (stopped, or its
+	 * backlog full) makes connect(2) on a unix socket fail with EAGAIN
+	 * instead of waiting without end; it is tried again until -t runs out.
+	 */
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd != -1) {
+		int64_t deadline = mono_ms() + timeout_ms;
+		int rc;
+
+		while ((rc = connect(fd, (struct sockaddr *)&sun, sizeof(sun))) == -1 &&
+		    errno == EAGAIN && mono_ms() < deadline)
+			usleep(10000);
+		if (rc == 0)
+			return fd;
+		if (errno == EAGAIN) {
+			fprintf(stderr, "heraldctl: %s does not accept within %d ms\n", path,
+			    timeout_ms);
 			close(fd);
-		return -1;
+			return -1;
+		}
 	}
-	return fd;
+	fprintf(stderr, "heraldctl: cannot connect to %s: %s (is herald running?)\n",
+	    path, strerror(errno));
+	if (fd != -1)
+		close(fd);
+	return -1;
 }
 
 /* Send one command line, read one answer line; NULL on failure. */
@@ -338,7 +356,18 @@ main(int argc, char **argv)
 		case 'c': cfpath = optarg; break;
 		case 's': sock = optarg; break;
 		case 'j': as_json = true; break;
-		case 't': timeout_ms = atoi(optarg) * 1000; break;
+		case 't': {
+			char *end;
+			double v = strtod(optarg, &end);
+
+			if (end == optarg || *end != '\0' || !(v > 0) || v > 86400) {
+				fprintf(stderr, "heraldctl: -t wants seconds, more than 0 and at "
+				    "most 86400: %s\n", optarg);
+				return 1;
+			}
+			timeout_ms = (int)(v * 1000) > 0 ? (int)(v * 1000) : 1;
+			break;
+		}
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 1;
 		}

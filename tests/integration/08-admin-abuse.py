@@ -2,11 +2,14 @@
 its answers does not grow the supervisor's memory, a flood of connections is
 capped, an endless line is refused (and what follows it on that line is not
 run as a command), bytes that are not UTF-8 still get an answer, and herald
-keeps answering and restarting workers throughout."""
+keeps answering and restarting workers throughout.  heraldctl gives up after
+its -t when the supervisor does not accept (stopped, backlog full)."""
 import os
+import signal
 import socket
+import subprocess
 import time
-from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
+from heraldtest import HERALDCTL, Herald, Mosquitto, TmpDir, main, wait_for
 
 
 def rss_kb(pid):
@@ -109,5 +112,42 @@ def test_admin_abuse():
     assert h.stop() == 0
 
 
+def test_heraldctl_gives_up():
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, conf={"workers": {"mqtt": 1}}, broker=broker).wait_ready()
+    ctl = [HERALDCTL, "-s", h.admin_socket]
+    for bad in ("-1", "0", "x", "1s"):
+        r = subprocess.run(ctl + ["-t", bad, "workers"], capture_output=True, text=True, timeout=10)
+        assert r.returncode != 0 and "-t wants seconds" in r.stderr, (bad, r)
+    os.kill(h.proc.pid, signal.SIGSTOP)
+    held = []
+    try:
+        # Fill the admin socket's backlog while the supervisor accepts nothing.
+        for _ in range(64):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(h.admin_socket)
+                held.append(s)
+            except BlockingIOError:
+                s.close()
+                break
+        t0 = time.monotonic()
+        r = subprocess.run(ctl + ["-t", "0.5", "workers"], capture_output=True, text=True,
+                           timeout=20)
+        took = time.monotonic() - t0
+        assert r.returncode != 0, r
+        assert "does not accept within 500 ms" in r.stderr, r.stderr
+        assert took < 5, took
+    finally:
+        os.kill(h.proc.pid, signal.SIGCONT)
+        for s in held:
+            s.close()
+    wait_for(lambda: subprocess.run(ctl + ["-t", "2", "workers"], capture_output=True,
+                                    timeout=10).returncode == 0, 10, 0.2, "heraldctl to work again")
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_admin_abuse)
+    main(test_admin_abuse, test_heraldctl_gives_up)

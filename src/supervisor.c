@@ -295,6 +295,9 @@ child_died(struct supervisor *s, struct child *c, int status)
 		return;
 	}
 	if (!c->wanted) {
+		/* Retired by a reload ([workers] mqtt lowered): not a worker that
+		 * is down (/metrics would keep its herald_worker_up at 0). */
+		c->st->state = WS_EMPTY;
 		log_info("%s %s", name, how);
 		return;
 	}

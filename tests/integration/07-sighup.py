@@ -3,6 +3,7 @@ with a good one it is applied: log level live, mqtt worker count by starting
 the new workers, and `heraldctl reload` does the same."""
 import os
 import signal
+import urllib.request
 from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
 
 
@@ -44,6 +45,14 @@ def test_reload():
     assert h.ctl("reload")["ok"] is True
     wait_for(lambda: len([w for w in h.workers() if w["role"] == "mqtt"]) == 1, 5,
              what="surplus mqtt workers to stop")
+    # Retired, not down: /metrics no longer lists them.
+    def metrics():
+        return urllib.request.urlopen(h.api_url + "/metrics", timeout=5).read().decode()
+    wait_for(lambda: 'herald_worker_up{role="mqtt",slot="2"}' not in metrics(), 5,
+             what="the retired mqtt workers gone from /metrics")
+    m = metrics()
+    assert 'herald_worker_up{role="mqtt",slot="1"}' not in m, m
+    assert 'herald_worker_up{role="mqtt",slot="0"} 1' in m, m
     # A broken file through the admin socket: an error answer, still running.
     with open(h.conf_path, "a") as f:
         f.write("[nosuch]\n")

@@ -18,6 +18,7 @@
 
 #define SEEN_SLOTS     65536     /* presence hints sent at most once a second per device */
 #define SEEN_EVERY_MS  1000
+#define TELEMETRY_MAX  4096      /* a telemetry payload the router keeps for GET /v1/devices/{id} */
 #define CRYPTO_LINGER_MS 2       /* envelopes wait this long for company */
 
 struct seen {
@@ -98,7 +99,8 @@ crypto_reserve(struct crypto *c, size_t need)
 	return 0;
 }
 
-/* Presence for the router: status and responses always, others once a second. */
+/* Presence for the router: status and responses always, others once a second
+ * (telemetry with its payload, when small enough, for the device's view). */
 static void
 crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const char *kind,
     const struct msg_dev_in *in)
@@ -124,7 +126,10 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 	info.device = (struct pstr){ device, devlen };
 	info.kind = (struct pstr){ kind, strlen(kind) };
 	info.received_ms = in->received_ms;
-	info.json = full ? in->payload : (struct pstr){ "", 0 };
+	if (full || (strcmp(kind, "telemetry") == 0 && in->payload.len <= TELEMETRY_MAX))
+		info.json = in->payload;
+	else
+		info.json = (struct pstr){ "", 0 };
 	hmw_init(&c->infos[c->ninfos], HM_FAB_DEVICE_INFO);
 	proto_write_device_info(&c->infos[c->ninfos], &info);
 	c->ninfos++;

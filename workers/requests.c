@@ -115,6 +115,7 @@ struct dev {
 	bool              kick;         /* in q->kicks */
 	int64_t           last_seen_ms, status_ms, telemetry_ms;
 	json_t           *status;
+	json_t           *telemetry;    /* the last telemetry object the router saw */
 	int               pending;      /* live requests */
 	TAILQ_HEAD(, req) live;
 	struct pub       *pub;          /* the command publish in flight */
@@ -1004,6 +1005,8 @@ dev_doc(const struct dev *d)
 		json_object_set_new(o, "telemetryAt", json_integer(d->telemetry_ms));
 	if (d->status != NULL)
 		json_object_set(o, "status", d->status);
+	if (d->telemetry != NULL)
+		json_object_set(o, "telemetry", d->telemetry);
 	return o;
 }
 
@@ -1016,9 +1019,9 @@ dev_view(const struct dev *d)
 	if (d->last_seen_ms)
 		rfc3339_set(o, "lastSeen", d->last_seen_ms);
 	json_object_set(o, "status", d->status ? d->status : json_null());
-	/* Telemetry payloads do not reach the router (the crypto worker sends
-	 * only that one arrived), so all it can show is when. */
-	json_object_set_new(o, "telemetry", json_null());
+	/* The crypto worker passes a device's telemetry on at most once a
+	 * second (and none over 4 KiB): the last one seen, and when. */
+	json_object_set(o, "telemetry", d->telemetry ? d->telemetry : json_null());
 	if (d->telemetry_ms)
 		rfc3339_set(o, "telemetryAt", d->telemetry_ms);
 	json_object_set_new(o, "pending", json_integer(d->pending));
@@ -1719,6 +1722,14 @@ requests_on_device(struct requests *q, const struct msg_device_info *m)
 	}
 	dev_set_online(q, d, true);
 	if (pstr_eq(m->kind, "telemetry")) {
+		if (m->received_ms >= d->telemetry_ms && m->json.len > 0 &&
+		    (doc = json_loadb(m->json.p, m->json.len, 0, NULL)) != NULL) {
+			if (json_is_object(doc)) {
+				json_decref(d->telemetry);
+				d->telemetry = json_incref(doc);
+			}
+			json_decref(doc);
+		}
 		d->telemetry_ms = m->received_ms;
 		dev_mark_dirty(q, d);
 	} else if (pstr_eq(m->kind, "response"))
@@ -2419,6 +2430,8 @@ load_dev_cb(const char *id, json_t *doc, void *arg)
 	d->telemetry_ms = json_integer_value(json_object_get(doc, "telemetryAt"));
 	if (json_is_object(json_object_get(doc, "status")))
 		d->status = json_incref(json_object_get(doc, "status"));
+	if (json_is_object(json_object_get(doc, "telemetry")))
+		d->telemetry = json_incref(json_object_get(doc, "telemetry"));
 	if (d->online)
 		q->n_online++;
 	return 0;
@@ -2560,6 +2573,7 @@ requests_close(struct requests *q)
 			struct dev *d = (struct dev *)n;
 			next = n->next;
 			json_decref(d->status);
+			json_decref(d->telemetry);
 			event_free(d->retry);
 			free(d);
 		}

@@ -6,7 +6,8 @@ for an offline device wait in order, a request that expires while it is
 offline is never sent; a repeated commandId gives 200 or 409; cancel; and
 every state change after "queued" reaches the backend as a kind "request"
 envelope.  A device is online again from its first message after its Last
-Will, however soon that message comes."""
+Will, however soon that message comes, and its view shows its last
+telemetry."""
 import json
 import time
 
@@ -281,6 +282,10 @@ def test_back_online_right_after_last_will():
         wait_for(lambda: not online(), 10, 0.02, "po-dev offline")
         c.publish("device/po-dev/telemetry", json.dumps({"n": 2}), 1).wait_for_publish()
         wait_for(online, 10, 0.05, "po-dev online again from its next message")
+        # The device's view has its last telemetry (SPEC §3), and when.
+        st, doc, _ = api(h, "GET", "/v1/devices/po-dev")
+        assert doc["telemetry"] == {"n": 2} and doc["telemetryAt"], doc
+        assert doc["status"] == {"state": "offline"}, doc
     finally:
         c.loop_stop()
         c.disconnect()

@@ -449,6 +449,7 @@ admin_open(struct supervisor *s, const char *path)
 	struct admin *a = calloc(1, sizeof(*a));
 	struct sockaddr_un sun;
 	mode_t old;
+	int fd;
 
 	if (a == NULL)
 		return NULL;
@@ -462,6 +463,18 @@ admin_open(struct supervisor *s, const char *path)
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
 	strlcpy_h(sun.sun_path, path, sizeof(sun.sun_path));
+	/* A socket that answers belongs to a running herald (another state_dir,
+	 * the same [admin] socket): taking it over would cut that one off. */
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) != -1) {
+		int live = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+
+		close(fd);
+		if (live) {
+			log_err("admin socket %s is in use by a running herald", path);
+			free(a);
+			return NULL;
+		}
+	}
 	unlink(path);
 	old = umask(0117);
 	a->lev = evconnlistener_new_bind(s->base, admin_accept, a,

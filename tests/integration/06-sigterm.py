@@ -1,6 +1,7 @@
 """SIGTERM: every worker drains and stops, herald exits 0, no process is left;
 the admin socket is removed.  SIGTERM to the whole group (systemd's default)
-stops it just as cleanly."""
+stops it just as cleanly.  A second herald never takes over the admin socket
+of a running one."""
 import os
 import signal
 from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
@@ -38,5 +39,27 @@ def test_one_herald_per_state_dir():
     assert h.stop() == 0
 
 
+def test_admin_socket_of_a_running_herald():
+    import copy
+    import subprocess
+    from heraldtest import HERALD, free_port, write_conf
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, broker=broker).wait_ready()
+    # Another state_dir and run_dir, the same [admin] socket.
+    other = copy.deepcopy(h.sections)
+    other["herald"]["state_dir"] = tmp.join("state2")
+    other["herald"]["run_dir"] = tmp.join("run2")
+    other["api"]["listen"] = "127.0.0.1:%d" % free_port()
+    path = tmp.join("other.conf")
+    write_conf(path, other)
+    r = subprocess.run([HERALD, "-c", path], capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0, r
+    assert "is in use by a running herald" in r.stderr, r.stderr
+    assert h.ctl("workers")["workers"] and h.all_ready()
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_sigterm_main, test_sigterm_group, test_one_herald_per_state_dir)
+    main(test_sigterm_main, test_sigterm_group, test_one_herald_per_state_dir,
+         test_admin_socket_of_a_running_herald)

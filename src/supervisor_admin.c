@@ -93,11 +93,8 @@ admin_error(const char *code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	/* It may quote the client's bytes: printable ASCII is valid JSON text
-	 * (jansson refuses bad UTF-8, and the answer would be lost). */
-	for (char *p = msg; *p != '\0'; p++)
-		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-			*p = '?';
+	/* It may quote the client's bytes (else the answer would be lost). */
+	str_printable(msg);
 	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
 }
 

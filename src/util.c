@@ -226,6 +226,14 @@ mkdir_p(const char *path, int mode)
 	return 0;
 }
 
+void
+str_printable(char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s > 0x7e)
+			*s = '?';
+}
+
 void *
 grow_array(void *p, size_t *cap, size_t need, size_t size, size_t first)
 {

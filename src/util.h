@@ -35,6 +35,10 @@ uint32_t hash32(const void *p, size_t len);  /* FNV-1a */
  */
 void *grow_array(void *p, size_t *cap, size_t need, size_t size, size_t first);
 
+/* Bytes outside printable ASCII become '?': a message that quotes a client's
+ * bytes stays valid JSON text (jansson refuses bad UTF-8). */
+void str_printable(char *s);
+
 /* ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ */
 bool device_id_valid(const char *id, size_t len);
 

@@ -136,12 +136,8 @@ api_error(struct api *a, struct evhttp_request *req, int status, const char *cod
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	/* A message may quote the client's bytes: keep it printable ASCII, so
-	 * that it is valid JSON text (jansson refuses bad UTF-8, and the 400
-	 * would become a 503). */
-	for (char *p = msg; *p != '\0'; p++)
-		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
-			*p = '?';
+	/* It may quote the client's bytes (else the 400 would become a 503). */
+	str_printable(msg);
 	api_send_json(a, req, status, json_pack("{s:{s:s,s:s}}", "error", "code", code,
 	    "message", msg));
 }

@@ -107,16 +107,16 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 {
 	bool full = strcmp(kind, "status") == 0 || strcmp(kind, "response") == 0;
 	struct seen *s = &c->seen[hash32(device, devlen) % SEEN_SLOTS];
+	bool same = strlen(s->id) == devlen && memcmp(s->id, device, devlen) == 0;
 	struct msg_device_info info;
 	int64_t now = mono_ms();
 
-	if (!full && strlen(s->id) == devlen && memcmp(s->id, device, devlen) == 0 &&
-	    now - s->at < SEEN_EVERY_MS)
+	if (!full && same && now - s->at < SEEN_EVERY_MS)
 		return;
 	if (strcmp(kind, "status") == 0) {
 		/* It may say offline (a Last Will): the device's next message,
 		 * however soon, must reach the router to say it is back. */
-		if (strlen(s->id) == devlen && memcmp(s->id, device, devlen) == 0)
+		if (same)
 			s->id[0] = '\0';
 	} else {
 		memcpy(s->id, device, devlen);

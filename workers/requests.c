@@ -927,6 +927,8 @@ note_send_seq(struct requests *q, uint64_t seq)
 void
 requests_on_ack(struct requests *q, const struct msg_ack *m)
 {
+	uint64_t *a;
+
 	if (m->slot != PROTO_SLOT_ROUTER)
 		return;
 	if (tx_begin(q) == -1)
@@ -939,14 +941,10 @@ requests_on_ack(struct requests *q, const struct msg_ack *m)
 		}
 		/* Done in memory once the deletion is committed (acks_settle):
 		 * until then it is sent again if the group is lost. */
-		if (q->nacking == q->capacking) {
-			size_t cap = q->capacking ? q->capacking * 2 : 256;
-			uint64_t *a = realloc(q->acking, cap * sizeof(*a));
-			if (a == NULL)
-				continue;   /* resent later, then found gone */
-			q->acking = a;
-			q->capacking = cap;
-		}
+		a = grow_array(q->acking, &q->capacking, q->nacking + 1, sizeof(*a), 256);
+		if (a == NULL)
+			continue;   /* resent later, then found gone */
+		q->acking = a;
 		q->acking[q->nacking++] = m->seqs[i];
 	}
 }

@@ -55,6 +55,15 @@ test_ulid_random(void **state)
 }
 
 static void
+test_str_printable(void **state)
+{
+	char s[] = "ok \xe9\xff\n\x01~ end";
+
+	str_printable(s);
+	assert_string_equal(s, "ok ????~ end");
+}
+
+static void
 test_device_ids(void **state)
 {
 	char longest[129];
@@ -142,6 +151,7 @@ main(void)
 		cmocka_unit_test(test_topics),
 		cmocka_unit_test(test_hash_and_strings),
 		cmocka_unit_test(test_grow_array),
+		cmocka_unit_test(test_str_printable),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -462,8 +462,10 @@ admin_open(struct supervisor *s, const char *path)
 	strlcpy_h(sun.sun_path, path, sizeof(sun.sun_path));
 	/* A socket that answers belongs to a running herald (another state_dir,
 	 * the same [admin] socket): taking it over would cut that one off. */
-	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) != -1) {
-		int live = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)) != -1) {
+		/* EAGAIN: it listens, its backlog full (stopped?): it is alive,
+		 * and the start must not wait for it. */
+		int live = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0 || errno == EAGAIN;
 
 		close(fd);
 		if (live) {

@@ -125,7 +125,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "herald: cannot map the stats region: %s\n", strerror(errno));
 		return 1;
 	}
-	code = supervisor_run(cf, stats);
+	code = supervisor_run(cf, stats, lockfd);
 	stats_destroy(stats);
 	close(lockfd);
 	return code;

@@ -100,16 +100,25 @@ static void __attribute__((noreturn))
 child_become(struct supervisor *s, struct child *c, int fd)
 {
 	struct worker w;
-	int code;
+	int code, ch, lk;
 
 	/* Errors before worker_init belong to this slot, not the supervisor's. */
 	log_set_panic_buffer(c->st->panic, sizeof(c->st->panic));
-	/* Nothing of the supervisor's stays open: only stdio and our channel (3). */
-	if (fd != 3) {
-		dup2(fd, 3);
-		close(fd);
+	/*
+	 * Nothing of the supervisor's stays open but stdio, our channel (3) and
+	 * the state_dir lock (4): a worker that outlives its supervisor (stopped,
+	 * or still draining) holds state_dir until it exits, so that a new
+	 * herald cannot open the outboxes and the spool under it.  The flock
+	 * belongs to the open file, which every copy of the fd shares.
+	 */
+	ch = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+	lk = s->lockfd >= 0 ? fcntl(s->lockfd, F_DUPFD_CLOEXEC, 10) : -1;
+	if (ch == -1 || (s->lockfd >= 0 && lk == -1) || dup2(ch, 3) == -1 ||
+	    (lk >= 0 && dup2(lk, 4) == -1)) {
+		log_err("cannot set up the worker's descriptors: %s", strerror(errno));
+		_exit(1);
 	}
-	close_range(4, ~0U, 0);
+	close_range(lk >= 0 ? 5 : 4, ~0U, 0);
 	signal(SIGCHLD, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGINT, SIG_DFL);
@@ -593,7 +602,7 @@ supervisor_reload(struct supervisor *s, char *err, size_t errlen)
 }
 
 int
-supervisor_run(struct config *cf, struct stats_region *stats)
+supervisor_run(struct config *cf, struct stats_region *stats, int lockfd)
 {
 	struct supervisor sup, *s = &sup;
 	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGCHLD };
@@ -604,6 +613,7 @@ supervisor_run(struct config *cf, struct stats_region *stats)
 	sup_of_ctl = s;
 	s->cf = cf;
 	s->stats = stats;
+	s->lockfd = lockfd;
 	s->started_ms = now_ms();
 	stats->slots[0].pid = getpid();
 	stats->slots[0].state = WS_READY;

@@ -44,6 +44,7 @@ struct supervisor {
 	struct event_base   *base;
 	struct config       *cf;
 	struct stats_region *stats;
+	int                  lockfd;     /* state_dir's flock, kept by every worker */
 	struct child         children[SUP_MAX_CHILDREN];
 	int                  nchildren;
 	struct admin        *admin;
@@ -57,8 +58,9 @@ struct supervisor {
 	struct event        *sigev;
 };
 
-/* Takes ownership of cf (a reload replaces it). Returns herald's exit code. */
-int  supervisor_run(struct config *cf, struct stats_region *stats);
+/* Takes ownership of cf (a reload replaces it).  lockfd: the state_dir lock
+ * (-1: none), inherited by every worker.  Returns herald's exit code. */
+int  supervisor_run(struct config *cf, struct stats_region *stats, int lockfd);
 
 /* Used by the admin socket. */
 json_t *supervisor_workers_json(struct supervisor *s);

@@ -39,6 +39,35 @@ def test_one_herald_per_state_dir():
     assert h.stop() == 0
 
 
+def test_lock_outlives_the_supervisor():
+    """A worker that outlives its supervisor (here: stopped, so it cannot see
+    the supervisor go) still holds state_dir: a new herald must not open the
+    outboxes and the spool under it."""
+    import subprocess
+    from heraldtest import HERALD
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, broker=broker).wait_ready()
+    straggler = h.worker("http")["pid"]
+    os.kill(straggler, signal.SIGSTOP)
+    os.kill(h.proc.pid, signal.SIGKILL)
+    h.proc.wait(5)
+    wait_for(lambda: h.pids() == [straggler], 10, what="only the stopped worker left")
+    second = subprocess.Popen([HERALD, "-c", h.conf_path], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = second.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(second.pid, signal.SIGKILL)
+        second.wait()
+        raise AssertionError("a second herald ran on the state_dir of a live worker")
+    assert second.returncode == 1 and "another herald" in out, (second.returncode, out)
+    os.kill(straggler, signal.SIGKILL)
+    wait_for(lambda: h.pids() == [], 5, what="the stopped worker gone")
+    h2 = Herald(tmp, broker=broker).wait_ready()
+    assert h2.stop() == 0
+
+
 def test_admin_socket_of_a_running_herald():
     import copy
     import subprocess
@@ -62,4 +91,4 @@ def test_admin_socket_of_a_running_herald():
 
 if __name__ == "__main__":
     main(test_sigterm_main, test_sigterm_group, test_one_herald_per_state_dir,
-         test_admin_socket_of_a_running_herald)
+         test_lock_outlives_the_supervisor, test_admin_socket_of_a_running_herald)

@@ -24,7 +24,7 @@
 	X(CTL_PONG,       3)  /* w->s: seq */                                \
 	X(CTL_STOP,       4)  /* s->w: drain and exit 0 */                   \
 	X(CTL_LOGLEVEL,   5)  /* s->w: level */                              \
-	X(CTL_RELOAD,     6)  /* s->w: re-read the config file */            \
+	X(CTL_RELOAD,     6)  /* s->w: the checked config (struct bytes) */  \
 	X(CTL_ADMIN_REQ,  7)  /* s->w: reqid, command line */                \
 	X(CTL_ADMIN_REP,  8)  /* w->s: reqid, json text */                   \
 	/* fabric: workers <-> router (ZeroMQ) */                            \

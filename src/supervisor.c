@@ -95,6 +95,25 @@ child_send(struct child *c, enum hm_type type, const uint64_t *arg)
 	hmw_free(&m);
 }
 
+/*
+ * A reload carries the configuration the supervisor read and checked: a
+ * worker never reads the file itself, which may have changed since (or be
+ * changing).  Every process is this same binary, forked, so the struct's
+ * bytes mean the same on both ends; the worker checks their size.
+ */
+static void
+child_send_config(struct child *c, const struct config *cf)
+{
+	struct hmw m;
+
+	if (c->ctl == NULL)
+		return;
+	hmw_init(&m, HM_CTL_RELOAD);
+	hmw_bin(&m, cf, sizeof(*cf));
+	ctl_send(c->ctl, &m);
+	hmw_free(&m);
+}
+
 /* In the child, right after fork: become the worker. Never returns. */
 static void __attribute__((noreturn))
 child_become(struct supervisor *s, struct child *c, int fd)
@@ -586,7 +605,7 @@ supervisor_reload(struct supervisor *s, char *err, size_t errlen)
 			c->restart_now = true;
 			child_send(c, HM_CTL_STOP, NULL);
 		} else
-			child_send(c, HM_CTL_RELOAD, NULL);
+			child_send_config(c, next);
 	}
 	for (int slot = 0; slot < next->mqtt_workers; slot++) {
 		struct child *c = supervisor_child(s, ROLE_MQTT, slot);

@@ -49,20 +49,22 @@ worker_sigterm(evutil_socket_t sig, short what, void *arg)
 	worker_stop(arg);
 }
 
+/* The configuration the supervisor read and checked (see child_send_config). */
 static void
-worker_reload(struct worker *w)
+worker_reload(struct worker *w, const void *p, size_t len)
 {
-	struct config *next = malloc(sizeof(*next)), *old = w->cf;
-	char err[CONFIG_ERRLEN];
+	struct config *next, *old = w->cf;
 
-	if (next == NULL)
-		return;
-	if (config_load(next, old->path, err, sizeof(err)) == -1) {
-		/* The supervisor checked it; the file changed since. Keep the old one. */
-		log_warn("reload: %s; keeping the running configuration", err);
-		free(next);
+	if (len != sizeof(*next)) {
+		log_err("reload: a configuration of %zu bytes, not %zu; keeping the running one",
+		    len, sizeof(*next));
 		return;
 	}
+	if ((next = malloc(sizeof(*next))) == NULL) {
+		log_err("reload: out of memory; keeping the running configuration");
+		return;
+	}
+	memcpy(next, p, sizeof(*next));
 	w->cf = next;
 	log_set_level(next->log_level);
 	if (w->hooks.reload != NULL)
@@ -115,6 +117,8 @@ worker_ctl_msg(struct ctl *c, struct hmr *r, void *arg)
 	struct worker *w = arg;
 	struct hmw m;
 	uint64_t v;
+	const void *cfp;
+	size_t cflen;
 
 	switch (r->type) {
 	case HM_CTL_PING:
@@ -137,9 +141,9 @@ worker_ctl_msg(struct ctl *c, struct hmr *r, void *arg)
 		log_set_level((int)v);
 		break;
 	case HM_CTL_RELOAD:
-		if (hmr_end(r) == -1)
+		if (hmr_bin(r, &cfp, &cflen) == -1 || hmr_end(r) == -1)
 			goto bad;
-		worker_reload(w);
+		worker_reload(w, cfp, cflen);
 		break;
 	case HM_CTL_ADMIN_REQ:
 		worker_admin(w, r);

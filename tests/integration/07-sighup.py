@@ -81,5 +81,39 @@ def test_reload():
     assert h.stop() == 0
 
 
+def test_reload_is_what_the_supervisor_read():
+    """Workers apply the configuration the supervisor checked, not the file as
+    it is when they get to it: here the api worker is stopped while the file
+    changes again after the reload."""
+    import urllib.error
+    tmp = TmpDir()
+    h = Herald(tmp).wait_ready()
+    api = h.worker("api")["pid"]
+
+    def status(token):
+        req = urllib.request.Request(h.api_url + "/v1/requests/nosuch",
+                                     headers={"Authorization": "Bearer " + token})
+        try:
+            return urllib.request.urlopen(req, timeout=5).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    h.sections["api"]["tokens"] = "token-a"
+    h.write()
+    os.kill(api, signal.SIGSTOP)
+    try:
+        assert h.ctl("reload")["ok"] is True
+        h.sections["api"]["tokens"] = "token-b"
+        h.write()
+    finally:
+        os.kill(api, signal.SIGCONT)
+    wait_for(lambda: "api: info: configuration reloaded" in h.log_text(), 5,
+             what="the api worker's reload")
+    assert status("token-a") == 404, "the api worker does not run what the supervisor read"
+    assert status("token-b") == 401
+    assert h.worker("api")["pid"] == api
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_reload)
+    main(test_reload, test_reload_is_what_the_supervisor_read)

@@ -222,6 +222,9 @@ proto_write_device_info(struct hmw *w, const struct msg_device_info *m)
 	wr_str(w, m->kind);
 	hmw_i64(w, m->received_ms);
 	wr_str(w, m->json);
+	hmw_u64(w, m->life);
+	hmw_u64(w, m->hseq);
+	hmw_u64(w, m->resent);
 	return 0;
 }
 
@@ -232,6 +235,9 @@ proto_read_device_info(struct hmr *r, struct msg_device_info *m)
 	RD(rd_str(r, &m->kind));
 	RD(hmr_i64(r, &m->received_ms));
 	RD(rd_str(r, &m->json));
+	RD(hmr_u64(r, &m->life));
+	RD(hmr_u64(r, &m->hseq));
+	RD(rd_u32(r, &m->resent));
 	return hmr_end(r);
 }
 

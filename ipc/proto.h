@@ -14,6 +14,7 @@ struct pstr { const char *p; size_t len; };
 
 /* Origins of an envelope that are not an mqtt outbox slot. */
 #define PROTO_SLOT_ROUTER 0xfffffffeu   /* the router's own (request state changes) */
+#define PROTO_SLOT_HINTS  0xfffffffdu   /* r->crypto: DEVICE_INFO hints taken (epoch: life) */
 #define PROTO_SLOT_NONE   0xffffffffu   /* no acknowledgement wanted */
 
 /* FAB_HELLO: a worker joined (or re-joined) the fabric. */
@@ -87,12 +88,18 @@ struct msg_publish {
 struct msg_published { uint64_t ref; uint32_t ok; };
 
 /* FAB_DEVICE_INFO: what the router needs of a device message (presence,
- * status, command responses); json is the validated payload (may be empty). */
+ * status, command responses); json is the validated payload (may be empty).
+ * A hint with hseq > 0 is kept by the crypto worker until the router
+ * acknowledges (FAB_ACK, slot PROTO_SLOT_HINTS, epoch = life) that the
+ * group it changed was committed; `resent` marks a copy sent again. */
 struct msg_device_info {
 	struct pstr device;
 	struct pstr kind;
 	int64_t     received_ms;
 	struct pstr json;
+	uint64_t    life;      /* the crypto worker's run */
+	uint64_t    hseq;      /* 0: no acknowledgement wanted */
+	uint32_t    resent;
 };
 
 /* FAB_REQUEST: api -> router, an operation of the REST API; FAB_REPLY: its

@@ -47,7 +47,8 @@
 	X(api_requests,       "REST API requests served")                              \
 	X(api_errors,         "REST API requests answered with an error")              \
 	X(req_accepted,       "device requests accepted")                              \
-	X(req_completed,      "device requests that reached an end state")
+	X(req_completed,      "device requests that reached an end state")              \
+	X(hints_resent,       "status and response hints sent to the router again")
 
 enum stats_counter {
 #define STATS_ENUM(name, help) STAT_##name,

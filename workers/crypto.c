@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/random.h>
 
 #include "jsoncheck.h"
 #include "log.h"
@@ -20,10 +22,34 @@
 #define SEEN_EVERY_MS  1000
 #define TELEMETRY_MAX  4096      /* a telemetry payload the router keeps for GET /v1/devices/{id} */
 #define CRYPTO_LINGER_MS 2       /* envelopes wait this long for company */
+#define HINT_RING      8192      /* status and response hints the router has not taken */
+#define HINT_TICK_MS   500
+#define HINT_RESEND_MS 2000      /* not acknowledged this long: sent again, then twice as late */
+#define HINT_RESEND_MAX_MS 30000
+#define HINT_RESEND_TICK 1024    /* hints sent again a tick, at most */
 
 struct seen {
 	char    id[129];
 	int64_t at;
+};
+
+/*
+ * A status or response hint, kept until the router says the group it
+ * changed is committed: one lost in a dying router (in its socket or its
+ * queue) would leave a device shown online after its Last Will, or a
+ * request that its device answered ending in timeout.  The router takes a
+ * copy sent again like the first (a response matched twice changes
+ * nothing), and a status sent again only if no later status came first.
+ */
+struct hint {
+	uint64_t    hseq;            /* 0: free */
+	bool        acked;
+	int64_t     sent_ms;
+	int64_t     wait_ms;         /* before the next copy */
+	int64_t     received_ms;
+	const char *kind;            /* static */
+	char       *device;          /* device id, then the payload: one allocation */
+	size_t      devlen, jsonlen;
 };
 
 struct crypto {
@@ -42,6 +68,11 @@ struct crypto {
 	 * not guaranteed: the two travel different paths. */
 	struct hmw     infos[PROTO_BATCH_RECORDS];
 	int            ninfos;
+	struct hint   *hints;        /* ring of HINT_RING, by hseq */
+	uint64_t       hint_first;   /* oldest kept */
+	uint64_t       hint_next;    /* next hseq */
+	uint64_t       life;         /* this run's, echoed in the router's acknowledgements */
+	struct event  *hint_ev;
 };
 
 static const struct {
@@ -99,6 +130,109 @@ crypto_reserve(struct crypto *c, size_t need)
 	return 0;
 }
 
+static struct hint *
+hint_at(struct crypto *c, uint64_t hseq)
+{
+	struct hint *h = &c->hints[hseq % HINT_RING];
+
+	return h->hseq == hseq ? h : NULL;
+}
+
+static void
+hint_drop_front(struct crypto *c)
+{
+	struct hint *h = &c->hints[c->hint_first % HINT_RING];
+
+	free(h->device);
+	memset(h, 0, sizeof(*h));
+	c->hint_first++;
+}
+
+/* Keep a hint; its hseq, or 0 when it cannot be kept (sent once, as before). */
+static uint64_t
+hint_keep(struct crypto *c, const char *device, size_t devlen, const char *kind,
+    const struct msg_dev_in *in)
+{
+	struct hint *h;
+	char *p;
+
+	if (c->hint_next - c->hint_first == HINT_RING) {
+		/* The router has taken none of the last HINT_RING: it is away. */
+		log_ratelimited(LOG_WARNING, "the router has not taken %d status and response "
+		    "hints; the oldest is dropped", HINT_RING);
+		worker_count(c->w, STAT_ipc_dropped, 1);
+		hint_drop_front(c);
+	}
+	if ((p = malloc(devlen + in->payload.len + 1)) == NULL)
+		return 0;
+	h = &c->hints[c->hint_next % HINT_RING];
+	memcpy(p, device, devlen);
+	memcpy(p + devlen, in->payload.p, in->payload.len);
+	h->hseq = c->hint_next++;
+	h->acked = false;
+	h->sent_ms = mono_ms();
+	h->wait_ms = HINT_RESEND_MS;
+	h->received_ms = in->received_ms;
+	h->kind = kind;
+	h->device = p;
+	h->devlen = devlen;
+	h->jsonlen = in->payload.len;
+	return h->hseq;
+}
+
+/* The router committed what these hints changed. */
+static void
+hint_acked(struct crypto *c, const struct msg_ack *a)
+{
+	struct hint *h;
+
+	if (a->epoch != c->life)
+		return;         /* for an earlier run of this worker */
+	for (uint32_t i = 0; i < a->n; i++)
+		if ((h = hint_at(c, a->seqs[i])) != NULL)
+			h->acked = true;
+	while (c->hint_first < c->hint_next && c->hints[c->hint_first % HINT_RING].acked)
+		hint_drop_front(c);
+}
+
+static void
+hint_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct crypto *c = arg;
+	struct timeval tv = { 0, HINT_TICK_MS * 1000 };
+	int64_t now = mono_ms();
+	int sent = 0;
+
+	for (uint64_t s = c->hint_first; s < c->hint_next && sent < HINT_RESEND_TICK; s++) {
+		struct hint *h = hint_at(c, s);
+		struct msg_device_info info;
+		struct hmw m;
+
+		if (h == NULL || h->acked || now - h->sent_ms < h->wait_ms)
+			continue;
+		info.device = (struct pstr){ h->device, h->devlen };
+		info.kind = (struct pstr){ h->kind, strlen(h->kind) };
+		info.received_ms = h->received_ms;
+		info.json = (struct pstr){ h->device + h->devlen, h->jsonlen };
+		info.life = c->life;
+		info.hseq = h->hseq;
+		info.resent = 1;
+		hmw_init(&m, HM_FAB_DEVICE_INFO);
+		proto_write_device_info(&m, &info);
+		worker_send(c->w, NULL, &m);
+		hmw_free(&m);
+		h->sent_ms = now;
+		h->wait_ms = h->wait_ms * 2 > HINT_RESEND_MAX_MS ? HINT_RESEND_MAX_MS : h->wait_ms * 2;
+		sent++;
+	}
+	if (sent > 0) {
+		worker_count(c->w, STAT_hints_resent, (uint64_t)sent);
+		log_ratelimited(LOG_WARNING, "%d status and response hints sent to the router "
+		    "again (not acknowledged)", sent);
+	}
+	evtimer_add(c->hint_ev, &tv);
+}
+
 /* Presence for the router: status and responses always, others once a second
  * (telemetry with its payload, when small enough, for the device's view). */
 static void
@@ -130,6 +264,10 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 		info.json = in->payload;
 	else
 		info.json = (struct pstr){ "", 0 };
+	info.life = c->life;
+	info.hseq = full ? hint_keep(c, device, devlen, strcmp(kind, "status") == 0 ?
+	    "status" : "response", in) : 0;
+	info.resent = 0;
 	hmw_init(&c->infos[c->ninfos], HM_FAB_DEVICE_INFO);
 	proto_write_device_info(&c->infos[c->ninfos], &info);
 	c->ninfos++;
@@ -349,9 +487,18 @@ crypto_dispatch(struct worker *w, const char *peer, struct hmr *r)
 {
 	struct crypto *c = w->arg;
 
+	static struct msg_ack ack;
+
 	switch (r->type) {
 	case HM_FAB_DEV_IN:
 		crypto_device_messages(c, r);
+		break;
+	case HM_FAB_ACK:
+		if (proto_read_ack(r, &ack) == -1 || ack.slot != PROTO_SLOT_HINTS) {
+			worker_bad_msg(w, r->type, peer);
+			break;
+		}
+		hint_acked(c, &ack);
 		break;
 	default:
 		worker_bad_msg(w, r->type, peer);
@@ -363,6 +510,7 @@ crypto_main(struct worker *w)
 {
 	static struct crypto crypto;
 	struct crypto *c = &crypto;
+	struct timeval tv = { 0, HINT_TICK_MS * 1000 };
 
 	if (w->cf->e2e != E2E_OFF) {
 		/* Sealed payloads need per-device keys from the registry, which
@@ -374,9 +522,16 @@ crypto_main(struct worker *w)
 	}
 	c->w = w;
 	c->seen = calloc(SEEN_SLOTS, sizeof(*c->seen));
+	c->hints = calloc(HINT_RING, sizeof(*c->hints));
+	c->hint_first = c->hint_next = 1;
+	if (getrandom(&c->life, sizeof(c->life), 0) != (ssize_t)sizeof(c->life))
+		c->life = mono_us() ^ ((uint64_t)getpid() << 32);
 	c->linger = evtimer_new(w->base, crypto_linger_cb, c);
-	if (c->seen == NULL || c->linger == NULL || crypto_reserve(c, 64 * 1024) == -1)
+	c->hint_ev = evtimer_new(w->base, hint_tick, c);
+	if (c->seen == NULL || c->hints == NULL || c->linger == NULL || c->hint_ev == NULL ||
+	    crypto_reserve(c, 64 * 1024) == -1)
 		return 1;
+	evtimer_add(c->hint_ev, &tv);
 	w->arg = c;
 	w->hooks.fabric = crypto_dispatch;
 	w->hooks.stop = crypto_stop;

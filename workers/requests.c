@@ -159,6 +159,8 @@ struct later {
 };
 STAILQ_HEAD(later_list, later);
 
+struct hint_id { uint64_t life, hseq; };
+
 struct requests {
 	struct worker   *w;
 	struct reqstore *st;
@@ -190,6 +192,11 @@ struct requests {
 	uint64_t         prune_from;    /* where the next slice looks first; 0: the start */
 	int              n_online, n_queued, n_sent;
 	bool             spool_full;
+	char             hint_peer[32]; /* the crypto worker, whose hints these are */
+	struct hint_id  *hints;         /* hints taken by the open group */
+	size_t           nhints, caphints;
+	struct hint_id  *hdone;         /* committed, acknowledged every DEV_FLUSH_MS */
+	size_t           nhdone, caphdone;
 };
 
 static void req_change(struct requests *q, struct req *r, int state, json_t *fields, bool fact);
@@ -615,6 +622,69 @@ tx_fail(struct requests *q)
 		evtimer_add(q->tx_ev, &zero);
 }
 
+/* Acknowledge the committed hints to the crypto worker, which keeps them
+ * until then (it sends them again after seconds, so this may wait). */
+static void
+hints_ack(struct requests *q)
+{
+	static struct msg_ack a;
+	struct hmw m;
+
+	for (size_t i = 0; i < q->nhdone; ) {
+		a.slot = PROTO_SLOT_HINTS;
+		a.epoch = q->hdone[i].life;
+		for (a.n = 0; i < q->nhdone && a.n < ACK_MAX && q->hdone[i].life == a.epoch; i++)
+			a.seqs[a.n++] = q->hdone[i].hseq;
+		hmw_init(&m, HM_FAB_ACK);
+		proto_write_ack(&m, &a);
+		if (worker_send(q->w, q->hint_peer, &m) == -1)
+			log_ratelimited(LOG_WARNING, "hint acknowledgement to %s lost: it sends "
+			    "them again", q->hint_peer);
+		hmw_free(&m);
+	}
+	q->nhdone = 0;
+}
+
+/*
+ * The group that took these hints is settled.  Committed: they are
+ * acknowledged.  Lost: the group's facts and presence stay in memory to be
+ * written again, but memory dies with this process, so its hints are not
+ * acknowledged and come again (a response matched twice changes nothing).
+ */
+static void
+hints_settle(struct requests *q, bool ok)
+{
+	struct hint_id *nh;
+
+	if (ok && q->nhints > 0 &&
+	    (nh = grow_array(q->hdone, &q->caphdone, q->nhdone + q->nhints, sizeof(*nh), 256)) != NULL) {
+		q->hdone = nh;
+		memcpy(q->hdone + q->nhdone, q->hints, q->nhints * sizeof(*nh));
+		q->nhdone += q->nhints;
+		if (q->nhdone >= ACK_MAX)
+			hints_ack(q);
+	}
+	q->nhints = 0;
+}
+
+static void
+hint_taken(struct requests *q, const char *peer, const struct msg_device_info *m)
+{
+	static const struct timeval zero = { 0, 0 };
+	struct hint_id *nh;
+
+	if ((q->nhints > 0 || q->nhdone > 0) && strcmp(q->hint_peer, peer) != 0)
+		q->nhints = q->nhdone = 0;  /* one crypto worker: never; else sent again */
+	strlcpy_h(q->hint_peer, peer, sizeof(q->hint_peer));
+	if ((nh = grow_array(q->hints, &q->caphints, q->nhints + 1, sizeof(*nh), 256)) == NULL)
+		return;         /* not acknowledged: it comes again */
+	q->hints = nh;
+	q->hints[q->nhints++] = (struct hint_id){ m->life, m->hseq };
+	/* tx_end sends them, with or without a write in this pass. */
+	if (!evtimer_pending(q->tx_ev, NULL))
+		evtimer_add(q->tx_ev, &zero);
+}
+
 /* Commit the group; then answer, notify and kick what waited for it. */
 static void
 tx_end(struct requests *q)
@@ -640,6 +710,7 @@ tx_end(struct requests *q)
 	acks_settle(q, ok);
 	STAILQ_CONCAT(&done, &q->later);
 	later_run(q, &done, ok);
+	hints_settle(q, ok);
 	note_flush_soon(q);
 	TAILQ_CONCAT(&kicks, &q->kicks, kick_link);
 	while ((d = TAILQ_FIRST(&kicks)) != NULL) {
@@ -1106,6 +1177,7 @@ dev_flush_cb(evutil_socket_t fd, short what, void *arg)
 
 	/* About a tenth of the backlog a slice: each record waits ~1 s at most. */
 	dev_flush(q, max < DEV_FLUSH_MIN ? DEV_FLUSH_MIN : max);
+	hints_ack(q);
 	/* The rest of a look that was cut short; else the fill, which a flood
 	 * of new requests can raise by a good part of a small map in a second. */
 	q->prune_more = requests_prune(q, q->prune_more);
@@ -1637,13 +1709,15 @@ reject_response(struct requests *q, const struct msg_device_info *m, const char 
 	    m->device.p, detail);
 }
 
-static void
+/* false: the answer is known but not stored yet (a lost group's fact,
+ * waiting to be written again): its hint is not acknowledged yet. */
+static bool
 on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 {
 	json_t *doc = json_loadb(m->json.p, m->json.len, 0, NULL), *cidv, *fields, *old;
 	const char *cid;
 	struct req *r;
-	bool ok;
+	bool ok, taken = true;
 
 	cidv = json_object_get(doc, "commandId");
 	cid = json_string_value(cidv);
@@ -1668,6 +1742,10 @@ on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 		reject_response(q, m, "the commandId belongs to another device");
 		goto out;
 	}
+	if (r->want >= 0 && state_ended(r->want)) {
+		taken = false;
+		goto out;
+	}
 	ok = json_is_true(json_object_get(doc, "success"));
 	fields = json_pack("{s:b}", "success", ok);
 	if (ok && json_object_get(doc, "result") != NULL)
@@ -1682,29 +1760,43 @@ on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 	req_change(q, r, ok ? RS_CONFIRMED : RS_FAILED, fields, true);
 out:
 	json_decref(doc);
+	return taken;
 }
 
-void
-requests_on_device(struct requests *q, const struct msg_device_info *m)
+/*
+ * false: not taken, and not to be acknowledged: the crypto worker sends it
+ * again.  That is out of memory, or a copy sent again whose first copy's
+ * change is still only in memory (a lost group's, to be written again).
+ */
+static bool
+device_info(struct requests *q, const struct msg_device_info *m)
 {
 	char id[REQSTORE_ID_MAX + 1];
 	struct dev *d;
 	json_t *doc;
 	const char *state;
+	bool stale;
 
 	if (!device_id_valid(m->device.p, m->device.len)) {
 		worker_count(q->w, STAT_ipc_bad, 1);
-		return;
+		return true;
 	}
 	memcpy(id, m->device.p, m->device.len);
 	id[m->device.len] = '\0';
 	if ((d = dev_get(q, id)) == NULL)
-		return;
+		return false;
+	/* A copy sent again (a router died with the first) may come after a
+	 * later status: presence then stays as that one says. */
+	stale = m->resent && m->received_ms < d->status_ms;
+	if (m->resent && (d->dirty || d->saving))
+		return false;
 	if (m->received_ms > d->last_seen_ms) {
 		d->last_seen_ms = m->received_ms;
 		dev_mark_dirty(q, d);
 	}
 	if (pstr_eq(m->kind, "status")) {
+		if (stale)
+			return true;
 		doc = json_loadb(m->json.p, m->json.len, 0, NULL);
 		if (json_is_object(doc)) {
 			json_decref(d->status);
@@ -1716,9 +1808,10 @@ requests_on_device(struct requests *q, const struct msg_device_info *m)
 		/* "offline" is also the device's Last Will, sent by the broker. */
 		dev_set_online(q, d, state == NULL || strcmp(state, "offline") != 0);
 		json_decref(doc);
-		return;
+		return true;
 	}
-	dev_set_online(q, d, true);
+	if (!stale)
+		dev_set_online(q, d, true);
 	if (pstr_eq(m->kind, "telemetry")) {
 		if (m->received_ms >= d->telemetry_ms && m->json.len > 0 &&
 		    (doc = json_loadb(m->json.p, m->json.len, 0, NULL)) != NULL) {
@@ -1731,7 +1824,15 @@ requests_on_device(struct requests *q, const struct msg_device_info *m)
 		d->telemetry_ms = m->received_ms;
 		dev_mark_dirty(q, d);
 	} else if (pstr_eq(m->kind, "response"))
-		on_response(q, d, m);
+		return on_response(q, d, m);
+	return true;
+}
+
+void
+requests_on_device(struct requests *q, const char *peer, const struct msg_device_info *m)
+{
+	if (device_info(q, m) && m->hseq != 0)
+		hint_taken(q, peer, m);
 }
 
 /* ---- API operations ---- */
@@ -2580,6 +2681,8 @@ requests_close(struct requests *q)
 	free(q->pubs.b);
 	free(q->notes);
 	free(q->acking);
+	free(q->hints);
+	free(q->hdone);
 	free(q->gw_json);
 	if (q->nout > 0)
 		hmw_free(&q->out);

@@ -20,8 +20,10 @@ void    requests_close(struct requests *q);
 void    requests_on_request(struct requests *q, const char *peer, const struct msg_request *m);
 /* FAB_PUBLISHED from an mqtt worker. */
 void    requests_on_published(struct requests *q, const struct msg_published *m);
-/* FAB_DEVICE_INFO from the crypto worker: presence, status, responses. */
-void    requests_on_device(struct requests *q, const struct msg_device_info *m);
+/* FAB_DEVICE_INFO from the crypto worker `peer`: presence, status, responses.
+ * A hint with an hseq is acknowledged to peer once the group it changed is
+ * committed; a lost group's hints are not, and come again. */
+void    requests_on_device(struct requests *q, const char *peer, const struct msg_device_info *m);
 /* FAB_ACK for envelopes the router itself sent (slot PROTO_SLOT_ROUTER). */
 void    requests_on_ack(struct requests *q, const struct msg_ack *m);
 /* An mqtt worker (re)joined: publishing is possible again. */

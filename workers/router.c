@@ -262,7 +262,7 @@ router_dispatch(struct worker *w, const char *peer, struct hmr *msg)
 	case HM_FAB_DEVICE_INFO:
 		if (proto_read_device_info(msg, &info) == -1)
 			goto bad;
-		requests_on_device(r->reqs, &info);
+		requests_on_device(r->reqs, peer, &info);
 		break;
 	default:
 		goto bad;

@@ -86,5 +86,43 @@ def test_refused_cancel_keeps_the_request():
     dev.disconnect()
 
 
+def test_answer_outlives_the_router():
+    """A device answer the router took but could not store is not lost when
+    the router then dies: the crypto worker keeps the answer until the
+    router acknowledges a committed group, and gives it to the next router.
+    (The answer's outbox entry is long gone by then: the spool has it.)"""
+    import json
+    import signal
+    tmp, broker, backend, h, flag = start()
+    dev = Device(broker, "cf-answer", answer=lambda cmd: None).connect()
+    st, rec, _ = api(h, "POST", "/v1/devices/cf-answer/requests",
+                     {"type": "ok", "commandId": "cf-3", "timeout": 60})
+    assert st == 202, (st, rec)
+    wait_for(lambda: api(h, "GET", "/v1/requests/cf-3")[1]["state"] == "sent" and dev.cmds(),
+             10, what="cf-3 sent to the device")
+
+    failing(flag, True)
+    dev.c.publish("device/cf-answer/response",
+                  json.dumps({"commandId": "cf-3", "success": True, "result": {"r": 3}}), 1)
+    wait_for(lambda: "request cf-3: state confirmed not stored" in h.log_text(), 10,
+             what="the router to take the answer and fail to store it")
+    wait_for(lambda: any(e["payload"].get("commandId") == "cf-3" for e in backend.delivered()
+                         if e.get("kind") == "response") and
+             h.ctl("stats")["gauges"].get("outbox_depth") == 0, 10,
+             what="the answer spooled and gone from the outbox")
+    router = h.worker("router")["pid"]
+    os.kill(router, signal.SIGKILL)
+    failing(flag, False)
+    wait_for(lambda: (lambda w: w and w["pid"] != router and w["state"] == "ready")(
+        h.worker("router")), 15, what="the router to be restarted")
+    st, rec, _ = wait_for(lambda: (lambda r: r[0] == 200 and r[1]["state"] != "sent" and r)(
+        api(h, "GET", "/v1/requests/cf-3")), 15, what="cf-3 to end")
+    assert rec["state"] == "confirmed" and rec["result"] == {"r": 3}, rec
+    crypto = [w for w in h.ctl("stats")["workers"] if w["role"] == "crypto"][0]
+    assert crypto["counters"]["hints_resent"] >= 1, crypto
+    dev.disconnect()
+
+
 if __name__ == "__main__":
-    main(test_refused_create_never_happens, test_refused_cancel_keeps_the_request)
+    main(test_refused_create_never_happens, test_refused_cancel_keeps_the_request,
+         test_answer_outlives_the_router)

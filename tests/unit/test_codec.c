@@ -342,6 +342,41 @@ test_other_bodies(void **state)
 	hmw_free(&w);
 }
 
+/* A device hint carries the crypto worker's run and sequence, and whether
+ * it is a copy sent again; a body without them (an older sender) is refused. */
+static void
+test_device_info_round_trip(void **state)
+{
+	struct hmw w;
+	struct hmr r;
+	struct msg_device_info in = { { "dev-1", 5 }, { "response", 8 }, 1700000000123LL,
+	    { "{\"commandId\":\"c\"}", 16 }, 0x1122334455667788ULL, 42, 1 }, out;
+
+	hmw_init(&w, HM_FAB_DEVICE_INFO);
+	proto_write_device_info(&w, &in);
+	assert_int_equal(reader(&r, &w), 0);
+	assert_int_equal(proto_read_device_info(&r, &out), 0);
+	assert_memory_equal(out.device.p, "dev-1", 5);
+	assert_memory_equal(out.kind.p, "response", 8);
+	assert_true(out.received_ms == in.received_ms);
+	assert_int_equal(out.json.len, 16);
+	assert_true(out.life == in.life);
+	assert_int_equal(out.hseq, 42);
+	assert_int_equal(out.resent, 1);
+	hmr_free(&r);
+	hmw_free(&w);
+
+	hmw_init(&w, HM_FAB_DEVICE_INFO);
+	hmw_str(&w, "dev-1", 5);
+	hmw_str(&w, "status", 6);
+	hmw_i64(&w, 1);
+	hmw_str(&w, "{}", 2);
+	assert_int_equal(reader(&r, &w), 0);
+	assert_int_equal(proto_read_device_info(&r, &out), -1);
+	hmr_free(&r);
+	hmw_free(&w);
+}
+
 static void
 test_garbage_never_crashes(void **state)
 {
@@ -397,6 +432,7 @@ main(void)
 		cmocka_unit_test(test_trailing_single),
 		cmocka_unit_test(test_ack_round_trip_and_limits),
 		cmocka_unit_test(test_other_bodies),
+		cmocka_unit_test(test_device_info_round_trip),
 		cmocka_unit_test(test_garbage_never_crashes),
 		cmocka_unit_test(test_containers_refused),
 	};

@@ -22,7 +22,8 @@
 #define SEEN_EVERY_MS  1000
 #define TELEMETRY_MAX  4096      /* a telemetry payload the router keeps for GET /v1/devices/{id} */
 #define CRYPTO_LINGER_MS 2       /* envelopes wait this long for company */
-#define HINT_RING      8192      /* status and response hints the router has not taken */
+#define HINT_RING      65536     /* status and response hints the router has not taken */
+#define HINT_BYTES     (64u << 20) /* and the bytes of their payloads, at most */
 #define HINT_TICK_MS   500
 #define HINT_RESEND_MS 2000      /* not acknowledged this long: sent again, then twice as late */
 #define HINT_RESEND_MAX_MS 30000
@@ -71,6 +72,7 @@ struct crypto {
 	struct hint   *hints;        /* ring of HINT_RING, by hseq */
 	uint64_t       hint_first;   /* oldest kept */
 	uint64_t       hint_next;    /* next hseq */
+	size_t         hint_bytes;   /* payloads kept (unacknowledged) */
 	uint64_t       life;         /* this run's, echoed in the router's acknowledgements */
 	struct event  *hint_ev;
 };
@@ -135,17 +137,28 @@ hint_at(struct crypto *c, uint64_t hseq)
 {
 	struct hint *h = &c->hints[hseq % HINT_RING];
 
-	return h->hseq == hseq ? h : NULL;
+	return hseq != 0 && h->hseq == hseq ? h : NULL;
+}
+
+/* Taken, or dropped: its payload goes at once, its slot when it is the oldest. */
+static void
+hint_release(struct crypto *c, struct hint *h)
+{
+	if (h->device != NULL) {
+		c->hint_bytes -= h->devlen + h->jsonlen;
+		free(h->device);
+		h->device = NULL;
+	}
+	h->acked = true;
 }
 
 static void
-hint_drop_front(struct crypto *c)
+hint_pop_acked(struct crypto *c)
 {
-	struct hint *h = &c->hints[c->hint_first % HINT_RING];
-
-	free(h->device);
-	memset(h, 0, sizeof(*h));
-	c->hint_first++;
+	while (c->hint_first < c->hint_next && c->hints[c->hint_first % HINT_RING].acked) {
+		memset(&c->hints[c->hint_first % HINT_RING], 0, sizeof(struct hint));
+		c->hint_first++;
+	}
 }
 
 /* Keep a hint; its hseq, or 0 when it cannot be kept (sent once, as before). */
@@ -153,17 +166,28 @@ static uint64_t
 hint_keep(struct crypto *c, const char *device, size_t devlen, const char *kind,
     const struct msg_dev_in *in)
 {
+	size_t need = devlen + in->payload.len;
+	int dropped = 0;
 	struct hint *h;
 	char *p;
 
-	if (c->hint_next - c->hint_first == HINT_RING) {
-		/* The router has taken none of the last HINT_RING: it is away. */
-		log_ratelimited(LOG_WARNING, "the router has not taken %d status and response "
-		    "hints; the oldest is dropped", HINT_RING);
-		worker_count(c->w, STAT_ipc_dropped, 1);
-		hint_drop_front(c);
+	if (need > HINT_BYTES)
+		return 0;
+	/* The router has not taken the oldest for a long time: it is away,
+	 * or dying again and again.  The oldest go, and are counted. */
+	while (c->hint_first < c->hint_next && (c->hint_next - c->hint_first == HINT_RING ||
+	    c->hint_bytes + need > HINT_BYTES)) {
+		hint_release(c, &c->hints[c->hint_first % HINT_RING]);
+		hint_pop_acked(c);
+		dropped++;
 	}
-	if ((p = malloc(devlen + in->payload.len + 1)) == NULL)
+	if (dropped > 0) {
+		log_ratelimited(LOG_WARNING, "the router has not taken the oldest status and "
+		    "response hints (at most %d and %u MiB are kept): %d dropped", HINT_RING,
+		    HINT_BYTES >> 20, dropped);
+		worker_count(c->w, STAT_ipc_dropped, (uint64_t)dropped);
+	}
+	if ((p = malloc(need + 1)) == NULL)
 		return 0;
 	h = &c->hints[c->hint_next % HINT_RING];
 	memcpy(p, device, devlen);
@@ -177,6 +201,7 @@ hint_keep(struct crypto *c, const char *device, size_t devlen, const char *kind,
 	h->device = p;
 	h->devlen = devlen;
 	h->jsonlen = in->payload.len;
+	c->hint_bytes += need;
 	return h->hseq;
 }
 
@@ -190,9 +215,8 @@ hint_acked(struct crypto *c, const struct msg_ack *a)
 		return;         /* for an earlier run of this worker */
 	for (uint32_t i = 0; i < a->n; i++)
 		if ((h = hint_at(c, a->seqs[i])) != NULL)
-			h->acked = true;
-	while (c->hint_first < c->hint_next && c->hints[c->hint_first % HINT_RING].acked)
-		hint_drop_front(c);
+			hint_release(c, h);
+	hint_pop_acked(c);
 }
 
 static void

@@ -161,6 +161,13 @@ STAILQ_HEAD(later_list, later);
 
 struct hint_id { uint64_t life, hseq; };
 
+/* What the router made of a device hint (see requests_on_device). */
+enum hint_use {
+	HINT_AGAIN,     /* not taken: the crypto worker sends it again */
+	HINT_GROUP,     /* taken into the open group: acknowledged once it commits */
+	HINT_DONE,      /* taken, nothing to store: acknowledged as it is */
+};
+
 struct requests {
 	struct worker   *w;
 	struct reqstore *st;
@@ -668,7 +675,8 @@ hints_settle(struct requests *q, bool ok)
 }
 
 static void
-hint_taken(struct requests *q, const char *peer, const struct msg_device_info *m)
+hint_taken(struct requests *q, const char *peer, const struct msg_device_info *m,
+    enum hint_use use)
 {
 	static const struct timeval zero = { 0, 0 };
 	struct hint_id *nh;
@@ -676,11 +684,18 @@ hint_taken(struct requests *q, const char *peer, const struct msg_device_info *m
 	if ((q->nhints > 0 || q->nhdone > 0) && strcmp(q->hint_peer, peer) != 0)
 		q->nhints = q->nhdone = 0;  /* one crypto worker: never; else sent again */
 	strlcpy_h(q->hint_peer, peer, sizeof(q->hint_peer));
+	if (use == HINT_DONE) {
+		if ((nh = grow_array(q->hdone, &q->caphdone, q->nhdone + 1, sizeof(*nh), 256)) == NULL)
+			return;         /* not acknowledged: it comes again */
+		q->hdone = nh;
+		q->hdone[q->nhdone++] = (struct hint_id){ m->life, m->hseq };
+		return;
+	}
 	if ((nh = grow_array(q->hints, &q->caphints, q->nhints + 1, sizeof(*nh), 256)) == NULL)
-		return;         /* not acknowledged: it comes again */
+		return;
 	q->hints = nh;
 	q->hints[q->nhints++] = (struct hint_id){ m->life, m->hseq };
-	/* tx_end sends them, with or without a write in this pass. */
+	/* tx_end settles them, with or without a write in this pass. */
 	if (!evtimer_pending(q->tx_ev, NULL))
 		evtimer_add(q->tx_ev, &zero);
 }
@@ -1709,15 +1724,17 @@ reject_response(struct requests *q, const struct msg_device_info *m, const char 
 	    m->device.p, detail);
 }
 
-/* false: the answer is known but not stored yet (a lost group's fact,
- * waiting to be written again): its hint is not acknowledged yet. */
-static bool
+/* HINT_AGAIN when the request's end is known but not stored yet (a lost
+ * group's fact, waiting to be written again); HINT_DONE when the answer
+ * changes nothing stored (rejected, or to an ended request). */
+static enum hint_use
 on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 {
 	json_t *doc = json_loadb(m->json.p, m->json.len, 0, NULL), *cidv, *fields, *old;
 	const char *cid;
 	struct req *r;
-	bool ok, taken = true;
+	bool ok;
+	enum hint_use use = HINT_DONE;
 
 	cidv = json_object_get(doc, "commandId");
 	cid = json_string_value(cidv);
@@ -1743,7 +1760,7 @@ on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 		goto out;
 	}
 	if (r->want >= 0 && state_ended(r->want)) {
-		taken = false;
+		use = HINT_AGAIN;
 		goto out;
 	}
 	ok = json_is_true(json_object_get(doc, "success"));
@@ -1758,17 +1775,25 @@ on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 			    "bad_response", "message", "the response has no boolean \"success\""));
 	}
 	req_change(q, r, ok ? RS_CONFIRMED : RS_FAILED, fields, true);
+	use = HINT_GROUP;
 out:
 	json_decref(doc);
-	return taken;
+	return use;
 }
 
 /*
- * false: not taken, and not to be acknowledged: the crypto worker sends it
- * again.  That is out of memory, or a copy sent again whose first copy's
- * change is still only in memory (a lost group's, to be written again).
+ * Write the device's record in the open group, so that the hint behind
+ * the change is acknowledged only with it (the slices of dev_flush may
+ * write it a second later).
  */
-static bool
+static void
+dev_save_now(struct requests *q, struct dev *d)
+{
+	if (!d->saving)
+		dev_save(q, d);
+}
+
+static enum hint_use
 device_info(struct requests *q, const struct msg_device_info *m)
 {
 	char id[REQSTORE_ID_MAX + 1];
@@ -1776,27 +1801,27 @@ device_info(struct requests *q, const struct msg_device_info *m)
 	json_t *doc;
 	const char *state;
 	bool stale;
+	enum hint_use use = HINT_DONE;
 
 	if (!device_id_valid(m->device.p, m->device.len)) {
 		worker_count(q->w, STAT_ipc_bad, 1);
-		return true;
+		return HINT_DONE;
 	}
 	memcpy(id, m->device.p, m->device.len);
 	id[m->device.len] = '\0';
 	if ((d = dev_get(q, id)) == NULL)
-		return false;
-	/* A copy sent again (a router died with the first) may come after a
-	 * later status: presence then stays as that one says. */
-	stale = m->resent && m->received_ms < d->status_ms;
-	if (m->resent && (d->dirty || d->saving))
-		return false;
+		return HINT_AGAIN;
+	/* A copy sent again (its first went with a router that died, or with
+	 * a group that was lost) may come after later messages: what it says
+	 * of presence then no longer holds. */
+	stale = m->resent && (m->received_ms < d->status_ms || m->received_ms < d->last_seen_ms);
 	if (m->received_ms > d->last_seen_ms) {
 		d->last_seen_ms = m->received_ms;
 		dev_mark_dirty(q, d);
 	}
 	if (pstr_eq(m->kind, "status")) {
 		if (stale)
-			return true;
+			return HINT_DONE;
 		doc = json_loadb(m->json.p, m->json.len, 0, NULL);
 		if (json_is_object(doc)) {
 			json_decref(d->status);
@@ -1808,10 +1833,16 @@ device_info(struct requests *q, const struct msg_device_info *m)
 		/* "offline" is also the device's Last Will, sent by the broker. */
 		dev_set_online(q, d, state == NULL || strcmp(state, "offline") != 0);
 		json_decref(doc);
-		return true;
+		dev_save_now(q, d);
+		return HINT_GROUP;
 	}
-	if (!stale)
+	if (!stale) {
 		dev_set_online(q, d, true);
+		if (m->resent) {
+			dev_save_now(q, d);
+			use = HINT_GROUP;
+		}
+	}
 	if (pstr_eq(m->kind, "telemetry")) {
 		if (m->received_ms >= d->telemetry_ms && m->json.len > 0 &&
 		    (doc = json_loadb(m->json.p, m->json.len, 0, NULL)) != NULL) {
@@ -1823,16 +1854,30 @@ device_info(struct requests *q, const struct msg_device_info *m)
 		}
 		d->telemetry_ms = m->received_ms;
 		dev_mark_dirty(q, d);
-	} else if (pstr_eq(m->kind, "response"))
-		return on_response(q, d, m);
-	return true;
+	} else if (pstr_eq(m->kind, "response")) {
+		enum hint_use r = on_response(q, d, m);
+
+		if (r != HINT_DONE)
+			use = r;
+	}
+	/* A presence change written by the group (dev_set_online) goes with it. */
+	if (use == HINT_DONE && d->saving)
+		use = HINT_GROUP;
+	return use;
 }
 
+/*
+ * A hint with an hseq is acknowledged to the crypto worker when what it
+ * changed is committed; one that changed nothing stored at once; one not
+ * taken is not, and comes again.
+ */
 void
 requests_on_device(struct requests *q, const char *peer, const struct msg_device_info *m)
 {
-	if (device_info(q, m) && m->hseq != 0)
-		hint_taken(q, peer, m);
+	enum hint_use use = device_info(q, m);
+
+	if (m->hseq != 0 && use != HINT_AGAIN)
+		hint_taken(q, peer, m, use);
 }
 
 /* ---- API operations ---- */

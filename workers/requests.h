@@ -22,7 +22,8 @@ void    requests_on_request(struct requests *q, const char *peer, const struct m
 void    requests_on_published(struct requests *q, const struct msg_published *m);
 /* FAB_DEVICE_INFO from the crypto worker `peer`: presence, status, responses.
  * A hint with an hseq is acknowledged to peer once the group it changed is
- * committed; a lost group's hints are not, and come again. */
+ * committed (at once if it changed nothing stored); a lost group's hints
+ * are not, and come again. */
 void    requests_on_device(struct requests *q, const char *peer, const struct msg_device_info *m);
 /* FAB_ACK for envelopes the router itself sent (slot PROTO_SLOT_ROUTER). */
 void    requests_on_ack(struct requests *q, const struct msg_ack *m);

@@ -86,43 +86,117 @@ def test_refused_cancel_keeps_the_request():
     dev.disconnect()
 
 
-def test_answer_outlives_the_router():
-    """A device answer the router took but could not store is not lost when
-    the router then dies: the crypto worker keeps the answer until the
-    router acknowledges a committed group, and gives it to the next router.
-    (The answer's outbox entry is long gone by then: the spool has it.)"""
+def answer_outlives_the_router(dev_id, cid, chatty):
     import json
     import signal
+    import threading
     tmp, broker, backend, h, flag = start()
-    dev = Device(broker, "cf-answer", answer=lambda cmd: None).connect()
-    st, rec, _ = api(h, "POST", "/v1/devices/cf-answer/requests",
-                     {"type": "ok", "commandId": "cf-3", "timeout": 60})
+    dev = Device(broker, dev_id, answer=lambda cmd: None).connect()
+    st, rec, _ = api(h, "POST", "/v1/devices/%s/requests" % dev_id,
+                     {"type": "ok", "commandId": cid, "timeout": 60})
     assert st == 202, (st, rec)
-    wait_for(lambda: api(h, "GET", "/v1/requests/cf-3")[1]["state"] == "sent" and dev.cmds(),
-             10, what="cf-3 sent to the device")
+    wait_for(lambda: api(h, "GET", "/v1/requests/" + cid)[1]["state"] == "sent" and dev.cmds(),
+             10, what="%s sent to the device" % cid)
 
     failing(flag, True)
-    dev.c.publish("device/cf-answer/response",
-                  json.dumps({"commandId": "cf-3", "success": True, "result": {"r": 3}}), 1)
-    wait_for(lambda: "request cf-3: state confirmed not stored" in h.log_text(), 10,
+    dev.c.publish("device/%s/response" % dev_id,
+                  json.dumps({"commandId": cid, "success": True, "result": {"r": 3}}), 1)
+    wait_for(lambda: "request %s: state confirmed not stored" % cid in h.log_text(), 10,
              what="the router to take the answer and fail to store it")
-    wait_for(lambda: any(e["payload"].get("commandId") == "cf-3" for e in backend.delivered()
+    wait_for(lambda: any(e["payload"].get("commandId") == cid for e in backend.delivered()
                          if e.get("kind") == "response") and
              h.ctl("stats")["gauges"].get("outbox_depth") == 0, 10,
              what="the answer spooled and gone from the outbox")
-    router = h.worker("router")["pid"]
-    os.kill(router, signal.SIGKILL)
-    failing(flag, False)
-    wait_for(lambda: (lambda w: w and w["pid"] != router and w["state"] == "ready")(
-        h.worker("router")), 15, what="the router to be restarted")
-    st, rec, _ = wait_for(lambda: (lambda r: r[0] == 200 and r[1]["state"] != "sent" and r)(
-        api(h, "GET", "/v1/requests/cf-3")), 15, what="cf-3 to end")
+    stop = threading.Event()
+
+    def heartbeats():
+        while not stop.wait(0.02):
+            dev.c.publish("device/%s/status" % dev_id, json.dumps({"state": "online"}), 1)
+    beat = threading.Thread(target=heartbeats)
+    if chatty:
+        beat.start()
+    try:
+        router = h.worker("router")["pid"]
+        os.kill(router, signal.SIGKILL)
+        failing(flag, False)
+        wait_for(lambda: (lambda w: w and w["pid"] != router and w["state"] == "ready")(
+            h.worker("router")), 15, what="the router to be restarted")
+        # Sent again 2 s after the first, then 4 s later (both inside the
+        # wait), then 8 s later.
+        st, rec, _ = wait_for(lambda: (lambda r: r[0] == 200 and r[1]["state"] != "sent" and r)(
+            api(h, "GET", "/v1/requests/" + cid)), 8, what="%s to end" % cid)
+    finally:
+        stop.set()
+        if chatty:
+            beat.join()
     assert rec["state"] == "confirmed" and rec["result"] == {"r": 3}, rec
     crypto = [w for w in h.ctl("stats")["workers"] if w["role"] == "crypto"][0]
     assert crypto["counters"]["hints_resent"] >= 1, crypto
     dev.disconnect()
 
 
+def test_answer_outlives_the_router():
+    """A device answer the router took but could not store is not lost when
+    the router then dies: the crypto worker keeps the answer until the
+    router acknowledges a committed group, and gives it to the next router.
+    (The answer's outbox entry is long gone by then: the spool has it.)"""
+    answer_outlives_the_router("cf-answer", "cf-3", chatty=False)
+
+
+def test_answer_outlives_the_router_chatty_device():
+    """The same while the device sends a status every 20 ms: its record is
+    always waiting to be written, and the answer is still taken at once."""
+    answer_outlives_the_router("cf-chatty", "cf-4", chatty=True)
+
+
+def test_resent_last_will_does_not_undo_later_messages():
+    """A Last Will the router took but could not store comes again to the
+    next router; by then the device spoke again (telemetry, no status): the
+    old Last Will must not set it offline."""
+    import json
+    import signal
+    import paho.mqtt.client as mqtt
+    tmp, broker, backend, h, flag = start()
+
+    def online():
+        return api(h, "GET", "/v1/devices/cf-lw")[1].get("online")
+
+    def resent():
+        return [w for w in h.ctl("stats")["workers"]
+                if w["role"] == "crypto"][0]["counters"].get("hints_resent", 0)
+
+    dev = Device(broker, "cf-lw").connect()
+    wait_for(lambda: online() is True, 10, what="cf-lw online")
+    failing(flag, True)
+    dev.drop()
+    wait_for(lambda: online() is False, 10, what="the router to take the Last Will")
+    router = h.worker("router")["pid"]
+    os.kill(router, signal.SIGKILL)
+    failing(flag, False)
+    wait_for(lambda: (lambda w: w and w["pid"] != router and w["state"] == "ready")(
+        h.worker("router")), 15, what="the router to be restarted")
+    wait_for(lambda: online() is True, 10, what="the stored presence (online)")
+    before = resent()
+
+    c = mqtt.Client(client_id="cf-lw-helper", protocol=mqtt.MQTTv311)
+    c.connect("127.0.0.1", broker.port, keepalive=30)
+    c.loop_start()
+    c.publish("device/cf-lw/telemetry", json.dumps({"t": 1}), 1).wait_for_publish()
+    wait_for(lambda: api(h, "GET", "/v1/devices/cf-lw")[1].get("telemetry") == {"t": 1}, 10,
+             what="the device's telemetry at the router")
+    wait_for(lambda: resent() > before, 10, what="the Last Will sent again")
+    # Hints reach the router in order: once this answer is dead-lettered,
+    # the Last Will sent before it has been handled.
+    c.publish("device/cf-lw-probe/response", json.dumps({"commandId": "cf-none"}), 1)
+    wait_for(lambda: any(e["device"] == "cf-lw-probe" for e in
+                         h.ctl("deadletter", "list", "100")["entries"]), 10,
+             what="the probe answer handled")
+    assert online() is True, api(h, "GET", "/v1/devices/cf-lw")[1]
+    c.disconnect()
+    c.loop_stop()
+
+
 if __name__ == "__main__":
     main(test_refused_create_never_happens, test_refused_cancel_keeps_the_request,
-         test_answer_outlives_the_router)
+         test_answer_outlives_the_router, test_answer_outlives_the_router_chatty_device,
+         test_resent_last_will_does_not_undo_later_messages)

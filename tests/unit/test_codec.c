@@ -350,7 +350,7 @@ test_device_info_round_trip(void **state)
 	struct hmw w;
 	struct hmr r;
 	struct msg_device_info in = { { "dev-1", 5 }, { "response", 8 }, 1700000000123LL,
-	    { "{\"commandId\":\"c\"}", 16 }, 0x1122334455667788ULL, 42, 1 }, out;
+	    { "{\"commandId\":\"c\"}", 17 }, 0x1122334455667788ULL, 42, 1 }, out;
 
 	hmw_init(&w, HM_FAB_DEVICE_INFO);
 	proto_write_device_info(&w, &in);
@@ -359,7 +359,8 @@ test_device_info_round_trip(void **state)
 	assert_memory_equal(out.device.p, "dev-1", 5);
 	assert_memory_equal(out.kind.p, "response", 8);
 	assert_true(out.received_ms == in.received_ms);
-	assert_int_equal(out.json.len, 16);
+	assert_int_equal(out.json.len, 17);
+	assert_memory_equal(out.json.p, "{\"commandId\":\"c\"}", 17);
 	assert_true(out.life == in.life);
 	assert_int_equal(out.hseq, 42);
 	assert_int_equal(out.resent, 1);

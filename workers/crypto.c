@@ -40,7 +40,8 @@ struct seen {
  * queue) would leave a device shown online after its Last Will, or a
  * request that its device answered ending in timeout.  The router takes a
  * copy sent again like the first (a response matched twice changes
- * nothing), and a status sent again only if no later status came first.
+ * nothing), but not what it says of presence if a later message of the
+ * device came first.
  */
 struct hint {
 	uint64_t    hseq;            /* 0: free */

@@ -4,7 +4,10 @@ while commits fail, the API answers 503 with SPEC's error body, and what was
 not stored never happens -- a refused request never reaches the device and
 leaves no record, a refused cancel leaves the request queued.  Once the
 store works again the same calls succeed, the router never restarted, and
-a restart of herald shows exactly what was stored.
+a restart of herald shows exactly what was stored.  What a device said while
+commits failed (an answer, a Last Will) is not lost when the router then dies:
+the next router gets it again, and an old Last Will does not undo what the
+device said since.
 
 The failure comes from a test-only switch: HERALD_TEST_REQSTORE_FAIL=<file>
 makes every commit of the request store fail while <file> exists."""

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <sys/random.h>
 
+#include "hints.h"
 #include "jsoncheck.h"
 #include "log.h"
 #include "proto.h"
@@ -22,36 +23,14 @@
 #define SEEN_EVERY_MS  1000
 #define TELEMETRY_MAX  4096      /* a telemetry payload the router keeps for GET /v1/devices/{id} */
 #define CRYPTO_LINGER_MS 2       /* envelopes wait this long for company */
-#define HINT_RING      65536     /* status and response hints the router has not taken */
+#define HINT_KEEP      65536     /* status and response hints the router has not taken */
 #define HINT_BYTES     (64u << 20) /* and the bytes of their payloads, at most */
 #define HINT_TICK_MS   500
-#define HINT_RESEND_MS 2000      /* not acknowledged this long: sent again, then twice as late */
-#define HINT_RESEND_MAX_MS 30000
 #define HINT_RESEND_TICK 1024    /* hints sent again a tick, at most */
 
 struct seen {
 	char    id[129];
 	int64_t at;
-};
-
-/*
- * A status or response hint, kept until the router says the group it
- * changed is committed: one lost in a dying router (in its socket or its
- * queue) would leave a device shown online after its Last Will, or a
- * request that its device answered ending in timeout.  The router takes a
- * copy sent again like the first (a response matched twice changes
- * nothing), but not what it says of presence if a later message of the
- * device came first.
- */
-struct hint {
-	uint64_t    hseq;            /* 0: free */
-	bool        acked;
-	int64_t     sent_ms;
-	int64_t     wait_ms;         /* before the next copy */
-	int64_t     received_ms;
-	const char *kind;            /* static */
-	char       *device;          /* device id, then the payload: one allocation */
-	size_t      devlen, jsonlen;
 };
 
 struct crypto {
@@ -70,10 +49,17 @@ struct crypto {
 	 * not guaranteed: the two travel different paths. */
 	struct hmw     infos[PROTO_BATCH_RECORDS];
 	int            ninfos;
-	struct hint   *hints;        /* ring of HINT_RING, by hseq */
-	uint64_t       hint_first;   /* oldest kept */
-	uint64_t       hint_next;    /* next hseq */
-	size_t         hint_bytes;   /* payloads kept (unacknowledged) */
+	/*
+	 * Every status and response told to the router, kept until it says
+	 * the group that stored the change is committed (hints.h): one lost in
+	 * a dying router (in its socket, its queue, or a group it could not
+	 * commit) would leave a device shown online after its Last Will, or a
+	 * request its device answered ending in timeout.  The router takes a
+	 * copy sent again like the first (a response matched twice changes
+	 * nothing), but not what it says of presence if a later message of the
+	 * device came first.
+	 */
+	struct hints  *hints;
 	uint64_t       life;         /* this run's, echoed in the router's acknowledgements */
 	struct event  *hint_ev;
 };
@@ -133,91 +119,44 @@ crypto_reserve(struct crypto *c, size_t need)
 	return 0;
 }
 
-static struct hint *
-hint_at(struct crypto *c, uint64_t hseq)
-{
-	struct hint *h = &c->hints[hseq % HINT_RING];
-
-	return hseq != 0 && h->hseq == hseq ? h : NULL;
-}
-
-/* Taken, or dropped: its payload goes at once, its slot when it is the oldest. */
-static void
-hint_release(struct crypto *c, struct hint *h)
-{
-	if (h->device != NULL) {
-		c->hint_bytes -= h->devlen + h->jsonlen;
-		free(h->device);
-		h->device = NULL;
-	}
-	h->acked = true;
-}
-
-static void
-hint_pop_acked(struct crypto *c)
-{
-	while (c->hint_first < c->hint_next && c->hints[c->hint_first % HINT_RING].acked) {
-		memset(&c->hints[c->hint_first % HINT_RING], 0, sizeof(struct hint));
-		c->hint_first++;
-	}
-}
-
-/* Keep a hint; its hseq, or 0 when it cannot be kept (sent once, as before). */
+/* Keep a hint for the router; its hseq, or 0 when it cannot be kept (sent once). */
 static uint64_t
 hint_keep(struct crypto *c, const char *device, size_t devlen, const char *kind,
     const struct msg_dev_in *in)
 {
-	size_t need = devlen + in->payload.len;
-	int dropped = 0;
-	struct hint *h;
-	char *p;
+	int dropped;
+	uint64_t hseq = hints_keep(c->hints, kind, device, devlen, in->payload.p, in->payload.len,
+	    in->received_ms, mono_ms(), &dropped);
 
-	if (need > HINT_BYTES)
-		return 0;
-	/* The router has not taken the oldest for a long time: it is away,
-	 * or dying again and again.  The oldest go, and are counted. */
-	while (c->hint_first < c->hint_next && (c->hint_next - c->hint_first == HINT_RING ||
-	    c->hint_bytes + need > HINT_BYTES)) {
-		hint_release(c, &c->hints[c->hint_first % HINT_RING]);
-		hint_pop_acked(c);
-		dropped++;
-	}
 	if (dropped > 0) {
+		/* The router has not taken the oldest for a long time: it is away,
+		 * or dying again and again. */
 		log_ratelimited(LOG_WARNING, "the router has not taken the oldest status and "
-		    "response hints (at most %d and %u MiB are kept): %d dropped", HINT_RING,
+		    "response hints (at most %d and %u MiB are kept): %d dropped", HINT_KEEP,
 		    HINT_BYTES >> 20, dropped);
 		worker_count(c->w, STAT_ipc_dropped, (uint64_t)dropped);
 	}
-	if ((p = malloc(need + 1)) == NULL)
-		return 0;
-	h = &c->hints[c->hint_next % HINT_RING];
-	memcpy(p, device, devlen);
-	memcpy(p + devlen, in->payload.p, in->payload.len);
-	h->hseq = c->hint_next++;
-	h->acked = false;
-	h->sent_ms = mono_ms();
-	h->wait_ms = HINT_RESEND_MS;
-	h->received_ms = in->received_ms;
-	h->kind = kind;
-	h->device = p;
-	h->devlen = devlen;
-	h->jsonlen = in->payload.len;
-	c->hint_bytes += need;
-	return h->hseq;
+	return hseq;
 }
 
-/* The router committed what these hints changed. */
 static void
-hint_acked(struct crypto *c, const struct msg_ack *a)
+hint_send_again(void *arg, const struct hint_view *v)
 {
-	struct hint *h;
+	struct crypto *c = arg;
+	struct msg_device_info info;
+	struct hmw m;
 
-	if (a->epoch != c->life)
-		return;         /* for an earlier run of this worker */
-	for (uint32_t i = 0; i < a->n; i++)
-		if ((h = hint_at(c, a->seqs[i])) != NULL)
-			hint_release(c, h);
-	hint_pop_acked(c);
+	info.device = (struct pstr){ v->device, v->devlen };
+	info.kind = (struct pstr){ v->kind, strlen(v->kind) };
+	info.received_ms = v->received_ms;
+	info.json = (struct pstr){ v->json, v->jsonlen };
+	info.life = c->life;
+	info.hseq = v->hseq;
+	info.resent = 1;
+	hmw_init(&m, HM_FAB_DEVICE_INFO);
+	proto_write_device_info(&m, &info);
+	worker_send(c->w, NULL, &m);
+	hmw_free(&m);
 }
 
 static void
@@ -225,31 +164,8 @@ hint_tick(evutil_socket_t fd, short what, void *arg)
 {
 	struct crypto *c = arg;
 	struct timeval tv = { 0, HINT_TICK_MS * 1000 };
-	int64_t now = mono_ms();
-	int sent = 0;
+	int sent = hints_due(c->hints, mono_ms(), HINT_RESEND_TICK, hint_send_again, c);
 
-	for (uint64_t s = c->hint_first; s < c->hint_next && sent < HINT_RESEND_TICK; s++) {
-		struct hint *h = hint_at(c, s);
-		struct msg_device_info info;
-		struct hmw m;
-
-		if (h == NULL || h->acked || now - h->sent_ms < h->wait_ms)
-			continue;
-		info.device = (struct pstr){ h->device, h->devlen };
-		info.kind = (struct pstr){ h->kind, strlen(h->kind) };
-		info.received_ms = h->received_ms;
-		info.json = (struct pstr){ h->device + h->devlen, h->jsonlen };
-		info.life = c->life;
-		info.hseq = h->hseq;
-		info.resent = 1;
-		hmw_init(&m, HM_FAB_DEVICE_INFO);
-		proto_write_device_info(&m, &info);
-		worker_send(c->w, NULL, &m);
-		hmw_free(&m);
-		h->sent_ms = now;
-		h->wait_ms = h->wait_ms * 2 > HINT_RESEND_MAX_MS ? HINT_RESEND_MAX_MS : h->wait_ms * 2;
-		sent++;
-	}
 	if (sent > 0) {
 		worker_count(c->w, STAT_hints_resent, (uint64_t)sent);
 		log_ratelimited(LOG_WARNING, "%d status and response hints sent to the router "
@@ -523,7 +439,8 @@ crypto_dispatch(struct worker *w, const char *peer, struct hmr *r)
 			worker_bad_msg(w, r->type, peer);
 			break;
 		}
-		hint_acked(c, &ack);
+		if (ack.epoch == c->life)       /* else for an earlier run of this worker */
+			hints_ack(c->hints, ack.seqs, ack.n);
 		break;
 	default:
 		worker_bad_msg(w, r->type, peer);
@@ -547,8 +464,7 @@ crypto_main(struct worker *w)
 	}
 	c->w = w;
 	c->seen = calloc(SEEN_SLOTS, sizeof(*c->seen));
-	c->hints = calloc(HINT_RING, sizeof(*c->hints));
-	c->hint_first = c->hint_next = 1;
+	c->hints = hints_new(HINT_KEEP, HINT_BYTES);
 	if (getrandom(&c->life, sizeof(c->life), 0) != (ssize_t)sizeof(c->life))
 		c->life = mono_us() ^ ((uint64_t)getpid() << 32);
 	c->linger = evtimer_new(w->base, crypto_linger_cb, c);

@@ -73,8 +73,7 @@ def test_full_outbox_reconnect_does_not_spin():
     wait_for(lambda: h.ctl("outbox", "0")["paused_full"], 60, 0.2, "the outbox to fill")
 
     def counter(name):
-        w = [w for w in h.ctl("stats")["workers"] if w["role"] == "mqtt"][0]
-        return w["counters"].get(name, 0)
+        return h.counter("mqtt", name)
     connects, drops = counter("mqtt_connects"), counter("mqtt_disconnects")
     # Reading nothing, the connection misses its keepalive and drops.
     wait_for(lambda: counter("mqtt_disconnects") > drops, 30, 0.2,

@@ -158,11 +158,6 @@ def test_refused_put_answers_503():
     assert st == 202 and rec["state"] == "queued", (st, rec)
 
 
-def counter(h, role, name):
-    w = [w for w in h.ctl("stats")["workers"] if w["role"] == role][0]
-    return w["counters"].get(name, 0)
-
-
 def test_answer_behind_lost_cancel():
     tmp, broker, backend, h, flag = start()
     dev = Device(broker, "ca-dev", answer=lambda cmd: None).connect()
@@ -173,7 +168,7 @@ def test_answer_behind_lost_cancel():
     assert st == 202, (st, rec)
     wait_for(lambda: state(h, "ca-1") == "sent", 10, what="ca-1 to be sent")
     router = h.worker("router")["pid"]
-    calls, answers = counter(h, "api", "ipc_out"), counter(h, "crypto", "envelopes")
+    calls, answers = h.counter("api", "ipc_out"), h.counter("crypto", "envelopes")
     # The router stopped: the cancel, then the device's answer, wait for it
     # together, and it takes them in one pass, whose commit fails.
     os.kill(router, signal.SIGSTOP)
@@ -181,10 +176,10 @@ def test_answer_behind_lost_cancel():
         res = {}
         t = threading.Thread(target=lambda: res.setdefault("r", api(h, "DELETE", "/v1/requests/ca-1")))
         t.start()
-        wait_for(lambda: counter(h, "api", "ipc_out") > calls, 10, what="the cancel")
+        wait_for(lambda: h.counter("api", "ipc_out") > calls, 10, what="the cancel")
         dev.c.publish("device/ca-dev/response", json.dumps(
             {"commandId": "ca-1", "success": True, "result": {"n": 1}}), 1).wait_for_publish()
-        wait_for(lambda: counter(h, "crypto", "envelopes") > answers, 10, what="the answer")
+        wait_for(lambda: h.counter("crypto", "envelopes") > answers, 10, what="the answer")
         failing(flag, "commit")
     finally:
         os.kill(router, signal.SIGCONT)

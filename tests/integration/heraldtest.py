@@ -282,6 +282,13 @@ class Herald:
                 return w
         return None
 
+    def counter(self, role, name, slot=0):
+        """One worker's counter from `heraldctl stats` (0 when not counted yet)."""
+        for w in self.ctl("stats")["workers"]:
+            if w["role"] == role and w.get("slot", 0) == slot:
+                return w["counters"].get(name, 0)
+        raise AssertionError("no %s.%d worker in stats" % (role, slot))
+
     def expected_workers(self):
         return 4 + int(self.sections["workers"].get("mqtt", 2))
 

@@ -39,6 +39,7 @@ usage(FILE *f)
 	    "  workers                    every process: role, pid, state, restarts, last exit\n"
 	    "  top [-d SECONDS] [-n N]    live view: per-second rates per worker\n"
 	    "  spool                      spool depth, bytes, oldest age, delivered, retrying, dead\n"
+	    "  spool retry                every lane waiting to retry the backend retries now\n"
 	    "  deadletter list [N] | replay ID|all | purge ID|all\n"
 	    "  requests [DEVICE] | devices | outbox [SLOT]\n"
 	    "  log-level LEVEL | reload | help\n"

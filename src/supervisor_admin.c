@@ -77,7 +77,7 @@ static const struct admin_cmd admin_cmds[] = {
 	{ "workers",    "workers",                                ROLE_SUPERVISOR, admin_workers },
 	{ "log-level",  "log-level error|warning|notice|info|debug", ROLE_SUPERVISOR, admin_loglevel },
 	{ "reload",     "reload",                                 ROLE_SUPERVISOR, admin_reload },
-	{ "spool",      "spool",                                  ROLE_HTTP, NULL },
+	{ "spool",      "spool [retry]  (retry: every waiting lane retries now)", ROLE_HTTP, NULL },
 	{ "deadletter", "deadletter list [N] | replay ID|all | purge ID|all", ROLE_HTTP, NULL },
 	{ "requests",   "requests [DEVICE]",                      ROLE_ROUTER, NULL },
 	{ "devices",    "devices",                                ROLE_ROUTER, NULL },

@@ -4,6 +4,7 @@
  * libcurl's multi_socket API on the worker's libevent loop, one POST in
  * flight per lane (lane = device hash) so each device's order holds.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #define HTTP_BACKOFF_MIN_MS     200
 #define HTTP_BACKOFF_MAX_MS     30000
 #define HTTP_RETRY_AFTER_MAX_MS 3600000
+#define HTTP_BODY_READ_MAX      (1u << 20)  /* an answer's body is read this far, no further */
 #define HTTP_DETAIL_MAX         SPOOL_DETAIL_MAX
 #define HTTP_BATCH_OPS          1024    /* spool changes per write transaction */
 #define HTTP_PUT_COMMIT_MS      5       /* new envelopes wait at most this for a commit */
@@ -70,6 +72,9 @@ struct lane {
 	size_t             idcap;
 	char               resp[HTTP_DETAIL_MAX];
 	size_t             resplen;
+	size_t             bodyread;            /* bytes of the answer's body seen */
+	long               status;              /* of the answer's last status line */
+	bool               answered;            /* the final answer's headers all came */
 	int64_t            retry_after_ms;      /* -1: the answer had none */
 	int                attempt;
 	int64_t            next_retry_ms;       /* mono */
@@ -639,6 +644,9 @@ http_lane_post(struct lane *l)
 	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->bodylen);
 	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDS, l->body);
 	l->resplen = 0;
+	l->bodyread = 0;
+	l->status = 0;
+	l->answered = false;
 	l->retry_after_ms = -1;
 	l->errbuf[0] = '\0';
 	if ((mc = curl_multi_add_handle(h->multi, l->easy)) != CURLM_OK) {
@@ -897,10 +905,36 @@ http_lane_dead(struct lane *l, long status)
 	l->attempt = 0;
 }
 
+/* Why the lane's answer does not count, for the log. */
+static void
+http_lane_why(struct lane *l, CURLcode res, long status, char *why, size_t len)
+{
+	char *loc = NULL;
+
+	if (res == CURLE_OK && !l->answered)
+		snprintf(why, len, "backend closed the connection before its answer's "
+		    "headers ended");
+	else if (res == CURLE_OUT_OF_MEMORY && !l->answered && l->errbuf[0] == '\0')
+		/* libcurl's code, with no text, for a header line over 100 KiB */
+		snprintf(why, len, "backend: answer unreadable (a header over 100 KiB, "
+		    "or out of memory)");
+	else if (res != CURLE_OK)
+		snprintf(why, len, "backend: %s", l->errbuf[0] ? l->errbuf :
+		    curl_easy_strerror(res));
+	else if (status >= 300 && status < 400 &&
+	    curl_easy_getinfo(l->easy, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK &&
+	    loc != NULL)
+		snprintf(why, len, "backend answered %ld, redirecting to %s (redirects "
+		    "are not followed: set [backend] url to the final address)", status, loc);
+	else
+		snprintf(why, len, "backend answered %ld", status);
+}
+
 static void
 http_lane_retry(struct lane *l, CURLcode res, long status)
 {
 	struct http *h = l->h;
+	char why[CURL_ERROR_SIZE + 256];
 	int64_t delay;
 
 	worker_count(h->w, STAT_http_retries, 1);
@@ -931,13 +965,9 @@ http_lane_retry(struct lane *l, CURLcode res, long status)
 	}
 	if (l->attempt < 64)
 		l->attempt++;
-	if (res != CURLE_OK)
-		log_ratelimited(LOG_WARNING, "backend: %s; lane %d retries in %lld ms",
-		    l->errbuf[0] ? l->errbuf : curl_easy_strerror(res), l->idx,
-		    (long long)delay);
-	else
-		log_ratelimited(LOG_WARNING, "backend answered %ld; lane %d retries in "
-		    "%lld ms", status, l->idx, (long long)delay);
+	http_lane_why(l, res, status, why, sizeof(why));
+	log_ratelimited(LOG_WARNING, "%s; lane %d retries in %lld ms", why, l->idx,
+	    (long long)delay);
 	l->state = LANE_BACKOFF;
 	l->next_retry_ms = mono_ms() + delay;
 	http_after(l->timer, delay);
@@ -957,9 +987,18 @@ http_lane_done(struct lane *l, CURLcode res)
 	    res == CURLE_OK ? "ok" : curl_easy_strerror(res));
 	if (h->sp == NULL || h->fatal)
 		return;
-	if (res == CURLE_OK && status >= 200 && status < 300)
+	/*
+	 * The final answer's status decides once its headers have all come,
+	 * whatever became of its body (cut short, endless, too slow): the
+	 * backend has said what it did.  An answer cut off before the end of its
+	 * headers is no answer (libcurl may still report success): retried.
+	 */
+	if (l->answered && status >= 200 && status < 300) {
+		if (res != CURLE_OK)
+			log_debug("lane %d: %s delivered (%ld); its answer's body: %s",
+			    l->idx, l->whid, status, curl_easy_strerror(res));
 		http_lane_delivered(l);
-	else if (res == CURLE_OK && status >= 400 && status < 500 && status != 408 &&
+	} else if (l->answered && status >= 400 && status < 500 && status != 408 &&
 	    status != 429)
 		http_lane_dead(l, status);
 	else
@@ -1087,6 +1126,11 @@ http_write_cb(char *p, size_t size, size_t nmemb, void *arg)
 		memcpy(l->resp + l->resplen, p, c);
 		l->resplen += c;
 	}
+	/* The status decides, not the body: stop reading a long one (the
+	 * connection closes).  0 makes libcurl end the transfer. */
+	l->bodyread += len;
+	if (l->answered && l->bodyread > HTTP_BODY_READ_MAX)
+		return 0;
 	return len;
 }
 
@@ -1101,8 +1145,23 @@ http_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 
 	if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
 		/* A new response (after a 100 Continue): forget the last one's. */
+		const char *sp = memchr(p, ' ', len);
+
 		l->retry_after_ms = -1;
 		l->resplen = 0;
+		l->bodyread = 0;
+		l->answered = false;
+		l->status = 0;
+		if (sp != NULL && (size_t)(sp - p) + 4 <= len &&
+		    isdigit((unsigned char)sp[1]) && isdigit((unsigned char)sp[2]) &&
+		    isdigit((unsigned char)sp[3]))
+			l->status = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+		return len;
+	}
+	if ((len == 2 && p[0] == '\r' && p[1] == '\n') || (len == 1 && p[0] == '\n')) {
+		/* The blank line that ends a header block; a 1xx has another after it. */
+		if (l->status >= 200)
+			l->answered = true;
 		return len;
 	}
 	if (len <= 12 || strncasecmp(p, "Retry-After:", 12) != 0)
@@ -1412,6 +1471,29 @@ http_err(const char *code, const char *msg)
 	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
 }
 
+/* End every lane's wait (backoff or Retry-After): the operator knows the
+ * backend is back. */
+static json_t *
+http_admin_retry(struct http *h)
+{
+	int n = 0;
+
+	for (int i = 0; i < h->nlanes; i++) {
+		struct lane *l = &h->lanes[i];
+
+		if (l->state != LANE_BACKOFF)
+			continue;
+		evtimer_del(l->timer);
+		l->attempt = 0;
+		l->next_retry_ms = mono_ms();
+		http_after(l->timer, 0);
+		n++;
+	}
+	if (n > 0)
+		log_notice("spool retry: %d waiting lane(s) retry now", n);
+	return json_pack("{s:i}", "retried", n);
+}
+
 static json_t *
 http_admin_spool(struct http *h)
 {
@@ -1459,6 +1541,15 @@ http_jstr(const char *p, size_t len)
 
 	if (s != NULL)
 		return s;
+	/* Cut inside a character (answers are kept to their first bytes)? */
+	for (size_t cut = 1; cut <= 3 && cut <= len; cut++) {
+		if (((unsigned char)p[len - cut] & 0xc0) != 0x80) {
+			if ((unsigned char)p[len - cut] >= 0xc0 &&
+			    (s = json_stringn(p, len - cut)) != NULL)
+				return s;
+			break;
+		}
+	}
 	if ((c = malloc(len + 1)) == NULL)
 		return json_string("");
 	for (size_t i = 0; i < len; i++)
@@ -1581,6 +1672,11 @@ http_admin(struct worker *w, int argc, char **argv)
 
 	if (h->sp == NULL)
 		return NULL;
+	if (strcmp(argv[0], "spool") == 0 && argc == 2 && strcmp(argv[1], "retry") == 0)
+		return http_admin_retry(h);
+	if (strcmp(argv[0], "spool") == 0 && argc > 1)
+		return json_pack("{s:{s:s,s:s}}", "error", "code", "usage", "message",
+		    "usage: spool [retry]");
 	if (strcmp(argv[0], "spool") == 0)
 		return http_admin_spool(h);
 	if (strcmp(argv[0], "deadletter") == 0)

@@ -1,0 +1,217 @@
+"""Answers a backend gets wrong, byte by byte: herald takes an answer only
+once its headers have all come, lets the status decide whatever becomes of
+the body, says where a redirect points, and keeps a dead-letter detail cut
+inside a UTF-8 character readable."""
+import json
+import socket
+import threading
+from heraldtest import Herald, Mosquitto, Publisher, TmpDir, main, wait_for, _cleanups
+
+
+class RawBackend:
+    """A backend on a plain socket: `answer(body) -> bytes or callable(conn)`
+    writes whatever it likes; it records the envelope ids of every POST."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.lock = threading.Lock()
+        self.posts = []                  # ids of each POST, in order
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d/ingest" % self.port
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+        _cleanups.append(self.stop)
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                n = 0
+                for line in head.split(b"\r\n")[1:]:
+                    k, _, v = line.partition(b":")
+                    if k.strip().lower() == b"content-length":
+                        n = int(v)
+                while len(buf) < n:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                body, buf = buf[:n], buf[n:]
+                doc = json.loads(body)
+                with self.lock:
+                    self.posts.append([e["id"] for e in (doc if isinstance(doc, list) else [doc])])
+                a = self.answer(body)
+                if callable(a):
+                    a(c)
+                    return
+                c.sendall(a)
+                if b"Connection: close" in a or not a.endswith(b"\r\n\r\n"):
+                    return
+        except OSError:
+            return
+        finally:
+            c.close()
+
+    def ids(self):
+        with self.lock:
+            return [i for p in self.posts for i in p]
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+
+
+def start(backend, conf=None):
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    c = {"backend": {"url": backend.url, "concurrency": 2, "timeout_ms": 3000}}
+    for k, v in (conf or {}).items():
+        c.setdefault(k, {}).update(v)
+    h = Herald(tmp, broker=broker, conf=c).wait_ready()
+    return broker, h
+
+
+def test_answer_cut_inside_headers_is_no_answer():
+    # A status line, half a header, and the connection closes: libcurl calls
+    # that a success with status 200.  Before, herald counted it delivered
+    # and deleted the envelope: the backend never finished answering.
+    mode = {"ok": False}
+    cut = []
+
+    def answer(body):
+        if mode["ok"]:
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        cut.append(1)
+        return b"HTTP/1.1 200 OK\r\nContent-Le"
+
+    be = RawBackend(answer)
+    broker, h = start(be)
+    pub = Publisher(broker.port, ["cut-1", "cut-2"], kinds=["telemetry"], count=3).run()
+    wait_for(lambda: len(cut) >= 6, 30, 0.1, "answers cut inside the headers")
+    assert h.counter("http", "delivered") == 0, h.ctl("stats")
+    assert h.ctl("spool")["depth"] == pub.total(), h.ctl("spool")
+    assert "before its answer's headers ended" in h.log_text()
+    mode["ok"] = True
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 40, 0.2, "delivered once the backend answers")
+    assert h.counter("http", "delivered") == pub.total()
+    assert len(set(be.ids())) == pub.total()
+
+
+def test_status_decides_whatever_the_body():
+    # 200 with a body that never ends: the backend has answered; before,
+    # herald waited for the body until timeout_ms and posted the same
+    # envelope again, forever.  A 404 with an endless body is dead-lettered.
+    def endless(status):
+        def write(c):
+            c.sendall(b"HTTP/1.1 %d X\r\nTransfer-Encoding: chunked\r\n\r\n" % status)
+            chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
+            try:
+                while True:
+                    c.sendall(chunk)
+            except OSError:
+                pass
+        return write
+
+    def answer(body):
+        doc = json.loads(body)
+        return endless(404 if doc["device"] == "bad-1" else 200)
+
+    be = RawBackend(answer)
+    broker, h = start(be)
+    good = Publisher(broker.port, ["body-1", "body-2"], kinds=["telemetry"], count=3).run()
+    Publisher(broker.port, ["bad-1"], kinds=["telemetry"], count=2).run()
+    wait_for(lambda: h.counter("http", "delivered") == good.total(), 30, 0.1, "delivered")
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 30, 0.1, "spool empty")
+    ids = be.ids()
+    assert len(ids) == good.total() + 2 and len(set(ids)) == len(ids), ids
+    dead = h.ctl("deadletter", "list")["entries"]
+    assert len(dead) == 2 and all(d["status"] == 404 and d["device"] == "bad-1" for d in dead), dead
+    assert all(d["detail"].startswith("xxxx") for d in dead), dead
+
+
+def test_redirect_names_its_target():
+    mode = {"ok": False}
+
+    def answer(body):
+        if mode["ok"]:
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        return (b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://backend.example/hook\r\n"
+                b"Content-Length: 0\r\n\r\n")
+
+    be = RawBackend(answer)
+    broker, h = start(be)
+    pub = Publisher(broker.port, ["moved-1"], kinds=["telemetry"], count=2).run()
+    wait_for(lambda: "redirecting to https://backend.example/hook" in h.log_text(), 20, 0.1,
+             "the redirect's target in the log")
+    assert "set [backend] url to the final address" in h.log_text()
+    assert h.ctl("spool")["depth"] == pub.total()
+    mode["ok"] = True
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 40, 0.2, "delivered after the fix")
+
+
+def test_dead_letter_detail_cut_inside_a_character():
+    # The first 512 bytes of "a" + "é" * 400 end inside an "é": the detail
+    # keeps the whole characters before it (before: every é became "?").
+    text = ("a" + "\u00e9" * 400).encode()
+
+    def answer(body):
+        return (b"HTTP/1.1 422 Unprocessable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(text)) + text
+
+    be = RawBackend(answer)
+    broker, h = start(be)
+    Publisher(broker.port, ["utf-1"], kinds=["telemetry"], count=1).run()
+    wait_for(lambda: h.ctl("deadletter", "list")["entries"], 20, 0.1, "dead-lettered")
+    d = h.ctl("deadletter", "list")["entries"][0]
+    assert d["status"] == 422, d
+    assert d["detail"] == "a" + "\u00e9" * 255, d["detail"][:40]
+
+
+def test_spool_retry_ends_a_long_retry_after():
+    # A backend that asked for an hour's pause and came back early: the
+    # operator makes every lane retry now instead of restarting herald.
+    mode = {"ok": False}
+
+    def answer(body):
+        if mode["ok"]:
+            return b"HTTP/1.1 204 No Content\r\n\r\n"
+        return b"HTTP/1.1 503 Busy\r\nRetry-After: 3000\r\nContent-Length: 0\r\n\r\n"
+
+    be = RawBackend(answer)
+    broker, h = start(be)
+    pub = Publisher(broker.port, ["ra-1", "ra-2", "ra-3"], kinds=["telemetry"], count=2).run()
+    wait_for(lambda: h.ctl("spool")["depth"] == pub.total() and
+             all(l["next_retry_ms"] > 2900000 for l in h.ctl("spool")["lanes"]
+                 if l["state"] == "backoff") and h.ctl("spool")["retrying"] >= 1,
+             20, 0.1, "lanes waiting for the Retry-After")
+    mode["ok"] = True
+    r = h.ctl("spool", "retry")
+    assert r.get("retried", 0) >= 1, r
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 10, 0.1, "delivered after spool retry")
+    assert len(set(be.ids())) == pub.total()
+    assert "spool retry:" in h.log_text()
+    bad = h.ctl("spool", "nonsense", check=False)
+    assert bad.get("error", {}).get("code") == "usage", bad
+
+
+if __name__ == "__main__":
+    main(test_answer_cut_inside_headers_is_no_answer, test_status_decides_whatever_the_body,
+         test_redirect_names_its_target, test_dead_letter_detail_cut_inside_a_character,
+         test_spool_retry_ends_a_long_retry_after)

@@ -1453,6 +1453,26 @@ waiter_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	waiter_free(wt);
 }
 
+/* Hold the API call (peer, reqid) until r ends (200) or wait seconds pass (202). */
+static bool
+waiter_add(struct requests *q, struct req *r, const char *peer, uint64_t reqid, int64_t wait)
+{
+	struct waiter *wt = calloc(1, sizeof(*wt));
+	struct timeval wtv = { (time_t)wait, 0 };
+
+	if (wt == NULL || (wt->timer = evtimer_new(q->w->base, waiter_timeout_cb, wt)) == NULL) {
+		free(wt);
+		return false;
+	}
+	wt->q = q;
+	wt->r = r;
+	wt->reqid = reqid;
+	strlcpy_h(wt->peer, peer, sizeof(wt->peer));
+	LIST_INSERT_HEAD(&r->waiters, wt, link);
+	evtimer_add(wt->timer, &wtv);
+	return true;
+}
+
 static void
 req_timer_arm(struct req *r)
 {
@@ -1968,7 +1988,15 @@ op_request_create(struct call *c)
 			    json_equal(oparams ? oparams : empty, params ? params : empty) &&
 			    (tv == NULL || rec_int(old, "_timeout") == timeout);
 			json_decref(empty);
-			if (same)
+			/*
+			 * A repeat with ?wait (a client retrying the call it lost)
+			 * waits as the first call did: 200 once the request ended,
+			 * 202 if it is still going when the wait is over.
+			 */
+			if (same && wait > 0 && (r = req_find(q, cid)) != NULL &&
+			    waiter_add(q, r, c->peer, c->reqid, wait))
+				;
+			else if (same)
 				reply(q, c->peer, c->reqid, 200, rec_public(old));
 			else
 				reply_error(q, c->peer, c->reqid, 409, "command_id_conflict",
@@ -2051,22 +2079,11 @@ op_request_create(struct call *c)
 		return;
 	}
 	gauges(q);
-	if (wait > 0) {
-		struct waiter *wt = calloc(1, sizeof(*wt));
-		struct timeval wtv = { (time_t)wait, 0 };
-		if (wt != NULL && (wt->timer = evtimer_new(q->w->base, waiter_timeout_cb, wt)) != NULL) {
-			wt->q = q;
-			wt->r = r;
-			wt->reqid = c->reqid;
-			strlcpy_h(wt->peer, c->peer, sizeof(wt->peer));
-			LIST_INSERT_HEAD(&r->waiters, wt, link);
-			evtimer_add(wt->timer, &wtv);
-			free(text);
-			json_decref(rec);
-			dev_kick(q, d);
-			return;
-		}
-		free(wt);
+	if (wait > 0 && waiter_add(q, r, c->peer, c->reqid, wait)) {
+		free(text);
+		json_decref(rec);
+		dev_kick(q, d);
+		return;
 	}
 	created->text = text;
 	json_decref(rec);

@@ -9,6 +9,7 @@ envelope.  A device is online again from its first message after its Last
 Will, however soon that message comes, and its view shows its last
 telemetry."""
 import json
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -203,6 +204,35 @@ def test_idempotency_and_cancel():
     dev.disconnect()
 
 
+def test_repeat_with_wait_waits():
+    # A client that lost the answer of POST ?wait calls it again: the repeat
+    # waits as the first call did (before: 200 at once with state "queued",
+    # which a ?wait client reads as "ended").
+    tmp, broker, backend, h = start()
+    body = {"type": "ok", "params": {"x": 1}, "commandId": "rw-1"}
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-rw/requests?wait=1", body)
+    assert st == 202 and rec["state"] == "queued", (st, rec)
+    got = {}
+
+    def repeat():
+        got["answer"] = api(h, "POST", "/v1/devices/dev-rw/requests?wait=20", body)
+    t = threading.Thread(target=repeat, daemon=True)
+    t.start()
+    t.join(1.0)
+    assert t.is_alive(), "the repeat answered at once: %r" % (got,)
+    dev = Device(broker, "dev-rw", answer).connect()
+    t.join(15)
+    assert not t.is_alive(), "the repeat was not answered when the request ended"
+    st, rec, _ = got["answer"]
+    assert st == 200 and rec["state"] == "confirmed" and rec["result"] == {"v": 1}, (st, rec)
+    # Once ended, a repeat with ?wait answers at once.
+    t0 = time.monotonic()
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-rw/requests?wait=20", body)
+    assert st == 200 and rec["state"] == "confirmed", (st, rec)
+    assert time.monotonic() - t0 < 5
+    dev.disconnect()
+
+
 def test_device_list_paging():
     tmp, broker, backend, h = start()
     names = ["pg-%d" % i for i in range(7)]
@@ -293,5 +323,5 @@ def test_back_online_right_after_last_will():
 
 if __name__ == "__main__":
     main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
-         test_device_list_paging, test_unknown_command_dead_letter,
+         test_repeat_with_wait_waits, test_device_list_paging, test_unknown_command_dead_letter,
          test_back_online_right_after_last_will)

@@ -286,6 +286,15 @@ fabric_forward(struct fabric *f, const char *peer, const struct hmr *r)
 	return fabric_send_parts(f, peer, hdr, r->data, r->len);
 }
 
+/* Messages still queued when the socket closes get ms to go out (default:
+ * none; a worker about to exit sets it for its last answers). */
+void
+fabric_linger(struct fabric *f, int ms)
+{
+	if (f != NULL && f->sock != NULL)
+		zmq_setsockopt(f->sock, ZMQ_LINGER, &ms, sizeof(ms));
+}
+
 void
 fabric_close(struct fabric *f)
 {

@@ -39,6 +39,7 @@ void           fabric_set_stats(struct fabric *f, struct stats_slot *s);
 int            fabric_send(struct fabric *f, const char *peer, struct hmw *w);
 /* Pass a received message on unchanged (the router). */
 int            fabric_forward(struct fabric *f, const char *peer, const struct hmr *r);
+void           fabric_linger(struct fabric *f, int ms);
 void           fabric_close(struct fabric *f);
 /* "ipc://<run_dir>/fabric.sock" */
 void           fabric_endpoint(const char *run_dir, char *buf, size_t len);

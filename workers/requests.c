@@ -2687,6 +2687,35 @@ requests_open(struct worker *w)
 	return q;
 }
 
+/*
+ * Stopping: commit what is pending, then answer every API call still held
+ * by ?wait with the request as stored (202), as its wait running out would.
+ * Left to the api worker, the call became 503 "shutting down" although the
+ * request was stored: a client taking that at its word creates it again.
+ */
+void
+requests_stop(struct requests *q)
+{
+	struct waiter *wt;
+	int n = 0;
+
+	dev_flush(q, q->ndirty);
+	tx_end(q);
+	for (size_t i = 0; i < q->reqs.nb; i++)
+		for (struct hnode *h = q->reqs.b[i]; h != NULL; h = h->next) {
+			struct req *r = (struct req *)h;
+
+			while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
+				reply(q, wt->peer, wt->reqid, 202, rec_public(r->staged ?
+				    r->crec : r->rec));
+				waiter_free(wt);
+				n++;
+			}
+		}
+	if (n > 0)
+		log_info("stopping: %d API call(s) waiting on requests answered 202", n);
+}
+
 void
 requests_close(struct requests *q)
 {

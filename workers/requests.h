@@ -16,6 +16,8 @@ struct requests;
 
 struct requests *requests_open(struct worker *w);
 void    requests_close(struct requests *q);
+/* Stopping: commit, and answer the API calls held by ?wait (202, the record). */
+void    requests_stop(struct requests *q);
 /* FAB_REQUEST from the api worker `peer`; the answer goes back as FAB_REPLY. */
 void    requests_on_request(struct requests *q, const char *peer, const struct msg_request *m);
 /* FAB_PUBLISHED from an mqtt worker. */

@@ -288,6 +288,18 @@ router_reload(struct worker *w, const struct config *old)
 	requests_reload(r->reqs);
 }
 
+/* Answer what waits on requests, and give those answers time to leave. */
+static void
+router_stop(struct worker *w)
+{
+	struct router *r = w->arg;
+
+	if (r->reqs != NULL)
+		requests_stop(r->reqs);
+	fabric_linger(w->fab, 1000);
+	worker_exit(w, 0);
+}
+
 int
 router_main(struct worker *w)
 {
@@ -303,6 +315,7 @@ router_main(struct worker *w)
 	w->hooks.fabric = router_dispatch;
 	w->hooks.admin = router_admin;
 	w->hooks.reload = router_reload;
+	w->hooks.stop = router_stop;
 	if (worker_bind_fabric(w, ep) == -1)
 		return 1;
 	r->holds[0].to = "http.0";
@@ -314,5 +327,9 @@ router_main(struct worker *w)
 		return 1;
 	code = worker_loop(w);
 	requests_close(r->reqs);
+	/* The process ends with _exit: close the socket, so that its lingering
+	 * answers (router_stop) go out first. */
+	fabric_close(w->fab);
+	w->fab = NULL;
 	return code;
 }

@@ -137,6 +137,29 @@ def _try(fn):
         return e
 
 
+def test_sigterm_answers_held_wait_with_the_record():
+    # SIGTERM while a POST ?wait holds: the request is stored, so the call
+    # ends 202 with its record (before: 503 "shutting_down" after 3 s, and
+    # a client taking that at its word created the request a second time).
+    tmp, broker, backend, h = start()
+    got = {}
+
+    def post():
+        got["answer"] = api(h, "POST", "/v1/devices/dev-term/requests?wait=30",
+                            {"type": "ok", "commandId": "term-1", "timeout": 120})
+    t = threading.Thread(target=post, daemon=True)
+    t.start()
+    wait_for(lambda: api(h, "GET", "/v1/requests/term-1")[0] == 200, 10,
+             what="term-1 stored")
+    assert t.is_alive()
+    assert h.stop() == 0
+    t.join(10)
+    assert not t.is_alive()
+    st, rec, _ = got["answer"]
+    assert st == 202 and rec["commandId"] == "term-1" and rec["state"] == "queued", (st, rec)
+    assert "answered 202" in h.log_text()
+
+
 def test_herald_kill9():
     tmp, broker, backend, h = start()
     ids = queue_requests(h, "dur-all")
@@ -153,4 +176,5 @@ def test_herald_kill9():
 
 if __name__ == "__main__":
     main(test_router_kill9, test_router_kill9_device_stays_online, test_api_kill9_late_reply,
-         test_notifications_resent, test_herald_kill9)
+         test_notifications_resent, test_sigterm_answers_held_wait_with_the_record,
+         test_herald_kill9)

@@ -157,6 +157,7 @@ static const struct cfg_key cfg_keys[] = {
 };
 
 #define CFG_NKEYS   (sizeof(cfg_keys) / sizeof(cfg_keys[0]))
+_Static_assert(CFG_NKEYS <= CONFIG_MAX_KEYS, "CONFIG_MAX_KEYS is too small");
 
 /* Suffixes of a size, matched without regard to case. */
 static const struct {
@@ -750,6 +751,7 @@ cfg_line(struct config *cf, char *line, int lineno, const char **section,
 		return -1;
 	}
 	seen[k - cfg_keys] = lineno;
+	cf->key_line[k - cfg_keys] = lineno;
 	return 0;
 }
 
@@ -770,6 +772,7 @@ config_parse(struct config *cf, const char *path, const char *text,
 	}
 	*tmp = *cf;
 	strlcpy_h(tmp->path, path, sizeof(tmp->path));
+	memset(tmp->key_line, 0, sizeof(tmp->key_line));
 	while (*p != '\0') {
 		const char *eol = strchr(p, '\n');
 		size_t len = eol != NULL ? (size_t)(eol - p) : strlen(p);
@@ -797,63 +800,86 @@ config_parse(struct config *cf, const char *path, const char *text,
 	return 0;
 }
 
-int
-config_validate(const struct config *cf, char *err, size_t errlen)
+/* The line that set section.key (0: it has its default). */
+static int
+cfg_key_line(const struct config *cf, const char *section, const char *key)
+{
+	const struct cfg_key *k = cfg_find(section, key);
+
+	return k != NULL ? cf->key_line[k - cfg_keys] : 0;
+}
+
+/* "FILE:LINE: message" (SPEC 4), or "FILE: message" for what no line set:
+ * a required key missing, or two keys both at their defaults. */
+static int __attribute__((format(printf, 5, 6)))
+cfg_fail(const struct config *cf, int line, char *err, size_t errlen, const char *fmt, ...)
 {
 	const char *path = cf->path[0] != '\0' ? cf->path : "(configuration)";
 	char msg[CONFIG_ERRLEN];
+	va_list ap;
 
-	if (cf->backend_url[0] == '\0') {
-		cfg_msg(err, errlen, "%s: [backend] url is not set", path);
-		return -1;
-	}
-	if (cfg_check_url(cf->backend_url, msg, sizeof(msg)) == -1) {
-		cfg_msg(err, errlen, "%s: [backend] %s", path, msg);
-		return -1;
-	}
-	if (cf->default_timeout > cf->max_timeout) {
-		cfg_msg(err, errlen, "%s: [requests] default_timeout (%d) is greater "
-		    "than max_timeout (%d)", path, cf->default_timeout, cf->max_timeout);
-		return -1;
-	}
-	if (cf->ping_timeout_ms <= cf->ping_interval_ms) {
-		cfg_msg(err, errlen, "%s: [workers] ping_timeout_ms (%d) must be greater "
-		    "than ping_interval_ms (%d)", path, cf->ping_timeout_ms,
-		    cf->ping_interval_ms);
-		return -1;
-	}
-	if (cf->api_ntokens < 1) {
-		cfg_msg(err, errlen, "%s: [api] tokens: at least one token is needed", path);
-		return -1;
-	}
-	if (cfg_check_node_name(cf->node_name, msg, sizeof(msg)) == -1) {
-		cfg_msg(err, errlen, "%s: [herald] %s", path, msg);
-		return -1;
-	}
-	if (cfg_check_abs_path(cf->state_dir, msg, sizeof(msg)) == -1) {
-		cfg_msg(err, errlen, "%s: [herald] state_dir: %s", path, msg);
-		return -1;
-	}
-	if (cfg_check_abs_path(cf->run_dir, msg, sizeof(msg)) == -1) {
-		cfg_msg(err, errlen, "%s: [herald] run_dir: %s", path, msg);
-		return -1;
-	}
-	if (cfg_check_socket_path(cf->admin_socket, msg, sizeof(msg)) == -1) {
-		cfg_msg(err, errlen, "%s: [admin] socket: %s", path, msg);
-		return -1;
-	}
-	if (cf->outbox_bytes < outbox_min_bytes(cf->max_payload)) {
-		cfg_msg(err, errlen, "%s: [mqtt] outbox_bytes (%zu) is too small for [limits] "
-		    "max_payload (%zu): it needs at least %zu", path, cf->outbox_bytes,
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (line > 0)
+		cfg_msg(err, errlen, "%s:%d: %s", path, line, msg);
+	else
+		cfg_msg(err, errlen, "%s: %s", path, msg);
+	return -1;
+}
+
+/* Of two keys checked against each other, the one set later in the file. */
+static int
+cfg_pair_line(const struct config *cf, const char *s1, const char *k1, const char *s2,
+    const char *k2)
+{
+	int a = cfg_key_line(cf, s1, k1), b = cfg_key_line(cf, s2, k2);
+
+	return a > b ? a : b;
+}
+
+int
+config_validate(const struct config *cf, char *err, size_t errlen)
+{
+	char msg[CONFIG_ERRLEN];
+
+	if (cf->backend_url[0] == '\0')
+		return cfg_fail(cf, 0, err, errlen, "[backend] url is not set");
+	if (cfg_check_url(cf->backend_url, msg, sizeof(msg)) == -1)
+		return cfg_fail(cf, cfg_key_line(cf, "backend", "url"), err, errlen,
+		    "[backend] %s", msg);
+	if (cf->default_timeout > cf->max_timeout)
+		return cfg_fail(cf, cfg_pair_line(cf, "requests", "default_timeout", "requests",
+		    "max_timeout"), err, errlen, "[requests] default_timeout (%d) is greater "
+		    "than max_timeout (%d)", cf->default_timeout, cf->max_timeout);
+	if (cf->ping_timeout_ms <= cf->ping_interval_ms)
+		return cfg_fail(cf, cfg_pair_line(cf, "workers", "ping_timeout_ms", "workers",
+		    "ping_interval_ms"), err, errlen, "[workers] ping_timeout_ms (%d) must be "
+		    "greater than ping_interval_ms (%d)", cf->ping_timeout_ms, cf->ping_interval_ms);
+	if (cf->api_ntokens < 1)
+		return cfg_fail(cf, cfg_key_line(cf, "api", "tokens"), err, errlen,
+		    "[api] tokens: at least one token is needed");
+	if (cfg_check_node_name(cf->node_name, msg, sizeof(msg)) == -1)
+		return cfg_fail(cf, cfg_key_line(cf, "herald", "node_name"), err, errlen,
+		    "[herald] %s", msg);
+	if (cfg_check_abs_path(cf->state_dir, msg, sizeof(msg)) == -1)
+		return cfg_fail(cf, cfg_key_line(cf, "herald", "state_dir"), err, errlen,
+		    "[herald] state_dir: %s", msg);
+	if (cfg_check_abs_path(cf->run_dir, msg, sizeof(msg)) == -1)
+		return cfg_fail(cf, cfg_key_line(cf, "herald", "run_dir"), err, errlen,
+		    "[herald] run_dir: %s", msg);
+	if (cfg_check_socket_path(cf->admin_socket, msg, sizeof(msg)) == -1)
+		return cfg_fail(cf, cfg_key_line(cf, "admin", "socket"), err, errlen,
+		    "[admin] socket: %s", msg);
+	if (cf->outbox_bytes < outbox_min_bytes(cf->max_payload))
+		return cfg_fail(cf, cfg_pair_line(cf, "mqtt", "outbox_bytes", "limits",
+		    "max_payload"), err, errlen, "[mqtt] outbox_bytes (%zu) is too small for "
+		    "[limits] max_payload (%zu): it needs at least %zu", cf->outbox_bytes,
 		    cf->max_payload, outbox_min_bytes(cf->max_payload));
-		return -1;
-	}
-	if (cf->e2e != E2E_OFF) {
-		cfg_msg(err, errlen, "%s: [security] e2e = %s needs the device registry, which "
-		    "this herald does not have yet; set e2e = off", path,
-		    cf->e2e == E2E_REQUIRED ? "required" : "optional");
-		return -1;
-	}
+	if (cf->e2e != E2E_OFF)
+		return cfg_fail(cf, cfg_key_line(cf, "security", "e2e"), err, errlen,
+		    "[security] e2e = %s needs the device registry, which this herald does "
+		    "not have yet; set e2e = off", cf->e2e == E2E_REQUIRED ? "required" : "optional");
 	return 0;
 }
 

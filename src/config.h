@@ -16,8 +16,11 @@
 enum fsync_mode { FSYNC_OFF = 0, FSYNC_BATCH, FSYNC_ALWAYS };
 enum e2e_mode { E2E_OFF = 0, E2E_OPTIONAL, E2E_REQUIRED };
 
+#define CONFIG_MAX_KEYS     64
+
 struct config {
 	char     path[1024];                /* the file it came from */
+	int      key_line[CONFIG_MAX_KEYS]; /* line of each key set, by table order; 0: default */
 
 	/* [herald] */
 	char     node_name[64];

@@ -664,16 +664,18 @@ test_errors_strings(void **state)
 }
 
 static void
-expect_invalid(const char *extra, const char *needle)
+expect_invalid(const char *extra, int line, const char *needle)
 {
 	struct config cf;
-	char err[CONFIG_ERRLEN] = "", *text;
+	char err[CONFIG_ERRLEN] = "", *text, *prefix;
 
 	text = fmt("%s%s", T_VALID, extra);
 	parse_ok(&cf, text);
 	free(text);
 	assert_int_equal(config_validate(&cf, err, sizeof(err)), -1);
-	check_err(err, T_PATH ": ", needle);
+	prefix = fmt(T_PATH ":%d: ", line);
+	check_err(err, prefix, needle);
+	free(prefix);
 }
 
 static void
@@ -689,20 +691,22 @@ test_validate(void **state)
 	assert_int_equal(config_validate(&cf, err, sizeof(err)), -1);
 	check_err(err, T_PATH ": ", "[api] tokens: at least one token is needed");
 
-	expect_invalid("[requests]\ndefault_timeout = 61\nmax_timeout = 60\n",
+	/* T_VALID is 4 lines: extra starts on line 5.  Of two keys checked
+	 * against each other, the later line is named. */
+	expect_invalid("[requests]\ndefault_timeout = 61\nmax_timeout = 60\n", 7,
 	    "[requests] default_timeout (61) is greater than max_timeout (60)");
-	expect_invalid("[workers]\nping_interval_ms = 3000\n",
+	expect_invalid("[workers]\nping_interval_ms = 3000\n", 6,
 	    "[workers] ping_timeout_ms (3000) must be greater than ping_interval_ms (3000)");
-	expect_invalid("[workers]\nping_timeout_ms = 500\n",
+	expect_invalid("[workers]\nping_timeout_ms = 500\n", 6,
 	    "ping_timeout_ms (500) must be greater");
 	/* End-to-end encryption needs the device registry, not built yet: a
 	 * configuration (or a reload) asking for it is refused, not accepted
 	 * for a crypto worker that could never start. */
-	expect_invalid("[security]\ne2e = required\n", "[security] e2e = required needs");
-	expect_invalid("[security]\ne2e = optional\n", "[security] e2e = optional needs");
+	expect_invalid("[security]\ne2e = required\n", 6, "[security] e2e = required needs");
+	expect_invalid("[security]\ne2e = optional\n", 6, "[security] e2e = optional needs");
 	/* An outbox that cannot take two of the largest messages (the mqtt
 	 * workers would exit at their start). */
-	expect_invalid("[mqtt]\noutbox_bytes = 1M\n[limits]\nmax_payload = 1M\n",
+	expect_invalid("[mqtt]\noutbox_bytes = 1M\n[limits]\nmax_payload = 1M\n", 8,
 	    "[mqtt] outbox_bytes (1048576) is too small for [limits] max_payload (1048576)");
 	parse_ok(&cf, T_VALID "[mqtt]\noutbox_bytes = 1M\n");
 	assert_int_equal(config_validate(&cf, err, sizeof(err)), 0);
@@ -736,7 +740,8 @@ test_validate(void **state)
 	parse_ok(&cf, T_VALID);
 	strcpy(cf.backend_url, "gopher://x");
 	assert_int_equal(config_validate(&cf, err, sizeof(err)), -1);
-	check_err(err, T_PATH ": ", "must start with http:// or https://");
+	/* url was set on line 2 of T_VALID */
+	check_err(err, T_PATH ":2: ", "must start with http:// or https://");
 }
 
 /* The shipped example, found from the source tree. */
@@ -810,6 +815,7 @@ test_shipped_conf(void **state)
 	strcpy(def.backend_url, cf.backend_url);
 	memcpy(def.api_tokens, cf.api_tokens, sizeof(def.api_tokens));
 	def.api_ntokens = cf.api_ntokens;
+	memcpy(def.key_line, cf.key_line, sizeof(def.key_line));
 	assert_memory_equal(&cf, &def, sizeof(cf));
 
 	text = read_all(path);

@@ -42,6 +42,7 @@ usage(FILE *f)
 	    "  spool retry                every lane waiting to retry the backend retries now\n"
 	    "  deadletter list [N] | replay ID|all | purge ID|all\n"
 	    "  requests [DEVICE] | devices | outbox [SLOT]\n"
+	    "  device add|list|show|rotate|revoke   (not yet: needs the device registry)\n"
 	    "  log-level LEVEL | reload | help\n"
 	    "  counters [--man]           every counter and gauge with its meaning (no herald needed)\n",
 	    DEFAULT_CONFIG);

@@ -63,6 +63,7 @@ struct admin_cmd {
 	const char *usage;
 	int         role;       /* ROLE_SUPERVISOR: answered here; else forwarded */
 	admin_fn   *fn;
+	int         maxargs;    /* arguments after the command, at most */
 };
 
 static json_t *admin_help(struct admin *, int, char **);
@@ -70,18 +71,21 @@ static json_t *admin_stats(struct admin *, int, char **);
 static json_t *admin_workers(struct admin *, int, char **);
 static json_t *admin_loglevel(struct admin *, int, char **);
 static json_t *admin_reload(struct admin *, int, char **);
+static json_t *admin_device(struct admin *, int, char **);
 
 static const struct admin_cmd admin_cmds[] = {
-	{ "help",       "help",                                   ROLE_SUPERVISOR, admin_help },
-	{ "stats",      "stats",                                  ROLE_SUPERVISOR, admin_stats },
-	{ "workers",    "workers",                                ROLE_SUPERVISOR, admin_workers },
-	{ "log-level",  "log-level error|warning|notice|info|debug", ROLE_SUPERVISOR, admin_loglevel },
-	{ "reload",     "reload",                                 ROLE_SUPERVISOR, admin_reload },
-	{ "spool",      "spool [retry]  (retry: every waiting lane retries now)", ROLE_HTTP, NULL },
-	{ "deadletter", "deadletter list [N] | replay ID|all | purge ID|all", ROLE_HTTP, NULL },
-	{ "requests",   "requests [DEVICE]",                      ROLE_ROUTER, NULL },
-	{ "devices",    "devices",                                ROLE_ROUTER, NULL },
-	{ "outbox",     "outbox [SLOT]  (an mqtt worker's outbox and connections)", ROLE_MQTT, NULL },
+	{ "help",       "help",                                   ROLE_SUPERVISOR, admin_help, 0 },
+	{ "stats",      "stats",                                  ROLE_SUPERVISOR, admin_stats, 0 },
+	{ "workers",    "workers",                                ROLE_SUPERVISOR, admin_workers, 0 },
+	{ "log-level",  "log-level error|warning|notice|info|debug", ROLE_SUPERVISOR, admin_loglevel, 1 },
+	{ "reload",     "reload",                                 ROLE_SUPERVISOR, admin_reload, 0 },
+	{ "spool",      "spool [retry]  (retry: every waiting lane retries now)", ROLE_HTTP, NULL, 1 },
+	{ "deadletter", "deadletter list [N] | replay ID|all | purge ID|all", ROLE_HTTP, NULL, 2 },
+	{ "requests",   "requests [DEVICE]",                      ROLE_ROUTER, NULL, 1 },
+	{ "devices",    "devices",                                ROLE_ROUTER, NULL, 0 },
+	{ "outbox",     "outbox [SLOT]  (an mqtt worker's outbox and connections)", ROLE_MQTT, NULL, 1 },
+	{ "device",     "device add|list|show|rotate|revoke  (not yet: needs the device registry)",
+	                                                          ROLE_SUPERVISOR, admin_device, 3 },
 };
 
 static json_t *
@@ -113,6 +117,14 @@ admin_write(struct admin_conn *c, json_t *doc)
 		    "{\"error\":{\"code\":\"internal\",\"message\":\"the answer could not be "
 		    "written\"}}");
 	json_decref(doc);
+}
+
+/* SPEC 4 names these; the registry they manage comes with the security work. */
+static json_t *
+admin_device(struct admin *a, int argc, char **argv)
+{
+	return admin_error("not_implemented", "device commands need the device registry, "
+	    "which this herald does not have yet (the REST API answers 501 for it too)");
 }
 
 static json_t *
@@ -277,8 +289,11 @@ admin_command(struct admin_conn *c, char *line)
 	for (char *t = strtok_r(line, " \t\r", &save); t && argc < ADMIN_MAX_ARGS;
 	    t = strtok_r(NULL, " \t\r", &save))
 		argv[argc++] = t;
-	if (argc == 0)
+	if (argc == 0) {
+		/* One answer per line, even an empty one: the client waits for it. */
+		admin_write(c, admin_error("usage", "empty command; try help"));
 		return;
+	}
 	log_debug("admin: %s", copy);
 	for (size_t i = 0; i < sizeof(admin_cmds) / sizeof(admin_cmds[0]); i++) {
 		const struct admin_cmd *cmd = &admin_cmds[i];
@@ -286,7 +301,9 @@ admin_command(struct admin_conn *c, char *line)
 
 		if (strcmp(argv[0], cmd->name) != 0)
 			continue;
-		if (cmd->role == ROLE_SUPERVISOR)
+		if (argc - 1 > cmd->maxargs)
+			ans = admin_error("usage", "usage: %s", cmd->usage);
+		else if (cmd->role == ROLE_SUPERVISOR)
 			ans = cmd->fn(c->a, argc, argv);
 		else if (cmd->role == ROLE_MQTT) {
 			/* Several mqtt workers: the first argument names the slot. */

@@ -4,6 +4,7 @@ capped, an endless line is refused (and what follows it on that line is not
 run as a command), bytes that are not UTF-8 still get an answer, and herald
 keeps answering and restarting workers throughout.  heraldctl gives up after
 its -t when the supervisor does not accept (stopped, backlog full)."""
+import json
 import os
 import signal
 import socket
@@ -102,6 +103,19 @@ def test_admin_abuse():
     first, second = data.split(b"\n")[:2]
     assert b'"error"' in first, first
     assert second.startswith(b'{"workers"'), second[:200]
+    # Every line gets one answer, in order: an empty line, a command with
+    # arguments it does not take, a SPEC command not built yet.  Before, the
+    # empty line got none (the client waited) and "stats extra" was taken
+    # for "stats".
+    s.sendall(b"\nstats extra\ndevice list\nworkers\n")
+    data = b""
+    while data.count(b"\n") < 4:
+        data += s.recv(65536)
+    answers = [json.loads(l) for l in data.split(b"\n")[:4]]
+    assert answers[0]["error"]["code"] == "usage", answers[0]
+    assert answers[1]["error"]["code"] == "usage", answers[1]
+    assert answers[2]["error"]["code"] == "not_implemented", answers[2]
+    assert "workers" in answers[3], answers[3]
     s.close()
 
     # Workers were never disturbed, and a killed one still comes back.

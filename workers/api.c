@@ -558,7 +558,10 @@ api_body(struct api *a, struct evhttp_request *req)
 		return NULL;
 	}
 	p = evbuffer_pullup(in, -1);
-	doc = p ? json_loadb((const char *)p, len, JSON_REJECT_DUPLICATES, &err) : NULL;
+	/* Any JSON value parses, so that "1" or "null" is told it is not an
+	 * object rather than that it is not JSON. */
+	doc = p ? json_loadb((const char *)p, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+	    &err) : NULL;
 	if (doc == NULL) {
 		api_error(a, req, 400, "invalid_json", "invalid JSON at byte %d: %s", err.position, err.text);
 		return NULL;
@@ -578,6 +581,28 @@ api_id_ok(const char *s)
 }
 
 /* "type" and "params" of an event or a request. */
+/* A body's fields are these, or a typo ("timout") would go unnoticed. */
+static bool
+api_known_fields(struct api *a, struct evhttp_request *req, json_t *body,
+    const char *const *fields, const char *list)
+{
+	const char *key;
+	json_t *v;
+
+	json_object_foreach(body, key, v) {
+		size_t i;
+
+		for (i = 0; fields[i] != NULL && strcmp(key, fields[i]) != 0; i++)
+			;
+		if (fields[i] == NULL) {
+			api_error(a, req, 400, "invalid_field", "unknown field \"%.64s\" (known: %s)",
+			    key, list);
+			return false;
+		}
+	}
+	return true;
+}
+
 static bool
 api_type_params(struct api *a, struct evhttp_request *req, json_t *body, json_t *args)
 {
@@ -676,7 +701,9 @@ api_device_requests(struct route *rt, const char *device)
 	if ((body = api_body(a, rt->req)) == NULL)
 		return;
 	args = json_pack("{s:s,s:I}", "device", device, "wait", (json_int_t)wait);
-	if (!api_type_params(a, rt->req, body, args))
+	if (!api_known_fields(a, rt->req, body, (const char *const[]){ "type", "params",
+	    "timeout", "commandId", NULL }, "type, params, timeout, commandId") ||
+	    !api_type_params(a, rt->req, body, args))
 		goto out;
 	if ((x = json_object_get(body, "timeout")) != NULL) {
 		if (!json_is_integer(x) || json_integer_value(x) < 1 ||
@@ -690,7 +717,8 @@ api_device_requests(struct route *rt, const char *device)
 	if ((x = json_object_get(body, "commandId")) != NULL) {
 		if (!api_id_ok(json_string_value(x))) {
 			api_error(a, rt->req, 400, "invalid_field",
-			    "\"commandId\" must be a string of [A-Za-z0-9._:-], at most 128 characters");
+			    "\"commandId\" must be a string of 1..128 characters of [A-Za-z0-9._:-], "
+			    "starting alphanumeric");
 			goto out;
 		}
 		json_object_set(args, "commandId", x);
@@ -777,7 +805,8 @@ api_devices(struct route *rt)
 		if ((body = api_body(a, rt->req)) == NULL)
 			return;
 		args = json_pack("{s:s}", "device", device);
-		if (api_type_params(a, rt->req, body, args))
+		if (api_known_fields(a, rt->req, body, (const char *const[]){ "type", "params",
+		    NULL }, "type, params") && api_type_params(a, rt->req, body, args))
 			api_call(a, rt->req, "event.publish", json_incref(args), 0);
 		json_decref(args);
 		json_decref(body);

@@ -78,6 +78,22 @@ def test_bad_input():
         check_error(st, doc, 400, "invalid_id")
     st, doc, _ = api(h, "POST", "/v1/devices/d1/events", {"type": "x", "params": [1]})
     check_error(st, doc, 400, "invalid_field")
+    # Valid JSON that is not an object is told so (before: "'[' or '{'
+    # expected", as if it were not JSON); an unknown field is an error, not
+    # silently ignored (a "timout" typo took the default 30 s).
+    for raw in (b"1", b"null", b'"x"', b"true"):
+        st, doc, _ = api(h, "POST", "/v1/devices/d1/requests", raw=raw)
+        check_error(st, doc, 400, "invalid_json")
+        assert "must be a JSON object" in doc["error"]["message"], (raw, doc)
+    st, doc, _ = api(h, "POST", "/v1/devices/d1/requests", {"type": "a", "timout": 5})
+    check_error(st, doc, 400, "invalid_field")
+    assert 'unknown field "timout"' in doc["error"]["message"], doc
+    st, doc, _ = api(h, "POST", "/v1/devices/d1/events", {"type": "a", "commandId": "c"})
+    check_error(st, doc, 400, "invalid_field")
+    assert 'unknown field "commandId"' in doc["error"]["message"], doc
+    st, doc, _ = api(h, "POST", "/v1/devices/d1/requests", {"type": "a", "commandId": ".x"})
+    check_error(st, doc, 400, "invalid_field")
+    assert "starting alphanumeric" in doc["error"]["message"], doc
 
     # 413: a body over max_body (4 KiB), announced or chunked.
     big = {"type": "a", "params": {"blob": "x" * 5000}}

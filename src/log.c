@@ -101,12 +101,16 @@ log_msg(int level, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* *dropped: how many the window before this one did not log (set when a
+ * new window starts, else left alone). */
 int
-log_ratelimit_ok(long *window, int *count)
+log_ratelimit_ok(long *window, int *count, int *dropped)
 {
 	long w = (long)(mono_ms() / 10000);
 
 	if (*window != w) {
+		if (*count > 10)
+			*dropped = *count - 10;
 		*window = w;
 		*count = 0;
 	}

@@ -22,12 +22,19 @@ const char *log_level_name(int level);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_vmsg(int level, const char *fmt, va_list ap);
 
-/* Like log_msg, but at most `burst` lines per 10 s per call site. */
+/* Like log_msg, but at most 10 lines per 10 s per call site; the first line
+ * after a window that dropped some says how many. */
 #define log_ratelimited(level, ...) do {                                    \
 	static long _rl_window; static int _rl_count;                       \
-	if (log_ratelimit_ok(&_rl_window, &_rl_count)) log_msg(level, __VA_ARGS__); \
+	int _rl_dropped = 0;                                                \
+	if (log_ratelimit_ok(&_rl_window, &_rl_count, &_rl_dropped)) {      \
+		if (_rl_dropped > 0)                                        \
+			log_msg(level, "%d more messages like the next one were " \
+			    "not logged (at most 10 in 10 s)", _rl_dropped);  \
+		log_msg(level, __VA_ARGS__);                                \
+	}                                                                   \
 } while (0)
-int  log_ratelimit_ok(long *window, int *count);
+int  log_ratelimit_ok(long *window, int *count, int *dropped);
 
 #define log_err(...)     log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warn(...)    log_msg(LOG_WARNING, __VA_ARGS__)

@@ -140,6 +140,7 @@ struct http {
 	struct event    *tick;
 	bool             stopping;
 	bool             fatal;
+	uint64_t         failing;       /* answers retried since the last 2xx */
 	struct event    *drain_ev;
 	unsigned char    key[HTTP_KEY_MAX];
 	size_t           keylen;
@@ -846,6 +847,12 @@ http_lane_delivered(struct lane *l)
 	}
 	for (size_t i = 0; i < l->inflight && i < l->idcap; i++)
 		http_sent_add(h, l->ids[i]);
+	if (h->failing > 0) {
+		/* The warnings of the outage are rate-limited: say it ended. */
+		log_notice("backend accepts again (%llu answers retried since the last "
+		    "delivery)", (unsigned long long)h->failing);
+		h->failing = 0;
+	}
 	worker_count(h->w, STAT_delivered, l->inflight);
 	http_lane_pop(l, l->inflight);
 	l->inflight = 0;
@@ -938,6 +945,7 @@ http_lane_retry(struct lane *l, CURLcode res, long status)
 	int64_t delay;
 
 	worker_count(h->w, STAT_http_retries, 1);
+	h->failing++;
 	/*
 	 * A Retry-After shorter than the first backoff step ("0", or a date
 	 * already past: clocks differ, a proxy served a stale answer) would

@@ -3,8 +3,10 @@ once its headers have all come, lets the status decide whatever becomes of
 the body, says where a redirect points, and keeps a dead-letter detail cut
 inside a UTF-8 character readable."""
 import json
+import re
 import socket
 import threading
+import time
 from heraldtest import Herald, Mosquitto, Publisher, TmpDir, main, wait_for, _cleanups
 
 
@@ -211,7 +213,49 @@ def test_spool_retry_ends_a_long_retry_after():
     assert bad.get("error", {}).get("code") == "usage", bad
 
 
+def test_log_counts_what_it_left_out_and_says_when_it_ends():
+    # 30 dead letters log 10 warnings (at most 10 per call site in 10 s);
+    # the first one after that window says how many were left out (before:
+    # nothing did, and the log understated the dead letters threefold).
+    # After an outage of 503s, one line says the backend accepts again.
+    mode = {"m": "404"}
+
+    def answer(body):
+        if mode["m"] == "404":
+            return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+        if mode["m"] == "503":
+            return b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    be = RawBackend(answer)
+    broker, h = start(be, {"backend": {"concurrency": 1}})
+    Publisher(broker.port, ["gone-1"], kinds=["telemetry"], count=30).run()
+    wait_for(lambda: h.ctl("deadletter", "list", "100")["total"] == 30, 20, 0.1, "30 dead letters")
+    assert h.log_text().count("backend answered 404") < 30   # some left out
+    mode["m"] = "503"
+    Publisher(broker.port, ["later-1"], kinds=["telemetry"], count=1).run()
+    wait_for(lambda: h.counter("http", "http_retries") >= 2, 10, 0.1, "503s retried")
+    mode["m"] = "ok"
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 10, 0.1, "delivered after the 503s")
+    assert "backend accepts again" in h.log_text()
+    # The first dead letter of a later 10 s window reports those left out:
+    # the 20 above, and those of this loop still in the first window.
+    mode["m"] = "404"
+    pub = Publisher(broker.port, ["gone-2"], kinds=["telemetry"], count=1)
+    t0 = time.monotonic()
+    while not re.search(r"\d+ more messages like the next one were not logged", h.log_text()):
+        assert time.monotonic() - t0 < 25, "no count of the lines left out"
+        pub.run()
+        time.sleep(0.5)
+    # Every dead letter is either a line or counted in one.
+    text = h.log_text()
+    left_out = sum(int(x) for x in re.findall(r"(\d+) more messages like the next one", text))
+    dead = h.ctl("deadletter", "list", "1000")["total"]
+    assert left_out >= 1 and left_out + text.count("backend answered 404") == dead, (left_out, dead)
+
+
 if __name__ == "__main__":
     main(test_answer_cut_inside_headers_is_no_answer, test_status_decides_whatever_the_body,
          test_redirect_names_its_target, test_dead_letter_detail_cut_inside_a_character,
-         test_spool_retry_ends_a_long_retry_after)
+         test_spool_retry_ends_a_long_retry_after,
+         test_log_counts_what_it_left_out_and_says_when_it_ends)

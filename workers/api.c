@@ -908,7 +908,9 @@ api_handle(struct evhttp_request *req, void *arg)
 	}
 	if (path == NULL || *path == '\0')
 		path = "/";
-	if (strcmp(path, "/metrics") == 0 || strcmp(path, "/healthz") == 0) {
+	/* With or without a trailing slash, as the API's own paths. */
+	if (strcmp(path, "/metrics") == 0 || strcmp(path, "/healthz") == 0 ||
+	    strcmp(path, "/metrics/") == 0 || strcmp(path, "/healthz/") == 0) {
 		if (!api_is_get(&rt))
 			api_method_not_allowed(&rt, "GET");
 		else if (path[1] == 'm')

@@ -276,6 +276,10 @@ def test_metrics_and_health():
     api(h, "GET", "/v1/requests/nope")
     st, _, hdrs = api(h, "GET", "/metrics", token=None)
     assert st == 200 and hdrs["Content-Type"].startswith("text/plain; version=0.0.4"), hdrs
+    # A trailing slash is ignored here as on the API's paths (before: 401).
+    for path in ("/metrics/", "/healthz/"):
+        st, _, _ = api(h, "GET", path, token=None)
+        assert st == 200, (path, st)
     import urllib.request
     text = urllib.request.urlopen(h.api_url + "/metrics", timeout=10).read().decode()
     fams = parse_prometheus(text)

@@ -6,6 +6,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,29 @@ herald_event_log(int severity, const char *msg)
 	log_ratelimited(level, "libevent: %s", msg);
 }
 
+#define LOCK_WAIT_MS 5000
+
+/* Is pid a running herald process (not gone, a zombie, or a reused pid)? */
+static bool
+herald_alive(pid_t pid)
+{
+	char path[64], stat[256] = "", *end;
+	FILE *f;
+
+	if (kill(pid, 0) == -1 && errno == ESRCH)
+		return false;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	if ((f = fopen(path, "re")) == NULL)
+		return true;    /* it exists (kill says), /proc cannot say more */
+	if (fgets(stat, sizeof(stat), f) == NULL)
+		stat[0] = '\0';
+	fclose(f);
+	/* "pid (comm) state ..." */
+	end = strrchr(stat, ')');
+	return strstr(stat, " (herald)") != NULL && end != NULL && end[1] == ' ' &&
+	    end[2] != 'Z' && end[2] != 'X';
+}
+
 /* One herald per state_dir: two would share outboxes and the spool. */
 static int
 take_lock(const char *state_dir)
@@ -59,11 +84,35 @@ take_lock(const char *state_dir)
 	}
 	if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
 		ssize_t n = read(fd, pid, sizeof(pid) - 1);
+		long holder;
+
 		pid[n > 0 ? n : 0] = '\0';
-		fprintf(stderr, "herald: another herald (pid %s) runs on state_dir %s\n",
-		    n > 0 ? strtok(pid, "\n") : "?", state_dir);
-		close(fd);
-		return -1;
+		holder = strtol(pid, NULL, 10);
+		if (holder <= 0 || herald_alive((pid_t)holder)) {
+			fprintf(stderr, "herald: another herald (pid %s) runs on state_dir %s\n",
+			    n > 0 ? strtok(pid, "\n") : "?", state_dir);
+			close(fd);
+			return -1;
+		}
+		/*
+		 * Its supervisor is gone (kill -9 of the process group, say) but
+		 * a worker still holds the lock: one still exiting (a sanitizer
+		 * build takes a while) goes in a moment; wait for it rather than
+		 * fail a restart.  One that stays (stopped) is refused.
+		 */
+		fprintf(stderr, "herald: state_dir %s is locked by the processes of a herald "
+		    "whose supervisor (pid %ld) is gone; waiting up to %d s for them to exit\n",
+		    state_dir, holder, LOCK_WAIT_MS / 1000);
+		for (int i = 0; i < LOCK_WAIT_MS / 50 && flock(fd, LOCK_EX | LOCK_NB) == -1; i++)
+			usleep(50 * 1000);
+		if (flock(fd, LOCK_EX | LOCK_NB) == -1) {
+			fprintf(stderr, "herald: another herald's processes still hold state_dir %s "
+			    "after %d s, although its supervisor (pid %ld) is gone: a worker "
+			    "that did not exit (stopped?); see fuser %s\n", state_dir,
+			    LOCK_WAIT_MS / 1000, holder, path);
+			close(fd);
+			return -1;
+		}
 	}
 	if (ftruncate(fd, 0) == 0) {
 		int n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());

@@ -62,9 +62,32 @@ def test_lock_outlives_the_supervisor():
         second.wait()
         raise AssertionError("a second herald ran on the state_dir of a live worker")
     assert second.returncode == 1 and "another herald" in out, (second.returncode, out)
+    assert "supervisor (pid %d) is gone" % h.proc.pid in out, out
     os.kill(straggler, signal.SIGKILL)
     wait_for(lambda: h.pids() == [], 5, what="the stopped worker gone")
     h2 = Herald(tmp, broker=broker).wait_ready()
+    assert h2.stop() == 0
+
+
+def test_restart_waits_for_the_last_workers():
+    """kill -9 of the process group, then at once a new herald: workers of
+    the old one may still be exiting (an AddressSanitizer build takes its
+    time) and hold the lock.  The new herald waits for them, instead of
+    failing with "another herald" as it did (and as a CI run showed)."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, broker=broker).wait_ready()
+    slow = h.worker("http")["pid"]
+    os.kill(slow, signal.SIGSTOP)      # stands for a worker slow to exit
+    for pid in h.pids():
+        if pid != slow:
+            os.kill(pid, signal.SIGKILL)
+    h.proc.wait(5)
+    h2 = Herald(tmp, broker=broker)
+    wait_for(lambda: "waiting up to" in h2.log_text(), 5, what="the new herald to wait")
+    os.kill(slow, signal.SIGKILL)      # its exit releases the lock
+    h2.wait_ready()
+    assert "another herald" not in h2.log_text(), h2.log_text()
     assert h2.stop() == 0
 
 
@@ -91,4 +114,5 @@ def test_admin_socket_of_a_running_herald():
 
 if __name__ == "__main__":
     main(test_sigterm_main, test_sigterm_group, test_one_herald_per_state_dir,
+         test_restart_waits_for_the_last_workers,
          test_lock_outlives_the_supervisor, test_admin_socket_of_a_running_herald)

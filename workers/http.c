@@ -4,7 +4,6 @@
  * libcurl's multi_socket API on the worker's libevent loop, one POST in
  * flight per lane (lane = device hash) so each device's order holds.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -31,6 +30,7 @@
 #define HTTP_BACKOFF_MAX_MS     30000
 #define HTTP_RETRY_AFTER_MAX_MS 3600000
 #define HTTP_BODY_READ_MAX      (1u << 20)  /* an answer's body is read this far, no further */
+#define HTTP_OUTAGE_MS          5000    /* failing this long is worth a "back" line */
 #define HTTP_DETAIL_MAX         SPOOL_DETAIL_MAX
 #define HTTP_BATCH_OPS          1024    /* spool changes per write transaction */
 #define HTTP_PUT_COMMIT_MS      5       /* new envelopes wait at most this for a commit */
@@ -73,7 +73,7 @@ struct lane {
 	char               resp[HTTP_DETAIL_MAX];
 	size_t             resplen;
 	size_t             bodyread;            /* bytes of the answer's body seen */
-	long               status;              /* of the answer's last status line */
+	char               location[256];       /* the answer's Location, for the log */
 	bool               answered;            /* the final answer's headers all came */
 	int64_t            retry_after_ms;      /* -1: the answer had none */
 	int                attempt;
@@ -140,7 +140,8 @@ struct http {
 	struct event    *tick;
 	bool             stopping;
 	bool             fatal;
-	uint64_t         failing;       /* answers retried since the last 2xx */
+	uint64_t         failing;       /* POSTs retried since the last 2xx */
+	int64_t          failing_since; /* mono ms of the first of them */
 	struct event    *drain_ev;
 	unsigned char    key[HTTP_KEY_MAX];
 	size_t           keylen;
@@ -646,7 +647,7 @@ http_lane_post(struct lane *l)
 	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDS, l->body);
 	l->resplen = 0;
 	l->bodyread = 0;
-	l->status = 0;
+	l->location[0] = '\0';
 	l->answered = false;
 	l->retry_after_ms = -1;
 	l->errbuf[0] = '\0';
@@ -848,9 +849,12 @@ http_lane_delivered(struct lane *l)
 	for (size_t i = 0; i < l->inflight && i < l->idcap; i++)
 		http_sent_add(h, l->ids[i]);
 	if (h->failing > 0) {
-		/* The warnings of the outage are rate-limited: say it ended. */
-		log_notice("backend accepts again (%llu answers retried since the last "
-		    "delivery)", (unsigned long long)h->failing);
+		/* The warnings of an outage are rate-limited: say it ended (a
+		 * backend failing now and then is not an outage). */
+		if (mono_ms() - h->failing_since >= HTTP_OUTAGE_MS)
+			log_notice("backend accepts again after %lld s (%llu POSTs retried "
+			    "meanwhile)", (long long)(mono_ms() - h->failing_since) / 1000,
+			    (unsigned long long)h->failing);
 		h->failing = 0;
 	}
 	worker_count(h->w, STAT_delivered, l->inflight);
@@ -916,24 +920,23 @@ http_lane_dead(struct lane *l, long status)
 static void
 http_lane_why(struct lane *l, CURLcode res, long status, char *why, size_t len)
 {
-	char *loc = NULL;
-
-	if (res == CURLE_OK && !l->answered)
-		snprintf(why, len, "backend closed the connection before its answer's "
-		    "headers ended");
-	else if (res == CURLE_OUT_OF_MEMORY && !l->answered && l->errbuf[0] == '\0')
-		/* libcurl's code, with no text, for a header line over 100 KiB */
-		snprintf(why, len, "backend: answer unreadable (a header over 100 KiB, "
-		    "or out of memory)");
-	else if (res != CURLE_OK)
-		snprintf(why, len, "backend: %s", l->errbuf[0] ? l->errbuf :
-		    curl_easy_strerror(res));
-	else if (status >= 300 && status < 400 &&
-	    curl_easy_getinfo(l->easy, CURLINFO_REDIRECT_URL, &loc) == CURLE_OK &&
-	    loc != NULL)
+	if (!l->answered) {
+		if (res == CURLE_OK)
+			snprintf(why, len, "backend closed the connection before its "
+			    "answer's headers ended");
+		else if (res == CURLE_OUT_OF_MEMORY && l->errbuf[0] == '\0')
+			/* libcurl's code, with no text, for a header over 100 KiB */
+			snprintf(why, len, "backend: answer unreadable (a header over "
+			    "100 KiB, or out of memory)");
+		else
+			snprintf(why, len, "backend: %s", l->errbuf[0] ? l->errbuf :
+			    curl_easy_strerror(res));
+	} else if (status >= 300 && status < 400 && l->location[0] != '\0')
 		snprintf(why, len, "backend answered %ld, redirecting to %s (redirects "
-		    "are not followed: set [backend] url to the final address)", status, loc);
+		    "are not followed: set [backend] url to the final address)", status,
+		    l->location);
 	else
+		/* The status decides; what became of the body does not matter. */
 		snprintf(why, len, "backend answered %ld", status);
 }
 
@@ -945,7 +948,8 @@ http_lane_retry(struct lane *l, CURLcode res, long status)
 	int64_t delay;
 
 	worker_count(h->w, STAT_http_retries, 1);
-	h->failing++;
+	if (h->failing++ == 0)
+		h->failing_since = mono_ms();
 	/*
 	 * A Retry-After shorter than the first backoff step ("0", or a date
 	 * already past: clocks differ, a proxy served a stale answer) would
@@ -1153,22 +1157,37 @@ http_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 
 	if (len >= 5 && strncmp(p, "HTTP/", 5) == 0) {
 		/* A new response (after a 100 Continue): forget the last one's. */
-		const char *sp = memchr(p, ' ', len);
-
 		l->retry_after_ms = -1;
 		l->resplen = 0;
 		l->bodyread = 0;
+		l->location[0] = '\0';
 		l->answered = false;
-		l->status = 0;
-		if (sp != NULL && (size_t)(sp - p) + 4 <= len &&
-		    isdigit((unsigned char)sp[1]) && isdigit((unsigned char)sp[2]) &&
-		    isdigit((unsigned char)sp[3]))
-			l->status = (sp[1] - '0') * 100 + (sp[2] - '0') * 10 + (sp[3] - '0');
+		return len;
+	}
+	if (len > 9 && strncasecmp(p, "Location:", 9) == 0) {
+		/* Kept as sent (libcurl resolves it only for a transfer that ended
+		 * well, and herald may cut a long body short). */
+		size_t a = 9, b = len;
+
+		while (a < b && (p[a] == ' ' || p[a] == '\t'))
+			a++;
+		while (b > a && (p[b - 1] == '\r' || p[b - 1] == '\n' || p[b - 1] == ' '))
+			b--;
+		if (b - a >= sizeof(l->location))
+			b = a + sizeof(l->location) - 1;
+		memcpy(l->location, p + a, b - a);
+		l->location[b - a] = '\0';
+		str_printable(l->location);
 		return len;
 	}
 	if ((len == 2 && p[0] == '\r' && p[1] == '\n') || (len == 1 && p[0] == '\n')) {
-		/* The blank line that ends a header block; a 1xx has another after it. */
-		if (l->status >= 200)
+		/* The blank line that ends a header block; a 1xx has another after
+		 * it.  The status as libcurl read it (it takes more forms than
+		 * "HTTP/1.1 200"). */
+		long status = 0;
+
+		curl_easy_getinfo(l->easy, CURLINFO_RESPONSE_CODE, &status);
+		if (status >= 200)
 			l->answered = true;
 		return len;
 	}
@@ -1486,6 +1505,8 @@ http_admin_retry(struct http *h)
 {
 	int n = 0;
 
+	if (h->stopping)
+		return http_err("stopping", "herald is stopping: nothing is retried now");
 	for (int i = 0; i < h->nlanes; i++) {
 		struct lane *l = &h->lanes[i];
 

@@ -99,7 +99,9 @@ def test_answer_cut_inside_headers_is_no_answer():
 
     def answer(body):
         if mode["ok"]:
-            return b"HTTP/1.1 204 No Content\r\n\r\n"
+            # Two blanks after the version: libcurl reads it as 204, and
+            # so must herald's end-of-headers check.
+            return b"HTTP/1.1  204 No Content\r\n\r\n"
         cut.append(1)
         return b"HTTP/1.1 200 OK\r\nContent-Le"
 
@@ -151,17 +153,30 @@ def test_status_decides_whatever_the_body():
 def test_redirect_names_its_target():
     mode = {"ok": False}
 
+    def endless_301(c):
+        c.sendall(b"HTTP/1.1 301 Moved\r\nLocation: https://backend.example/endless\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            while True:
+                c.sendall(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+        except OSError:
+            pass
+
     def answer(body):
         if mode["ok"]:
             return b"HTTP/1.1 204 No Content\r\n\r\n"
+        if json.loads(body)["device"] == "moved-2":
+            # Its body is cut off by herald: the status still names the cause.
+            return endless_301
         return (b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://backend.example/hook\r\n"
                 b"Content-Length: 0\r\n\r\n")
 
     be = RawBackend(answer)
-    broker, h = start(be)
-    pub = Publisher(broker.port, ["moved-1"], kinds=["telemetry"], count=2).run()
-    wait_for(lambda: "redirecting to https://backend.example/hook" in h.log_text(), 20, 0.1,
-             "the redirect's target in the log")
+    broker, h = start(be, {"backend": {"concurrency": 8}})
+    pub = Publisher(broker.port, ["moved-1", "moved-2"], kinds=["telemetry"], count=2).run()
+    for target in ("https://backend.example/hook", "https://backend.example/endless"):
+        wait_for(lambda: "redirecting to " + target in h.log_text(), 20, 0.1,
+                 "the redirect's target %s in the log" % target)
     assert "set [backend] url to the final address" in h.log_text()
     assert h.ctl("spool")["depth"] == pub.total()
     mode["ok"] = True
@@ -199,13 +214,15 @@ def test_spool_retry_ends_a_long_retry_after():
     be = RawBackend(answer)
     broker, h = start(be)
     pub = Publisher(broker.port, ["ra-1", "ra-2", "ra-3"], kinds=["telemetry"], count=2).run()
-    wait_for(lambda: h.ctl("spool")["depth"] == pub.total() and
-             all(l["next_retry_ms"] > 2900000 for l in h.ctl("spool")["lanes"]
-                 if l["state"] == "backoff") and h.ctl("spool")["retrying"] >= 1,
-             20, 0.1, "lanes waiting for the Retry-After")
+    def all_waiting():
+        sp = h.ctl("spool")
+        busy = [l for l in sp["lanes"] if l["depth"] > 0]
+        return sp["depth"] == pub.total() and busy and all(
+            l["state"] == "backoff" and l["next_retry_ms"] > 2900000 for l in busy) and len(busy)
+    waiting = wait_for(all_waiting, 20, 0.1, "every lane waiting for the Retry-After")
     mode["ok"] = True
     r = h.ctl("spool", "retry")
-    assert r.get("retried", 0) >= 1, r
+    assert r.get("retried") == waiting, (r, waiting)
     wait_for(lambda: h.ctl("spool")["depth"] == 0, 10, 0.1, "delivered after spool retry")
     assert len(set(be.ids())) == pub.total()
     assert "spool retry:" in h.log_text()
@@ -232,12 +249,15 @@ def test_log_counts_what_it_left_out_and_says_when_it_ends():
     Publisher(broker.port, ["gone-1"], kinds=["telemetry"], count=30).run()
     wait_for(lambda: h.ctl("deadletter", "list", "100")["total"] == 30, 20, 0.1, "30 dead letters")
     assert h.log_text().count("backend answered 404") < 30   # some left out
+    # An outage of 5 s or more ends with one line saying so.
     mode["m"] = "503"
     Publisher(broker.port, ["later-1"], kinds=["telemetry"], count=1).run()
-    wait_for(lambda: h.counter("http", "http_retries") >= 2, 10, 0.1, "503s retried")
+    wait_for(lambda: h.counter("http", "http_retries") >= 1, 10, 0.1, "a 503 retried")
+    t_fail = time.monotonic()
+    wait_for(lambda: time.monotonic() - t_fail > 5.5, 7, 0.2, "an outage of 5 s")
     mode["m"] = "ok"
-    wait_for(lambda: h.ctl("spool")["depth"] == 0, 10, 0.1, "delivered after the 503s")
-    assert "backend accepts again" in h.log_text()
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 40, 0.1, "delivered after the 503s")
+    assert re.search(r"backend accepts again after [5-9]\d* s", h.log_text()), h.log_text()[-2000:]
     # The first dead letter of a later 10 s window reports those left out:
     # the 20 above, and those of this loop still in the first window.
     mode["m"] = "404"

@@ -180,6 +180,7 @@ struct requests {
 	TAILQ_HEAD(, req) retry;        /* facts whose write failed */
 	bool             tx_open;       /* the group's write transaction */
 	bool             tx_failed;     /* the group is lost: writes refused until tx_end */
+	bool             stopping;      /* publish nothing more: "sent" could not be seen */
 	struct later_list later;        /* waits for the group's commit */
 	struct event    *tx_ev;         /* commits after the loop polled */
 	struct event    *flush_ev;
@@ -491,17 +492,27 @@ later_run(struct requests *q, struct later_list *list, bool ok)
 					reply_text(q, l->peer, l->reqid, 202, l->text);
 				break;
 			}
-			/* Never stored: it must not go out, and the caller may retry. */
-			if ((r = req_find(q, l->cid)) != NULL) {
-				req_free(q, r);
-				gauges(q);
+			/* Never stored: it must not go out, and the caller may retry.
+			 * So may a repeat that waits on it (same commandId, same
+			 * pass): it gets the same answer. */
+			{
+				const char *why = reqstore_full(q->st) ?
+				    "{\"error\":{\"code\":\"store_full\",\"message\":"
+				    "\"the request store is full\"}}" :
+				    "{\"error\":{\"code\":\"unavailable\",\"message\":"
+				    "\"the request could not be stored\"}}";
+				struct waiter *wt;
+
+				if ((r = req_find(q, l->cid)) != NULL) {
+					LIST_FOREACH(wt, &r->waiters, link)
+						if (wt->reqid != l->reqid ||
+						    strcmp(wt->peer, l->peer) != 0)
+							reply_text(q, wt->peer, wt->reqid, 503, why);
+					req_free(q, r);
+					gauges(q);
+				}
+				reply_text(q, l->peer, l->reqid, 503, why);
 			}
-			if (reqstore_full(q->st))
-				reply_text(q, l->peer, l->reqid, 503, "{\"error\":{\"code\":"
-				    "\"store_full\",\"message\":\"the request store is full\"}}");
-			else
-				reply_text(q, l->peer, l->reqid, 503, "{\"error\":{\"code\":"
-				    "\"unavailable\",\"message\":\"the request could not be stored\"}}");
 			break;
 		}
 		free(l->text);
@@ -1385,7 +1396,7 @@ dev_kick(struct requests *q, struct dev *d)
 	json_t *rec, *cmd;
 	char *text;
 
-	if (!d->online || d->pub != NULL)
+	if (q->stopping || !d->online || d->pub != NULL)
 		return;
 	if (q->tx_open || q->tx_failed) {
 		/* A command goes out only once its request (and whatever changed
@@ -2699,6 +2710,9 @@ requests_stop(struct requests *q)
 	struct waiter *wt;
 	int n = 0;
 
+	/* A command published now would go out again after the restart: its
+	 * broker acknowledgement (and so "sent") would never be read. */
+	q->stopping = true;
 	dev_flush(q, q->ndirty);
 	tx_end(q);
 	for (size_t i = 0; i < q->reqs.nb; i++)
@@ -2723,7 +2737,8 @@ requests_close(struct requests *q)
 
 	if (q == NULL)
 		return;
-	/* Kicks and answers of this last group go nowhere: the loop is over. */
+	/* Kicks of this last group publish nothing and its answers go nowhere. */
+	q->stopping = true;
 	dev_flush(q, q->ndirty);
 	tx_end(q);
 	if (q->w->cf->spool_fsync == FSYNC_BATCH)

@@ -12,6 +12,8 @@ device said since.
 The failure comes from a test-only switch: HERALD_TEST_REQSTORE_FAIL=<file>
 makes every commit of the request store fail while <file> exists."""
 import os
+import threading
+import time
 
 from apilib import Device, api, check_error, warm_up
 from heraldtest import Backend, Herald, Mosquitto, TmpDir, main, wait_for
@@ -59,6 +61,33 @@ def test_refused_create_never_happens():
     assert [c["commandId"] for c in dev.cmds()] == ["cf-1"], dev.cmds()
     assert all(w["restarts"] == 0 for w in h.workers()), h.workers()
     dev.disconnect()
+
+
+def test_refused_create_answers_its_repeats():
+    """A repeat of a POST ?wait (same commandId) that came while the first
+    one's group was being written waits on it; when that write fails, the
+    repeat is told so too (before: it was left without an answer until the
+    api worker gave up on the router, seconds later)."""
+    tmp, broker, backend, h, flag = start()
+    failing(flag, True)
+    body = {"type": "ok", "commandId": "cf-rep"}
+    for attempt in range(5):
+        got = []
+
+        def post():
+            t0 = time.monotonic()
+            st, doc, _ = api(h, "POST", "/v1/devices/cf-off/requests?wait=8", body)
+            got.append((st, time.monotonic() - t0))
+        ts = [threading.Thread(target=post) for _ in range(4)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(30)
+        assert len(got) == 4 and all(st == 503 for st, _ in got), got
+        assert all(took < 4 for _, took in got), got
+    st, doc, _ = api(h, "GET", "/v1/requests/cf-rep")
+    check_error(st, doc, 404)
+    failing(flag, False)
 
 
 def test_refused_cancel_keeps_the_request():
@@ -195,6 +224,7 @@ def test_resent_last_will_does_not_undo_later_messages():
 
 
 if __name__ == "__main__":
-    main(test_refused_create_never_happens, test_refused_cancel_keeps_the_request,
+    main(test_refused_create_never_happens, test_refused_create_answers_its_repeats,
+         test_refused_cancel_keeps_the_request,
          test_answer_outlives_the_router, test_answer_outlives_the_router_chatty_device,
          test_resent_last_will_does_not_undo_later_messages)

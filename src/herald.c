@@ -48,25 +48,42 @@ herald_event_log(int severity, const char *msg)
 
 #define LOCK_WAIT_MS 5000
 
-/* Is pid a running herald process (not gone, a zombie, or a reused pid)? */
-static bool
-herald_alive(pid_t pid)
+/* "pid (comm) S ...": the (comm) part and the state letter, or -1. */
+static int
+proc_comm_state(const char *which, char *comm, size_t len, char *state)
 {
-	char path[64], stat[256] = "", *end;
+	char path[64], stat[512] = "", *open, *close;
 	FILE *f;
 
-	if (kill(pid, 0) == -1 && errno == ESRCH)
-		return false;
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	snprintf(path, sizeof(path), "/proc/%s/stat", which);
 	if ((f = fopen(path, "re")) == NULL)
-		return true;    /* it exists (kill says), /proc cannot say more */
+		return -1;
 	if (fgets(stat, sizeof(stat), f) == NULL)
 		stat[0] = '\0';
 	fclose(f);
-	/* "pid (comm) state ..." */
-	end = strrchr(stat, ')');
-	return strstr(stat, " (herald)") != NULL && end != NULL && end[1] == ' ' &&
-	    end[2] != 'Z' && end[2] != 'X';
+	open = strchr(stat, '(');
+	close = strrchr(stat, ')');
+	if (open == NULL || close == NULL || close < open || close[1] != ' ')
+		return -1;
+	snprintf(comm, len, "%.*s", (int)(close - open - 1), open + 1);
+	*state = close[2];
+	return 0;
+}
+
+/* Is pid a running process of the same program as this one (not gone, not
+ * a zombie, not a pid since reused by something else)? */
+static bool
+herald_alive(pid_t pid)
+{
+	char which[32], comm[64], self[64], state, st;
+
+	if (pid == getpid() || (kill(pid, 0) == -1 && errno == ESRCH))
+		return false;
+	snprintf(which, sizeof(which), "%d", (int)pid);
+	if (proc_comm_state(which, comm, sizeof(comm), &state) == -1 ||
+	    proc_comm_state("self", self, sizeof(self), &st) == -1)
+		return true;    /* it exists (kill says); /proc cannot say more */
+	return strcmp(comm, self) == 0 && state != 'Z' && state != 'X';
 }
 
 /* One herald per state_dir: two would share outboxes and the spool. */

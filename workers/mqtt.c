@@ -132,6 +132,7 @@ struct mconn {
 	bool              up;          /* a connection attempt is under way or open */
 	bool              connected;   /* CONNACK accepted */
 	bool              subscribed;  /* SUBACK granted every device topic */
+	bool              status;      /* the one connection that takes device/+/status */
 	bool              reading, writing;
 	bool              bye_sent;    /* DISCONNECT queued while stopping */
 	int64_t           backoff_ms;
@@ -865,7 +866,7 @@ on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 	struct mqttw *mw = c->mw;
 	static const char *kinds[] = { "status", "telemetry", "response", "events" };
 	char subs[4][160], *sp[4];
-	int src;
+	int src, first = c->status ? 0 : 1;
 
 	if (rc != 0) {
 		log_ratelimited(LOG_ERR, "%s: the broker refused the connection: %s", c->id,
@@ -887,11 +888,24 @@ on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 		snprintf(subs[i], sizeof(subs[i]), "$share/%s/device/+/%s", mw->group, kinds[i]);
 		sp[i] = subs[i];
 	}
+	/*
+	 * Status messages (and the Last Wills the broker publishes for devices)
+	 * come through one connection only, mqtt worker 0's first: through
+	 * several, a device's Will and its next "online" could reach the router
+	 * swapped (read by different workers), leaving a connected device
+	 * offline.  One connection gets them in the broker's order.  The others
+	 * drop a status subscription their persistent session may still hold
+	 * from an earlier configuration.
+	 */
+	if (!c->status &&
+	    (src = mosquitto_unsubscribe(m, NULL, subs[0])) != MOSQ_ERR_SUCCESS)
+		log_err("%s: unsubscribe: %s", c->id, mosquitto_strerror(src));
 	/* No retained messages at subscribe time: every (re)subscription would
 	 * otherwise bring each device's retained status again, as a new message
 	 * with a new id (a restarted worker re-sent the whole fleet's status).
 	 * Live status messages, retained or not, still arrive as published. */
-	src = mosquitto_subscribe_multiple(m, NULL, 4, sp, 1, MQTT_SUB_OPT_SEND_RETAIN_NEVER, NULL);
+	src = mosquitto_subscribe_multiple(m, NULL, 4 - first, sp + first, 1,
+	    MQTT_SUB_OPT_SEND_RETAIN_NEVER, NULL);
 	if (src != MOSQ_ERR_SUCCESS)
 		log_err("%s: subscribe: %s", c->id, mosquitto_strerror(src));
 	conn_update_read(c);
@@ -913,7 +927,7 @@ static void
 on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const int *granted)
 {
 	struct mconn *c = arg;
-	bool all = n == 4;
+	bool all = n == (c->status ? 4 : 3);
 
 	for (int i = 0; i < n; i++)
 		if (granted[i] > 2) {
@@ -1447,6 +1461,7 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 		c->sock = -1;
 		/* Stable across restarts: the broker keeps each one's session. */
 		snprintf(c->id, sizeof(c->id), "%s-mqtt-%d-%d", cf->node_name, w->slot, i);
+		c->status = w->slot == 0 && i == 0;
 		c->retry = evtimer_new(w->base, conn_retry_cb, c);
 		c->again = evtimer_new(w->base, conn_read_cb, c);
 		if (c->retry == NULL || c->again == NULL)

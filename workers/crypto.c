@@ -28,14 +28,31 @@
 #define HINT_TICK_MS   500
 #define HINT_RESEND_TICK 1024    /* hints sent again a tick, at most */
 
+/*
+ * A device's last hint (telemetry, events) and the one held back: what
+ * comes within a second of a hint waits, and the last of it goes when the
+ * second is over (seen_tick), so that the router's view of the device
+ * ends at its last message, not the first of its last burst.
+ */
 struct seen {
 	char    id[129];
-	int64_t at;
+	bool    held;           /* a message came since `at`, not told yet */
+	bool    listed;         /* in crypto.held */
+	char    held_kind[12];
+	int64_t at;             /* mono ms of the last hint */
+	int64_t held_received_ms;
+	char   *held_json;      /* its telemetry payload (NULL: none kept) */
+	size_t  held_len;
 };
+#define SEEN_HELD_BYTES (16u << 20)  /* held payloads, at most (else without) */
 
 struct crypto {
 	struct worker *w;
 	struct seen   *seen;
+	size_t         held_bytes;   /* of seen[].held_json */
+	uint32_t      *held;         /* slots of seen[] holding something, or were */
+	size_t         nheld;
+	struct event  *seen_ev;
 	struct jsoncheck jc;
 	char          *buf;          /* envelope being built */
 	size_t         cap;
@@ -174,8 +191,84 @@ hint_tick(evutil_socket_t fd, short what, void *arg)
 	evtimer_add(c->hint_ev, &tv);
 }
 
+static void
+seen_drop(struct crypto *c, struct seen *s)
+{
+	if (s->held_json != NULL) {
+		c->held_bytes -= s->held_len;
+		free(s->held_json);
+		s->held_json = NULL;
+	}
+	s->held = false;
+}
+
+/* One DEVICE_INFO, at the end of this batch (with the others) or, from a
+ * timer, at once. */
+static void
+crypto_info(struct crypto *c, const char *device, size_t devlen, const char *kind,
+    int64_t received_ms, const char *json, size_t jsonlen, const struct msg_dev_in *in,
+    bool now)
+{
+	bool full = strcmp(kind, "status") == 0 || strcmp(kind, "response") == 0;
+	struct msg_device_info info;
+	struct hmw m;
+
+	info.device = (struct pstr){ device, devlen };
+	info.kind = (struct pstr){ kind, strlen(kind) };
+	info.received_ms = received_ms;
+	info.json = (struct pstr){ json, jsonlen };
+	info.life = c->life;
+	info.hseq = full ? hint_keep(c, device, devlen, strcmp(kind, "status") == 0 ?
+	    "status" : "response", in) : 0;
+	info.resent = 0;
+	if (now) {
+		hmw_init(&m, HM_FAB_DEVICE_INFO);
+		proto_write_device_info(&m, &info);
+		worker_send(c->w, NULL, &m);
+		hmw_free(&m);
+		return;
+	}
+	hmw_init(&c->infos[c->ninfos], HM_FAB_DEVICE_INFO);
+	proto_write_device_info(&c->infos[c->ninfos], &info);
+	c->ninfos++;
+}
+
+/* Tell the router what a device held back when its second is over. */
+static void
+seen_flush(struct crypto *c, struct seen *s)
+{
+	crypto_info(c, s->id, strlen(s->id), s->held_kind, s->held_received_ms,
+	    s->held_json != NULL ? s->held_json : "", s->held_json != NULL ? s->held_len : 0,
+	    NULL, true);
+	s->at = mono_ms();
+	seen_drop(c, s);
+}
+
+static void
+seen_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct crypto *c = arg;
+	struct timeval tv = { 0, SEEN_EVERY_MS / 4 * 1000 };
+	int64_t now = mono_ms();
+	size_t keep = 0;
+
+	for (size_t i = 0; i < c->nheld; i++) {
+		struct seen *s = &c->seen[c->held[i]];
+
+		if (s->held && now - s->at >= SEEN_EVERY_MS)
+			seen_flush(c, s);
+		if (s->held)
+			c->held[keep++] = c->held[i];
+		else
+			s->listed = false;
+	}
+	c->nheld = keep;
+	evtimer_add(c->seen_ev, &tv);
+}
+
 /* Presence for the router: status and responses always, others once a second
- * (telemetry with its payload, when small enough, for the device's view). */
+ * (telemetry with its payload, when small enough, for the device's view);
+ * what comes within the second goes at its end, the last of it only. */
 static void
 crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const char *kind,
     const struct msg_dev_in *in)
@@ -183,35 +276,45 @@ crypto_tell_router(struct crypto *c, const char *device, size_t devlen, const ch
 	bool full = strcmp(kind, "status") == 0 || strcmp(kind, "response") == 0;
 	struct seen *s = &c->seen[hash32(device, devlen) % SEEN_SLOTS];
 	bool same = strlen(s->id) == devlen && memcmp(s->id, device, devlen) == 0;
-	struct msg_device_info info;
+	bool small = strcmp(kind, "telemetry") == 0 && in->payload.len <= TELEMETRY_MAX;
 	int64_t now = mono_ms();
 
-	if (!full && same && now - s->at < SEEN_EVERY_MS)
+	if (!same && s->held)
+		seen_flush(c, s);       /* another device's, in the same slot */
+	if (!full && same && now - s->at < SEEN_EVERY_MS) {
+		/* Held: replaces what was held (only the last one goes). */
+		seen_drop(c, s);
+		s->held = true;
+		if (!s->listed) {
+			s->listed = true;
+			c->held[c->nheld++] = (uint32_t)(s - c->seen);
+		}
+		snprintf(s->held_kind, sizeof(s->held_kind), "%s", kind);
+		s->held_received_ms = in->received_ms;
+		if (small && c->held_bytes + in->payload.len <= SEEN_HELD_BYTES &&
+		    (s->held_json = malloc(in->payload.len + 1)) != NULL) {
+			memcpy(s->held_json, in->payload.p, in->payload.len);
+			s->held_len = in->payload.len;
+			c->held_bytes += s->held_len;
+		}
 		return;
+	}
 	if (strcmp(kind, "status") == 0) {
 		/* It may say offline (a Last Will): the device's next message,
-		 * however soon, must reach the router to say it is back. */
-		if (same)
+		 * however soon, must reach the router to say it is back; and what
+		 * was held back came before it, so it no longer says "online". */
+		if (same) {
+			seen_drop(c, s);
 			s->id[0] = '\0';
+		}
 	} else {
+		seen_drop(c, s);
 		memcpy(s->id, device, devlen);
 		s->id[devlen] = '\0';
 		s->at = now;
 	}
-	info.device = (struct pstr){ device, devlen };
-	info.kind = (struct pstr){ kind, strlen(kind) };
-	info.received_ms = in->received_ms;
-	if (full || (strcmp(kind, "telemetry") == 0 && in->payload.len <= TELEMETRY_MAX))
-		info.json = in->payload;
-	else
-		info.json = (struct pstr){ "", 0 };
-	info.life = c->life;
-	info.hseq = full ? hint_keep(c, device, devlen, strcmp(kind, "status") == 0 ?
-	    "status" : "response", in) : 0;
-	info.resent = 0;
-	hmw_init(&c->infos[c->ninfos], HM_FAB_DEVICE_INFO);
-	proto_write_device_info(&c->infos[c->ninfos], &info);
-	c->ninfos++;
+	crypto_info(c, device, devlen, kind, in->received_ms, full || small ? in->payload.p : "",
+	    full || small ? in->payload.len : 0, in, false);
 }
 
 /* A message id is 26 Crockford base32 characters (util.h, msgid_make). */
@@ -456,15 +559,20 @@ crypto_main(struct worker *w)
 
 	c->w = w;
 	c->seen = calloc(SEEN_SLOTS, sizeof(*c->seen));
+	c->held = calloc(SEEN_SLOTS, sizeof(*c->held));
 	c->hints = hints_new(HINT_KEEP, HINT_BYTES);
 	if (getrandom(&c->life, sizeof(c->life), 0) != (ssize_t)sizeof(c->life))
 		c->life = mono_us() ^ ((uint64_t)getpid() << 32);
 	c->linger = evtimer_new(w->base, crypto_linger_cb, c);
 	c->hint_ev = evtimer_new(w->base, hint_tick, c);
-	if (c->seen == NULL || c->hints == NULL || c->linger == NULL || c->hint_ev == NULL ||
-	    crypto_reserve(c, 64 * 1024) == -1)
+	c->seen_ev = evtimer_new(w->base, seen_tick, c);
+	if (c->seen == NULL || c->held == NULL || c->hints == NULL || c->linger == NULL ||
+	    c->hint_ev == NULL ||
+	    c->seen_ev == NULL || crypto_reserve(c, 64 * 1024) == -1)
 		return 1;
 	evtimer_add(c->hint_ev, &tv);
+	tv.tv_usec = SEEN_EVERY_MS / 4 * 1000;
+	evtimer_add(c->seen_ev, &tv);
 	w->arg = c;
 	w->hooks.fabric = crypto_dispatch;
 	w->hooks.stop = crypto_stop;

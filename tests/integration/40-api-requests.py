@@ -321,7 +321,29 @@ def test_back_online_right_after_last_will():
         c.disconnect()
 
 
+def test_view_ends_at_the_last_telemetry():
+    # A burst of telemetry, then silence: the device's view ends at the
+    # burst's last message, a second later at most (before: it kept the
+    # first of the burst's last second for good).
+    tmp, broker, backend, h = start()
+    c = mqtt.Client(client_id="burst-pub", protocol=mqtt.MQTTv311)
+    c.connect("127.0.0.1", broker.port)
+    c.loop_start()
+    try:
+        for n in range(300):
+            info = c.publish("device/burst-dev/telemetry", json.dumps({"n": n}), 1)
+        info.wait_for_publish()
+
+        def last():
+            st, doc, _ = api(h, "GET", "/v1/devices/burst-dev")
+            return st == 200 and doc.get("telemetry") == {"n": 299}
+        wait_for(last, 5, 0.1, "the view at the last telemetry")
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 if __name__ == "__main__":
     main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
          test_repeat_with_wait_waits, test_device_list_paging, test_unknown_command_dead_letter,
-         test_back_online_right_after_last_will)
+         test_back_online_right_after_last_will, test_view_ends_at_the_last_telemetry)

@@ -14,6 +14,7 @@
 #include "hints.h"
 #include "jsoncheck.h"
 #include "log.h"
+#include "outbox.h"
 #include "proto.h"
 #include "util.h"
 #include "worker.h"
@@ -117,8 +118,12 @@ crypto_reject(struct crypto *c, const struct msg_dev_in *in, const char *device,
 	worker_lane_send(c->w, &m);
 	hmw_free(&m);
 	worker_count(c->w, STAT_rejected, 1);
-	log_ratelimited(LOG_INFO, "message %.*s from %.*s rejected: %s (%s)",
-	    (int)in->id.len, in->id.p, (int)devlen, device, reason, detail);
+	if (devlen > 0)
+		log_ratelimited(LOG_INFO, "message %.*s from %.*s rejected: %s (%s)",
+		    (int)in->id.len, in->id.p, (int)devlen, device, reason, detail);
+	else
+		log_ratelimited(LOG_INFO, "message %.*s on a topic of no valid device rejected: "
+		    "%s (%s)", (int)in->id.len, in->id.p, reason, detail);
 }
 
 static int
@@ -411,7 +416,21 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 	memcpy(topic, in.topic.p, in.topic.len);
 	topic[in.topic.len] = '\0';
 	if (topic_split(topic, &id, &idlen, &kindp, &kindlen) == -1) {
-		crypto_reject(c, &in, "", 0, "bad_topic", "topic is not device/<id>/<kind>");
+		const char *slash = strncmp(topic, "device/", 7) == 0 ? strchr(topic + 7, '/') : NULL;
+		size_t bad = slash != NULL ? (size_t)(slash - (topic + 7)) : 0;
+
+		if (slash != NULL && strchr(slash + 1, '/') == NULL && slash[1] != '\0') {
+			/* The shape is right, the id is not: say which and why. */
+			char shown[80];
+
+			snprintf(shown, sizeof(shown), "%.*s%s", (int)(bad > 64 ? 64 : bad),
+			    topic + 7, bad > 64 ? "..." : "");
+			str_printable(shown);
+			snprintf(detail, sizeof(detail), "device id \"%s\" (%zu bytes) does not "
+			    "match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", shown, bad);
+			crypto_reject(c, &in, "", 0, "bad_device_id", detail);
+		} else
+			crypto_reject(c, &in, "", 0, "bad_topic", "topic is not device/<id>/<kind>");
 		return 0;
 	}
 	for (size_t i = 0; i < sizeof(crypto_kinds) / sizeof(crypto_kinds[0]); i++)
@@ -422,8 +441,14 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 		return 0;
 	}
 	if (in.payload.len > cf->max_payload) {
-		snprintf(detail, sizeof(detail), "payload of %zu bytes is over [limits] max_payload %zu",
-		    in.payload.len, cf->max_payload);
+		/* The mqtt worker keeps no more than max_payload + OUTBOX_TRUNC_EXTRA
+		 * of a payload: one that long was longer (its log says how long). */
+		if (in.payload.len >= cf->max_payload + OUTBOX_TRUNC_EXTRA)
+			snprintf(detail, sizeof(detail), "payload of more than %zu bytes is over "
+			    "[limits] max_payload %zu", in.payload.len - 1, cf->max_payload);
+		else
+			snprintf(detail, sizeof(detail), "payload of %zu bytes is over [limits] "
+			    "max_payload %zu", in.payload.len, cf->max_payload);
 		crypto_reject(c, &in, id, idlen, "too_large", detail);
 		return 0;
 	}

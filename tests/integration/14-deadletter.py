@@ -40,24 +40,37 @@ def test_deadletter_and_replay():
     # Device payloads that cannot become envelopes.
     for topic, msg in (("device/junk-1/telemetry", "not json {"),
                        ("device/junk-1/telemetry", json.dumps({"pad": "y" * 2000})),
-                       ("device/junk-1/events", json.dumps({"no": "type"}))):
+                       ("device/junk-1/events", json.dumps({"no": "type"})),
+                       # longer than the mqtt worker keeps (max_payload + 64 KiB)
+                       ("device/junk-1/telemetry", json.dumps({"pad": "z" * 100000})),
+                       ("device/.lead/telemetry", json.dumps({"n": 1}))):
         subprocess.run([MOSQUITTO_PUB, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", msg],
                        check=True, timeout=10)
-    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 3, 20, 0.1,
+    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 5, 20, 0.1,
              "rejected payloads in the dead-letter store")
-    reasons = sorted(e["reason"] for e in h.ctl("deadletter", "list", "1000")["entries"]
-                     if e["device"] == "junk-1")
-    assert len(reasons) == 3 and any("invalid_json" in r for r in reasons) and \
+    junk = [e for e in h.ctl("deadletter", "list", "1000")["entries"] if e["device"] == "junk-1"]
+    reasons = sorted(e["reason"] for e in junk)
+    assert len(reasons) == 4 and any("invalid_json" in r for r in reasons) and \
         any("too_large" in r for r in reasons) and any("missing_type" in r for r in reasons), reasons
+    # The size said is the one received, or what is known of it (before: the
+    # cut length, as if the device had sent 66560 bytes).
+    # A bad device id is named as such (before: "topic is not device/<id>/<kind>").
+    lead = [e for e in h.ctl("deadletter", "list", "1000")["entries"]
+            if e["topic"] == "device/.lead/telemetry"]
+    assert len(lead) == 1 and lead[0]["reason"] == "rejected: bad_device_id" and \
+        lead[0]["detail"].startswith('device id ".lead" (5 bytes) does not match'), lead
+    details = sorted(e["detail"] for e in junk if "too_large" in e["reason"])
+    assert details == ["payload of 2011 bytes is over [limits] max_payload 1024",
+                       "payload of more than 66559 bytes is over [limits] max_payload 1024"], details
 
     # Fixed backend: replay delivers bad-1's messages; rejected payloads stay.
     state["broken"] = False
     r = h.ctl("deadletter", "replay", "all")
-    assert r["replayed"] == bad.total() and r["skipped"] == 3, r
+    assert r["replayed"] == bad.total() and r["skipped"] == 5, r
     wait_for(lambda: distinct_delivered(backend) >= good.total() + bad.total(), 30, 0.1, "replayed")
     check_delivery([e for e in backend.delivered() if e["device"] == "bad-1"], bad)
-    assert h.ctl("deadletter", "list", "1000")["total"] == 3
-    assert h.ctl("deadletter", "purge", "all")["purged"] == 3
+    assert h.ctl("deadletter", "list", "1000")["total"] == 5
+    assert h.ctl("deadletter", "purge", "all")["purged"] == 5
     assert h.ctl("deadletter", "list")["total"] == 0
     assert h.stop() == 0
 

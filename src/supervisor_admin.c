@@ -79,7 +79,8 @@ static const struct admin_cmd admin_cmds[] = {
 	{ "workers",    "workers",                                ROLE_SUPERVISOR, admin_workers, 0 },
 	{ "log-level",  "log-level error|warning|notice|info|debug", ROLE_SUPERVISOR, admin_loglevel, 1 },
 	{ "reload",     "reload",                                 ROLE_SUPERVISOR, admin_reload, 0 },
-	{ "spool",      "spool [retry]  (retry: every waiting lane retries now)", ROLE_HTTP, NULL, 1 },
+	{ "spool",      "spool [retry | skip LANE]  (retry: every waiting lane retries now; "
+	                "skip: a lane's stuck POST to the dead-letter store)", ROLE_HTTP, NULL, 2 },
 	{ "deadletter", "deadletter list [N] | replay ID|all | purge ID|all", ROLE_HTTP, NULL, 2 },
 	{ "requests",   "requests [DEVICE]",                      ROLE_ROUTER, NULL, 1 },
 	{ "devices",    "devices",                                ROLE_ROUTER, NULL, 0 },

@@ -165,6 +165,8 @@ static struct http http_state;
 static void http_flush(struct http *h);
 static void http_finish(struct http *h);
 static void http_lane_kick(struct lane *l);
+static void http_lane_dead_as(struct lane *l, const char *reason, long status,
+    const char *detail, size_t detaillen);
 
 /* Arm a timer ms from now. */
 static void
@@ -880,14 +882,24 @@ http_topic(const char *json, size_t len, char *out, size_t outlen)
 static void
 http_lane_dead(struct lane *l, long status)
 {
-	struct http *h = l->h;
-	char reason[32], topic[512];
-	struct spool_rec r;
-	size_t tlen;
+	char reason[32];
 
 	snprintf(reason, sizeof(reason), "http_%ld", status);
 	log_ratelimited(LOG_WARNING, "backend answered %ld: %zu envelope(s) to the "
 	    "dead-letter store (%s)", status, l->inflight, l->whid);
+	http_lane_dead_as(l, reason, status, l->resp, l->resplen);
+}
+
+/* The lane's POST goes to the dead-letter store (replayable), with why. */
+static void
+http_lane_dead_as(struct lane *l, const char *reason, long status, const char *detail,
+    size_t detaillen)
+{
+	struct http *h = l->h;
+	char topic[512];
+	struct spool_rec r;
+	size_t tlen;
+
 	if (http_batch(h) == -1)
 		return;
 	http_commit_later(h);
@@ -898,8 +910,8 @@ http_lane_dead(struct lane *l, long status)
 		topic[0] = '\0';
 		if (spool_get(h->sp, seq, &r) == SPOOL_OK)
 			tlen = http_topic(r.json, r.jsonlen, topic, sizeof(topic));
-		switch (spool_dead_move(h->sp, seq, reason, (int)status, l->resp,
-		    l->resplen, topic, tlen, now_ms())) {
+		switch (spool_dead_move(h->sp, seq, reason, (int)status, detail,
+		    detaillen, topic, tlen, now_ms())) {
 		case SPOOL_OK:
 			worker_count(h->w, STAT_deadlettered, 1);
 			break;
@@ -1498,6 +1510,40 @@ http_err(const char *code, const char *msg)
 	return json_pack("{s:{s:s,s:s}}", "error", "code", code, "message", msg);
 }
 
+/*
+ * A lane that retries one POST over and over (its envelopes are what the
+ * backend cannot take, and it never says so with a 4xx) holds every device
+ * of the lane behind it: the operator moves that POST's envelopes to the
+ * dead-letter store (replayable) and the lane goes on.
+ */
+static json_t *
+http_admin_skip(struct http *h, const char *arg)
+{
+	char *end, detail[160];
+	long i = strtol(arg, &end, 10);
+	struct lane *l;
+	size_t n;
+
+	if (*arg == '\0' || *end != '\0' || i < 0 || i >= h->nlanes)
+		return http_err("usage", "usage: spool skip LANE (a lane number of heraldctl spool)");
+	l = &h->lanes[i];
+	if (h->stopping)
+		return http_err("stopping", "herald is stopping");
+	if (l->state != LANE_BACKOFF || l->inflight == 0)
+		return http_err("not_waiting", "the lane is not waiting to retry a POST");
+	n = l->inflight;
+	snprintf(detail, sizeof(detail), "skipped by the operator (heraldctl spool skip) "
+	    "after %d attempt(s)", l->attempt);
+	evtimer_del(l->timer);
+	http_lane_dead_as(l, "skipped", 0, detail, strlen(detail));
+	l->state = LANE_IDLE;
+	http_gauge_retrying(h);
+	log_notice("spool skip: lane %ld's %zu envelope(s) moved to the dead-letter store", i, n);
+	if (l->n > 0)
+		http_lane_start(l);
+	return json_pack("{s:i,s:I}", "lane", (int)i, "skipped", (json_int_t)n);
+}
+
 /* End every lane's wait (backoff or Retry-After): the operator knows the
  * backend is back. */
 static json_t *
@@ -1703,9 +1749,10 @@ http_admin(struct worker *w, int argc, char **argv)
 		return NULL;
 	if (strcmp(argv[0], "spool") == 0 && argc == 2 && strcmp(argv[1], "retry") == 0)
 		return http_admin_retry(h);
+	if (strcmp(argv[0], "spool") == 0 && argc == 3 && strcmp(argv[1], "skip") == 0)
+		return http_admin_skip(h, argv[2]);
 	if (strcmp(argv[0], "spool") == 0 && argc > 1)
-		return json_pack("{s:{s:s,s:s}}", "error", "code", "usage", "message",
-		    "usage: spool [retry]");
+		return http_err("usage", "usage: spool [retry | skip LANE]");
 	if (strcmp(argv[0], "spool") == 0)
 		return http_admin_spool(h);
 	if (strcmp(argv[0], "deadletter") == 0)

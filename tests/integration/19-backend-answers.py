@@ -230,6 +230,37 @@ def test_spool_retry_ends_a_long_retry_after():
     assert bad.get("error", {}).get("code") == "usage", bad
 
 
+def test_spool_skip_moves_a_stuck_post_aside():
+    # A backend that drops the connection on one device's message (it
+    # cannot parse it, say) and never answers 4xx: that POST is retried
+    # forever and every device of its lane waits behind it.  The operator
+    # moves it to the dead-letter store; the lane goes on.
+    def answer(body):
+        if json.loads(body)["device"] == "poison-1":
+            return b""          # closes without an answer
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    be = RawBackend(answer)
+    broker, h = start(be, {"backend": {"concurrency": 1}})
+    Publisher(broker.port, ["poison-1"], kinds=["telemetry"], count=1).run()
+    wait_for(lambda: any(l["state"] == "backoff" and l["attempt"] >= 2
+                         for l in h.ctl("spool")["lanes"]), 20, 0.1, "the poison retried")
+    after = Publisher(broker.port, ["fine-1", "fine-2"], kinds=["telemetry"], count=3).run()
+    wait_for(lambda: h.ctl("spool")["depth"] == 1 + after.total(), 20, 0.1, "all spooled")
+    assert h.counter("http", "delivered") == 0     # all behind the poison (one lane)
+    bad = h.ctl("spool", "skip", "1", check=False)
+    assert bad["error"]["code"] == "usage", bad
+    r = h.ctl("spool", "skip", "0")
+    assert r == {"lane": 0, "skipped": 1}, r
+    wait_for(lambda: h.ctl("spool")["depth"] == 0, 20, 0.1, "the rest delivered")
+    assert h.counter("http", "delivered") == after.total()
+    dead = h.ctl("deadletter", "list")["entries"]
+    assert len(dead) == 1 and dead[0]["device"] == "poison-1" and dead[0]["reason"] == "skipped" \
+        and dead[0]["replayable"] and "after" in dead[0]["detail"], dead
+    r = h.ctl("spool", "skip", "0", check=False)
+    assert r["error"]["code"] == "not_waiting", r
+
+
 def test_log_counts_what_it_left_out_and_says_when_it_ends():
     # 30 dead letters log 10 warnings (at most 10 per call site in 10 s);
     # the first one after that window says how many were left out (before:
@@ -278,5 +309,5 @@ def test_log_counts_what_it_left_out_and_says_when_it_ends():
 if __name__ == "__main__":
     main(test_answer_cut_inside_headers_is_no_answer, test_status_decides_whatever_the_body,
          test_redirect_names_its_target, test_dead_letter_detail_cut_inside_a_character,
-         test_spool_retry_ends_a_long_retry_after,
+         test_spool_retry_ends_a_long_retry_after, test_spool_skip_moves_a_stuck_post_aside,
          test_log_counts_what_it_left_out_and_says_when_it_ends)

@@ -398,13 +398,19 @@ spool_dead_write(struct spool *s, const struct spool_dead *d, bool overwrite, in
 	p = v.mv_data;
 	memcpy(p, &h, sizeof(h));
 	p += sizeof(h);
-	memcpy(p, d->device, h.devlen);
+	/* Empty fields may come as NULL (a message of no valid device has no
+	 * device): memcpy must not see those. */
+	if (h.devlen > 0)
+		memcpy(p, d->device, h.devlen);
 	p += h.devlen;
-	memcpy(p, d->topic, h.topiclen);
+	if (h.topiclen > 0)
+		memcpy(p, d->topic, h.topiclen);
 	p += h.topiclen;
-	memcpy(p, d->reason, h.reasonlen);
+	if (h.reasonlen > 0)
+		memcpy(p, d->reason, h.reasonlen);
 	p += h.reasonlen;
-	memcpy(p, d->detail, h.detaillen);
+	if (h.detaillen > 0)
+		memcpy(p, d->detail, h.detaillen);
 	p += h.detaillen;
 	if (h.datalen > 0)
 		memcpy(p, d->data, h.datalen);

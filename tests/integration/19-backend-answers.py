@@ -32,8 +32,12 @@ class RawBackend:
             try:
                 c, _ = self.sock.accept()
             except OSError:
-                return
+                break
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        # Closed here, not by stop(): closed while this thread was about to
+        # accept(), its descriptor number could go to the next test's
+        # listening socket, and this backend would answer that test's POSTs.
+        self.sock.close()
 
     def _serve(self, c):
         buf = b""
@@ -77,7 +81,10 @@ class RawBackend:
 
     def stop(self):
         self.stopped = True
-        self.sock.close()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)    # wakes accept() with an error
+        except OSError:
+            pass
 
 
 def start(backend, conf=None):

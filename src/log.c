@@ -101,18 +101,42 @@ log_msg(int level, const char *fmt, ...)
 	va_end(ap);
 }
 
+static struct log_rl *log_rl_sites;     /* every call site used so far */
+
 /* *dropped: how many the window before this one did not log (set when a
- * new window starts, else left alone). */
+ * new window starts and they were not flushed, else left alone). */
 int
-log_ratelimit_ok(long *window, int *count, int *dropped)
+log_ratelimit_ok(struct log_rl *rl, int level, const char *fmt, int *dropped)
 {
 	long w = (long)(mono_ms() / 10000);
 
-	if (*window != w) {
-		if (*count > 10)
-			*dropped = *count - 10;
-		*window = w;
-		*count = 0;
+	if (!rl->linked) {
+		rl->linked = true;
+		rl->level = level;
+		rl->fmt = fmt;
+		rl->next = log_rl_sites;
+		log_rl_sites = rl;
 	}
-	return ++*count <= 10;
+	if (rl->window != w) {
+		if (rl->count > 10)
+			*dropped = rl->count - 10;
+		rl->window = w;
+		rl->count = 0;
+	}
+	return ++rl->count <= 10;
+}
+
+/* Count what windows now over left out, without waiting for the call
+ * site's next line (there may be none: a burst that ended). */
+void
+log_ratelimit_flush(void)
+{
+	long w = (long)(mono_ms() / 10000);
+
+	for (struct log_rl *rl = log_rl_sites; rl != NULL; rl = rl->next)
+		if (rl->window != w && rl->count > 10) {
+			log_msg(rl->level, "%d more messages like \"%s\" were not logged "
+			    "(at most 10 in 10 s)", rl->count - 10, rl->fmt);
+			rl->count = 0;
+		}
 }

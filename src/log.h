@@ -5,6 +5,8 @@
 #ifndef HERALD_LOG_H
 #define HERALD_LOG_H
 
+#include <stdbool.h>
+
 #include <stdarg.h>
 
 #define LOG_ERR     3
@@ -22,19 +24,32 @@ const char *log_level_name(int level);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void log_vmsg(int level, const char *fmt, va_list ap);
 
-/* Like log_msg, but at most 10 lines per 10 s per call site; the first line
- * after a window that dropped some says how many. */
+/*
+ * Like log_msg, but at most 10 lines per 10 s per call site.  What a window
+ * left out is counted: in a line before the call site's next one, or from
+ * log_ratelimit_flush() (each process's timer) once the window is over.
+ */
+struct log_rl {
+	long           window;
+	int            count;
+	int            level;
+	const char    *fmt;
+	struct log_rl *next;
+	bool           linked;
+};
+#define LOG_RL_FMT(fmt, ...) fmt
 #define log_ratelimited(level, ...) do {                                    \
-	static long _rl_window; static int _rl_count;                       \
+	static struct log_rl _rl;                                           \
 	int _rl_dropped = 0;                                                \
-	if (log_ratelimit_ok(&_rl_window, &_rl_count, &_rl_dropped)) {      \
+	if (log_ratelimit_ok(&_rl, level, LOG_RL_FMT(__VA_ARGS__, ""), &_rl_dropped)) { \
 		if (_rl_dropped > 0)                                        \
 			log_msg(level, "%d more messages like the next one were " \
 			    "not logged (at most 10 in 10 s)", _rl_dropped);  \
 		log_msg(level, __VA_ARGS__);                                \
 	}                                                                   \
 } while (0)
-int  log_ratelimit_ok(long *window, int *count, int *dropped);
+int  log_ratelimit_ok(struct log_rl *rl, int level, const char *fmt, int *dropped);
+void log_ratelimit_flush(void);
 
 #define log_err(...)     log_msg(LOG_ERR, __VA_ARGS__)
 #define log_warn(...)    log_msg(LOG_WARNING, __VA_ARGS__)

@@ -400,6 +400,7 @@ sup_tick(evutil_socket_t fd, short what, void *arg)
 	char name[32];
 
 	s->stats->slots[0].heartbeat_ms = now_ms();
+	log_ratelimit_flush();
 	sup_reap(s);
 	if (s->stopping) {
 		int64_t waited = now - s->stop_started;

@@ -26,6 +26,7 @@ worker_tick(evutil_socket_t fd, short what, void *arg)
 	struct worker *w = arg;
 
 	w->stats->heartbeat_ms = now_ms();
+	log_ratelimit_flush();
 }
 
 /* Drain and exit: asked by the supervisor, or by SIGTERM to the whole

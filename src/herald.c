@@ -52,21 +52,21 @@ herald_event_log(int severity, const char *msg)
 static int
 proc_comm_state(const char *which, char *comm, size_t len, char *state)
 {
-	char path[64], stat[512] = "", *open, *close;
+	char path[64], line[512] = "", *lp, *rp;
 	FILE *f;
 
 	snprintf(path, sizeof(path), "/proc/%s/stat", which);
 	if ((f = fopen(path, "re")) == NULL)
 		return -1;
-	if (fgets(stat, sizeof(stat), f) == NULL)
-		stat[0] = '\0';
+	if (fgets(line, sizeof(line), f) == NULL)
+		line[0] = '\0';
 	fclose(f);
-	open = strchr(stat, '(');
-	close = strrchr(stat, ')');
-	if (open == NULL || close == NULL || close < open || close[1] != ' ')
+	lp = strchr(line, '(');
+	rp = strrchr(line, ')');
+	if (lp == NULL || rp == NULL || rp < lp || rp[1] != ' ')
 		return -1;
-	snprintf(comm, len, "%.*s", (int)(close - open - 1), open + 1);
-	*state = close[2];
+	snprintf(comm, len, "%.*s", (int)(rp - lp - 1), lp + 1);
+	*state = rp[2];
 	return 0;
 }
 

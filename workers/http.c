@@ -165,8 +165,6 @@ static struct http http_state;
 static void http_flush(struct http *h);
 static void http_finish(struct http *h);
 static void http_lane_kick(struct lane *l);
-static void http_lane_dead_as(struct lane *l, const char *reason, long status,
-    const char *detail, size_t detaillen);
 
 /* Arm a timer ms from now. */
 static void
@@ -879,17 +877,6 @@ http_topic(const char *json, size_t len, char *out, size_t outlen)
 	return n < outlen ? n : outlen - 1;
 }
 
-static void
-http_lane_dead(struct lane *l, long status)
-{
-	char reason[32];
-
-	snprintf(reason, sizeof(reason), "http_%ld", status);
-	log_ratelimited(LOG_WARNING, "backend answered %ld: %zu envelope(s) to the "
-	    "dead-letter store (%s)", status, l->inflight, l->whid);
-	http_lane_dead_as(l, reason, status, l->resp, l->resplen);
-}
-
 /* The lane's POST goes to the dead-letter store (replayable), with why. */
 static void
 http_lane_dead_as(struct lane *l, const char *reason, long status, const char *detail,
@@ -926,6 +913,17 @@ http_lane_dead_as(struct lane *l, const char *reason, long status, const char *d
 	http_lane_pop(l, l->inflight);
 	l->inflight = 0;
 	l->attempt = 0;
+}
+
+static void
+http_lane_dead(struct lane *l, long status)
+{
+	char reason[32];
+
+	snprintf(reason, sizeof(reason), "http_%ld", status);
+	log_ratelimited(LOG_WARNING, "backend answered %ld: %zu envelope(s) to the "
+	    "dead-letter store (%s)", status, l->inflight, l->whid);
+	http_lane_dead_as(l, reason, status, l->resp, l->resplen);
 }
 
 /* Why the lane's answer does not count, for the log. */
@@ -1747,14 +1745,15 @@ http_admin(struct worker *w, int argc, char **argv)
 
 	if (h->sp == NULL)
 		return NULL;
-	if (strcmp(argv[0], "spool") == 0 && argc == 2 && strcmp(argv[1], "retry") == 0)
-		return http_admin_retry(h);
-	if (strcmp(argv[0], "spool") == 0 && argc == 3 && strcmp(argv[1], "skip") == 0)
-		return http_admin_skip(h, argv[2]);
-	if (strcmp(argv[0], "spool") == 0 && argc > 1)
+	if (strcmp(argv[0], "spool") == 0) {
+		if (argc == 1)
+			return http_admin_spool(h);
+		if (argc == 2 && strcmp(argv[1], "retry") == 0)
+			return http_admin_retry(h);
+		if (argc == 3 && strcmp(argv[1], "skip") == 0)
+			return http_admin_skip(h, argv[2]);
 		return http_err("usage", "usage: spool [retry | skip LANE]");
-	if (strcmp(argv[0], "spool") == 0)
-		return http_admin_spool(h);
+	}
 	if (strcmp(argv[0], "deadletter") == 0)
 		return http_admin_dead(h, argc, argv);
 	return NULL;

@@ -110,7 +110,7 @@ static const struct cfg_key cfg_keys[] = {
 	STR("herald", "run_dir", run_dir, 0, cfg_check_abs_path, "/run/herald"),
 	ENUM("herald", "log_level", log_level, cfg_log_levels, "info"),
 
-	INT("workers", "mqtt", mqtt_workers, 1, CONFIG_MAX_MQTT, "2"),
+	INT("workers", "mqtt", mqtt_workers, 1, CONFIG_MAX_MQTT, "1"),
 	INT("workers", "ready_timeout_ms", ready_timeout_ms, 100, 600000, "10000"),
 	INT("workers", "ping_interval_ms", ping_interval_ms, 100, 600000, "1000"),
 	INT("workers", "ping_timeout_ms", ping_timeout_ms, 100, 600000, "3000"),

@@ -290,7 +290,7 @@ class Herald:
         raise AssertionError("no %s.%d worker in stats" % (role, slot))
 
     def expected_workers(self):
-        return 4 + int(self.sections["workers"].get("mqtt", 2))
+        return 4 + int(self.sections["workers"].get("mqtt", 1))
 
     def all_ready(self):
         try:
@@ -302,7 +302,7 @@ class Herald:
     def subscribed(self):
         """Every broker connection has its device subscriptions: from here on
         the broker keeps device messages for herald, whatever happens."""
-        want = int(self.sections["workers"].get("mqtt", 2)) * \
+        want = int(self.sections["workers"].get("mqtt", 1)) * \
             int(self.sections["mqtt"].get("connections_per_worker", 1))
         return self.ctl("stats")["gauges"].get("mqtt_subscribed", 0) == want
 

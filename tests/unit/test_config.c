@@ -93,7 +93,7 @@ test_defaults(void **state)
 	assert_string_equal(cf.state_dir, "/var/lib/herald");
 	assert_string_equal(cf.run_dir, "/run/herald");
 	assert_int_equal(cf.log_level, LOG_INFO);
-	assert_int_equal(cf.mqtt_workers, 2);
+	assert_int_equal(cf.mqtt_workers, 1);
 	assert_int_equal(cf.ready_timeout_ms, 10000);
 	assert_int_equal(cf.ping_interval_ms, 1000);
 	assert_int_equal(cf.ping_timeout_ms, 3000);

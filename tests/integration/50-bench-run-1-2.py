@@ -11,8 +11,10 @@ def test_throughput_and_round_trip():
     drain = t[1][0]
     assert drain[0].startswith("mosquitto_sub") and drain[1] == "2000 / 2000", drain
     assert int(drain[2]) > 0
-    for row in t[1][1:3]:
-        assert row[0].startswith("herald, batch_max"), row
+    rows = t[1][1:]
+    assert [r[0] for r in rows] == ["herald, batch_max 1", "herald, batch_max 100",
+                                    "herald, batch_max 100, 2 mqtt workers"], rows
+    for row in rows:
         if check_herald_row(row, text):
             assert row[1] == "2000 / 2000" and row[4] == "0", row
     raw = t[2][0]

@@ -2,7 +2,8 @@
 """herald-bench sink: signatures are checked (good, bad, missing, stale), and
 the counts in GET /report are exact for duplicates (same id), copies (same
 seq, new id), gaps, reordering, batches and latency; SIGUSR1 prints the
-summary, SIGTERM the final report; --expect and --timeout end it."""
+summary, SIGTERM the final report; --expect and --timeout end it; GET /wait
+answers once a count is reached."""
 import json
 import signal
 import time
@@ -87,6 +88,43 @@ def test_unsigned_sink_accepts_and_expect_ends_it():
     assert "distinct 3" in out and "duplicates 1" in out, out
 
 
+def test_wait_answers_when_the_count_is_reached():
+    """GET /wait holds its answer until N distinct messages (of a kind) are
+    counted, so a benchmark needs no polling; 504 after timeout_ms."""
+    import threading
+    import urllib.error
+    import urllib.request
+    s = Sink()
+
+    def get(query, timeout=10):
+        try:
+            with urllib.request.urlopen(s.url + "wait?" + query, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"null")
+
+    assert get("distinct=0") == (200, {"distinct": 0})
+    t0 = time.monotonic()
+    assert get("distinct=1&timeout_ms=300") == (504, {"distinct": 0})
+    assert 0.25 < time.monotonic() - t0 < 5
+    for bad in ("", "distinct=x", "distinct=1&timeout_ms=0", "distinct=1&kind=nope"):
+        assert get(bad)[0] == 400, bad
+    got = {}
+    waiter = threading.Thread(target=lambda: got.update(r=get("distinct=2&kind=telemetry")))
+    waiter.start()
+    s.post(envelope("w0", "d1", "status", {"seq": 1, "ts": now_us(), "state": "online"}))
+    s.post(tele("w1", "d1", 1))
+    s.post(tele("w1", "d1", 1))                 # the same id: not a second one
+    time.sleep(0.3)
+    assert waiter.is_alive(), got              # a status and one telemetry: not yet
+    s.post(tele("w2", "d1", 2))
+    waiter.join(5)
+    assert got.get("r") == (200, {"distinct": 2}), got
+    r = s.report()
+    assert r["answers"] == {"204": 4}, r["answers"]     # /wait is not traffic
+    s.stop()
+
+
 def test_timeout_without_expect_reached_fails():
     t0 = time.monotonic()
     s = Sink("--expect", "5", "--timeout", "1", "--json")
@@ -159,4 +197,5 @@ def test_reading_envelopes():
 if __name__ == "__main__":
     main(test_signatures_and_counts, test_reading_envelopes,
          test_unsigned_sink_accepts_and_expect_ends_it,
+         test_wait_answers_when_the_count_is_reached,
          test_timeout_without_expect_reached_fails, test_seq_in_counts_tail_loss)

@@ -59,6 +59,8 @@ struct sink_reply {
 	int code;
 	struct sink *k;
 	struct event *ev;
+	uint64_t distinct;              /* GET /wait: answer once this many are counted */
+	int kind;                       /* of this kind (enum track_kind), or -1: all */
 	LIST_ENTRY(sink_reply) link;
 };
 
@@ -99,6 +101,7 @@ struct sink {
 	size_t nviews_cap;
 	struct jsoncheck jc;
 	LIST_HEAD(, sink_reply) delayed;
+	LIST_HEAD(, sink_reply) waiters;        /* GET /wait, until their count */
 	bool finishing;
 	int exit_code;
 };
@@ -128,8 +131,10 @@ sink_usage(FILE *out)
 "usage: herald-bench sink [options]\n"
 "An HTTP backend for herald: counts envelopes (SPEC 2) per device and kind,\n"
 "finds loss, duplicates and reordering from the payloads' seq, measures latency\n"
-"from their ts.  GET /report answers the JSON report; SIGUSR1 prints the\n"
-"summary; SIGTERM prints the final report and exits 0.\n"
+"from their ts.  GET /report answers the JSON report; GET /wait?distinct=N\n"
+"[&kind=K][&timeout_ms=T] answers 200 once N distinct messages (of kind K) are\n"
+"counted, 504 after T ms (60000): the end of a run without polling;  SIGUSR1\n"
+"prints the summary; SIGTERM prints the final report and exits 0.\n"
 "\n"
 "  --listen [H:]P         address to listen on (127.0.0.1:0 = a free port); the\n"
 "                         first stdout line is \"listening H:P\"\n"
@@ -570,6 +575,102 @@ sink_answer(struct sink *k, struct evhttp_request *req, int code)
 	LIST_INSERT_HEAD(&k->delayed, r, link);
 }
 
+/* --- GET /wait: the end of a run without polling the report ---------------- */
+
+static uint64_t
+sink_distinct(const struct sink *k, int kind)
+{
+	struct track_counts tot;
+
+	if (kind >= 0)
+		return track_counts(k->track, (enum track_kind)kind)->distinct;
+	track_total(k->track, &tot);
+	return tot.distinct;
+}
+
+static void
+sink_wait_answer(struct sink_reply *r, int code)
+{
+	char body[64];
+
+	snprintf(body, sizeof(body), "{\"distinct\": %" PRIu64 "}", sink_distinct(r->k, r->kind));
+	sink_send(r->k, r->req, code, body);
+	r->k->answers[code]--;          /* not traffic, as /report */
+	LIST_REMOVE(r, link);
+	event_free(r->ev);
+	free(r);
+}
+
+static void
+sink_wait_timeout_cb(evutil_socket_t s, short what, void *arg)
+{
+	sink_wait_answer(arg, 504);
+}
+
+/* Answer the waiters whose count is reached. */
+static void
+sink_wait_check(struct sink *k)
+{
+	struct sink_reply *r, *next;
+
+	for (r = LIST_FIRST(&k->waiters); r != NULL; r = next) {
+		next = LIST_NEXT(r, link);
+		if (sink_distinct(k, r->kind) >= r->distinct)
+			sink_wait_answer(r, 200);
+	}
+}
+
+static void
+sink_wait(struct sink *k, struct evhttp_request *req)
+{
+	struct evkeyvalq q;
+	const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+	const char *n, *t, *kn;
+	char *end;
+	unsigned long long want, ms = 60000;
+	struct sink_reply *r;
+	struct timeval tv;
+	int kind = -1, code = 400;
+
+	TAILQ_INIT(&q);
+	if (query == NULL || evhttp_parse_query_str(query, &q) == -1 ||
+	    (n = evhttp_find_header(&q, "distinct")) == NULL)
+		goto refuse;
+	errno = 0;
+	want = strtoull(n, &end, 10);
+	if (errno != 0 || *n == '\0' || *end != '\0')
+		goto refuse;
+	if ((t = evhttp_find_header(&q, "timeout_ms")) != NULL &&
+	    ((ms = strtoull(t, &end, 10)) == 0 || *end != '\0' || ms > 86400000ULL))
+		goto refuse;
+	if ((kn = evhttp_find_header(&q, "kind")) != NULL &&
+	    (kind = (int)track_kind_parse(kn)) == TK_OTHER)
+		goto refuse;
+	evhttp_clear_headers(&q);
+	code = 503;
+	if ((r = calloc(1, sizeof(*r))) == NULL)
+		goto refuse;
+	if ((r->ev = evtimer_new(k->base, sink_wait_timeout_cb, r)) == NULL) {
+		free(r);
+		goto refuse;
+	}
+	r->req = req;
+	r->k = k;
+	r->distinct = want;
+	r->kind = kind;
+	LIST_INSERT_HEAD(&k->waiters, r, link);
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000 * 1000);
+	evtimer_add(r->ev, &tv);
+	sink_wait_check(k);
+	return;
+refuse:
+	evhttp_clear_headers(&q);
+	sink_send(k, req, code, code == 503 ? NULL : "{\"error\": \"usage: GET "
+	    "/wait?distinct=N[&kind=telemetry|status|response|event|request][&timeout_ms=T]\"}");
+	k->answers[code]--;
+}
+
 /* 0 = signature fine (or not checked), else the status to answer. */
 static int
 sink_check_signature(struct sink *k, struct evhttp_request *req, const void *body, size_t len,
@@ -954,6 +1055,8 @@ sink_post(struct sink *k, struct evhttp_request *req)
 	k->last_us = mono;
 	sink_answer(k, req, 204);
 	track_total(k->track, &tot);
+	if (!LIST_EMPTY(&k->waiters))
+		sink_wait_check(k);
 	if (k->o.have_expect && tot.distinct >= k->o.expect)
 		sink_finish(k, BENCH_EXIT_OK);
 }
@@ -974,6 +1077,10 @@ sink_request_cb(struct evhttp_request *req, void *arg)
 		k->answers[200]--;
 		free(s);
 		json_decref(doc);
+		return;
+	}
+	if (cmd == EVHTTP_REQ_GET && strncmp(uri, "/wait?", 6) == 0) {
+		sink_wait(k, req);
 		return;
 	}
 	k->requests++;
@@ -1058,6 +1165,7 @@ sink_main(int argc, char **argv)
 	bench_raise_nofile();
 	signal(SIGPIPE, SIG_IGN);
 	LIST_INIT(&k->delayed);
+	LIST_INIT(&k->waiters);
 	k->req_states = json_object();
 	hist_init(&k->lat);
 	for (int i = 0; i < TK_NKINDS; i++)
@@ -1107,6 +1215,8 @@ sink_main(int argc, char **argv)
 	r = k->exit_code;
 	while (!LIST_EMPTY(&k->delayed))
 		sink_reply_cb(-1, 0, LIST_FIRST(&k->delayed));
+	while (!LIST_EMPTY(&k->waiters))
+		sink_wait_answer(LIST_FIRST(&k->waiters), 503);
 	if (k->bound != NULL)
 		evhttp_del_accept_socket(k->http, k->bound);
 	evhttp_free(k->http);

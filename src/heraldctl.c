@@ -41,7 +41,7 @@ usage(FILE *f)
 	    "  spool                      spool depth, bytes, oldest age, delivered, retrying, dead\n"
 	    "  spool retry                every lane waiting to retry the backend retries now\n"
 	    "  spool skip LANE            a lane's POST that keeps failing: to the dead-letter store\n"
-	    "  deadletter list [N] | replay ID|all | purge ID|all\n"
+	    "  deadletter list [N [AFTER_ID]] | replay ID|all | purge ID|all\n"
 	    "  requests [DEVICE] | devices | outbox [SLOT]\n"
 	    "  device add|list|show|rotate|revoke   (not yet: needs the device registry)\n"
 	    "  log-level LEVEL | reload | help\n"

@@ -81,7 +81,8 @@ static const struct admin_cmd admin_cmds[] = {
 	{ "reload",     "reload",                                 ROLE_SUPERVISOR, admin_reload, 0 },
 	{ "spool",      "spool [retry | skip LANE]  (retry: every waiting lane retries now; "
 	                "skip: a lane's stuck POST to the dead-letter store)", ROLE_HTTP, NULL, 2 },
-	{ "deadletter", "deadletter list [N] | replay ID|all | purge ID|all", ROLE_HTTP, NULL, 2 },
+	{ "deadletter", "deadletter list [N [AFTER_ID]] | replay ID|all | purge ID|all  (list: "
+	                "oldest first; \"next\" is the AFTER_ID of the next page)", ROLE_HTTP, NULL, 3 },
 	{ "requests",   "requests [DEVICE]",                      ROLE_ROUTER, NULL, 1 },
 	{ "devices",    "devices",                                ROLE_ROUTER, NULL, 0 },
 	{ "outbox",     "outbox [SLOT]  (an mqtt worker's outbox and connections)", ROLE_MQTT, NULL, 1 },

@@ -1678,27 +1678,42 @@ http_admin_dead(struct http *h, int argc, char **argv)
 
 	if (strcmp(sub, "list") == 0) {
 		struct dead_list dl = { json_array() };
+		const char *after = argc > 3 ? argv[3] : NULL;
 		long limit = HTTP_LIST_DEFAULT;
+		json_t *res;
 		char *end;
 
 		if (argc > 2) {
 			limit = strtol(argv[2], &end, 10);
-			if (*end != '\0' || limit < 0)
-				return http_err("usage", "deadletter list [LIMIT]");
+			if (*end != '\0' || limit <= 0 ||
+			    (after != NULL && (*after == '\0' || strlen(after) > SPOOL_ID_MAX))) {
+				json_decref(dl.entries);
+				return http_err("usage", "deadletter list [LIMIT [AFTER_ID]]");
+			}
 		}
-		/* An answer must fit the control channel (ctl.h): at most 10,000. */
+		/* An answer must fit the control channel (ctl.h): at most 10,000.
+		 * One more is read to tell whether a next page exists. */
 		if (limit > HTTP_LIST_MAX)
 			limit = HTTP_LIST_MAX;
-		if (spool_dead_list(h->sp, (size_t)limit, http_dead_entry, &dl) < 0) {
+		if (spool_dead_list(h->sp, after, after ? strlen(after) : 0, (size_t)limit + 1,
+		    http_dead_entry, &dl) < 0) {
 			json_decref(dl.entries);
 			return http_err("internal", "cannot read the dead-letter store");
 		}
 		spool_stats(h->sp, &st);
-		return json_pack("{s:o,s:I}", "entries", dl.entries, "total",
+		res = json_pack("{s:o,s:I}", "entries", dl.entries, "total",
 		    (json_int_t)st.dead_depth);
+		if (json_array_size(dl.entries) > (size_t)limit) {
+			/* More follow: "next" is where the next page starts after. */
+			json_array_remove(dl.entries, (size_t)limit);
+			json_object_set(res, "next", json_object_get(
+			    json_array_get(dl.entries, (size_t)limit - 1), "id"));
+		}
+		return res;
 	}
 	if (strcmp(sub, "replay") != 0 && strcmp(sub, "purge") != 0)
-		return http_err("usage", "deadletter list [LIMIT] | replay ID|all | purge ID|all");
+		return http_err("usage", "deadletter list [LIMIT [AFTER_ID]] | replay ID|all | "
+		    "purge ID|all");
 	if (argc < 3)
 		return http_err("usage", sub[0] == 'r' ? "deadletter replay ID|all" :
 		    "deadletter purge ID|all");

@@ -1025,19 +1025,27 @@ spool_dead_move(struct spool *s, uint64_t seq, const char *reason, int status,
 }
 
 long
-spool_dead_list(struct spool *s, size_t limit, spool_dead_fn *cb, void *arg)
+spool_dead_list(struct spool *s, const char *after, size_t afterlen, size_t limit,
+    spool_dead_fn *cb, void *arg)
 {
 	MDB_cursor *c;
 	MDB_txn *t;
-	MDB_val k, v;
+	MDB_val k = { afterlen, (void *)after }, v;
 	struct spool_dead d;
 	long n = 0;
 	int rc;
 
 	if ((t = spool_rtxn(s)) == NULL || mdb_cursor_open(t, s->dead, &c) != 0)
 		return SPOOL_ERR;
-	for (rc = mdb_cursor_get(c, &k, &v, MDB_FIRST); rc == 0;
-	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+	if (after == NULL || afterlen == 0) {
+		rc = mdb_cursor_get(c, &k, &v, MDB_FIRST);
+	} else {
+		/* The first key at or after `after`; not `after` itself. */
+		rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+		if (rc == 0 && k.mv_size == afterlen && memcmp(k.mv_data, after, afterlen) == 0)
+			rc = mdb_cursor_get(c, &k, &v, MDB_NEXT);
+	}
+	for (; rc == 0; rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
 		if (limit > 0 && (size_t)n >= limit)
 			break;
 		if (spool_dead_parse(&k, &v, &d) == -1)
@@ -1117,7 +1125,7 @@ spool_dead_replay(struct spool *s, const char *id, size_t idlen,
 			return SPOOL_NOTFOUND;
 		if (spool_idlist_add(&l, &d) == -1)
 			return SPOOL_ERR;
-	} else if (spool_dead_list(s, 0, spool_idlist_add, &l) < 0) {
+	} else if (spool_dead_list(s, NULL, 0, 0, spool_idlist_add, &l) < 0) {
 		ret = SPOOL_ERR;
 		goto out;
 	}

@@ -134,8 +134,10 @@ int  spool_dead_move(struct spool *s, uint64_t seq, const char *reason, int stat
          const char *detail, size_t detaillen, const char *topic, size_t topiclen,
          int64_t dead_ms);
 typedef int spool_dead_fn(void *arg, const struct spool_dead *d);
-/* Records in id order, at most limit (0: all).  Returns the count visited. */
-long spool_dead_list(struct spool *s, size_t limit, spool_dead_fn *cb, void *arg);
+/* Records in id order, those after the id `after` (NULL: from the first), at
+ * most limit (0: all).  Returns the count visited. */
+long spool_dead_list(struct spool *s, const char *after, size_t afterlen, size_t limit,
+         spool_dead_fn *cb, void *arg);
 int  spool_dead_get(struct spool *s, const char *id, size_t idlen, struct spool_dead *d);
 /*
  * Move dead envelopes back to the queue with new sequences (id NULL: all).

@@ -36,6 +36,22 @@ def test_deadletter_and_replay():
     assert all(e["device"] == "bad-1" and e["status"] == 400 and e["reason"] == "http_400"
                and e["replayable"] for e in dl["entries"]), dl["entries"][:2]
     assert not any(e["device"] == "bad-1" for e in backend.delivered())
+    # Pages: oldest first, "next" names where the next one starts after.
+    pages, after = [], []
+    while True:
+        page = h.ctl("deadletter", "list", "7", *after)
+        assert page["total"] == bad.total() and 0 < len(page["entries"]) <= 7, page
+        pages += [e["id"] for e in page["entries"]]
+        if "next" not in page:
+            break
+        assert page["next"] == page["entries"][-1]["id"] and len(page["entries"]) == 7, page
+        after = [page["next"]]
+    assert pages == [e["id"] for e in dl["entries"]] == sorted(pages), pages[:3]
+    assert "next" not in dl
+    for bad_args in (("0",), ("x",), ("5", "x" * 600)):
+        err = h.ctl("deadletter", "list", *bad_args, check=False)
+        assert err["error"]["code"] == "usage" and "AFTER_ID" in err["error"]["message"], \
+            (bad_args, err)
 
     # Device payloads that cannot become envelopes.
     for topic, msg in (("device/junk-1/telemetry", "not json {"),

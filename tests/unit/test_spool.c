@@ -485,13 +485,22 @@ test_dead_letters(void **state)
 	assert_int_equal(spool_dead_get(f->s, "nope", 4, &g), SPOOL_NOTFOUND);
 
 	memset(&ds, 0, sizeof(ds));
-	assert_int_equal(spool_dead_list(f->s, 0, dead_collect, &ds), 2);
+	assert_int_equal(spool_dead_list(f->s, NULL, 0, 0, dead_collect, &ds), 2);
 	assert_string_equal(ds.id[0], "E1");
 	assert_string_equal(ds.reason[0], "rejected: invalid_json");
 	assert_string_equal(ds.id[1], "E2");
 	assert_int_equal(ds.status[1], 400);
 	memset(&ds, 0, sizeof(ds));
-	assert_int_equal(spool_dead_list(f->s, 1, dead_collect, &ds), 1);
+	assert_int_equal(spool_dead_list(f->s, NULL, 0, 1, dead_collect, &ds), 1);
+	/* Pages: after an id (there or not), never including it. */
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_dead_list(f->s, "E1", 2, 0, dead_collect, &ds), 1);
+	assert_string_equal(ds.id[0], "E2");
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_dead_list(f->s, "E", 1, 0, dead_collect, &ds), 2);
+	assert_string_equal(ds.id[0], "E1");
+	assert_int_equal(spool_dead_list(f->s, "E2", 2, 0, dead_collect, &ds), 0);
+	assert_int_equal(spool_dead_list(f->s, "F", 1, 0, dead_collect, &ds), 0);
 
 	/* Not inside a batch. */
 	assert_int_equal(spool_begin(f->s), SPOOL_OK);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "jsoncheck.h"
 #include "log.h"
 #include "outbox.h"
 #include "util.h"
@@ -151,6 +152,7 @@ static const struct cfg_key cfg_keys[] = {
 	SIZE("requests", "max_bytes", requests_max_bytes, 16 * MIB, 1 * TIB, "4G"),
 
 	SIZE("limits", "max_payload", max_payload, 64, 16 * MIB, "256K"),
+	INT("limits", "max_depth", max_depth, 1, JC_MAX_DEPTH, "64"),
 
 	STR("admin", "socket", admin_socket, 0, cfg_check_socket_path,
 	    "/run/herald/herald.sock"),

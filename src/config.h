@@ -77,6 +77,7 @@ struct config {
 
 	/* [limits] */
 	size_t   max_payload;
+	int      max_depth;
 
 	/* [admin] */
 	char     admin_socket[512];

@@ -424,8 +424,10 @@ jc_value(struct jsoncheck *jc, enum jc_type *type, enum jc_type *type_member)
 	switch (*jc->p) {
 	case '{':
 	case '[':
-		if (++jc->depth > JC_MAX_DEPTH)
+		if (++jc->depth > jc->limit) {
+			jc->too_deep = true;
 			return jc_fail(jc, jc->p, "maximum nesting depth reached");
+		}
 		if (*jc->p == '{') {
 			*type = JC_OBJECT;
 			rc = jc_object(jc, type_member);
@@ -474,6 +476,8 @@ jsoncheck(struct jsoncheck *jc, const char *p, size_t len, struct jc_result *res
 	jc->start = jc->p = p;
 	jc->end = p + len;
 	jc->depth = 0;
+	jc->limit = jc->max_depth > 0 && jc->max_depth < JC_MAX_DEPTH ? jc->max_depth : JC_MAX_DEPTH;
+	jc->too_deep = false;
 	jc->err = NULL;
 	jc->err_at = 0;
 	rc = jc_value(jc, &top, &type_member);
@@ -486,6 +490,7 @@ jsoncheck(struct jsoncheck *jc, const char *p, size_t len, struct jc_result *res
 	res->type_member = rc == 0 ? type_member : JC_NONE;
 	res->error = rc == 0 ? NULL : rc == JC_OOM ? "out of memory" : jc->err;
 	res->error_at = rc == 0 ? 0 : jc->err_at;
+	res->too_deep = rc == -1 && jc->too_deep;
 	return rc == 0 ? 0 : rc == JC_OOM ? JC_OOM : -1;
 }
 

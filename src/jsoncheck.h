@@ -2,13 +2,14 @@
  * A strict JSON validator (RFC 8259) for device payloads that go on
  * verbatim: it builds no tree, allocates nothing per value, and refuses
  * what jansson refuses with JSON_REJECT_DUPLICATES (bad UTF-8, lone
- * surrogates, \u0000, duplicate keys, nesting over 2048), so the crypto
+ * surrogates, \u0000, duplicate keys, nesting over 2048 or max_depth), so the crypto
  * worker checks a payload several times faster than json_loadb() would.
  * Numbers are checked for their grammar only: 1e400 is valid JSON.
  */
 #ifndef HERALD_JSONCHECK_H
 #define HERALD_JSONCHECK_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -20,6 +21,7 @@ struct jc_key;
 
 /* Scratch space reused from one check to the next; zero it before first use. */
 struct jsoncheck {
+	int            max_depth;    /* nesting allowed: 1..JC_MAX_DEPTH, 0 = JC_MAX_DEPTH */
 	struct jc_key *tab;          /* keys seen, by (object, key) */
 	size_t         tabcap, nkeys;
 	uint32_t       gen;          /* a slot is used when its gen is this */
@@ -29,7 +31,8 @@ struct jsoncheck {
 	uint64_t       probes;       /* key slots compared, all checks (a test watches it) */
 	/* the current check */
 	const char    *p, *end, *start;
-	int            depth;
+	int            depth, limit;
+	bool           too_deep;
 	const char    *err;
 	size_t         err_at;
 };
@@ -39,6 +42,7 @@ struct jc_result {
 	enum jc_type type_member;    /* the top object's "type" member, JC_NONE if absent */
 	size_t       error_at;       /* byte offset of the error */
 	const char  *error;          /* static text; NULL when valid */
+	bool         too_deep;       /* the error: nesting over max_depth */
 };
 
 /* 0 when p[0..len) is one JSON value (whitespace around it allowed), -1 when

@@ -452,10 +452,19 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 		crypto_reject(c, &in, id, idlen, "too_large", detail);
 		return 0;
 	}
+	c->jc.max_depth = cf->max_depth;
 	switch (jsoncheck(&c->jc, in.payload.p, in.payload.len, &jr)) {
 	case 0:
 		break;
 	case -1:
+		if (jr.too_deep) {
+			/* Valid JSON, maybe, but deeper than backends' parsers go
+			 * (.NET's default is 64, Ruby's 100). */
+			snprintf(detail, sizeof(detail), "nesting deeper than [limits] max_depth %d "
+			    "at byte %zu", cf->max_depth, jr.error_at);
+			crypto_reject(c, &in, id, idlen, "too_deep", detail);
+			return 0;
+		}
 		snprintf(detail, sizeof(detail), "invalid JSON at byte %zu: %s", jr.error_at, jr.error);
 		crypto_reject(c, &in, id, idlen, "invalid_json", detail);
 		return 0;

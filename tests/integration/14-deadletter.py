@@ -1,7 +1,8 @@
 """A backend that answers 400 for one device: its messages go to the dead-letter
 store with status and reason while the others flow; once the backend is fixed,
-`heraldctl deadletter replay` delivers them.  Invalid JSON and oversized
-payloads land in the dead-letter store with their reasons."""
+`heraldctl deadletter replay` delivers them.  Invalid JSON, oversized and
+too deeply nested payloads land in the dead-letter store with their reasons;
+the store can be listed page by page."""
 import json
 import subprocess
 from heraldtest import (MOSQUITTO_PUB, Backend, Herald, Mosquitto, Publisher, TmpDir,
@@ -57,17 +58,22 @@ def test_deadletter_and_replay():
     for topic, msg in (("device/junk-1/telemetry", "not json {"),
                        ("device/junk-1/telemetry", json.dumps({"pad": "y" * 2000})),
                        ("device/junk-1/events", json.dumps({"no": "type"})),
+                       # valid JSON, 65 levels deep: over [limits] max_depth (64)
+                       ("device/junk-1/telemetry", '{"a":' * 65 + "1" + "}" * 65),
                        # longer than the mqtt worker keeps (max_payload + 64 KiB)
                        ("device/junk-1/telemetry", json.dumps({"pad": "z" * 100000})),
                        ("device/.lead/telemetry", json.dumps({"n": 1}))):
         subprocess.run([MOSQUITTO_PUB, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", msg],
                        check=True, timeout=10)
-    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 5, 20, 0.1,
+    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 6, 20, 0.1,
              "rejected payloads in the dead-letter store")
     junk = [e for e in h.ctl("deadletter", "list", "1000")["entries"] if e["device"] == "junk-1"]
     reasons = sorted(e["reason"] for e in junk)
-    assert len(reasons) == 4 and any("invalid_json" in r for r in reasons) and \
+    assert len(reasons) == 5 and any("invalid_json" in r for r in reasons) and \
         any("too_large" in r for r in reasons) and any("missing_type" in r for r in reasons), reasons
+    deep = [e for e in junk if e["reason"] == "rejected: too_deep"]
+    assert len(deep) == 1 and deep[0]["detail"] == \
+        "nesting deeper than [limits] max_depth 64 at byte %d" % (64 * 5), deep
     # The size said is the one received, or what is known of it (before: the
     # cut length, as if the device had sent 66560 bytes).
     # A bad device id is named as such (before: "topic is not device/<id>/<kind>").
@@ -82,11 +88,11 @@ def test_deadletter_and_replay():
     # Fixed backend: replay delivers bad-1's messages; rejected payloads stay.
     state["broken"] = False
     r = h.ctl("deadletter", "replay", "all")
-    assert r["replayed"] == bad.total() and r["skipped"] == 5, r
+    assert r["replayed"] == bad.total() and r["skipped"] == 6, r
     wait_for(lambda: distinct_delivered(backend) >= good.total() + bad.total(), 30, 0.1, "replayed")
     check_delivery([e for e in backend.delivered() if e["device"] == "bad-1"], bad)
-    assert h.ctl("deadletter", "list", "1000")["total"] == 5
-    assert h.ctl("deadletter", "purge", "all")["purged"] == 5
+    assert h.ctl("deadletter", "list", "1000")["total"] == 6
+    assert h.ctl("deadletter", "purge", "all")["purged"] == 6
     assert h.ctl("deadletter", "list")["total"] == 0
     assert h.stop() == 0
 

@@ -126,6 +126,7 @@ test_defaults(void **state)
 	assert_int_equal(cf.max_pending_per_device, 1000);
 	assert_true(cf.requests_max_bytes == (size_t)4 << 30);
 	assert_true(cf.max_payload == 256u * 1024);
+	assert_int_equal(cf.max_depth, 64);
 	assert_string_equal(cf.admin_socket, "/run/herald/herald.sock");
 }
 
@@ -196,6 +197,7 @@ test_every_key(void **state)
 	    "max_bytes = 16M\n"
 	    "[limits]\n"
 	    "max_payload = 64\n"
+	    "max_depth = 2048\n"
 	    "[admin]\n"
 	    "socket = /tmp/h.sock\n");
 	assert_string_equal(cf.node_name, "node-a.1_x");
@@ -238,6 +240,7 @@ test_every_key(void **state)
 	assert_int_equal(cf.max_pending_per_device, 1000000);
 	assert_true(cf.requests_max_bytes == (size_t)16 << 20);
 	assert_true(cf.max_payload == 64);
+	assert_int_equal(cf.max_depth, 2048);
 	assert_string_equal(cf.admin_socket, "/tmp/h.sock");
 }
 
@@ -561,6 +564,8 @@ test_errors_values(void **state)
 	expect_error("[mqtt]\noutbox_bytes = 9999999999T\n", 2, "out of range 1M..4G");
 	expect_error("[spool]\nmax_bytes = 2T\n", 2, "out of range 1M..1T");
 	expect_error("[limits]\nmax_payload = 63\n", 2, "out of range 64..16M");
+	expect_error("[limits]\nmax_depth = 0\n", 2, "out of range 1..2048");
+	expect_error("[limits]\nmax_depth = 2049\n", 2, "out of range 1..2048");
 
 	expect_error("[spool]\nfsync = sometimes\n", 2,
 	    "[spool] fsync: bad value \"sometimes\" (accepted: off, batch, always)");
@@ -791,7 +796,7 @@ test_shipped_conf(void **state)
 		"listen", "tokens", "max_body", "url", "secret", "batch_max",
 		"concurrency", "timeout_ms", "max_bytes", "fsync", "e2e", "key_grace",
 		"default_timeout", "max_timeout", "max_pending_per_device",
-		"max_payload", "socket",
+		"max_payload", "max_depth", "socket",
 	};
 	static const char *sections[] = {
 		"[herald]", "[workers]", "[mqtt]", "[api]", "[backend]", "[spool]",

@@ -139,7 +139,32 @@ test_depth(void **state)
 	doc[n + 1] = ']';
 	assert_int_equal(jsoncheck(&jc, doc, n + 2, &r), -1);
 	assert_string_equal(r.error, "maximum nesting depth reached");
+	assert_true(r.too_deep);
 	free(doc);
+}
+
+/* max_depth: levels of objects and arrays together; other errors are not
+ * "too deep", and 0 means JC_MAX_DEPTH. */
+static void
+test_max_depth(void **state)
+{
+	struct jc_result r;
+
+	jc.max_depth = 3;
+	assert_int_equal(check("{\"a\":[{\"b\":1}]}", &r), 0);
+	assert_int_equal(check("{\"a\":[{\"b\":[]}]}", &r), -1);
+	assert_true(r.too_deep);
+	assert_int_equal(r.error_at, 11);
+	assert_int_equal(check("{\"a\":[{\"b\":1,}]}", &r), -1);
+	assert_false(r.too_deep);
+	assert_int_equal(check("[[[\"x\"]]]", &r), 0);
+	jc.max_depth = 1;
+	assert_int_equal(check("{\"a\":1}", &r), 0);
+	assert_int_equal(check("{\"a\":{}}", &r), -1);
+	assert_true(r.too_deep);
+	jc.max_depth = 0;
+	assert_int_equal(check("{\"a\":{\"b\":{\"c\":{\"d\":{}}}}}", &r), 0);
+	assert_false(r.too_deep);
 }
 
 /* Many keys cost linear time, and a late duplicate is still found. */
@@ -295,6 +320,7 @@ main(void)
 		cmocka_unit_test(test_invalid),
 		cmocka_unit_test(test_type_member),
 		cmocka_unit_test(test_depth),
+		cmocka_unit_test(test_max_depth),
 		cmocka_unit_test(test_many_keys),
 		cmocka_unit_test(test_chosen_keys_stay_linear),
 		cmocka_unit_test(test_agrees_with_jansson),

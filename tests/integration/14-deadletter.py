@@ -63,7 +63,7 @@ def test_deadletter_and_replay():
                        # longer than the mqtt worker keeps (max_payload + 64 KiB)
                        ("device/junk-1/telemetry", json.dumps({"pad": "z" * 100000})),
                        ("device/.lead/telemetry", json.dumps({"n": 1}))):
-        subprocess.run([MOSQUITTO_PUB, "-p", str(broker.port), "-q", "1", "-t", topic, "-m", msg],
+        subprocess.run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", topic, "-m", msg],
                        check=True, timeout=10)
     wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 6, 20, 0.1,
              "rejected payloads in the dead-letter store")

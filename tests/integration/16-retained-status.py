@@ -18,7 +18,7 @@ def test_retained_status_once():
     h = Herald(tmp, broker=broker, backend=backend,
                conf={"workers": {"mqtt": 1}}).wait_ready()
     for d in ("ret-1", "ret-2"):
-        subprocess.run([MOSQUITTO_PUB, "-p", str(broker.port), "-q", "1", "-r", "-i", d,
+        subprocess.run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-r", "-i", d,
                         "-t", "device/%s/status" % d, "-m", '{"state":"online"}'],
                        check=True, timeout=10)
     wait_for(lambda: len(status_envelopes(backend, "ret-1")) == 1 and
@@ -30,7 +30,7 @@ def test_retained_status_once():
                  what="mqtt.0 restarted")
         h.wait_ready()
     # A live message after the restarts proves the path works; then count.
-    subprocess.run([MOSQUITTO_PUB, "-p", str(broker.port), "-q", "1", "-i", "ret-1",
+    subprocess.run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-i", "ret-1",
                     "-t", "device/ret-1/telemetry", "-m", '{"after":1}'], check=True, timeout=10)
     wait_for(lambda: any(e["kind"] == "telemetry" for e in backend.delivered()), 10,
              what="the live message")

@@ -420,7 +420,7 @@ class Publisher:
         while jobs or running:
             while jobs and len(running) < self.parallel:
                 (d, k), lines = jobs.pop(0)
-                p = subprocess.Popen([MOSQUITTO_PUB, "-p", str(self.port), "-q", str(self.qos),
+                p = subprocess.Popen([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(self.port), "-q", str(self.qos),
                                       "-i", "%s-%s" % (d, k), "-t", "device/%s/%s" % (d, k), "-l"],
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)

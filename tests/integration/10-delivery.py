@@ -2,10 +2,14 @@
 and response reach the backend once each, per SPEC §2: every field checked, the
 payload verbatim, a valid Standard Webhooks signature; with one inbound
 connection each device's order is kept.  Batches (batch_max > 1) arrive as
-JSON arrays."""
+JSON arrays.  A lone message on an idle herald reaches the backend at once,
+whatever its kind (telemetry waits for the outbox sync window, 2 ms, not for a
+batch to fill)."""
 import json
-from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_delivery,
-                        distinct_delivered, main, wait_for)
+import subprocess
+import time
+from heraldtest import (MOSQUITTO_PUB, Backend, Herald, Mosquitto, Publisher, TmpDir,
+                        check_delivery, distinct_delivered, main, wait_for)
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -63,5 +67,26 @@ def test_batches():
     assert h.stop() == 0
 
 
+def test_lone_messages_are_prompt():
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend()
+    # herald's defaults (the tests' own run fsync = off and two mqtt workers)
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"spool": {"fsync": "batch"}, "workers": {"mqtt": 1}}).wait_ready()
+    took = []
+    for i, kind in enumerate(["telemetry", "events", "telemetry", "status", "telemetry"]):
+        before = len(backend.posts)
+        t0 = time.monotonic()
+        subprocess.run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                        "-t", "device/idle-1/%s" % kind,
+                        "-m", json.dumps({"type": "t", "n": i})], check=True, timeout=10)
+        wait_for(lambda: len(backend.posts) > before, 10, 0.002, "message %d at the backend" % i)
+        took.append(backend.posts[before][0] - t0)
+    # mosquitto_pub's own start is in it; the resend timeout (5 s) would not be
+    assert max(took) < 1.0, took
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_every_message_once_in_order, test_batches)
+    main(test_every_message_once_in_order, test_batches, test_lone_messages_are_prompt)

@@ -203,7 +203,8 @@ DEFAULT_CONF = {
     "mqtt": {"host": "127.0.0.1"},
     "api": {"tokens": "test-token-1"},
     "backend": {"url": "http://127.0.0.1:9/unused"},
-    "spool": {"fsync": "off"},
+    # off: fast; HERALD_TEST_FSYNC=batch runs the suite with herald's default
+    "spool": {"fsync": os.environ.get("HERALD_TEST_FSYNC", "off")},
 }
 
 

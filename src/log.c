@@ -110,8 +110,7 @@ log_ratelimit_ok(struct log_rl *rl, int level, const char *fmt, int *dropped)
 {
 	long w = (long)(mono_ms() / 10000);
 
-	if (!rl->linked) {
-		rl->linked = true;
+	if (rl->fmt == NULL) {         /* the call site's first line: list it */
 		rl->level = level;
 		rl->fmt = fmt;
 		rl->next = log_rl_sites;

@@ -5,8 +5,6 @@
 #ifndef HERALD_LOG_H
 #define HERALD_LOG_H
 
-#include <stdbool.h>
-
 #include <stdarg.h>
 
 #define LOG_ERR     3
@@ -35,7 +33,6 @@ struct log_rl {
 	int            level;
 	const char    *fmt;
 	struct log_rl *next;
-	bool           linked;
 };
 #define LOG_RL_FMT(fmt, ...) fmt
 #define log_ratelimited(level, ...) do {                                    \

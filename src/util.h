@@ -39,7 +39,8 @@ void *grow_array(void *p, size_t *cap, size_t need, size_t size, size_t first);
  * bytes stays valid JSON text (jansson refuses bad UTF-8). */
 void str_printable(char *s);
 
-/* ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$ */
+/* What device_id_valid() accepts, for messages. */
+#define DEVICE_ID_PATTERN "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 bool device_id_valid(const char *id, size_t len);
 
 /*

@@ -427,7 +427,7 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 			    topic + 7, bad > 64 ? "..." : "");
 			str_printable(shown);
 			snprintf(detail, sizeof(detail), "device id \"%s\" (%zu bytes) does not "
-			    "match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$", shown, bad);
+			    "match " DEVICE_ID_PATTERN, shown, bad);
 			crypto_reject(c, &in, "", 0, "bad_device_id", detail);
 		} else
 			crypto_reject(c, &in, "", 0, "bad_topic", "topic is not device/<id>/<kind>");

@@ -19,7 +19,23 @@
  * write per loop pass instead of five syscalls per message.  Every other fd
  * goes straight to the kernel.  close() of an attached socket (libmosquitto
  * closes its own) tries to send what is left and detaches it first, so a
- * reused fd number never finds a stale buffer.  The table is only written
+ * reused fd number never finds a stale buffer.
+ *
+ * Held acknowledgements: an mqtt worker may write a PUBACK only once its
+ * message's outbox record is synced, but a publish for a device should not
+ * wait for that sync.  libmosquitto keeps one out queue per client, in
+ * order, so the acknowledgements (PUBACK, PUBREC) it writes on a socket
+ * that holds them go to a second buffer, which mosq_io_release() puts
+ * behind what is already out.  Other packets pass them (MQTT orders the
+ * acknowledgements among themselves, not against our publishes).  This
+ * needs each write(2) of libmosquitto to start a packet: it writes a
+ * packet's remaining bytes in one call (lib/packet_mosq.c, packet__write)
+ * and this file takes all of them or none, except a large packet's direct
+ * write, whose unwritten rest is remembered as no packet start.  An
+ * unreleased acknowledgement is dropped when the socket closes: the broker
+ * sends its message again.
+ *
+ * The table is only written
  * by the thread that drives the clients; other threads (ZeroMQ's) only ever
  * find their own fds absent from it.
  */
@@ -44,6 +60,10 @@ struct mosq_io {
 	bool    in_full;       /* the last fill filled the buffer */
 	char   *out;
 	size_t  out_len, out_cap;
+	bool    hold;          /* acknowledgements wait for mosq_io_release() */
+	char   *held;
+	size_t  held_len, held_cap;
+	size_t  rest;          /* bytes of a packet started but not all written */
 };
 
 static bool mosq_refuse_pair;
@@ -146,6 +166,55 @@ mosq_io_push(int fd, struct mosq_io *io)
 }
 
 int
+mosq_io_hold_acks(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	if (io == NULL) {
+		errno = EBADF;
+		return -1;
+	}
+	io->hold = true;
+	return 0;
+}
+
+size_t
+mosq_io_held(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	return io != NULL ? io->held_len : 0;
+}
+
+static int
+mosq_io_append(char **buf, size_t *len, size_t *cap, const void *p, size_t n)
+{
+	char *nb;
+
+	if ((nb = grow_array(*buf, cap, *len + n, 1, 4096)) == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	*buf = nb;
+	memcpy(*buf + *len, p, n);
+	*len += n;
+	return 0;
+}
+
+int
+mosq_io_release(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	if (io == NULL || io->held_len == 0)
+		return 0;
+	if (mosq_io_append(&io->out, &io->out_len, &io->out_cap, io->held, io->held_len) == -1)
+		return -1;
+	io->held_len = 0;
+	return 0;
+}
+
+int
 mosq_io_flush(int fd)
 {
 	struct mosq_io *io = mosq_io_get(fd);
@@ -187,14 +256,33 @@ read(int fd, void *buf, size_t n)
 	return (ssize_t)k;
 }
 
+/* An acknowledgement of a message received: PUBACK or PUBREC. */
+static bool
+mosq_io_is_ack(const void *buf, size_t n)
+{
+	unsigned type = n > 0 ? *(const unsigned char *)buf >> 4 : 0;
+
+	return type == 4 || type == 5;
+}
+
 ssize_t
 write(int fd, const void *buf, size_t n)
 {
 	struct mosq_io *io = mosq_io_get(fd);
-	char *nb;
+	bool start;
 
 	if (io == NULL)
 		return syscall(SYS_write, fd, buf, n);
+	start = io->rest == 0;
+	if (start && io->hold && mosq_io_is_ack(buf, n)) {
+		if (io->held_len + n > MOSQ_IO_OUT_MAX) {
+			errno = EAGAIN;         /* released at the next sync */
+			return -1;
+		}
+		if (mosq_io_append(&io->held, &io->held_len, &io->held_cap, buf, n) == -1)
+			return -1;
+		return (ssize_t)n;
+	}
 	if (io->out_len + n > MOSQ_IO_OUT_MAX || n >= MOSQ_IO_IN) {
 		/* A large packet, or a peer that does not read: what is
 		 * buffered goes first; a large packet then goes straight. */
@@ -204,16 +292,17 @@ write(int fd, const void *buf, size_t n)
 			errno = EAGAIN;
 			return -1;
 		}
-		if (n >= MOSQ_IO_IN)
-			return syscall(SYS_write, fd, buf, n);
+		if (n >= MOSQ_IO_IN) {
+			ssize_t r = syscall(SYS_write, fd, buf, n);
+
+			if (r > 0)
+				io->rest = (size_t)r < n ? n - (size_t)r : 0;
+			return r;
+		}
 	}
-	if ((nb = grow_array(io->out, &io->out_cap, io->out_len + n, 1, 4096)) == NULL) {
-		errno = ENOMEM;
+	if (mosq_io_append(&io->out, &io->out_len, &io->out_cap, buf, n) == -1)
 		return -1;
-	}
-	io->out = nb;
-	memcpy(io->out + io->out_len, buf, n);
-	io->out_len += n;
+	io->rest = 0;
 	return (ssize_t)n;
 }
 
@@ -229,6 +318,7 @@ close(int fd)
 		__atomic_store_n(&mosq_io_tab[fd], NULL, __ATOMIC_RELEASE);
 		free(io->in);
 		free(io->out);
+		free(io->held);
 		free(io);
 	}
 	return (int)syscall(SYS_close, fd);

@@ -22,6 +22,13 @@ session's client reconnects.  So:
     Mosquitto has its PUBACK before the worker dies, so there is no DUP
     redelivery: the d1 check below fails.
 
+The second test holds the outbox sync off (HERALD_TEST_SYNC_FAIL: msync
+fails with EIO while a file exists) to show both halves of the rule that
+PUBACKs wait for the sync and nothing else does: the broker gets no PUBACK
+for a device message whose record is not synced, while a request published
+for a device in the meantime reaches it; once syncs work again the PUBACK
+follows.
+
 Deleting the outbox between the death and the restart would also separate the
 orders (only a broker redelivery could then bring the message), but the
 supervisor restarts the worker within ~100 ms, so that would be a race; the
@@ -35,6 +42,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from apilib import Device, api, warm_up
 from heraldtest import Backend, Herald, Mosquitto, TmpDir, log, main, wait_for
 
 CLIENT = "test-node-mqtt-0-0"
@@ -141,5 +149,64 @@ def test_puback_after_outbox_append():
     assert h.stop() == 0
 
 
+def test_publish_passes_unsynced_pubacks():
+    tmp = TmpDir()
+    logdir = TmpDir()
+    os.chmod(logdir.path, 0o777)
+    mlog = logdir.join("broker.log")
+    broker = Mosquitto(tmp, extra="log_type all\nlog_dest file %s\n" % mlog)
+    backend = Backend()
+    failing = tmp.join("sync-fails")
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"workers": {"mqtt": 1}, "mqtt": {"connections_per_worker": 1},
+                     "spool": {"fsync": "batch"}},
+               env={"HERALD_TEST_SYNC_FAIL": failing}).wait_ready()
+    warm_up(h, broker)
+
+    def broker_log():
+        with open(mlog, errors="replace") as f:
+            return f.read()
+
+    c = re.escape(CLIENT)
+    dev = Device(broker, "dev-held", answer=lambda cmd: None).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-held")[1].get("online"), 5,
+             what="dev-held to be online")
+
+    open(failing, "w").close()
+    dev.c.publish("device/dev-held/telemetry", '{"seq":1}', 1)
+    tele = re.compile(r"Sending PUBLISH to %s \(d0, q1, r0, m(\d+), "
+                      r"'device/dev-held/telemetry'" % c)
+    mid = wait_for(lambda: (lambda m: m.group(1) if m else None)(tele.search(broker_log())),
+                   5, what="the broker to send the telemetry to herald")
+    wait_for(lambda: "outbox msync: Input/output error; holding the PUBACKs" in h.log_text(),
+             5, what="the failing sync to be reported")
+    puback = re.compile(r"Received PUBACK from %s \(Mid: %s," % (c, mid))
+
+    # A request reaches the device while the telemetry's PUBACK is held.
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-held/requests", {"type": "t", "timeout": 60})
+    assert st == 202, (st, rec)
+    wait_for(lambda: any(x.get("commandId") == rec["commandId"] for x in dev.cmds()), 5,
+             what="the request to reach the device with the sync failing")
+    wait_for(lambda: api(h, "GET", "/v1/requests/" + rec["commandId"])[1]["state"] == "sent",
+             5, what="the request to be sent")
+    assert os.path.exists(failing)
+    assert "outbox msync works again" not in h.log_text()
+    assert not puback.search(broker_log()), "a PUBACK left before its record's sync"
+
+    # Syncs work again: the PUBACK follows, after the request's publish.
+    os.remove(failing)
+    wait_for(lambda: puback.search(broker_log()), 5, what="the PUBACK after the sync")
+    assert "outbox msync works again" in h.log_text()
+    text = broker_log()
+    cmd = re.search(r"Received PUBLISH from %s \(d0, q1, r0, m\d+, 'device/dev-held/command'"
+                    % c, text)
+    assert cmd and cmd.start() < puback.search(text).start(), "the command did not pass"
+    wait_for(lambda: any(e.get("device") == "dev-held" and e.get("payload") == {"seq": 1}
+                         for e in backend.delivered()), 10, what="the telemetry's delivery")
+    assert h.worker("mqtt", 0)["restarts"] == 0
+    dev.disconnect()
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_puback_after_outbox_append)
+    main(test_puback_after_outbox_append, test_publish_passes_unsynced_pubacks)

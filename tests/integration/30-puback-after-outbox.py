@@ -66,10 +66,10 @@ def test_puback_after_outbox_append():
         with open(mlog, errors="replace") as f:
             return f.read()
 
-    # herald's connection subscribed before the device publishes.
-    wait_for(lambda: "Received SUBSCRIBE from %s" % CLIENT in broker_log(), 10,
+    # herald's connection subscribed before the device publishes (the broker
+    # holds the subscription once it answers SUBACK).
+    wait_for(lambda: "Sending SUBACK to %s" % CLIENT in broker_log(), 10,
              what="herald's subscription")
-    time.sleep(0.2)
 
     dev = mqtt.Client(client_id="dev-puback", protocol=mqtt.MQTTv311)
     dev.connect("127.0.0.1", broker.port)

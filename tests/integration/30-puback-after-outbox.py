@@ -48,7 +48,10 @@ from heraldtest import Backend, Herald, Mosquitto, TmpDir, log, main, wait_for
 CLIENT = "test-node-mqtt-0-0"
 
 
-def test_puback_after_outbox_append():
+def logged_setup(env):
+    """A broker logging every packet to a file, a backend, and a herald with
+    one inbound connection and fsync = batch; returns them and a reader of
+    the broker's log."""
     tmp = TmpDir()
     # Mosquitto buffers a log on stdout; a log file is written line by line.
     # Started as root it runs as user mosquitto: give it a directory it may use.
@@ -60,11 +63,16 @@ def test_puback_after_outbox_append():
     h = Herald(tmp, broker=broker, backend=backend,
                conf={"workers": {"mqtt": 1}, "mqtt": {"connections_per_worker": 1},
                      "spool": {"fsync": "batch"}},
-               env={"HERALD_TEST_DIE_AFTER_APPEND": "1"}).wait_ready()
+               env=env).wait_ready()
 
     def broker_log():
         with open(mlog, errors="replace") as f:
             return f.read()
+    return broker, backend, h, broker_log
+
+
+def test_puback_after_outbox_append():
+    broker, backend, h, broker_log = logged_setup({"HERALD_TEST_DIE_AFTER_APPEND": "1"})
 
     # herald's connection subscribed before the device publishes (the broker
     # holds the subscription once it answers SUBACK).
@@ -150,22 +158,9 @@ def test_puback_after_outbox_append():
 
 
 def test_publish_passes_unsynced_pubacks():
-    tmp = TmpDir()
-    logdir = TmpDir()
-    os.chmod(logdir.path, 0o777)
-    mlog = logdir.join("broker.log")
-    broker = Mosquitto(tmp, extra="log_type all\nlog_dest file %s\n" % mlog)
-    backend = Backend()
-    failing = tmp.join("sync-fails")
-    h = Herald(tmp, broker=broker, backend=backend,
-               conf={"workers": {"mqtt": 1}, "mqtt": {"connections_per_worker": 1},
-                     "spool": {"fsync": "batch"}},
-               env={"HERALD_TEST_SYNC_FAIL": failing}).wait_ready()
+    failing = TmpDir().join("sync-fails")
+    broker, backend, h, broker_log = logged_setup({"HERALD_TEST_SYNC_FAIL": failing})
     warm_up(h, broker)
-
-    def broker_log():
-        with open(mlog, errors="replace") as f:
-            return f.read()
 
     c = re.escape(CLIENT)
     dev = Device(broker, "dev-held", answer=lambda cmd: None).connect()

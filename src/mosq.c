@@ -24,16 +24,18 @@
  * Held acknowledgements: an mqtt worker may write a PUBACK only once its
  * message's outbox record is synced, but a publish for a device should not
  * wait for that sync.  libmosquitto keeps one out queue per client, in
- * order, so the acknowledgements (PUBACK, PUBREC) it writes on a socket
- * that holds them go to a second buffer, which mosq_io_release() puts
- * behind what is already out.  Other packets pass them (MQTT orders the
- * acknowledgements among themselves, not against our publishes).  This
- * needs each write(2) of libmosquitto to start a packet: it writes a
- * packet's remaining bytes in one call (lib/packet_mosq.c, packet__write)
- * and this file takes all of them or none, except a large packet's direct
- * write, whose unwritten rest is remembered as no packet start.  An
- * unreleased acknowledgement is dropped when the socket closes: the broker
- * sends its message again.
+ * order, so the PUBACKs it writes on a socket that holds them go to a
+ * second buffer, which mosq_io_release() puts behind what is already out.
+ * Other packets pass them (MQTT orders the PUBACKs among themselves, not
+ * against our publishes).  This needs each write(2) of libmosquitto to be
+ * one whole packet: it writes a packet's remaining bytes in one call
+ * (lib/packet_mosq.c, packet__write; net__write is a plain write() without
+ * TLS, which herald does not use), and this file takes all of them or none:
+ * what the kernel does not take of a large packet written directly stays in
+ * the out buffer, so a release never lands inside a packet.  An unreleased
+ * PUBACK is dropped when the socket closes: the broker sends its message
+ * again.  Only QoS 1 is held: herald subscribes at QoS 1, and for QoS 2
+ * libmosquitto calls on_message only after its PUBREC has left anyway.
  *
  * The table is only written
  * by the thread that drives the clients; other threads (ZeroMQ's) only ever
@@ -60,10 +62,9 @@ struct mosq_io {
 	bool    in_full;       /* the last fill filled the buffer */
 	char   *out;
 	size_t  out_len, out_cap;
-	bool    hold;          /* acknowledgements wait for mosq_io_release() */
+	bool    hold;          /* PUBACKs wait for mosq_io_release() */
 	char   *held;
 	size_t  held_len, held_cap;
-	size_t  rest;          /* bytes of a packet started but not all written */
 };
 
 static bool mosq_refuse_pair;
@@ -160,7 +161,8 @@ mosq_io_push(int fd, struct mosq_io *io)
 		rc = n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 1 : -1;
 		break;
 	}
-	memmove(io->out, io->out + done, io->out_len - done);
+	if (done > 0 && done < io->out_len)
+		memmove(io->out, io->out + done, io->out_len - done);
 	io->out_len -= done;
 	return rc;
 }
@@ -256,36 +258,32 @@ read(int fd, void *buf, size_t n)
 	return (ssize_t)k;
 }
 
-/* An acknowledgement of a message received: PUBACK or PUBREC. */
+/* A PUBACK (herald's acknowledgement of a QoS 1 message it received). */
 static bool
-mosq_io_is_ack(const void *buf, size_t n)
+mosq_io_is_puback(const void *buf, size_t n)
 {
-	unsigned type = n > 0 ? *(const unsigned char *)buf >> 4 : 0;
-
-	return type == 4 || type == 5;
+	return n > 0 && *(const unsigned char *)buf >> 4 == 4;
 }
 
+/* Every call is one packet, or the rest of one that got EAGAIN before it was
+ * taken; each is taken whole or not at all (see the top of this file). */
 ssize_t
 write(int fd, const void *buf, size_t n)
 {
 	struct mosq_io *io = mosq_io_get(fd);
-	bool start;
 
 	if (io == NULL)
 		return syscall(SYS_write, fd, buf, n);
-	start = io->rest == 0;
-	if (start && io->hold && mosq_io_is_ack(buf, n)) {
-		if (io->held_len + n > MOSQ_IO_OUT_MAX) {
-			errno = EAGAIN;         /* released at the next sync */
-			return -1;
-		}
+	if (io->hold && mosq_io_is_puback(buf, n)) {
+		/* At most a receive maximum of them between two syncs. */
 		if (mosq_io_append(&io->held, &io->held_len, &io->held_cap, buf, n) == -1)
 			return -1;
 		return (ssize_t)n;
 	}
 	if (io->out_len + n > MOSQ_IO_OUT_MAX || n >= MOSQ_IO_IN) {
 		/* A large packet, or a peer that does not read: what is
-		 * buffered goes first; a large packet then goes straight. */
+		 * buffered goes first; a large packet then goes straight,
+		 * and what the kernel leaves of it waits in the buffer. */
 		if (mosq_io_push(fd, io) == -1)
 			return -1;
 		if (io->out_len > 0) {
@@ -293,16 +291,26 @@ write(int fd, const void *buf, size_t n)
 			return -1;
 		}
 		if (n >= MOSQ_IO_IN) {
-			ssize_t r = syscall(SYS_write, fd, buf, n);
+			ssize_t r;
 
-			if (r > 0)
-				io->rest = (size_t)r < n ? n - (size_t)r : 0;
-			return r;
+			do
+				r = syscall(SYS_write, fd, buf, n);
+			while (r == -1 && errno == EINTR);
+			if (r == -1 && errno != EAGAIN && errno != EWOULDBLOCK)
+				return -1;
+			if (r == -1)
+				r = 0;
+			if ((size_t)r < n && mosq_io_append(&io->out, &io->out_len, &io->out_cap,
+			    (const char *)buf + r, n - (size_t)r) == -1) {
+				if (r > 0)      /* a packet cut short: the stream is lost */
+					shutdown(fd, SHUT_RDWR);
+				return -1;
+			}
+			return (ssize_t)n;
 		}
 	}
 	if (mosq_io_append(&io->out, &io->out_len, &io->out_cap, buf, n) == -1)
 		return -1;
-	io->rest = 0;
 	return (ssize_t)n;
 }
 

@@ -25,9 +25,9 @@ bool   mosq_io_readable(int fd);
  * -1 the socket failed (errno). */
 int    mosq_io_flush(int fd);
 size_t mosq_io_unsent(int fd);
-/* From now on the socket's PUBACKs and PUBRECs wait, in order, until
- * mosq_io_release() puts them behind what is out (see mosq.c); other
- * packets pass them.  Those never released are dropped at close(). */
+/* From now on the socket's PUBACKs wait, in order, until mosq_io_release()
+ * puts them behind what is out (see mosq.c); other packets pass them.
+ * Those never released are dropped at close(). */
 int    mosq_io_hold_acks(int fd);
 int    mosq_io_release(int fd);
 size_t mosq_io_held(int fd);

@@ -698,8 +698,9 @@ mqtt_flush_ex(struct mqttw *mw, bool force)
 			conn_write(c);
 			continue;
 		}
-		/* Again while writing held more: PUBACKs libmosquitto kept
-		 * when the held buffer was full, all for synced records. */
+		/* Again while writing held more: PUBACKs that waited in
+		 * libmosquitto's queue behind a packet the socket could not
+		 * take yet, all queued before the sync. */
 		while (c->sock != -1 && mosq_io_held(c->sock) > 0) {
 			if (mosq_io_release(c->sock) == -1) {
 				log_ratelimited(LOG_ERR, "%s: cannot release its PUBACKs: %s",

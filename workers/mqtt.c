@@ -33,8 +33,9 @@
  * writes the packet at once only when `in_callback == false && threaded ==
  * mosq_ts_none`.  mosquitto_threaded_set(m, true) makes it mosq_ts_external,
  * so the PUBACK only sits in the out queue until our next
- * mosquitto_loop_write(), which mqtt_flush() runs after on_message returned,
- * after outbox_sync(), and never from inside a read.
+ * mosquitto_loop_write(), which mqtt_flush() runs after on_message returned
+ * and never from inside a read.  There the PUBACK moves to the socket's held
+ * buffer (mosq.c), released only once outbox_sync() covered its record.
  */
 
 #define MQTT_SESSION_EXPIRY_S  86400    /* the broker keeps our sessions a day */

@@ -265,8 +265,8 @@ mosq_io_is_puback(const void *buf, size_t n)
 	return n > 0 && *(const unsigned char *)buf >> 4 == 4;
 }
 
-/* Every call is one packet, or the rest of one that got EAGAIN before it was
- * taken; each is taken whole or not at all (see the top of this file). */
+/* Every call from libmosquitto is one whole packet (again after EAGAIN), and
+ * is taken whole or not at all (see the top of this file). */
 ssize_t
 write(int fd, const void *buf, size_t n)
 {

@@ -20,11 +20,13 @@ def test_throughput_and_round_trip():
     raw = t[2][0]
     assert raw[0].startswith("raw MQTT") and raw[1:3] == ["400", "400"] and raw[7:9] == ["0", "0"], raw
     assert 0 < float(raw[3]) <= float(raw[5])
+    assert raw[9] == "–", raw           # no herald on the raw path
     if check_herald_row(t[2][1], text):
         # every request answered by its device, none timed out or failed
         api = t[2][1]
         assert api[1:3] == ["400", "400"] and api[7:9] == ["0", "0"], api
         assert 0 < float(api[3]) <= float(api[5]), api
+        assert float(api[9]) > 0, api     # herald's CPU per request was measured
     assert "Commands:" in text and "herald-bench rtt --raw" in text
 
 

@@ -687,15 +687,36 @@ http_sent_recently(const struct http *h, const char *id, size_t len)
 }
 
 static void
-http_sent_add(struct http *h, const char *id)
+http_sent_put(struct http *h, const char *id, size_t len)
 {
-	size_t len = strlen(id), set;
+	size_t set;
+	char *slot;
 
 	if (h->sent == NULL || len == 0 || len > HTTP_SENT_ID_MAX)
 		return;
 	set = (size_t)(hash32(id, len) % HTTP_SENT_SETS);
-	memcpy(h->sent[set * HTTP_SENT_WAYS + h->sent_next[set]], id, len + 1);
+	slot = h->sent[set * HTTP_SENT_WAYS + h->sent_next[set]];
+	memcpy(slot, id, len);
+	slot[len] = '\0';
 	h->sent_next[set] = (uint8_t)((h->sent_next[set] + 1) % HTTP_SENT_WAYS);
+}
+
+static void
+http_sent_add(struct http *h, const char *id)
+{
+	http_sent_put(h, id, strlen(id));
+}
+
+/*
+ * At the spool's open: the envelopes that left the queue before this life
+ * (delivered, or dead) go into the table, so that an outbox resending one
+ * whose acknowledgement died with the previous http worker or the router
+ * does not post it a second time: the table of that life is gone.
+ */
+static void
+http_sent_gone(void *arg, const char *id, size_t idlen)
+{
+	http_sent_put(arg, id, idlen);
 }
 
 /* Keep the id of the POST's took-th envelope, to remember it once delivered. */
@@ -1902,9 +1923,19 @@ http_main(struct worker *w)
 	}
 	if (http_key(h, w->cf->backend_secret) == -1)
 		return WORKER_EXIT_FATAL;
+	/* Optional: without it a resent copy of a delivered envelope goes out again. */
+	h->sent = calloc(HTTP_SENT_SLOTS, sizeof(*h->sent));
+	h->sent_next = calloc(HTTP_SENT_SETS, sizeof(*h->sent_next));
+	if (h->sent == NULL || h->sent_next == NULL) {
+		log_warn("no memory to remember delivered ids: resent copies are posted again");
+		free(h->sent);
+		free(h->sent_next);
+		h->sent = NULL;
+		h->sent_next = NULL;
+	}
 	snprintf(path, sizeof(path), "%s/spool", w->cf->state_dir);
-	h->sp = spool_open(path, w->cf->spool_max_bytes, w->cf->spool_fsync, err,
-	    sizeof(err));
+	h->sp = spool_open(path, w->cf->spool_max_bytes, w->cf->spool_fsync, http_sent_gone, h,
+	    err, sizeof(err));
 	if (h->sp == NULL) {
 		log_err("spool: %s", err);
 		return 1;
@@ -1921,16 +1952,6 @@ http_main(struct worker *w)
 	curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
 	h->curl_timer = evtimer_new(w->base, http_timer_event, h);
 	h->commit_ev = event_new(w->base, -1, 0, http_commit_event, h);
-	/* Optional: without it a resent copy of a delivered envelope goes out again. */
-	h->sent = calloc(HTTP_SENT_SLOTS, sizeof(*h->sent));
-	h->sent_next = calloc(HTTP_SENT_SETS, sizeof(*h->sent_next));
-	if (h->sent == NULL || h->sent_next == NULL) {
-		log_warn("no memory to remember delivered ids: resent copies are posted again");
-		free(h->sent);
-		free(h->sent_next);
-		h->sent = NULL;
-		h->sent_next = NULL;
-	}
 	h->tick = event_new(w->base, -1, EV_PERSIST, http_tick, h);
 	h->drain_ev = evtimer_new(w->base, http_drain_timeout, h);
 	if (h->curl_timer == NULL || h->commit_ev == NULL || h->tick == NULL ||

@@ -1217,7 +1217,7 @@ segq_load_seg(struct segq *q, struct seg *g, bool newest)
 
 /* Apply a deletion log; its length is cut to whole entries. */
 static int
-segq_load_dels(struct segq *q, struct seg *g)
+segq_load_dels(struct segq *q, struct seg *g, segq_gone_cb *gone, void *arg)
 {
 	char path[4096];
 	struct stat st;
@@ -1257,6 +1257,8 @@ segq_load_dels(struct segq *q, struct seg *g)
 		if ((e = tab_find(q, d[i].seq)) == NULL || (p = rec_at(q, e)) == NULL)
 			continue;
 		rec_fill(p, &r);
+		if (gone != NULL)
+			gone(arg, r.id, r.idlen);
 		ids_remove(q, id_hash(r.id, r.idlen), r.seq);
 		e->seg->live--;
 		e->seg->livebytes -= e->len;
@@ -1309,7 +1311,8 @@ segq_list(struct segq *q, const char *ext, uint64_t **names, size_t *n, size_t *
 }
 
 struct segq *
-segq_open(const char *dir, enum fsync_mode fsync, char *err, size_t errlen)
+segq_open(const char *dir, enum fsync_mode fsync, segq_gone_cb *gone, void *arg, char *err,
+    size_t errlen)
 {
 	struct segq *q;
 	uint64_t *names = NULL;
@@ -1349,7 +1352,7 @@ segq_open(const char *dir, enum fsync_mode fsync, char *err, size_t errlen)
 			q->next_seq = names[i] + 1;
 	}
 	for (size_t i = 0; i < q->nsegs; i++)
-		if (segq_load_dels(q, q->segs[i]) == -1) {
+		if (segq_load_dels(q, q->segs[i], gone, arg) == -1) {
 			snprintf(err, errlen, "%s: deletions of segment %016" PRIx64 ": %s", dir,
 			    q->segs[i]->name, strerror(errno));
 			goto fail;

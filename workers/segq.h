@@ -26,7 +26,14 @@ struct segq;
 /* Segments start a new file past this size (at a commit). */
 #define SEGQ_SEG_MAX  (16u << 20)
 
-struct segq *segq_open(const char *dir, enum fsync_mode fsync, char *err, size_t errlen);
+/*
+ * `gone` (may be NULL) is called during the open with the id of each record
+ * the files hold that had left the queue (delivered, or moved to the
+ * dead-letter store): segment by segment, in the order they left.
+ */
+typedef void segq_gone_cb(void *arg, const char *id, size_t idlen);
+struct segq *segq_open(const char *dir, enum fsync_mode fsync, segq_gone_cb *gone, void *arg,
+    char *err, size_t errlen);
 /* Pending changes are dropped, as after a crash. */
 void segq_close(struct segq *q);
 

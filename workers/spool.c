@@ -1360,6 +1360,7 @@ spool_dead_wins(struct spool *s)
 
 struct spool *
 spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
+    void (*gone)(void *arg, const char *id, size_t idlen), void *arg,
     char *err, size_t errlen)
 {
 	struct spool *s;
@@ -1416,7 +1417,7 @@ spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
 		snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
 		goto fail;
 	}
-	if ((s->sq = segq_open(dir, fsync, err, errlen)) == NULL)
+	if ((s->sq = segq_open(dir, fsync, gone, arg, err, errlen)) == NULL)
 		goto fail;
 	next = 1;
 	if ((rc = spool_migrate(s, &next)) != 0) {

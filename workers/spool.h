@@ -75,8 +75,11 @@ struct spool_stats {
  * slack; queued JSON bytes may not exceed that first map size either.
  * Indexes the segments (cutting a torn write off the newest), moves an older
  * spool's LMDB queue to segments, and drops queued copies of dead letters.
+ * `gone` (may be NULL) gets the ids of the envelopes the segment files still
+ * hold that had left the queue (delivered or dead), see segq_open().
  */
 struct spool *spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
+    void (*gone)(void *arg, const char *id, size_t idlen), void *arg,
     char *err, size_t errlen);
 /* Aborts an uncommitted batch (commit first). */
 void spool_close(struct spool *s);

@@ -1,6 +1,11 @@
 """kill -9 of each role (mqtt, router, crypto, http), 5 times each at random
 moments during a 50,000-message run: nothing is lost, and every duplicate
-carries the id of its first delivery."""
+carries the id of its first delivery.
+
+And the acknowledgements of delivered envelopes dying with the router and
+the http worker: the outbox sends those envelopes again, and the restarted
+http worker, which knows their ids from the spool's files, does not post
+them a second time."""
 import os
 import random
 import signal
@@ -47,5 +52,49 @@ def test_kill_roles_during_run():
     assert h.stop() == 0
 
 
+def test_resent_after_lost_acks_not_posted_again():
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend()
+    # A stopped router misses health pings: the supervisor must not kill it first.
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"workers": {"mqtt": 1, "ping_timeout_ms": 60000},
+                     "mqtt": {"connections_per_worker": 1}}).wait_ready()
+    spool = os.path.join(h.sections["herald"]["state_dir"], "spool")
+    router, http = h.worker("router")["pid"], h.worker("http")["pid"]
+    # Device messages go mqtt -> crypto -> http without the router; the
+    # spool's acknowledgements to the outbox go through it.
+    os.kill(router, signal.SIGSTOP)
+    try:
+        pub = Publisher(broker.port, ["ra-%d" % i for i in range(4)], kinds=("telemetry",),
+                        count=5).run()
+        wait_for(lambda: distinct_delivered(backend) >= pub.total(), 15,
+                 what="delivery with the router stopped")
+        # Delivered and committed: a 16-byte entry per envelope in the deletion logs.
+        wait_for(lambda: sum(os.path.getsize(os.path.join(spool, f)) for f in os.listdir(spool)
+                             if f.endswith(".del")) >= 16 * pub.total(), 5,
+                 what="the deliveries' commit")
+        # No acknowledgement reached the outbox (its gauge follows within a second).
+        wait_for(lambda: h.ctl("stats")["gauges"].get("outbox_depth") == pub.total(), 5,
+                 what="the outbox to hold every envelope")
+        os.kill(http, signal.SIGKILL)
+    finally:
+        os.kill(router, signal.SIGKILL)
+    wait_for(lambda: all(w["pid"] not in (router, http) and w["state"] == "ready"
+                         for w in (h.worker("router"), h.worker("http"))), 15,
+             what="router and http restarted")
+    # The outbox sends them again (5 s without an acknowledgement); this time
+    # the acknowledgements arrive.
+    wait_for(lambda: h.ctl("stats")["gauges"].get("outbox_depth") == 0, 20,
+             what="the outbox acknowledged")
+    assert h.counter("mqtt", "outbox_resent") >= pub.total()
+    envs = [e for e in backend.delivered() if e.get("kind") == "telemetry"]
+    ids = [e["id"] for e in envs]
+    assert len(ids) == pub.total() and len(set(ids)) == pub.total(), \
+        "%d posts of %d envelopes" % (len(ids), len(set(ids)))
+    check_delivery(envs, pub)
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_kill_roles_during_run)
+    main(test_kill_roles_during_run, test_resent_after_lost_acks_not_posted_again)

@@ -58,11 +58,28 @@ rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 	return remove(path);
 }
 
+/* The first ids spool_open() reports gone, joined with spaces. */
+static char gone_ids[4096];
+
+static void
+gone_cb(void *arg, const char *id, size_t idlen)
+{
+	size_t n = strlen(gone_ids);
+
+	assert_ptr_equal(arg, gone_ids);
+	if (n + idlen + 2 < sizeof(gone_ids))
+		snprintf(gone_ids + n, sizeof(gone_ids) - n, "%s%.*s", n ? " " : "",
+		    (int)idlen, id);
+}
+
 static struct spool *
 open_env(const char *env, size_t max_bytes, enum fsync_mode m)
 {
 	char err[256] = "";
-	struct spool *s = spool_open(env, max_bytes, m, err, sizeof(err));
+	struct spool *s;
+
+	gone_ids[0] = '\0';
+	s = spool_open(env, max_bytes, m, gone_cb, gone_ids, err, sizeof(err));
 
 	if (s == NULL)
 		fail_msg("spool_open %s: %s", env, err);
@@ -349,6 +366,31 @@ test_reopen_keeps_everything(void **state)
 	reopen(f, 1 << 20, FSYNC_BATCH);
 	assert_int_equal(put(f->s, "R4", "dev", 4, "{}", &d), SPOOL_OK);
 	assert_true(d > c);
+}
+
+/*
+ * The ids of envelopes that left the queue (delivered, dead) before a
+ * restart are reported at the open, in the order they left, so the http
+ * worker knows them when an outbox resends one; the queued ones are not.
+ */
+static void
+test_gone_ids_reported_at_open(void **state)
+{
+	struct fx *f = *state;
+	uint64_t a, b, c, d;
+
+	assert_int_equal(put(f->s, "G1", "dev", 1, "{}", &a), SPOOL_OK);
+	assert_int_equal(put(f->s, "G2", "dev", 2, "{}", &b), SPOOL_OK);
+	assert_int_equal(put(f->s, "G3", "dev", 3, "{}", &c), SPOOL_OK);
+	assert_int_equal(put(f->s, "G4", "dev", 4, "{}", &d), SPOOL_OK);
+	assert_int_equal(spool_del(f->s, c), SPOOL_OK);
+	assert_int_equal(spool_del(f->s, a), SPOOL_OK);
+	reopen(f, 1 << 20, FSYNC_BATCH);
+	assert_string_equal(gone_ids, "G3 G1");
+	assert_int_equal(spool_del(f->s, d), SPOOL_OK);
+	reopen(f, 1 << 20, FSYNC_OFF);
+	assert_string_equal(gone_ids, "G3 G1 G4");
+	expect_rec(f->s, b, "G2", "dev", 2, "{}");
 }
 
 static void
@@ -1117,6 +1159,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_invalid, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_delete, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_keeps_everything, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_gone_ids_reported_at_open, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_deletion_log_full_keeps_records, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_uncommitted_batch_is_lost_on_close,

@@ -154,7 +154,9 @@ struct http {
 	 * acknowledges the copy instead; a miss only costs that duplicate.
 	 * With one slot per hash, an id had a 9% chance of being pushed out by
 	 * the 25,000 deliveries of the 5 s an outbox waits before resending;
-	 * with four, the chance is under 0.1%.
+	 * with four, the chance is under 0.1%.  A new life starts with the ids
+	 * the spool's files show gone (http_sent_gone): the acknowledgements
+	 * may have died with the last one.
 	 */
 	char           (*sent)[HTTP_SENT_ID_MAX + 1];
 	uint8_t         *sent_next;            /* per set: the slot to take next */

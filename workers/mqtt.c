@@ -1440,7 +1440,7 @@ mqtt_admin(struct worker *w, int argc, char **argv)
 	for (int i = 0; i < mw->nconns; i++)
 		json_array_append_new(conns, json_pack("{s:s,s:b}", "client_id",
 		    mw->conns[i].id, "connected", mw->conns[i].connected));
-	return json_pack("{s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:o}",
+	return json_pack("{s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:o}",
 	    "slot", w->slot,
 	    "epoch", (json_int_t)outbox_epoch(mw->ob),
 	    "depth", (json_int_t)outbox_depth(mw->ob),
@@ -1450,6 +1450,7 @@ mqtt_admin(struct worker *w, int argc, char **argv)
 	    "next_seq", (json_int_t)outbox_next_seq(mw->ob),
 	    "paused_spool", mw->paused_spool,
 	    "paused_full", mw->paused_full,
+	    "sync_failing", mw->sync_failing,     /* PUBACKs held until a sync works */
 	    "connections", conns);
 }
 

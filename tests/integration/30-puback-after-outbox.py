@@ -190,12 +190,14 @@ def test_publish_passes_unsynced_pubacks():
              5, what="the request to be sent")
     assert os.path.exists(failing)
     assert "outbox msync works again" not in h.log_text()
+    assert h.ctl("outbox", "0")["sync_failing"] is True
     assert not puback.search(broker_log()), "a PUBACK left before its record's sync"
 
     # Syncs work again: the PUBACK follows.
     os.remove(failing)
     wait_for(lambda: puback.search(broker_log()), 5, what="the PUBACK after the sync")
     assert "outbox msync works again" in h.log_text()
+    assert h.ctl("outbox", "0")["sync_failing"] is False
     assert h.worker("mqtt", 0)["restarts"] == 0
     dev.disconnect()
     assert h.stop() == 0

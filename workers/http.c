@@ -713,7 +713,11 @@ http_sent_add(struct http *h, const char *id)
  * At the spool's open: the envelopes that left the queue before this life
  * (delivered, or dead) go into the table, so that an outbox resending one
  * whose acknowledgement died with the previous http worker or the router
- * does not post it a second time: the table of that life is gone.
+ * does not post it a second time: the table of that life is gone.  Best
+ * effort: only what the segment files still hold is known, and a segment
+ * whose records all left goes at the next commit (the active one once it
+ * passed 1 MiB), so the deliveries of the moments before such a commit may
+ * be posted again (same id).
  */
 static void
 http_sent_gone(void *arg, const char *id, size_t idlen)

@@ -703,12 +703,6 @@ http_sent_put(struct http *h, const char *id, size_t len)
 	h->sent_next[set] = (uint8_t)((h->sent_next[set] + 1) % HTTP_SENT_WAYS);
 }
 
-static void
-http_sent_add(struct http *h, const char *id)
-{
-	http_sent_put(h, id, strlen(id));
-}
-
 /*
  * At the spool's open: the envelopes that left the queue before this life
  * (delivered, or dead) go into the table, so that an outbox resending one
@@ -874,7 +868,7 @@ http_lane_delivered(struct lane *l)
 		http_op_done(h, false);
 	}
 	for (size_t i = 0; i < l->inflight && i < l->idcap; i++)
-		http_sent_add(h, l->ids[i]);
+		http_sent_put(h, l->ids[i], strlen(l->ids[i]));
 	if (h->failing > 0) {
 		/* The warnings of an outage are rate-limited: say it ended (a
 		 * backend failing now and then is not an outage). */

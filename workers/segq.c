@@ -1217,7 +1217,7 @@ segq_load_seg(struct segq *q, struct seg *g, bool newest)
 
 /* Apply a deletion log; its length is cut to whole entries. */
 static int
-segq_load_dels(struct segq *q, struct seg *g, segq_gone_cb *gone, void *arg)
+segq_load_dels(struct segq *q, struct seg *g, spool_gone_fn *gone, void *arg)
 {
 	char path[4096];
 	struct stat st;
@@ -1311,7 +1311,7 @@ segq_list(struct segq *q, const char *ext, uint64_t **names, size_t *n, size_t *
 }
 
 struct segq *
-segq_open(const char *dir, enum fsync_mode fsync, segq_gone_cb *gone, void *arg, char *err,
+segq_open(const char *dir, enum fsync_mode fsync, spool_gone_fn *gone, void *arg, char *err,
     size_t errlen)
 {
 	struct segq *q;

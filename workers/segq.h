@@ -31,8 +31,7 @@ struct segq;
  * the files hold that had left the queue (delivered, or moved to the
  * dead-letter store): segment by segment, in the order they left.
  */
-typedef void segq_gone_cb(void *arg, const char *id, size_t idlen);
-struct segq *segq_open(const char *dir, enum fsync_mode fsync, segq_gone_cb *gone, void *arg,
+struct segq *segq_open(const char *dir, enum fsync_mode fsync, spool_gone_fn *gone, void *arg,
     char *err, size_t errlen);
 /* Pending changes are dropped, as after a crash. */
 void segq_close(struct segq *q);

@@ -1360,8 +1360,7 @@ spool_dead_wins(struct spool *s)
 
 struct spool *
 spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
-    void (*gone)(void *arg, const char *id, size_t idlen), void *arg,
-    char *err, size_t errlen)
+    spool_gone_fn *gone, void *arg, char *err, size_t errlen)
 {
 	struct spool *s;
 	MDB_txn *t = NULL;

@@ -78,9 +78,9 @@ struct spool_stats {
  * `gone` (may be NULL) gets the ids of the envelopes the segment files still
  * hold that had left the queue (delivered or dead), see segq_open().
  */
+typedef void spool_gone_fn(void *arg, const char *id, size_t idlen);
 struct spool *spool_open(const char *dir, size_t max_bytes, enum fsync_mode fsync,
-    void (*gone)(void *arg, const char *id, size_t idlen), void *arg,
-    char *err, size_t errlen);
+    spool_gone_fn *gone, void *arg, char *err, size_t errlen);
 /* Aborts an uncommitted batch (commit first). */
 void spool_close(struct spool *s);
 

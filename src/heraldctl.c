@@ -139,7 +139,13 @@ ctl_ask(const char *path, const char *line)
 		}
 		len += (size_t)n;
 	}
-	doc = json_loadb(buf, (size_t)((char *)memchr(buf, '\n', len) - buf), 0, &jerr);
+	/*
+	 * JSON_ALLOW_NUL: strings an older herald passed on from a backend
+	 * (a dead letter's detail) may hold \u0000; refused, they would keep
+	 * the operator from listing, and so from purging, what holds them.
+	 */
+	doc = json_loadb(buf, (size_t)((char *)memchr(buf, '\n', len) - buf),
+	    JSON_ALLOW_NUL, &jerr);
 	if (doc == NULL)
 		fprintf(stderr, "heraldctl: bad answer: %s\n", jerr.text);
 out:

@@ -1626,14 +1626,29 @@ http_admin_spool(struct http *h)
 	return o;
 }
 
-/* A JSON string from bytes that may not be UTF-8. */
+/*
+ * A JSON string from bytes that may not be UTF-8.  A NUL is valid UTF-8 but
+ * becomes "?" like an invalid byte: jansson writes it as \u0000, which
+ * heraldctl's parser (jansson without JSON_ALLOW_NUL), and many others,
+ * refuse, so one binary answer of a backend (a dead letter's detail) would
+ * make every page of the list that holds it unreadable.
+ */
 static json_t *
 http_jstr(const char *p, size_t len)
 {
-	json_t *s = json_stringn(p, len);
+	json_t *s;
 	char *c;
 
-	if (s != NULL)
+	if (len > 0 && memchr(p, '\0', len) != NULL) {
+		if ((c = malloc(len)) == NULL)
+			return json_string("");
+		for (size_t i = 0; i < len; i++)
+			c[i] = p[i] != '\0' ? p[i] : '?';
+		s = http_jstr(c, len);
+		free(c);
+		return s;
+	}
+	if ((s = json_stringn(p, len)) != NULL)
 		return s;
 	/* Cut inside a character (answers are kept to their first bytes)? */
 	for (size_t cut = 1; cut <= 3 && cut <= len; cut++) {

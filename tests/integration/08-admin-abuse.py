@@ -3,14 +3,16 @@ its answers does not grow the supervisor's memory, a flood of connections is
 capped, an endless line is refused (and what follows it on that line is not
 run as a command), bytes that are not UTF-8 still get an answer, and herald
 keeps answering and restarting workers throughout.  heraldctl gives up after
-its -t when the supervisor does not accept (stopped, backlog full)."""
+its -t when the supervisor does not accept (stopped, backlog full), and reads
+an answer that holds \u0000."""
 import json
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from heraldtest import HERALDCTL, Herald, Mosquitto, TmpDir, main, wait_for
+from heraldtest import HERALDCTL, Herald, Mosquitto, TmpDir, _cleanups, main, wait_for
 
 
 def rss_kb(pid):
@@ -163,5 +165,45 @@ def test_heraldctl_gives_up():
     assert h.stop() == 0
 
 
+def fake_admin(tmp, answer):
+    """A unix socket that answers each connection's first line with `answer`
+    (bytes, one line); its path."""
+    path = tmp.join("fake.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(8)
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                buf = b""
+                while b"\n" not in buf:
+                    d = c.recv(4096)
+                    if not d:
+                        break
+                    buf += d
+                c.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    _cleanups.append(srv.close)
+    return path
+
+
+def test_heraldctl_reads_nul():
+    # An entry an older herald stored with a NUL in its detail came as
+    # \u0000: heraldctl refused the whole answer ("bad answer"), so the
+    # dead-letter store could not be listed.
+    tmp = TmpDir()
+    path = fake_admin(tmp, b'{"entries":[{"id":"x","detail":"a\\u0000b"}],"total":1}\n')
+    r = subprocess.run([HERALDCTL, "-s", path, "deadletter", "list"], capture_output=True,
+                       text=True, timeout=10)
+    assert r.returncode == 0, r
+    assert json.loads(r.stdout)["entries"][0]["detail"] == "a\0b", r.stdout
+
+
 if __name__ == "__main__":
-    main(test_admin_abuse, test_heraldctl_gives_up)
+    main(test_admin_abuse, test_heraldctl_gives_up, test_heraldctl_reads_nul)

@@ -1,7 +1,7 @@
 """Answers a backend gets wrong, byte by byte: herald takes an answer only
 once its headers have all come, lets the status decide whatever becomes of
 the body, says where a redirect points, and keeps a dead-letter detail cut
-inside a UTF-8 character readable."""
+inside a UTF-8 character, or holding a NUL, readable."""
 import json
 import re
 import socket
@@ -208,6 +208,25 @@ def test_dead_letter_detail_cut_inside_a_character():
     assert d["detail"] == "a" + "\u00e9" * 255, d["detail"][:40]
 
 
+def test_dead_letter_detail_with_nul():
+    # A binary answer: its NUL becomes "?" like an invalid byte (before: it
+    # was listed as \u0000, which heraldctl's parser refuses, and no page
+    # holding it could be listed).
+    text = b"\x00\x01\x1f bin \x7f \"q\" \\ end \x00"
+
+    def answer(body):
+        return (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/octet-stream\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(text)) + text
+
+    be = RawBackend(answer)
+    broker, h = start(be)
+    Publisher(broker.port, ["nul-1"], kinds=["telemetry"], count=1).run()
+    wait_for(lambda: h.ctl("deadletter", "list")["entries"], 20, 0.1, "dead-lettered")
+    d = h.ctl("deadletter", "list", "1000")["entries"][0]
+    assert d["status"] == 403 and d["reason"] == "http_403", d
+    assert d["detail"] == '?\x01\x1f bin \x7f "q" \\ end ?', d["detail"]
+
+
 def test_spool_retry_ends_a_long_retry_after():
     # A backend that asked for an hour's pause and came back early: the
     # operator makes every lane retry now instead of restarting herald.
@@ -316,5 +335,6 @@ def test_log_counts_what_it_left_out_and_says_when_it_ends():
 if __name__ == "__main__":
     main(test_answer_cut_inside_headers_is_no_answer, test_status_decides_whatever_the_body,
          test_redirect_names_its_target, test_dead_letter_detail_cut_inside_a_character,
+         test_dead_letter_detail_with_nul,
          test_spool_retry_ends_a_long_retry_after, test_spool_skip_moves_a_stuck_post_aside,
          test_log_counts_what_it_left_out_and_says_when_it_ends)

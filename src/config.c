@@ -14,6 +14,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "config.h"
 #include "jsoncheck.h"
 #include "log.h"
@@ -515,6 +517,48 @@ cfg_check_socket_path(const char *v, char *msg, size_t msglen)
 	return 0;
 }
 
+/*
+ * What libcurl itself makes of the url: one it cannot post to (an empty host
+ * as in "http://:80/", a port over 65535 or 0) would fail every delivery,
+ * forever, while the spool fills.
+ */
+static int
+cfg_check_url_parts(const char *v, char *msg, size_t msglen)
+{
+	CURLU *u;
+	CURLUcode rc;
+	char *host = NULL, *port = NULL;
+	int ret = -1;
+
+	if ((u = curl_url()) == NULL) {
+		cfg_msg(msg, msglen, "url: out of memory");
+		return -1;
+	}
+	rc = curl_url_set(u, CURLUPART_URL, v, 0);
+	if (rc == CURLUE_OK)
+		rc = curl_url_get(u, CURLUPART_HOST, &host, 0);
+	if (rc == CURLUE_OK) {
+		rc = curl_url_get(u, CURLUPART_PORT, &port, 0);
+		if (rc == CURLUE_NO_PORT)
+			rc = CURLUE_OK;
+	}
+	if (rc == CURLUE_NO_HOST || (rc == CURLUE_OK && host[0] == '\0'))
+		cfg_msg(msg, msglen, "url \"%.64s\" has no host", v);
+	else if (rc == CURLUE_BAD_PORT_NUMBER ||
+	    (rc == CURLUE_OK && port != NULL && strtol(port, NULL, 10) == 0))
+		cfg_msg(msg, msglen, "url \"%.64s\": port out of range 1..65535", v);
+	else if (rc != CURLUE_OK)
+		/* curl_url_strerror() is newer than the libcurl herald needs. */
+		cfg_msg(msg, msglen, "url \"%.64s\" is not a URL libcurl can use "
+		    "(CURLUcode %d)", v, (int)rc);
+	else
+		ret = 0;
+	curl_free(host);
+	curl_free(port);
+	curl_url_cleanup(u);
+	return ret;
+}
+
 static int
 cfg_check_url(const char *v, char *msg, size_t msglen)
 {
@@ -536,7 +580,7 @@ cfg_check_url(const char *v, char *msg, size_t msglen)
 		cfg_msg(msg, msglen, "url \"%.64s\" contains a blank", v);
 		return -1;
 	}
-	return 0;
+	return cfg_check_url_parts(v, msg, msglen);
 }
 
 /* The group goes into "$share/<group>/device/+/<kind>". */

@@ -646,6 +646,16 @@ test_errors_strings(void **state)
 	    "must start with http:// or https://");
 	expect_error("[backend]\nurl = http://\n", 2, "has no host");
 	expect_error("[backend]\nurl = \"http://a b\"\n", 2, "contains a blank");
+	/* Urls libcurl cannot post to: every delivery would fail, forever. */
+	expect_error("[backend]\nurl = http://:80/x\n", 2,
+	    "[backend] url: url \"http://:80/x\" has no host");
+	expect_error("[backend]\nurl = http://@/x\n", 2, "has no host");
+	expect_error("[backend]\nurl = http://h:99999/x\n", 2,
+	    "port out of range 1..65535");
+	expect_error("[backend]\nurl = http://h:65536\n", 2, "port out of range 1..65535");
+	expect_error("[backend]\nurl = http://h:0/x\n", 2, "port out of range 1..65535");
+	expect_error("[backend]\nurl = http://h:-1/x\n", 2, "port out of range 1..65535");
+	expect_error("[backend]\nurl = http://h:8x/\n", 2, "port out of range 1..65535");
 	expect_error("[backend]\nsecret = whsec_\n", 2, "followed by base64");
 	expect_error("[backend]\nsecret = whsec_a!b\n", 2, "followed by base64");
 	expect_error("[mqtt]\nshare_group = a/b\n", 2, "must not contain");
@@ -720,6 +730,11 @@ test_validate(void **state)
 	parse_ok(&cf, T_VALID "[requests]\ndefault_timeout = 60\nmax_timeout = 60\n"
 	    "[workers]\nping_interval_ms = 2999\n");
 	assert_int_equal(config_validate(&cf, err, sizeof(err)), 0);
+
+	/* Ports at the ends of their range, an IPv6 host, a query. */
+	parse_ok(&cf, "[backend]\nurl = http://h:65535/x\n");
+	parse_ok(&cf, "[backend]\nurl = https://h:1\n");
+	parse_ok(&cf, "[backend]\nurl = http://[::1]:8080/a?b=c\n");
 
 	/* Values that only a caller, not the file, can break. */
 	parse_ok(&cf, T_VALID);

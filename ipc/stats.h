@@ -21,7 +21,6 @@
  * /metrics and the man page all come from this list.
  */
 #define STATS_COUNTERS(X)                                                              \
-	X(loops,              "event loop passes")                                     \
 	X(ipc_in,             "messages received from other processes")                \
 	X(ipc_out,            "messages sent to other processes")                      \
 	X(ipc_bad,            "malformed messages received and dropped")               \

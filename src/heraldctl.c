@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -215,6 +216,16 @@ counter_rate(json_t *now, json_t *then, const char *name, double secs)
 static volatile sig_atomic_t top_stop;
 static void top_sig(int sig) { top_stop = 1; }
 
+/* A bad `top` command line: why (if getopt did not say it), and exit 1. */
+static int
+top_usage(const char *why, const char *arg)
+{
+	if (why != NULL)
+		fprintf(stderr, "heraldctl: top: %s: %s\n", why, arg);
+	fprintf(stderr, "usage: heraldctl top [-d SECONDS] [-n N]\n");
+	return 1;
+}
+
 /* Live view, like varnishstat: rates over the last interval per worker. */
 static int
 cmd_top(const char *path, int argc, char **argv)
@@ -232,15 +243,29 @@ cmd_top(const char *path, int argc, char **argv)
 
 	optind = 1;
 	while ((ch = getopt(argc, argv, "d:n:")) != -1) {
-		if (ch == 'd')
-			interval = atof(optarg);
-		else if (ch == 'n')
-			iterations = atoi(optarg);
-		else
-			return 1;
+		char *end;
+
+		if (ch == 'd') {
+			interval = strtod(optarg, &end);
+			if (end == optarg || *end != '\0' || !(interval >= 0.1) ||
+			    interval > 86400)
+				return top_usage("-d wants seconds, at least 0.1 and "
+				    "at most 86400", optarg);
+		} else if (ch == 'n') {
+			long n;
+
+			errno = 0;
+			n = strtol(optarg, &end, 10);
+			if (end == optarg || *end != '\0' || errno != 0 || n < 1 ||
+			    n > INT_MAX)
+				return top_usage("-n wants a number of views, at least 1",
+				    optarg);
+			iterations = (int)n;
+		} else
+			return top_usage(NULL, NULL);
 	}
-	if (interval < 0.1)
-		interval = 0.1;
+	if (optind < argc)
+		return top_usage("unexpected argument", argv[optind]);
 	signal(SIGINT, top_sig);
 	signal(SIGTERM, top_sig);
 	for (int it = 0; !top_stop && (iterations < 0 || it < iterations); it++) {

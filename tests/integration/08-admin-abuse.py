@@ -3,8 +3,8 @@ its answers does not grow the supervisor's memory, a flood of connections is
 capped, an endless line is refused (and what follows it on that line is not
 run as a command), bytes that are not UTF-8 still get an answer, and herald
 keeps answering and restarting workers throughout.  heraldctl gives up after
-its -t when the supervisor does not accept (stopped, backlog full), and reads
-an answer that holds \u0000."""
+its -t when the supervisor does not accept (stopped, backlog full), reads
+an answer that holds \u0000, and refuses a bad `top` command line."""
 import json
 import os
 import signal
@@ -205,5 +205,23 @@ def test_heraldctl_reads_nul():
     assert json.loads(r.stdout)["entries"][0]["detail"] == "a\0b", r.stdout
 
 
+def test_heraldctl_top_arguments():
+    # Before, `top` took any -d (atof: "abc" and "1s" polled at 10 Hz), any
+    # -n (-1 ran forever, 0 printed nothing) and ignored extra arguments.
+    tmp = TmpDir()
+    path = fake_admin(tmp, json.dumps({
+        "herald": {"version": "t", "node": "n", "uptime_ms": 1000, "time_ms": 1},
+        "gauges": {}, "workers": []}).encode() + b"\n")
+    top = [HERALDCTL, "-s", path, "top"]
+    for bad in (["-d", "abc", "-n", "1"], ["-d", "1s", "-n", "1"], ["-d", "-5", "-n", "1"],
+                ["-d", "0", "-n", "1"], ["-d", "0.05", "-n", "1"], ["-d", "nan", "-n", "1"],
+                ["-n", "-1"], ["-n", "0"], ["-n", "x"], ["-n", "1", "extra"], ["-x"]):
+        r = subprocess.run(top + bad, capture_output=True, text=True, timeout=10)
+        assert r.returncode == 1 and "usage: heraldctl top" in r.stderr and not r.stdout, (bad, r)
+    r = subprocess.run(top + ["-d", "0.1", "-n", "2"], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0 and r.stdout.count("herald t on n") == 2, r
+
+
 if __name__ == "__main__":
-    main(test_admin_abuse, test_heraldctl_gives_up, test_heraldctl_reads_nul)
+    main(test_admin_abuse, test_heraldctl_gives_up, test_heraldctl_reads_nul,
+         test_heraldctl_top_arguments)

@@ -68,9 +68,11 @@ def test_deadletter_and_replay():
     wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 6, 20, 0.1,
              "rejected payloads in the dead-letter store")
     junk = [e for e in h.ctl("deadletter", "list", "1000")["entries"] if e["device"] == "junk-1"]
+    # The reasons whole, as the README and heraldctl(8) give them.
     reasons = sorted(e["reason"] for e in junk)
-    assert len(reasons) == 5 and any("invalid_json" in r for r in reasons) and \
-        any("too_large" in r for r in reasons) and any("missing_type" in r for r in reasons), reasons
+    assert reasons == ["rejected: invalid_json", "rejected: missing_type", "rejected: too_deep",
+                       "rejected: too_large", "rejected: too_large"], reasons
+    assert all(e["status"] == 0 and not e["replayable"] for e in junk), junk
     deep = [e for e in junk if e["reason"] == "rejected: too_deep"]
     assert len(deep) == 1 and deep[0]["detail"] == \
         "nesting deeper than [limits] max_depth 64 at byte %d" % (64 * 5), deep

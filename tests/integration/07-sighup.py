@@ -1,6 +1,7 @@
 """SIGHUP with a broken configuration keeps the old one running and logs why;
 with a good one it is applied: log level live, mqtt worker count by starting
-the new workers, and `heraldctl reload` does the same."""
+the new workers, and `heraldctl reload` does the same.  Each key restarts the
+workers the documentation names, and only those."""
 import os
 import signal
 import urllib.request
@@ -115,5 +116,39 @@ def test_reload_is_what_the_supervisor_read():
     assert h.stop() == 0
 
 
+def test_reload_restarts_what_the_docs_say():
+    """Each key restarts the workers herald(8), herald.conf(5) and the README
+    name (RELOADING), and a key that applies live restarts none."""
+    from heraldtest import free_port
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, conf={"workers": {"mqtt": 1}}, broker=broker).wait_ready()
+    roles = ("router", "crypto", "http", "api", "mqtt")
+    for sec, key, value, restarted in (
+            ("limits", "max_payload", "128K", {"mqtt"}),
+            ("requests", "max_bytes", "2G", {"router"}),
+            ("spool", "max_bytes", "512M", {"http"}),
+            ("backend", "concurrency", 2, {"http"}),
+            ("api", "listen", "127.0.0.1:%d" % free_port(), {"api"}),
+            ("spool", "fsync", "always", {"router", "http", "mqtt"}),
+            ("mqtt", "keepalive", 20, {"mqtt"}),
+            ("backend", "timeout_ms", 5000, set()),
+            ("limits", "max_depth", 32, set()),
+            ("requests", "default_timeout", 20, set())):
+        gen = {r: h.worker(r)["generation"] for r in roles}
+        h.sections.setdefault(sec, {})[key] = value
+        h.write()
+        assert h.ctl("reload")["ok"] is True
+        want = {r: gen[r] + (r in restarted) for r in roles}
+        wait_for(lambda: {r: h.worker(r)["generation"] for r in roles} == want
+                 and h.all_ready(), 15, 0.05, "[%s] %s: %s restarted" % (sec, key, restarted))
+    # A reload that changes nothing restarts nothing, and no restart came late.
+    assert h.ctl("reload")["ok"] is True
+    wait_for(h.all_ready, 10)
+    assert {r: h.worker(r)["generation"] for r in roles} == want
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_reload, test_reload_is_what_the_supervisor_read)
+    main(test_reload, test_reload_is_what_the_supervisor_read,
+         test_reload_restarts_what_the_docs_say)

@@ -104,8 +104,9 @@ static cfg_check_fn cfg_check_host;
 
 /*
  * Every key of SPEC.md section 4.  The defaults here are the ones
- * etc/herald.conf documents; node_name (the host name) and tokens (none)
- * have no text default.
+ * etc/herald.conf documents; node_name (the host name), tokens and url
+ * (none: they must be set, and "url =" is an empty value) have no text
+ * default.
  */
 static const struct cfg_key cfg_keys[] = {
 	STR("herald", "node_name", node_name, 0, cfg_check_node_name, NULL),
@@ -136,7 +137,7 @@ static const struct cfg_key cfg_keys[] = {
 	{ "api", "tokens", CFG_TOKENS, FIELD(api_tokens), 0, 0, NULL, 0, NULL, NULL },
 	SIZE("api", "max_body", api_max_body, 1 * KIB, 64 * MIB, "1M"),
 
-	STR("backend", "url", backend_url, CFG_EMPTY_OK, cfg_check_url, ""),
+	STR("backend", "url", backend_url, 0, cfg_check_url, NULL),
 	STR("backend", "secret", backend_secret, CFG_EMPTY_OK, cfg_check_secret, ""),
 	INT("backend", "batch_max", batch_max, 1, 1000, "1"),
 	INT("backend", "concurrency", concurrency, 1, 256, "4"),

@@ -28,7 +28,7 @@ static void
 usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: herald [-t] [-c FILE]\n"
+	    "usage: herald [-t] [-c FILE] [-V] [-h]\n"
 	    "  -c FILE  configuration file (default %s)\n"
 	    "  -t       check the configuration and exit: 0 if valid, 1 with FILE:LINE: message\n"
 	    "  -V       print the version\n"

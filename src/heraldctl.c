@@ -379,7 +379,7 @@ cmd_counters(int argc, char **argv)
 int
 main(int argc, char **argv)
 {
-	const char *cfpath = DEFAULT_CONFIG, *sock = NULL;
+	const char *cfpath = NULL, *sock = NULL;
 	bool as_json = false;
 	char line[1024] = "";
 	json_t *doc, *err;
@@ -410,6 +410,14 @@ main(int argc, char **argv)
 		usage(stderr);
 		return 1;
 	}
+	if (cfpath != NULL && sock != NULL) {
+		/* Which one would name the socket? */
+		fprintf(stderr, "heraldctl: -c and -s are alternatives: give one\n");
+		usage(stderr);
+		return 1;
+	}
+	if (cfpath == NULL)
+		cfpath = DEFAULT_CONFIG;
 	if (strcmp(argv[optind], "counters") == 0)
 		return cmd_counters(argc - optind, argv + optind);
 	if (sock == NULL) {

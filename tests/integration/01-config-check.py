@@ -98,6 +98,10 @@ def test_unreadable_and_start_refused():
 def test_usage():
     r = run("-x")
     assert r.returncode == 1 and "usage" in r.stderr
+    # The first line gives every option, as herald(8)'s SYNOPSIS does.
+    r = run("-h")
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == \
+        "usage: herald [-t] [-c FILE] [-V] [-h]", r.stdout
 
 
 if __name__ == "__main__":

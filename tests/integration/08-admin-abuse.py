@@ -222,6 +222,18 @@ def test_heraldctl_top_arguments():
     assert r.returncode == 0 and r.stdout.count("herald t on n") == 2, r
 
 
+def test_heraldctl_c_and_s():
+    # -c and -s are alternatives: before, both were taken and -s won unsaid.
+    tmp = TmpDir()
+    path = fake_admin(tmp, b'{"ok":true}\n')
+    r = subprocess.run([HERALDCTL, "-c", tmp.join("none.conf"), "-s", path, "stats"],
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "usage: heraldctl" in r.stderr and not r.stdout, r
+    r = subprocess.run([HERALDCTL, "-s", path, "stats"], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"ok": True}, r
+
+
 if __name__ == "__main__":
     main(test_admin_abuse, test_heraldctl_gives_up, test_heraldctl_reads_nul,
-         test_heraldctl_top_arguments)
+         test_heraldctl_top_arguments, test_heraldctl_c_and_s)

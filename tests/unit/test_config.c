@@ -642,6 +642,9 @@ test_errors_strings(void **state)
 	expect_error(text, 2, "too long for a unix socket");
 	free(text);
 	free(long_path);
+	/* Before, "url =" passed the parse and validation said "url is not
+	 * set" without the line. */
+	expect_error("[backend]\nurl =\n", 2, "[backend] url: empty value");
 	expect_error("[backend]\nurl = ftp://x/\n", 2,
 	    "must start with http:// or https://");
 	expect_error("[backend]\nurl = http://\n", 2, "has no host");

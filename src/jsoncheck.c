@@ -317,10 +317,15 @@ jc_object(struct jsoncheck *jc, enum jc_type *type_member)
 		if (jc->p >= jc->end || *jc->p != ':')
 			return jc_fail(jc, jc->p, "':' expected");
 		jc->p++;
+		jc_ws(jc);
+		at = jc->p;
 		if ((rc = jc_value(jc, &t, NULL)) != 0)
 			return rc;
-		if (is_type && type_member != NULL)
+		if (is_type && type_member != NULL) {
 			*type_member = t;
+			/* "" is the only string of two bytes */
+			jc->type_empty = t == JC_STRING && jc->p - at == 2;
+		}
 		jc_ws(jc);
 		if (jc->p < jc->end && *jc->p == ',') {
 			jc->p++;
@@ -478,6 +483,7 @@ jsoncheck(struct jsoncheck *jc, const char *p, size_t len, struct jc_result *res
 	jc->depth = 0;
 	jc->limit = jc->max_depth > 0 && jc->max_depth < JC_MAX_DEPTH ? jc->max_depth : JC_MAX_DEPTH;
 	jc->too_deep = false;
+	jc->type_empty = false;
 	jc->err = NULL;
 	jc->err_at = 0;
 	rc = jc_value(jc, &top, &type_member);
@@ -488,6 +494,7 @@ jsoncheck(struct jsoncheck *jc, const char *p, size_t len, struct jc_result *res
 	}
 	res->top = rc == 0 ? top : JC_NONE;
 	res->type_member = rc == 0 ? type_member : JC_NONE;
+	res->type_empty = rc == 0 && jc->type_empty;
 	res->error = rc == 0 ? NULL : rc == JC_OOM ? "out of memory" : jc->err;
 	res->error_at = rc == 0 ? 0 : jc->err_at;
 	res->too_deep = rc == -1 && jc->too_deep;

@@ -33,6 +33,7 @@ struct jsoncheck {
 	const char    *p, *end, *start;
 	int            depth, limit;
 	bool           too_deep;
+	bool           type_empty;   /* the top object's "type" is "" */
 	const char    *err;
 	size_t         err_at;
 };
@@ -40,6 +41,7 @@ struct jsoncheck {
 struct jc_result {
 	enum jc_type top;            /* the document's value */
 	enum jc_type type_member;    /* the top object's "type" member, JC_NONE if absent */
+	bool         type_empty;     /* ... and it is the empty string */
 	size_t       error_at;       /* byte offset of the error */
 	const char  *error;          /* static text; NULL when valid */
 	bool         too_deep;       /* the error: nesting over max_depth */

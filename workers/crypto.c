@@ -478,8 +478,11 @@ crypto_device_message(struct crypto *c, struct hmr *r)
 		crypto_reject(c, &in, id, idlen, "invalid_json", "payload is not a JSON object");
 		return 0;
 	}
-	if (strcmp(kind, "event") == 0 && jr.type_member != JC_STRING) {
-		crypto_reject(c, &in, id, idlen, "missing_type", "an event needs a string \"type\"");
+	/* SPEC: "type is mandatory"; an empty one names nothing (the API
+	 * refuses it from the backend too). */
+	if (strcmp(kind, "event") == 0 && (jr.type_member != JC_STRING || jr.type_empty)) {
+		crypto_reject(c, &in, id, idlen, "missing_type",
+		    "an event needs a non-empty string \"type\"");
 		return 0;
 	}
 

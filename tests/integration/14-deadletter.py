@@ -58,6 +58,8 @@ def test_deadletter_and_replay():
     for topic, msg in (("device/junk-1/telemetry", "not json {"),
                        ("device/junk-1/telemetry", json.dumps({"pad": "y" * 2000})),
                        ("device/junk-1/events", json.dumps({"no": "type"})),
+                       # an empty type names nothing: as if missing
+                       ("device/junk-1/events", json.dumps({"type": ""})),
                        # valid JSON, 65 levels deep: over [limits] max_depth (64)
                        ("device/junk-1/telemetry", '{"a":' * 65 + "1" + "}" * 65),
                        # longer than the mqtt worker keeps (max_payload + 64 KiB)
@@ -65,13 +67,13 @@ def test_deadletter_and_replay():
                        ("device/.lead/telemetry", json.dumps({"n": 1}))):
         subprocess.run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", topic, "-m", msg],
                        check=True, timeout=10)
-    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 6, 20, 0.1,
+    wait_for(lambda: h.ctl("deadletter", "list", "1000")["total"] == bad.total() + 7, 20, 0.1,
              "rejected payloads in the dead-letter store")
     junk = [e for e in h.ctl("deadletter", "list", "1000")["entries"] if e["device"] == "junk-1"]
     # The reasons whole, as the README and heraldctl(8) give them.
     reasons = sorted(e["reason"] for e in junk)
-    assert reasons == ["rejected: invalid_json", "rejected: missing_type", "rejected: too_deep",
-                       "rejected: too_large", "rejected: too_large"], reasons
+    assert reasons == ["rejected: invalid_json", "rejected: missing_type", "rejected: missing_type",
+                       "rejected: too_deep", "rejected: too_large", "rejected: too_large"], reasons
     assert all(e["status"] == 0 and not e["replayable"] for e in junk), junk
     deep = [e for e in junk if e["reason"] == "rejected: too_deep"]
     assert len(deep) == 1 and deep[0]["detail"] == \
@@ -90,11 +92,11 @@ def test_deadletter_and_replay():
     # Fixed backend: replay delivers bad-1's messages; rejected payloads stay.
     state["broken"] = False
     r = h.ctl("deadletter", "replay", "all")
-    assert r["replayed"] == bad.total() and r["skipped"] == 6, r
+    assert r["replayed"] == bad.total() and r["skipped"] == 7, r
     wait_for(lambda: distinct_delivered(backend) >= good.total() + bad.total(), 30, 0.1, "replayed")
     check_delivery([e for e in backend.delivered() if e["device"] == "bad-1"], bad)
-    assert h.ctl("deadletter", "list", "1000")["total"] == 6
-    assert h.ctl("deadletter", "purge", "all")["purged"] == 6
+    assert h.ctl("deadletter", "list", "1000")["total"] == 7
+    assert h.ctl("deadletter", "purge", "all")["purged"] == 7
     assert h.ctl("deadletter", "list")["total"] == 0
     assert h.stop() == 0
 

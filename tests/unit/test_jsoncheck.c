@@ -119,6 +119,16 @@ test_type_member(void **state)
 	assert_int_equal(r.type_member, JC_NONE);
 	assert_int_equal(check("{\"types\":\"x\"}", &r), 0);
 	assert_int_equal(r.type_member, JC_NONE);
+	/* An empty "type" is told apart (an event without a type). */
+	assert_int_equal(check("{\"type\":\"x\"}", &r), 0);
+	assert_false(r.type_empty);
+	assert_int_equal(check("{\"type\": \"\" ,\"a\":1}", &r), 0);
+	assert_int_equal(r.type_member, JC_STRING);
+	assert_true(r.type_empty);
+	assert_int_equal(check("{\"type\":\"\\\"\"}", &r), 0);   /* "\"" */
+	assert_false(r.type_empty);
+	assert_int_equal(check("{\"a\":{\"type\":\"\"}}", &r), 0);
+	assert_false(r.type_empty);
 }
 
 static void

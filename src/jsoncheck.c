@@ -508,3 +508,97 @@ jsoncheck_free(struct jsoncheck *jc)
 	free(jc->keys);
 	memset(jc, 0, sizeof(*jc));
 }
+
+/* ---- walking a document already checked ---- */
+
+static size_t
+jv_ws(const char *p, size_t len, size_t i)
+{
+	while (i < len && (p[i] == ' ' || p[i] == '\n' || p[i] == '\r' || p[i] == '\t'))
+		i++;
+	return i;
+}
+
+/* Past the string whose quote is at p[i]. */
+static size_t
+jv_string(const char *p, size_t len, size_t i)
+{
+	for (i++; i < len && p[i] != '"'; i++)
+		if (p[i] == '\\')
+			i++;
+	return i < len ? i + 1 : len;
+}
+
+/* Past the value at p[i]. */
+static size_t
+jv_value(const char *p, size_t len, size_t i)
+{
+	size_t depth = 0;
+
+	if (i >= len)
+		return len;
+	if (p[i] == '"')
+		return jv_string(p, len, i);
+	if (p[i] != '{' && p[i] != '[') {
+		while (i < len && strchr(",}] \n\r\t", p[i]) == NULL)
+			i++;
+		return i;
+	}
+	while (i < len) {
+		if (p[i] == '"') {
+			i = jv_string(p, len, i);
+			continue;
+		}
+		if (p[i] == '{' || p[i] == '[')
+			depth++;
+		else if ((p[i] == '}' || p[i] == ']') && --depth == 0)
+			return i + 1;
+		i++;
+	}
+	return len;
+}
+
+int
+jc_member(const char *p, size_t len, size_t *pos, struct jc_span *key, struct jc_span *val)
+{
+	size_t i = jv_ws(p, len, *pos), k;
+
+	if (*pos == 0) {
+		if (i >= len || p[i] != '{')
+			return 0;
+		i = jv_ws(p, len, i + 1);
+	} else if (i < len && p[i] == ',')
+		i = jv_ws(p, len, i + 1);
+	if (i >= len || p[i] != '"')
+		return 0;
+	k = i;
+	i = jv_string(p, len, i);
+	*key = (struct jc_span){ p + k, i - k };
+	i = jv_ws(p, len, i);
+	if (i >= len || p[i] != ':')
+		return 0;
+	i = jv_ws(p, len, i + 1);
+	k = i;
+	i = jv_value(p, len, i);
+	*val = (struct jc_span){ p + k, i - k };
+	*pos = i;
+	return 1;
+}
+
+size_t
+jc_minify(const char *p, size_t len, char *out)
+{
+	size_t i = 0, n = 0, e;
+
+	while (i < len) {
+		if (p[i] == ' ' || p[i] == '\n' || p[i] == '\r' || p[i] == '\t') {
+			i++;
+			continue;
+		}
+		e = p[i] == '"' ? jv_string(p, len, i) : i + 1;
+		memcpy(out + n, p + i, e - i);
+		n += e - i;
+		i = e;
+	}
+	return n;
+}

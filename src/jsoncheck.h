@@ -52,4 +52,21 @@ struct jc_result {
 int  jsoncheck(struct jsoncheck *jc, const char *p, size_t len, struct jc_result *res);
 void jsoncheck_free(struct jsoncheck *jc);
 
+/* A span of a document's bytes. */
+struct jc_span {
+	const char *p;
+	size_t      len;
+};
+
+/*
+ * The members of the top object of p[0..len), which jsoncheck() found
+ * valid, one per call: *pos is 0 for the first.  Sets key (with its
+ * quotes, escapes as written) and val (the value's bytes as written) and
+ * returns 1, or returns 0 after the last member.
+ */
+int  jc_member(const char *p, size_t len, size_t *pos, struct jc_span *key, struct jc_span *val);
+/* Valid JSON p[0..len) into out (room for len bytes) without the whitespace
+ * between tokens; every token is copied as written.  Its length. */
+size_t jc_minify(const char *p, size_t len, char *out);
+
 #endif

@@ -24,6 +24,7 @@
 #include <jansson.h>
 #include <sodium.h>
 
+#include "jsoncheck.h"
 #include "log.h"
 #include "proto.h"
 #include "util.h"
@@ -36,6 +37,7 @@
 #define API_WAIT_GRACE_MS   5000      /* ... or ?wait=S plus this */
 #define API_WAIT_MAX        60
 #define API_LIST_MAX        1000
+#define API_CURSOR_MAX      19        /* digits of a request list's cursor */
 #define API_TYPE_MAX        256
 #define API_STOP_GRACE_MS   3000
 #define API_MAX_SEGS        5
@@ -63,6 +65,7 @@ struct api {
 	size_t                      ncalls;
 	unsigned char               tokens[CONFIG_MAX_TOKENS][crypto_generichash_BYTES];
 	int                         ntokens;
+	struct jsoncheck            jc;       /* scratch of the body checks */
 };
 
 static struct api api;
@@ -538,15 +541,20 @@ api_authorized(struct api *a, struct evhttp_request *req)
 	return ok;
 }
 
-/* The body as a JSON object, or an error answered. */
-static json_t *
-api_body(struct api *a, struct evhttp_request *req)
+/*
+ * The body's bytes once they are one JSON object (RFC 8259, checked by
+ * herald's own checker as device payloads are: no duplicate keys, no
+ * \u0000, nesting up to 2,048, numbers of any range), or NULL with an
+ * error answered.
+ */
+static const char *
+api_body_text(struct api *a, struct evhttp_request *req, size_t *lenp)
 {
 	struct evbuffer *in = evhttp_request_get_input_buffer(req);
 	size_t len = evbuffer_get_length(in);
-	json_error_t err;
-	json_t *doc;
-	unsigned char *p;
+	struct jc_result res;
+	const char *p;
+	int rc;
 
 	if (len > a->w->cf->api_max_body) {
 		api_error(a, req, 413, "payload_too_large", "the body is over [api] max_body (%zu bytes)",
@@ -557,21 +565,78 @@ api_body(struct api *a, struct evhttp_request *req)
 		api_error(a, req, 400, "invalid_json", "a JSON object body is required");
 		return NULL;
 	}
-	p = evbuffer_pullup(in, -1);
-	/* Any JSON value parses, so that "1" or "null" is told it is not an
-	 * object rather than that it is not JSON. */
-	doc = p ? json_loadb((const char *)p, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-	    &err) : NULL;
-	if (doc == NULL) {
-		api_error(a, req, 400, "invalid_json", "invalid JSON at byte %d: %s", err.position, err.text);
+	if ((p = (const char *)evbuffer_pullup(in, -1)) == NULL ||
+	    (rc = jsoncheck(&a->jc, p, len, &res)) == -2) {
+		api_error(a, req, 503, "unavailable", "out of memory");
 		return NULL;
 	}
-	if (!json_is_object(doc)) {
-		json_decref(doc);
+	if (rc != 0) {
+		api_error(a, req, 400, "invalid_json", "invalid JSON at byte %zu: %s", res.error_at,
+		    res.error);
+		return NULL;
+	}
+	if (res.top != JC_OBJECT) {
 		api_error(a, req, 400, "invalid_json", "the body must be a JSON object");
 		return NULL;
 	}
+	*lenp = len;
+	return p;
+}
+
+/* Valid JSON p[0..len) without the whitespace between tokens, as a jansson
+ * string (the text goes on as the client wrote it); NULL if out of memory. */
+static json_t *
+api_raw(const char *p, size_t len)
+{
+	char *t = malloc(len + 1);
+	json_t *s;
+
+	if (t == NULL)
+		return NULL;
+	s = json_stringn(t, jc_minify(p, len, t));
+	free(t);
+	return s;
+}
+
+/*
+ * The body as a JSON object of its members, or NULL with an error answered.
+ * The member named raw, when it is an object, is a string of its text as
+ * sent (see api_raw), any other value of it null; the others are parsed,
+ * and one jansson cannot hold (a number past int64 or a double's range)
+ * is null, which every field's check refuses.
+ */
+static json_t *
+api_body(struct api *a, struct evhttp_request *req, const char *raw)
+{
+	size_t len, pos = 0;
+	const char *p = api_body_text(a, req, &len);
+	struct jc_span k, v;
+	json_t *doc, *key, *val;
+
+	if (p == NULL || (doc = json_object()) == NULL) {
+		if (p != NULL)
+			api_error(a, req, 503, "unavailable", "out of memory");
+		return NULL;
+	}
+	while (jc_member(p, len, &pos, &k, &v)) {
+		/* jsoncheck said the key is a valid string */
+		if ((key = json_loadb(k.p, k.len, JSON_DECODE_ANY, NULL)) == NULL)
+			goto oom;
+		if (raw != NULL && strcmp(json_string_value(key), raw) == 0)
+			val = v.p[0] == '{' ? api_raw(v.p, v.len) : json_null();
+		else if ((val = json_loadb(v.p, v.len, JSON_DECODE_ANY, NULL)) == NULL)
+			val = json_null();
+		if (val == NULL || json_object_set_new(doc, json_string_value(key), val) == -1) {
+			json_decref(key);
+			goto oom;
+		}
+		json_decref(key);
+	}
 	return doc;
+oom:
+	json_decref(doc);
+	api_error(a, req, 503, "unavailable", "out of memory");
+	return NULL;
 }
 
 static bool
@@ -614,7 +679,8 @@ api_type_params(struct api *a, struct evhttp_request *req, json_t *body, json_t 
 		    API_TYPE_MAX);
 		return false;
 	}
-	if (params != NULL && !json_is_object(params)) {
+	/* api_body() made an object the string of its text */
+	if (params != NULL && !json_is_string(params)) {
 		api_error(a, req, 400, "invalid_field", "\"params\" must be an object");
 		return false;
 	}
@@ -662,6 +728,42 @@ api_is_get(const struct route *rt)
 	return rt->method == EVHTTP_REQ_GET || rt->method == EVHTTP_REQ_HEAD;
 }
 
+/*
+ * A list's limit (1..API_LIST_MAX) and cursor (the "next" of the page
+ * before) into args; false with an error answered (args freed).  The
+ * cursor of a device's request list is a number, of a device list a
+ * device id.
+ */
+static bool
+api_list_args(struct route *rt, json_t *args)
+{
+	struct api *a = rt->a;
+	bool numeric = rt->nseg > 3;
+	const char *v;
+	long limit;
+
+	if ((v = evhttp_find_header(&rt->query, "limit")) != NULL && *v != '\0') {
+		if ((limit = api_query_int(v, 1, API_LIST_MAX)) < 0) {
+			json_decref(args);
+			api_error(a, rt->req, 400, "invalid_field", "limit must be 1..%d", API_LIST_MAX);
+			return false;
+		}
+		json_object_set_new(args, "limit", json_integer(limit));
+	}
+	if ((v = evhttp_find_header(&rt->query, "cursor")) != NULL && *v != '\0') {
+		if (numeric ? strspn(v, "0123456789") != strlen(v) || strlen(v) > API_CURSOR_MAX :
+		    !api_id_ok(v)) {
+			json_decref(args);
+			api_error(a, rt->req, 400, "invalid_field", "bad cursor (give the \"next\" "
+			    "of the page before)");
+			return false;
+		}
+		json_object_set_new(args, "cursor", numeric ?
+		    json_integer((json_int_t)strtoll(v, NULL, 10)) : json_string(v));
+	}
+	return true;
+}
+
 static void
 api_device_requests(struct route *rt, const char *device)
 {
@@ -685,6 +787,8 @@ api_device_requests(struct route *rt, const char *device)
 			}
 			json_object_set_new(args, "state", json_string(v));
 		}
+		if (!api_list_args(rt, args))
+			return;
 		api_call(a, rt->req, "device.requests", args, 0);
 		return;
 	}
@@ -698,7 +802,7 @@ api_device_requests(struct route *rt, const char *device)
 		    API_WAIT_MAX);
 		return;
 	}
-	if ((body = api_body(a, rt->req)) == NULL)
+	if ((body = api_body(a, rt->req, "params")) == NULL)
 		return;
 	args = json_pack("{s:s,s:I}", "device", device, "wait", (json_int_t)wait);
 	if (!api_known_fields(a, rt->req, body, (const char *const[]){ "type", "params",
@@ -737,8 +841,9 @@ api_devices(struct route *rt)
 	struct api *a = rt->a;
 	const char *device = rt->nseg > 2 ? rt->seg[2] : NULL, *sub = rt->nseg > 3 ? rt->seg[3] : NULL;
 	const char *v;
-	json_t *body, *args;
-	long limit;
+	json_t *args, *body;
+	const char *text;
+	size_t len;
 
 	if (device == NULL) {
 		if (rt->method == EVHTTP_REQ_POST) {
@@ -758,22 +863,8 @@ api_devices(struct route *rt)
 			}
 			json_object_set_new(args, "online", json_boolean(strcmp(v, "true") == 0));
 		}
-		if ((v = evhttp_find_header(&rt->query, "limit")) != NULL && *v != '\0') {
-			if ((limit = api_query_int(v, 1, API_LIST_MAX)) < 0) {
-				json_decref(args);
-				api_error(a, rt->req, 400, "invalid_field", "limit must be 1..%d", API_LIST_MAX);
-				return;
-			}
-			json_object_set_new(args, "limit", json_integer(limit));
-		}
-		if ((v = evhttp_find_header(&rt->query, "cursor")) != NULL && *v != '\0') {
-			if (!api_id_ok(v)) {
-				json_decref(args);
-				api_error(a, rt->req, 400, "invalid_field", "bad cursor");
-				return;
-			}
-			json_object_set_new(args, "cursor", json_string(v));
-		}
+		if (!api_list_args(rt, args))
+			return;
 		api_call(a, rt->req, "device.list", args, 0);
 		return;
 	}
@@ -802,7 +893,7 @@ api_devices(struct route *rt)
 			api_method_not_allowed(rt, "POST");
 			return;
 		}
-		if ((body = api_body(a, rt->req)) == NULL)
+		if ((body = api_body(a, rt->req, "params")) == NULL)
 			return;
 		args = json_pack("{s:s}", "device", device);
 		if (api_known_fields(a, rt->req, body, (const char *const[]){ "type", "params",
@@ -812,8 +903,13 @@ api_devices(struct route *rt)
 		json_decref(body);
 	} else if (strcmp(sub, "config") == 0) {
 		if (rt->method == EVHTTP_REQ_PUT) {
-			if ((body = api_body(a, rt->req)) == NULL)
+			/* Published as sent (whitespace between tokens out). */
+			if ((text = api_body_text(a, rt->req, &len)) == NULL)
 				return;
+			if ((body = api_raw(text, len)) == NULL) {
+				api_error(a, rt->req, 503, "unavailable", "out of memory");
+				return;
+			}
 			api_call(a, rt->req, "config.put", json_pack("{s:s,s:o}", "device", device,
 			    "config", body), 0);
 		} else if (rt->method == EVHTTP_REQ_DELETE)
@@ -1108,5 +1204,6 @@ api_main(struct worker *w)
 	log_info("REST API listening on %s", w->cf->api_listen);
 	code = worker_loop(w);
 	evhttp_free(a->http);
+	jsoncheck_free(&a->jc);
 	return code;
 }

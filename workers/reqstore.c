@@ -593,10 +593,13 @@ walk_ids(struct reqstore *s, MDB_dbi dbi, bool reverse, const void *prefix, size
 		rd_end(s, t);
 		return store_error(s, "walk", rc);
 	}
-	if (plen == 0 && from > 0 && !reverse) {
-		seq_key(start, from);
+	if (from > 0 && !reverse) {
+		/* prefix (a device's, or none) then the sequence */
+		if (plen > 0)
+			memcpy(start, prefix, plen);
+		seq_key(start + plen, from);
 		k.mv_data = start;
-		k.mv_size = 8;
+		k.mv_size = plen + 8;
 		rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
 	} else if (plen == 0)
 		rc = mdb_cursor_get(c, &k, &v, reverse ? MDB_LAST : MDB_FIRST);
@@ -664,6 +667,20 @@ reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
 	memcpy(prefix, device, n);
 	prefix[n] = '\0';
 	return walk_ids(s, s->bydev, reverse, prefix, n + 1, 0, fn, arg);
+}
+
+int
+reqstore_walk_device_from(struct reqstore *s, const char *device, uint64_t from,
+    reqstore_walk_fn *fn, void *arg)
+{
+	uint8_t prefix[DEVKEY_MAX];
+	size_t n = strlen(device);
+
+	if (n == 0 || n > REQSTORE_ID_MAX)
+		return 0;
+	memcpy(prefix, device, n);
+	prefix[n] = '\0';
+	return walk_ids(s, s->bydev, false, prefix, n + 1, from, fn, arg);
 }
 
 int

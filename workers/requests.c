@@ -341,98 +341,156 @@ rec_int(const json_t *rec, const char *key)
 	return json_integer_value(json_object_get(rec, key));
 }
 
-/* The record as the API shows it: without the store's "_" fields. */
-static json_t *
-rec_public(const json_t *rec)
+/*
+ * A request's "params" goes to the device and into the record as the
+ * backend wrote it (the api worker took out the whitespace between
+ * tokens): jansson would refuse numbers past int64 or a double's range
+ * and rewrite others (0.1 as 0.10000000000000001).  In a record it is a
+ * JSON string holding that text, in memory and in the store (which
+ * jansson reads back); every text shown outside has the text itself in
+ * its place.  A record stored by an older herald has an object there.
+ */
+static bool
+is_raw(const char *key, const json_t *v)
 {
-	json_t *o = json_object();
+	return strcmp(key, "params") == 0 && json_is_string(v);
+}
+
+/* "key":value into f, a raw value (is_raw()) as its text; -1 on failure. */
+static int
+member_put(FILE *f, bool first, const char *key, const json_t *v, bool raw)
+{
+	json_t *k = json_string(key);
+	int rc;
+
+	rc = k == NULL || (!first && fputc(',', f) == EOF) ||
+	    json_dumpf(k, f, JSON_ENCODE_ANY) == -1 || fputc(':', f) == EOF ? -1 : 0;
+	json_decref(k);
+	if (rc == 0 && raw)
+		rc = fwrite(json_string_value(v), 1, json_string_length(v), f) ==
+		    json_string_length(v) ? 0 : -1;
+	else if (rc == 0)
+		rc = json_dumpf(v, f, JSON_COMPACT | JSON_ENCODE_ANY);
+	return rc;
+}
+
+/* Finish a memstream's text: it, or NULL (freed) after a failure. */
+static char *
+stream_end(FILE *f, char **text, size_t *len, int rc)
+{
+	if (f == NULL)
+		return NULL;
+	if (fclose(f) != 0 || rc != 0) {
+		free(*text);
+		*text = NULL;
+		*len = 0;
+	}
+	return *text;
+}
+
+/*
+ * The record's texts in one pass over its fields: *pub the API's (without
+ * the store's "_" fields, params as its text), and, when stored is not
+ * NULL, the store's (every field, params as its JSON string).  -1 if out
+ * of memory (both NULL).
+ */
+static int
+rec_texts(const json_t *rec, char **pub, char **stored, size_t *storedlen)
+{
+	char *pt = NULL, *st = NULL;
+	size_t plen = 0, slen = 0;
+	FILE *pf = open_memstream(&pt, &plen), *sf = stored ? open_memstream(&st, &slen) : NULL;
+	bool pfirst = true, sfirst = true;
 	const char *k;
 	json_t *v;
+	int rc = pf == NULL || (stored != NULL && sf == NULL) ? -1 : 0;
 
-	json_object_foreach((json_t *)rec, k, v)
-		if (k[0] != '_')
-			json_object_set(o, k, v);
-	return o;
+	if (rc == 0)
+		rc = fputc('{', pf) == EOF || (sf != NULL && fputc('{', sf) == EOF) ? -1 : 0;
+	json_object_foreach((json_t *)rec, k, v) {
+		if (rc != 0)
+			break;
+		if (sf != NULL) {
+			rc = member_put(sf, sfirst, k, v, false);
+			sfirst = false;
+		}
+		if (rc == 0 && k[0] != '_') {
+			rc = member_put(pf, pfirst, k, v, is_raw(k, v));
+			pfirst = false;
+		}
+	}
+	if (rc == 0)
+		rc = fputc('}', pf) == EOF || (sf != NULL && fputc('}', sf) == EOF) ? -1 : 0;
+	*pub = stream_end(pf, &pt, &plen, rc);
+	if (stored != NULL) {
+		*stored = stream_end(sf, &st, &slen, rc);
+		*storedlen = slen;
+		if (*pub == NULL || *stored == NULL) {
+			free(*pub);
+			free(*stored);
+			*pub = *stored = NULL;
+		}
+	}
+	return *pub != NULL ? 0 : -1;
 }
 
 /* The record's answer text (without the store's fields); NULL if out of memory. */
 static char *
 rec_public_text(const json_t *rec)
 {
-	json_t *pub = rec_public(rec);
-	char *text = json_dumps(pub, JSON_COMPACT);
+	char *text;
 
-	json_decref(pub);
-	return text;
+	return rec_texts(rec, &text, NULL, NULL) == 0 ? text : NULL;
 }
 
-/*
- * The stored text of rec, from its public text (pubtext, rec_public() of
- * it dumped) and its own fields (keys "_", integers and booleans): one
- * serialization per change instead of two.  NULL if rec has some other
- * kind of private field (then the caller dumps it) or out of memory.
- */
-static char *
-rec_stored_text(const char *pubtext, const json_t *rec, size_t *lenp)
+/* The record as heraldctl shows it: without the store's "_" fields, params
+ * parsed where jansson can. */
+static json_t *
+rec_public(const json_t *rec)
 {
-	size_t plen = strlen(pubtext), cap = plen + 256, n;
+	json_t *o = json_object(), *p;
 	const char *k;
 	json_t *v;
-	char *t, *nt;
 
-	if (plen < 2 || pubtext[plen - 1] != '}' || (t = malloc(cap)) == NULL)
-		return NULL;
-	memcpy(t, pubtext, plen - 1);
-	n = plen - 1;
-	json_object_foreach((json_t *)rec, k, v) {
-		char val[32];
-		size_t need;
-
-		if (k[0] != '_')
-			continue;
-		if (json_is_integer(v))
-			snprintf(val, sizeof(val), "%lld", (long long)json_integer_value(v));
-		else if (json_is_boolean(v))
-			strlcpy_h(val, json_is_true(v) ? "true" : "false", sizeof(val));
-		else
-			goto other;
-		for (const char *p = k; *p != '\0'; p++)
-			if (*p != '_' && (*p < 'a' || *p > 'z') && (*p < 'A' || *p > 'Z'))
-				goto other;
-		need = n + strlen(k) + strlen(val) + 8;
-		if (need > cap) {
-			cap = need * 2;
-			if ((nt = realloc(t, cap)) == NULL)
-				goto other;
-			t = nt;
+	json_object_foreach((json_t *)rec, k, v)
+		if (k[0] != '_') {
+			if (is_raw(k, v) && (p = json_loads(json_string_value(v), 0, NULL)) != NULL)
+				json_object_set_new(o, k, p);
+			else
+				json_object_set(o, k, v);
 		}
-		n += (size_t)snprintf(t + n, cap - n, "%s\"%s\":%s", n > 1 ? "," : "", k, val);
-	}
-	t[n++] = '}';
-	t[n] = '\0';
-	*lenp = n;
-	return t;
-other:
-	free(t);
-	return NULL;
+	return o;
 }
 
-/* Store rec, whose public text is pubtext: a new request (seq > 0) or a change. */
+/* A command or event payload: {"<idkey>":id,"type":type,"params":params
+ * (raw or an object), ["expiresAt":exp]}; NULL if out of memory. */
+static char *
+payload_text(const char *idkey, const char *id, const json_t *type, const json_t *params,
+    const json_t *exp)
+{
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	json_t *idv = json_string(id), *empty = json_object();
+	int rc = f == NULL || idv == NULL || empty == NULL || fputc('{', f) == EOF ||
+	    member_put(f, true, idkey, idv, false) == -1 ||
+	    member_put(f, false, "type", type, false) == -1 ||
+	    member_put(f, false, "params", params ? params : empty, is_raw("params", params)) == -1 ||
+	    (exp != NULL && member_put(f, false, "expiresAt", exp, false) == -1) ||
+	    fputc('}', f) == EOF ? -1 : 0;
+
+	json_decref(idv);
+	json_decref(empty);
+	return stream_end(f, &text, &len, rc);
+}
+
+/* Store rec's stored text: a new request (seq > 0) or a change. */
 static int
 rec_put(struct requests *q, uint64_t seq, const char *cid, const char *device,
-    const char *pubtext, const json_t *rec)
+    const char *text, size_t len)
 {
-	size_t len;
-	char *text = rec_stored_text(pubtext, rec, &len);
-	int rc;
-
-	if (text == NULL)
-		return seq > 0 ? reqstore_add(q->st, seq, cid, device, rec) :
-		    reqstore_update(q->st, cid, rec);
-	rc = seq > 0 ? reqstore_add_text(q->st, seq, cid, device, text, len) :
+	return seq > 0 ? reqstore_add_text(q->st, seq, cid, device, text, len) :
 	    reqstore_update_text(q->st, cid, text, len);
-	free(text);
-	return rc;
 }
 
 static void
@@ -826,6 +884,25 @@ reply(struct requests *q, const char *peer, uint64_t reqid, int status, json_t *
 {
 	reply_own(q, peer, reqid, status, body != NULL ? json_dumps(body, JSON_COMPACT) : NULL);
 	json_decref(body);
+}
+
+/* A record (not stolen) as the API shows it; now: at once (reply_now()). */
+static void
+reply_rec(struct requests *q, const char *peer, uint64_t reqid, int status, const json_t *rec,
+    bool now)
+{
+	char *text = rec_public_text(rec);
+
+	if (text == NULL) {
+		reply_text(q, peer, reqid, 503, "{\"error\":{\"code\":\"unavailable\","
+		    "\"message\":\"out of memory\"}}");
+		return;
+	}
+	if (now) {
+		reply_text(q, peer, reqid, status, text);
+		free(text);
+	} else
+		reply_own(q, peer, reqid, status, text);
 }
 
 static void __attribute__((format(printf, 6, 7)))
@@ -1393,7 +1470,7 @@ dev_kick(struct requests *q, struct dev *d)
 {
 	struct timeval retry = { PUBLISH_RETRY_MS / 1000, (PUBLISH_RETRY_MS % 1000) * 1000 };
 	struct req *r, *next;
-	json_t *rec, *cmd;
+	json_t *rec;
 	char *text;
 
 	if (q->stopping || !d->online || d->pub != NULL)
@@ -1423,12 +1500,8 @@ dev_kick(struct requests *q, struct dev *d)
 	if (evtimer_pending(d->retry, NULL))
 		evtimer_del(d->retry);
 	rec = r->rec;
-	cmd = json_pack("{s:s,s:O,s:O,s:O}", "commandId", r->cid,
-	    "type", json_object_get(rec, "type"),
-	    "params", json_object_get(rec, "params"),
-	    "expiresAt", json_object_get(rec, "expiresAt"));
-	text = cmd ? json_dumps(cmd, JSON_COMPACT) : NULL;
-	json_decref(cmd);
+	text = payload_text("commandId", r->cid, json_object_get(rec, "type"),
+	    json_object_get(rec, "params"), json_object_get(rec, "expiresAt"));
 	if (text == NULL)
 		return;
 	d->pub = pub_start(q, PUB_REQUEST, d, "command", text, strlen(text), false);
@@ -1460,7 +1533,7 @@ waiter_timeout_cb(evutil_socket_t fd, short what, void *arg)
 	struct req *r = wt->r;
 
 	/* Still going, as far as the store knows. */
-	reply(q, wt->peer, wt->reqid, 202, rec_public(r->staged ? r->crec : r->rec));
+	reply_rec(q, wt->peer, wt->reqid, 202, r->staged ? r->crec : r->rec, false);
 	waiter_free(wt);
 }
 
@@ -1594,7 +1667,7 @@ req_finish(struct requests *q, struct req *r)
 		if (r->text != NULL)
 			reply_str(q, wt->peer, wt->reqid, 200, r->text);
 		else
-			reply(q, wt->peer, wt->reqid, 200, rec_public(r->rec));
+			reply_rec(q, wt->peer, wt->reqid, 200, r->rec, false);
 		waiter_free(wt);
 	}
 	worker_count(q->w, STAT_req_completed, 1);
@@ -1613,12 +1686,14 @@ static void
 req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 {
 	int64_t now = now_ms();
-	char *pubtext = rec_public_text(rec);
+	char *pubtext, *stored;
+	size_t slen;
 	uint64_t nseq;
 	struct later *l;
 
+	rec_texts(rec, &pubtext, &stored, &slen);
 	if (tx_begin(q) == 0) {
-		if (pubtext != NULL && rec_put(q, 0, r->cid, NULL, pubtext, rec) == 0 &&
+		if (pubtext != NULL && rec_put(q, 0, r->cid, NULL, stored, slen) == 0 &&
 		    (!state_ended(state) || reqstore_ended(q->st, r->seq) == 0) &&
 		    (nseq = note_add(q, pubtext, r->dev->id, now)) != 0) {
 			/* Sent once committed; if that fails, never. */
@@ -1627,6 +1702,7 @@ req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 		} else
 			tx_fail(q);
 	}
+	free(stored);
 	if (q->tx_failed)
 		log_ratelimited(LOG_ERR, "request %s: state %s could not be stored",
 		    r->cid, rstate_names[state]);
@@ -1940,6 +2016,27 @@ arg_id(const struct call *c, const char *key, const char **out)
 	return true;
 }
 
+/* Do a repeat's params (raw, or absent: {}) match the record's (raw, an
+ * object of an older herald, or absent)?  The same text, or the same once
+ * parsed (so key order and spacing do not matter where jansson reads both). */
+static bool
+params_same(const json_t *old, const json_t *params)
+{
+	const char *a = old == NULL ? "{}" : json_string_value(old);
+	const char *b = params == NULL ? "{}" : json_string_value(params);
+	json_t *ta, *tb;
+	bool same;
+
+	if (a != NULL && strcmp(a, b) == 0)
+		return true;
+	ta = a != NULL ? json_loads(a, 0, NULL) : json_incref((json_t *)old);
+	tb = json_loads(b, 0, NULL);
+	same = ta != NULL && tb != NULL && json_equal(ta, tb);
+	json_decref(ta);
+	json_decref(tb);
+	return same;
+}
+
 static void
 op_request_create(struct call *c)
 {
@@ -1956,7 +2053,8 @@ op_request_create(struct call *c)
 	struct later *created = NULL;
 	uint64_t used, size;
 	bool full;
-	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text;
+	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text, *stored;
+	size_t slen;
 
 	if (!arg_id(c, "device", &device))
 		return;
@@ -1965,7 +2063,8 @@ op_request_create(struct call *c)
 		reply_error(q, c->peer, c->reqid, 400, "invalid_field", "\"type\" must be a non-empty string");
 		return;
 	}
-	if (params != NULL && !json_is_object(params)) {
+	/* The api worker sends params as its text (is_raw()). */
+	if (params != NULL && (!json_is_string(params) || json_string_value(params)[0] != '{')) {
 		reply_error(q, c->peer, c->reqid, 400, "invalid_field", "\"params\" must be an object");
 		return;
 	}
@@ -1994,11 +2093,9 @@ op_request_create(struct call *c)
 		if ((old = reqstore_get(q->st, cid)) != NULL) {
 			const char *odev = json_string_value(json_object_get(old, "device"));
 			const char *otype = json_string_value(json_object_get(old, "type"));
-			json_t *oparams = json_object_get(old, "params"), *empty = json_object();
 			bool same = odev && otype && strcmp(odev, device) == 0 && strcmp(otype, type) == 0 &&
-			    json_equal(oparams ? oparams : empty, params ? params : empty) &&
+			    params_same(json_object_get(old, "params"), params) &&
 			    (tv == NULL || rec_int(old, "_timeout") == timeout);
-			json_decref(empty);
 			/*
 			 * A repeat with ?wait (a client retrying the call it lost)
 			 * waits as the first call did: 200 once the request ended,
@@ -2008,7 +2105,7 @@ op_request_create(struct call *c)
 			    waiter_add(q, r, c->peer, c->reqid, wait))
 				;
 			else if (same)
-				reply(q, c->peer, c->reqid, 200, rec_public(old));
+				reply_rec(q, c->peer, c->reqid, 200, old, false);
 			else
 				reply_error(q, c->peer, c->reqid, 409, "command_id_conflict",
 				    "a request with commandId %s exists with other fields", cid);
@@ -2051,22 +2148,25 @@ op_request_create(struct call *c)
 	seq = q->next_seq;
 	rec = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:b}",
 	    "commandId", cid, "device", device, "type", type,
-	    "params", params ? json_incref(params) : json_object(), "state", "queued",
+	    "params", params ? json_incref(params) : json_string("{}"), "state", "queued",
 	    "createdAt", ts, "expiresAt", exp,
 	    "_seq", (json_int_t)seq, "_created", (json_int_t)now,
 	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
 	    "_tgiven", tv != NULL);
-	text = rec != NULL ? rec_public_text(rec) : NULL;
+	text = stored = NULL;
+	if (rec != NULL)
+		rec_texts(rec, &text, &stored, &slen);
 	/* A full map refuses the rest of its pass too (tx_failed): those
 	 * creates are told store_full as well. */
 	full = text != NULL && tx_begin(q) == -1 && reqstore_full(q->st);
 	if (text != NULL && q->tx_open &&
-	    (rec_put(q, seq, cid, device, text, rec) == -1 ||
+	    (rec_put(q, seq, cid, device, stored, slen) == -1 ||
 	    reqstore_meta_put(q->st, "seq", seq + 1) == -1 ||
 	    (created = later_add(q, LATER_CREATED, c->peer, c->reqid)) == NULL)) {
 		full = reqstore_full(q->st);
 		tx_fail(q);
 	}
+	free(stored);
 	if (text == NULL || created == NULL) {
 		json_decref(rec);
 		free(text);
@@ -2116,7 +2216,7 @@ op_request_get(struct call *c)
 		    "code", "not_found", "message", "no request ", cid));
 		return;
 	}
-	reply_now(c->q, c->peer, c->reqid, 200, rec_public(rec));
+	reply_rec(c->q, c->peer, c->reqid, 200, rec, true);
 	json_decref(rec);
 }
 
@@ -2142,7 +2242,7 @@ op_request_cancel(struct call *c)
 		}
 		req_change(q, r, RS_CANCELLED, NULL, false);
 		if (r->state == RS_CANCELLED)
-			reply(q, c->peer, c->reqid, 200, rec_public(r->rec));
+			reply_rec(q, c->peer, c->reqid, 200, r->rec, false);
 		else
 			reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
 		return;
@@ -2158,36 +2258,62 @@ op_request_cancel(struct call *c)
 
 struct collect {
 	struct requests *q;
-	json_t          *list;
+	json_t          *list;    /* records, with their store fields */
 	int              state;   /* -1: any */
 	int              scanned, max;
+	bool             more;    /* there may be more after the last one */
+	uint64_t         last;    /* the sequence of the last one looked at */
 };
 
 static int
 collect_cb(uint64_t seq, const char *cid, void *arg)
 {
 	struct collect *k = arg;
-	json_t *rec = reqstore_get(k->q->st, cid);
+	json_t *rec;
 	const char *st;
 
-	if (rec != NULL) {
+	/* Bound the work for a device with a long history: the next page
+	 * goes on from where this one stopped. */
+	if (k->scanned++ >= 100000) {
+		k->more = true;
+		return 1;
+	}
+	if ((rec = reqstore_get(k->q->st, cid)) != NULL) {
 		st = json_string_value(json_object_get(rec, "state"));
-		if (k->state < 0 || (st != NULL && state_parse(st) == k->state))
-			json_array_append_new(k->list, rec_public(rec));
+		if (k->state < 0 || (st != NULL && state_parse(st) == k->state)) {
+			if ((int)json_array_size(k->list) >= k->max) {
+				/* one more than the page holds: there is a next */
+				json_decref(rec);
+				k->more = true;
+				return 1;
+			}
+			json_array_append(k->list, rec);
+		}
 		json_decref(rec);
 	}
-	/* Bound the work for a device with a long history. */
-	return ++k->scanned >= 100000 || (int)json_array_size(k->list) >= k->max;
+	k->last = seq;
+	return 0;
 }
 
+/*
+ * A device's requests in accept order, a page at a time: up to "limit"
+ * (1..LIST_MAX, default LIST_MAX) after the sequence "cursor", and
+ * "next" (the cursor of the next page) or null.
+ */
 static void
 op_device_requests(struct call *c)
 {
-	struct collect k = { c->q, json_array(), -1, 0, LIST_MAX };
+	struct collect k = { c->q, json_array(), -1, 0, LIST_MAX, false, 0 };
 	const char *device, *st = arg_str(c, "state");
+	json_t *lim = json_object_get(c->args, "limit"), *cur = json_object_get(c->args, "cursor");
+	uint64_t after = json_is_integer(cur) && json_integer_value(cur) > 0 ?
+	    (uint64_t)json_integer_value(cur) : 0;
 	struct dev *d;
 	struct req *r;
-	json_t *rev;
+	char *text = NULL, *one, next[24];
+	size_t len = 0;
+	FILE *f;
+	int rc;
 
 	if (!arg_id(c, "device", &device)) {
 		json_decref(k.list);
@@ -2198,22 +2324,41 @@ op_device_requests(struct call *c)
 		reply_error(c->q, c->peer, c->reqid, 400, "invalid_field", "unknown state \"%s\"", st);
 		return;
 	}
+	if (json_is_integer(lim) && json_integer_value(lim) >= 1 && json_integer_value(lim) <= LIST_MAX)
+		k.max = (int)json_integer_value(lim);
 	if (k.state == RS_QUEUED || k.state == RS_SENT) {
 		/* Live requests are in memory, in accept order. */
 		if ((d = dev_find(c->q, device)) != NULL)
-			TAILQ_FOREACH(r, &d->live, dlink)
-				if (r->state == k.state)
-					json_array_append_new(k.list, rec_public(r->rec));
-	} else {
-		/* Newest first while collecting, shown in accept order. */
-		reqstore_walk_device(c->q->st, device, true, collect_cb, &k);
-		rev = json_array();
-		for (size_t i = json_array_size(k.list); i > 0; i--)
-			json_array_append(rev, json_array_get(k.list, i - 1));
-		json_decref(k.list);
-		k.list = rev;
+			TAILQ_FOREACH(r, &d->live, dlink) {
+				if (r->state != k.state || r->seq <= after)
+					continue;
+				if ((int)json_array_size(k.list) >= k.max) {
+					k.more = true;
+					break;
+				}
+				json_array_append(k.list, r->rec);
+				k.last = r->seq;
+			}
+	} else
+		reqstore_walk_device_from(c->q->st, device, after + 1, collect_cb, &k);
+	/* The text by hand: a record's params is its own text (is_raw()). */
+	f = open_memstream(&text, &len);
+	rc = f == NULL || fputs("{\"requests\":[", f) == EOF ? -1 : 0;
+	for (size_t i = 0; rc == 0 && i < json_array_size(k.list); i++) {
+		one = rec_public_text(json_array_get(k.list, i));
+		rc = one == NULL || (i > 0 && fputc(',', f) == EOF) || fputs(one, f) == EOF ? -1 : 0;
+		free(one);
 	}
-	reply(c->q, c->peer, c->reqid, 200, json_pack("{s:o}", "requests", k.list));
+	snprintf(next, sizeof(next), "%llu", (unsigned long long)k.last);
+	if (rc == 0)
+		rc = fprintf(f, "],\"next\":%s%s%s}", k.more ? "\"" : "", k.more ? next : "null",
+		    k.more ? "\"" : "") < 0 ? -1 : 0;
+	json_decref(k.list);
+	if (stream_end(f, &text, &len, rc) == NULL) {
+		reply_error(c->q, c->peer, c->reqid, 503, "unavailable", "out of memory");
+		return;
+	}
+	reply_own(c->q, c->peer, c->reqid, 200, text);
 }
 
 static void
@@ -2221,7 +2366,7 @@ op_event(struct call *c)
 {
 	struct requests *q = c->q;
 	const char *device, *type;
-	json_t *params = json_object_get(c->args, "params"), *ev;
+	json_t *params = json_object_get(c->args, "params");
 	struct dev *d;
 	struct pub *p;
 	char id[ULID_LEN], *text;
@@ -2229,7 +2374,8 @@ op_event(struct call *c)
 	if (!arg_id(c, "device", &device))
 		return;
 	type = arg_str(c, "type");
-	if (type == NULL || *type == '\0' || (params != NULL && !json_is_object(params))) {
+	if (type == NULL || *type == '\0' ||
+	    (params != NULL && (!json_is_string(params) || json_string_value(params)[0] != '{'))) {
 		reply_error(q, c->peer, c->reqid, 400, "invalid_field",
 		    "an event needs a non-empty string \"type\" and an object \"params\"");
 		return;
@@ -2239,10 +2385,7 @@ op_event(struct call *c)
 		return;
 	}
 	ulid_random(id);
-	ev = json_pack("{s:s,s:s,s:o}", "eventId", id, "type", type, "params",
-	    params ? json_incref(params) : json_object());
-	text = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
-	json_decref(ev);
+	text = payload_text("eventId", id, json_object_get(c->args, "type"), params, NULL);
 	p = text ? pub_start(q, PUB_EVENT, d, "command", text, strlen(text), false) : NULL;
 	free(text);
 	if (p == NULL) {
@@ -2266,7 +2409,8 @@ op_config(struct call *c, bool set)
 
 	if (!arg_id(c, "device", &device))
 		return;
-	if (set && !json_is_object(cfg)) {
+	/* The api worker sends the object's text, as the backend wrote it. */
+	if (set && (!json_is_string(cfg) || json_string_value(cfg)[0] != '{')) {
 		reply_error(q, c->peer, c->reqid, 400, "invalid_json", "the configuration must be a JSON object");
 		return;
 	}
@@ -2274,7 +2418,7 @@ op_config(struct call *c, bool set)
 		reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
 		return;
 	}
-	if (set && (text = json_dumps(cfg, JSON_COMPACT)) == NULL) {
+	if (set && (text = strdup(json_string_value(cfg))) == NULL) {
 		reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
 		return;
 	}
@@ -2546,7 +2690,7 @@ requests_on_pause(struct requests *q, bool paused)
 json_t *
 requests_admin(struct requests *q, int argc, char **argv)
 {
-	struct collect k = { q, json_array(), -1, 0, LIST_MAX };
+	struct collect k = { q, json_array(), -1, 0, LIST_MAX, false, 0 };
 	json_t *list;
 
 	if (strcmp(argv[0], "requests") == 0) {
@@ -2559,6 +2703,11 @@ requests_admin(struct requests *q, int argc, char **argv)
 			reqstore_walk_device(q->st, argv[1], true, collect_cb, &k);
 		} else
 			reqstore_walk_all(q->st, true, collect_cb, &k);
+		list = json_array();
+		for (size_t i = 0; i < json_array_size(k.list); i++)
+			json_array_append_new(list, rec_public(json_array_get(k.list, i)));
+		json_decref(k.list);
+		k.list = list;
 		/* notifications: kind "request" envelopes the spool has not
 		 * acknowledged, stored (and, in memory, waiting to be resent). */
 		return json_pack("{s:o,s:i,s:i,s:I,s:I}", "requests", k.list, "queued", q->n_queued,
@@ -2720,8 +2869,8 @@ requests_stop(struct requests *q)
 			struct req *r = (struct req *)h;
 
 			while ((wt = LIST_FIRST(&r->waiters)) != NULL) {
-				reply(q, wt->peer, wt->reqid, 202, rec_public(r->staged ?
-				    r->crec : r->rec));
+				reply_rec(q, wt->peer, wt->reqid, 202, r->staged ? r->crec : r->rec,
+				    false);
 				waiter_free(wt);
 				n++;
 			}

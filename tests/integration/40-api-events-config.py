@@ -5,7 +5,7 @@ connects later (retained), a connected device gets updates, and DELETE
 clears it so a new connection receives nothing."""
 import json
 
-from apilib import Device, api, check_error, start
+from apilib import Device, api, api_text, check_error, start
 from heraldtest import main, wait_for
 
 
@@ -61,5 +61,29 @@ def test_config_retained():
     dev2.disconnect()
 
 
+def test_verbatim_numbers():
+    """Event params and configuration reach the device as the backend wrote
+    them, whitespace between tokens aside (before: numbers past int64 or a
+    double were 400 invalid_json, 0.1 became 0.10000000000000001, -0 in an
+    event 0)."""
+    tmp, broker, backend, h = start()
+    dev = Device(broker, "num-dev").connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/num-dev")[1].get("online"), 10,
+             what="num-dev to be online")
+    obj = (b'{"price":0.1,"ratio":1e2,"neg0":-0.0,"z":-0,"big":9007199254740993,'
+           b'"huge":12345678901234567890123,"inf":1e400,"pi":3.141592653589793238,"tiny":1e-7}')
+    spaced = obj.replace(b",", b", ").replace(b"{", b"{\n\t")
+    st, text = api_text(h, "POST", "/v1/devices/num-dev/events",
+                        b'{"type":"n","params":' + spaced + b"}")
+    assert st == 202, (st, text)
+    wait_for(lambda: dev.raw, 5, what="the event at the device")
+    assert dev.raw[0].endswith(b'"type":"n","params":' + obj + b"}"), dev.raw[0]
+    st, text = api_text(h, "PUT", "/v1/devices/num-dev/config", b" " + spaced + b"\r\n")
+    assert st == 200 and json.loads(text) == {"id": "num-dev", "state": "sent"}, (st, text)
+    wait_for(lambda: dev.configs, 5, what="the config at the device")
+    assert dev.configs[0][0] == obj, dev.configs
+    dev.disconnect()
+
+
 if __name__ == "__main__":
-    main(test_event_online, test_config_retained)
+    main(test_event_online, test_config_retained, test_verbatim_numbers)

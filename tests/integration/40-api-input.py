@@ -146,6 +146,25 @@ def test_bad_input():
     st, doc, _ = api(h, "POST", "/v1/devices/d1/rotate", {})
     check_error(st, doc, 501, "not_implemented")
 
+    # Messages are herald's own, not its JSON library's (before: "\\u0000 is
+    # not allowed without JSON_ALLOW_NUL").
+    st, doc, _ = api(h, "POST", "/v1/devices/d1/requests", raw=b'{"type":"x","params":{"a":"\\u0000"}}')
+    check_error(st, doc, 400, "invalid_json")
+    assert "\\u0000 is not allowed" in doc["error"]["message"] and "JSON_" not in \
+        doc["error"]["message"], doc
+    # Numbers of any range are JSON (RFC 8259): in params and config they are
+    # accepted (before: 400 invalid_json "too big integer", "real number
+    # overflow"); a timeout out of range is a bad field, not bad JSON.
+    for raw in (b'{"type":"x","params":{"id":18446744073709551615}}', b'{"type":"x","params":{"v":1e400}}'):
+        st, doc, _ = api(h, "POST", "/v1/devices/num-dev/events", raw=raw)
+        assert st == 202, (raw, st, doc)
+    st, doc, _ = api(h, "PUT", "/v1/devices/num-dev/config", raw=b'{"n":12345678901234567890123}')
+    assert st == 200, (st, doc)
+    for t in (b"99999999999999999999999", b"1e400", b"-1e400", b"5.5e3"):
+        st, doc, _ = api(h, "POST", "/v1/devices/d1/requests", raw=b'{"type":"x","timeout":%s}' % t)
+        check_error(st, doc, 400, "invalid_field")
+        assert "timeout" in doc["error"]["message"], doc
+
     # 429: more than max_pending_per_device (3) queued or sent.
     ids = []
     for i in range(3):

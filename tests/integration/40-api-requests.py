@@ -14,7 +14,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from apilib import (Device, api, check_error, check_record, envelopes, ms,
+from apilib import (Device, api, api_text, check_error, check_record, envelopes, ms,
                     request_states, start)
 from heraldtest import main, wait_for
 
@@ -343,8 +343,80 @@ def test_view_ends_at_the_last_telemetry():
         c.loop_stop()
         c.disconnect()
 
+def test_params_verbatim():
+    """A request's params reach the device, the record and the backend as
+    the backend wrote them, whitespace between tokens aside (before:
+    numbers past int64 or a double were 400 invalid_json, others rewritten:
+    0.1 as 0.10000000000000001, 1e2 as 100.0)."""
+    tmp, broker, backend, h = start()
+    dev = Device(broker, "dev-num", answer).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-num")[1].get("online"), 5,
+             what="dev-num to be online")
+    params = (b'{"id":18446744073709551615,"v":1e400,"price":0.1,"ratio":1e2,"neg0":-0.0,'
+              b'"pi":3.141592653589793238,"tiny":1e-7,"s":"\\u00e9\\/","a":[1.50,{"b":-0}]}')
+    spaced = params.replace(b",", b" ,\n ").replace(b":", b" : ")
+    assert spaced != params
+    st, text = api_text(h, "POST", "/v1/devices/dev-num/requests",
+                        b'{ "type" : "silent", "commandId":"num-1", "timeout": 2, "params" : '
+                        + spaced + b" }")
+    assert st == 202 and b'"params":' + params + b"," in text, (st, text)
+    wait_for(lambda: dev.raw, 5, what="the command at the device")
+    assert b'"params":' + params + b"," in dev.raw[0], dev.raw[0]
+    st, text = api_text(h, "GET", "/v1/requests/num-1", None)
+    assert st == 200 and b'"params":' + params + b"," in text, text
+    st, text = api_text(h, "GET", "/v1/devices/dev-num/requests", None)
+    assert st == 200 and b'"params":' + params + b"," in text, text
+    # The same params spaced otherwise repeat the request; others do not.
+    st, text = api_text(h, "POST", "/v1/devices/dev-num/requests",
+                        b'{"type":"silent","commandId":"num-1","params":' + params + b"}")
+    assert st == 200, (st, text)
+    st, text = api_text(h, "POST", "/v1/devices/dev-num/requests",
+                        b'{"type":"silent","commandId":"num-1","params":'
+                        + params.replace(b"0.1", b"0.10") + b"}")
+    assert st == 409, (st, text)
+    # Every kind "request" envelope (sent, timeout) carries them too.
+    wait_for(lambda: "timeout" in request_states(backend).get("num-1", []), 10,
+             what="num-1's timeout at the backend")
+    posts = [p[2] for p in backend.posts if b'"num-1"' in p[2]]
+    assert len(posts) >= 2 and all(b'"params":' + params + b"," in p for p in posts), posts
+    dev.disconnect()
+
+
+def test_device_requests_paging():
+    """GET /v1/devices/{id}/requests pages as GET /v1/devices does: limit,
+    cursor and next (before: the newest 1,000 and no word of the rest)."""
+    tmp, broker, backend, h = start()
+    ids = []
+    for i in range(7):
+        st, rec, _ = api(h, "POST", "/v1/devices/dev-pg/requests", {"type": "t%d" % i})
+        assert st == 202, rec
+        ids.append(rec["commandId"])
+    for c in ids[:5]:
+        assert api(h, "DELETE", "/v1/requests/" + c)[0] == 200
+    st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests")
+    assert [r["commandId"] for r in doc["requests"]] == ids and doc["next"] is None, doc
+    for query, want, size in (("", ids, 3), ("state=cancelled&", ids[:5], 2),
+                              ("state=queued&", ids[5:], 1)):
+        seen, cursor, pages = [], "", 0
+        while True:
+            st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?%slimit=%d&cursor=%s"
+                             % (query, size, cursor))
+            assert st == 200 and 0 < len(doc["requests"]) <= size, (query, doc)
+            seen += [r["commandId"] for r in doc["requests"]]
+            pages += 1
+            if doc["next"] is None:
+                break
+            cursor = doc["next"]
+        assert seen == want and pages == -(-len(want) // size), (query, seen, pages)
+    for bad in ("limit=0", "limit=1001", "cursor=x1", "cursor=-1"):
+        st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?" + bad)
+        check_error(st, doc, 400, "invalid_field")
+    st, doc, _ = api(h, "GET", "/v1/devices/nobody/requests?limit=5")
+    assert st == 200 and doc == {"requests": [], "next": None}, doc
+
 
 if __name__ == "__main__":
     main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
          test_repeat_with_wait_waits, test_device_list_paging, test_unknown_command_dead_letter,
-         test_back_online_right_after_last_will, test_view_ends_at_the_last_telemetry)
+         test_back_online_right_after_last_will, test_view_ends_at_the_last_telemetry,
+         test_params_verbatim, test_device_requests_paging)

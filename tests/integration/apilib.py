@@ -59,6 +59,17 @@ def api(h, method, path, body=None, token=TOKEN, raw=None, headers=None, timeout
     return r.status, doc, dict(r.getheaders())
 
 
+def api_text(h, method, path, raw, token=TOKEN):
+    """One REST call with a raw body: (status, the answer's bytes)."""
+    host, port = h.sections["api"]["listen"].rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=70)
+    c.request(method, path, body=raw, headers={"Authorization": "Bearer " + token})
+    r = c.getresponse()
+    text = r.read()
+    c.close()
+    return r.status, text
+
+
 def check_error(status, doc, want_status, want_code=None):
     """SPEC §3: {"error":{"code":"<snake_case>","message":"..."}}."""
     assert status == want_status, (status, doc)
@@ -106,6 +117,7 @@ class Device:
         self.answer = answer if answer is not None else (lambda cmd: ("ok", {"done": cmd["type"]}))
         self.lock = threading.Lock()
         self.commands = []      # every JSON message received on device/<id>/command
+        self.raw = []           # ... and its bytes
         self.configs = []       # (payload bytes, retained flag)
         self.markers = []
         self.ready = threading.Event()
@@ -140,6 +152,7 @@ class Device:
         cmd = json.loads(msg.payload)
         with self.lock:
             self.commands.append(cmd)
+            self.raw.append(msg.payload)
         if "commandId" not in cmd:
             return
         a = self.answer(cmd)

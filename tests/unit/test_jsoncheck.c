@@ -132,6 +132,39 @@ test_type_member(void **state)
 }
 
 static void
+test_members(void **state)
+{
+	static const char doc[] = " {\"a\" : 1e400 ,\"b\\\"}\":{\"x\":[1,\"]}\"]},\n\"c\":\"s\\\\\",\"d\":-0.10}";
+	static const char *want[][2] = {
+		{ "\"a\"", "1e400" }, { "\"b\\\"}\"", "{\"x\":[1,\"]}\"]}" }, { "\"c\"", "\"s\\\\\"" },
+		{ "\"d\"", "-0.10" },
+	};
+	struct jc_result r;
+	struct jc_span k, v;
+	size_t pos = 0, i = 0;
+	char out[sizeof(doc)];
+
+	assert_int_equal(check(doc, &r), 0);
+	while (jc_member(doc, strlen(doc), &pos, &k, &v)) {
+		assert_true(i < 4);
+		assert_int_equal(k.len, strlen(want[i][0]));
+		assert_memory_equal(k.p, want[i][0], k.len);
+		assert_int_equal(v.len, strlen(want[i][1]));
+		assert_memory_equal(v.p, want[i][1], v.len);
+		i++;
+	}
+	assert_int_equal(i, 4);
+	pos = 0;
+	assert_int_equal(jc_member(" { } ", 5, &pos, &k, &v), 0);
+	/* Whitespace between tokens goes; strings and numbers stay as written. */
+	assert_int_equal(jc_minify(doc, strlen(doc), out), 53);
+	out[53] = '\0';
+	assert_string_equal(out, "{\"a\":1e400,\"b\\\"}\":{\"x\":[1,\"]}\"]},\"c\":\"s\\\\\",\"d\":-0.10}");
+	assert_int_equal(jc_minify("{ \"k\" : \" a b \" }", 17, out), 13);
+	assert_memory_equal(out, "{\"k\":\" a b \"}", 13);
+}
+
+static void
 test_depth(void **state)
 {
 	char *doc = malloc(2 * (JC_MAX_DEPTH + 1) + 1);
@@ -329,6 +362,7 @@ main(void)
 		cmocka_unit_test(test_valid),
 		cmocka_unit_test(test_invalid),
 		cmocka_unit_test(test_type_member),
+		cmocka_unit_test(test_members),
 		cmocka_unit_test(test_depth),
 		cmocka_unit_test(test_max_depth),
 		cmocka_unit_test(test_many_keys),

@@ -95,6 +95,24 @@ api_reason(int status)
 	}
 }
 
+/*
+ * Every answer goes out here.  A HEAD answer has GET's headers, with the
+ * Content-Length of GET's body, and no body (RFC 9110 9.3.2): libevent 2.1
+ * would send the body and no length.
+ */
+static void
+api_finish(struct evhttp_request *req, int status, struct evbuffer *buf)
+{
+	char len[32];
+
+	if (buf != NULL && evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+		snprintf(len, sizeof(len), "%zu", evbuffer_get_length(buf));
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", len);
+		buf = NULL;
+	}
+	evhttp_send_reply(req, status, api_reason(status), buf);
+}
+
 static void
 api_send(struct api *a, struct evhttp_request *req, int status, const char *ctype,
     const char *body, size_t len)
@@ -109,7 +127,7 @@ api_send(struct api *a, struct evhttp_request *req, int status, const char *ctyp
 		if (buf != NULL)
 			evbuffer_add(buf, body, len);
 	}
-	evhttp_send_reply(req, status, api_reason(status), buf);
+	api_finish(req, status, buf);
 	if (buf != NULL)
 		evbuffer_free(buf);
 }
@@ -475,7 +493,7 @@ api_metrics(struct api *a, struct evhttp_request *req)
 	}
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 	    "text/plain; version=0.0.4; charset=utf-8");
-	evhttp_send_reply(req, 200, "OK", b);
+	api_finish(req, 200, b);
 	evbuffer_free(b);
 }
 
@@ -793,7 +811,7 @@ api_device_requests(struct route *rt, const char *device)
 		return;
 	}
 	if (rt->method != EVHTTP_REQ_POST) {
-		api_method_not_allowed(rt, "GET, POST");
+		api_method_not_allowed(rt, "GET, HEAD, POST");
 		return;
 	}
 	if ((v = evhttp_find_header(&rt->query, "wait")) != NULL &&
@@ -851,7 +869,7 @@ api_devices(struct route *rt)
 			return;
 		}
 		if (!api_is_get(rt)) {
-			api_method_not_allowed(rt, "GET, POST");
+			api_method_not_allowed(rt, "GET, HEAD, POST");
 			return;
 		}
 		args = json_object();
@@ -879,7 +897,7 @@ api_devices(struct route *rt)
 		else if (rt->method == EVHTTP_REQ_DELETE)
 			api_error(a, rt->req, 501, "not_implemented", "device revocation is not available yet");
 		else
-			api_method_not_allowed(rt, "GET, DELETE");
+			api_method_not_allowed(rt, "GET, HEAD, DELETE");
 		return;
 	}
 	if (rt->nseg > 4) {
@@ -945,7 +963,7 @@ api_requests(struct route *rt)
 	else if (rt->method == EVHTTP_REQ_DELETE)
 		api_call(a, rt->req, "request.cancel", json_pack("{s:s}", "commandId", cid), 0);
 	else
-		api_method_not_allowed(rt, "GET, DELETE");
+		api_method_not_allowed(rt, "GET, HEAD, DELETE");
 }
 
 /* Split "/v1/devices/x/requests" into decoded segments; -1 if malformed. */
@@ -983,6 +1001,41 @@ api_split(struct route *rt, const char *path)
 	return 0;
 }
 
+/*
+ * The query's parameters into q (a lookup finds the first of a name).  A
+ * parameter without "=" has the empty value (as WHATWG URLs read "?foo"),
+ * and empty ones ("?&&") are nothing; evhttp_parse_query_str() refuses
+ * both.  -1 if out of memory or malformed.
+ */
+static int
+api_query(const char *query, struct evkeyvalq *q)
+{
+	char *fixed, *o;
+	const char *p = query, *amp;
+	size_t n;
+	int rc;
+
+	if (query == NULL || *query == '\0')
+		return 0;
+	if ((fixed = o = malloc(2 * strlen(query) + 1)) == NULL)
+		return -1;
+	for (; *p != '\0'; p = *amp != '\0' ? amp + 1 : amp) {
+		amp = strchrnul(p, '&');
+		if ((n = (size_t)(amp - p)) == 0)
+			continue;
+		if (o != fixed)
+			*o++ = '&';
+		memcpy(o, p, n);
+		o += n;
+		if (memchr(p, '=', n) == NULL)
+			*o++ = '=';
+	}
+	*o = '\0';
+	rc = fixed[0] != '\0' ? evhttp_parse_query_str(fixed, q) : 0;
+	free(fixed);
+	return rc;
+}
+
 static void
 api_handle(struct evhttp_request *req, void *arg)
 {
@@ -1008,7 +1061,7 @@ api_handle(struct evhttp_request *req, void *arg)
 	if (strcmp(path, "/metrics") == 0 || strcmp(path, "/healthz") == 0 ||
 	    strcmp(path, "/metrics/") == 0 || strcmp(path, "/healthz/") == 0) {
 		if (!api_is_get(&rt))
-			api_method_not_allowed(&rt, "GET");
+			api_method_not_allowed(&rt, "GET, HEAD");
 		else if (path[1] == 'm')
 			api_metrics(a, req);
 		else
@@ -1021,8 +1074,7 @@ api_handle(struct evhttp_request *req, void *arg)
 		api_error(a, req, 401, "unauthorized", "a valid bearer token is required");
 		return;
 	}
-	if (api_split(&rt, path) == -1 ||
-	    (query != NULL && evhttp_parse_query_str(query, &rt.query) == -1)) {
+	if (api_split(&rt, path) == -1 || api_query(query, &rt.query) == -1) {
 		api_error(a, req, 400, "bad_request", "malformed path or query");
 		goto out;
 	}
@@ -1180,10 +1232,13 @@ api_main(struct worker *w)
 	a->stop_timer = evtimer_new(w->base, api_stop_check, a);
 	if (a->http == NULL || a->accept_resume == NULL || a->stop_timer == NULL)
 		return 1;
-	/* Every method reaches api_handle, which answers 405 with SPEC's body. */
+	/* Every other method reaches api_handle, which answers 405 with
+	 * SPEC's body and an Allow header.  CONNECT (a tunnel: its target is
+	 * no path) is left to libevent, which answers 501 as it does for
+	 * methods it does not know. */
 	evhttp_set_allowed_methods(a->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
 	    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE |
-	    EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH);
+	    EVHTTP_REQ_PATCH);
 	evhttp_set_max_headers_size(a->http, API_MAX_HEADERS);
 	evhttp_set_timeout(a->http, API_CLIENT_TIMEOUT);
 	/* Read an oversized body to its end before answering 413, so the

@@ -138,13 +138,41 @@ def test_bad_input():
         st, doc, _ = api(h, "GET", path)
         check_error(st, doc, 404, "not_found")
     # 405 with Allow, 501 for the registry endpoints.
-    st, doc, hdrs = api(h, "PATCH", "/v1/requests/x", good)
-    check_error(st, doc, 405, "method_not_allowed")
-    assert hdrs.get("Allow") == "GET, DELETE", hdrs
+    # The Allow header names HEAD wherever GET is served.
+    for method, path, allow in (("PATCH", "/v1/requests/x", "GET, HEAD, DELETE"),
+                                ("PUT", "/v1/devices", "GET, HEAD, POST"),
+                                ("OPTIONS", "/v1/devices/d1", "GET, HEAD, DELETE"),
+                                ("DELETE", "/v1/devices/d1/requests", "GET, HEAD, POST"),
+                                ("TRACE", "/healthz", "GET, HEAD")):
+        st, doc, hdrs = api(h, method, path, good if method != "TRACE" else None)
+        check_error(st, doc, 405, "method_not_allowed")
+        assert hdrs.get("Allow") == allow, (method, path, hdrs)
     st, doc, _ = api(h, "POST", "/v1/devices", {"id": "new-dev"})
     check_error(st, doc, 501, "not_implemented")
     st, doc, _ = api(h, "POST", "/v1/devices/d1/rotate", {})
     check_error(st, doc, 501, "not_implemented")
+
+    # Methods herald serves nowhere: 501, CONNECT as any unknown one (before:
+    # CONNECT got 404, its target read as no path).
+    for method in (b"CONNECT", b"FOO"):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(method + b" /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                  b"test-token-1\r\n\r\n")
+        answer = recv_all(s, 5)
+        assert answer.startswith(b"HTTP/1.1 501 ") and b'"code":"not_implemented"' in answer, \
+            answer
+        calls["n"] += 1
+        calls["errors"] += 1
+
+    # A query parameter without a value is a parameter with the empty value:
+    # an unknown one is ignored, ?wait says what it needs (before: 400
+    # bad_request "malformed path or query" for all of these).
+    for path in ("/v1/devices?foo", "/v1/devices?&&", "/v1/devices?foo&limit=2&&"):
+        st, doc, _ = api(h, "GET", path)
+        assert st == 200 and "devices" in doc, (path, st, doc)
+    st, doc, _ = api(h, "POST", "/v1/devices/d1/requests?wait", good)
+    check_error(st, doc, 400, "invalid_field")
+    assert "wait" in doc["error"]["message"], doc
 
     # Messages are herald's own, not its JSON library's (before: "\\u0000 is
     # not allowed without JSON_ALLOW_NUL").
@@ -299,6 +327,31 @@ def test_metrics_and_health():
     for path in ("/metrics/", "/healthz/"):
         st, _, _ = api(h, "GET", path, token=None)
         assert st == 200, (path, st)
+    # HEAD: GET's headers and Content-Length, no body (before: the body
+    # went out, without a length, and spoiled the next answer on the
+    # connection).  http.client reads no body after a HEAD: stray bytes
+    # would be taken for the next status line.
+    import http.client
+    host, port = h.sections["api"]["listen"].rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=10)
+    for path, token in (("/healthz", None), ("/metrics", None), ("/v1/devices", apilib.TOKEN),
+                        ("/v1/devices/never-seen", apilib.TOKEN), ("/v1/nothing", apilib.TOKEN)):
+        hdrs = {"Authorization": "Bearer " + token} if token else {}
+        c.request("GET", path, headers=hdrs)
+        r = c.getresponse()
+        body = r.read()
+        c.request("HEAD", path, headers=hdrs)
+        rh = c.getresponse()
+        assert rh.read() == b"" and rh.status == r.status, (path, rh.status)
+        if path != "/metrics":     # its counters move between the two calls
+            assert rh.getheader("Content-Length") == str(len(body)), (path, rh.getheaders())
+        else:
+            assert int(rh.getheader("Content-Length")) > 1000, rh.getheaders()
+        assert rh.getheader("Content-Type") == r.getheader("Content-Type"), path
+    c.request("GET", "/healthz")
+    r = c.getresponse()
+    assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}
+    c.close()
     import urllib.request
     text = urllib.request.urlopen(h.api_url + "/metrics", timeout=10).read().decode()
     fams = parse_prometheus(text)

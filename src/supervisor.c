@@ -4,6 +4,8 @@
  * keeps its own backoff and death history; the lifecycle fields of its stats
  * slot are written here, the counters by the worker.
  */
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -316,6 +318,14 @@ child_died(struct supervisor *s, struct child *c, int status)
 		log_info("%s %s", name, how);
 		return;
 	}
+	if (c->retiring && !c->restart_now && WIFEXITED(status) &&
+	    WEXITSTATUS(status) == WORKER_EXIT_RETIRED) {
+		c->retiring = false;
+		c->wanted = false;
+		c->st->state = WS_EMPTY;
+		log_notice("%s retired: its broker sessions ended and its outbox is empty", name);
+		return;
+	}
 	if (c->restart_now) {
 		c->restart_now = false;
 		c->next_spawn = 0;
@@ -569,6 +579,40 @@ sup_add_child(struct supervisor *s, int role, int slot)
 	c->wanted = true;
 }
 
+/*
+ * An outbox or a session record of a slot over [workers] mqtt (herald ran
+ * with more mqtt workers before): that slot runs in its retiring mode, to
+ * end its broker sessions and hand what its outbox holds to the spool.
+ */
+static void
+sup_add_retiring(struct supervisor *s)
+{
+	char path[sizeof(s->cf->state_dir) + 16], *end;
+	struct dirent *e;
+	DIR *d;
+
+	snprintf(path, sizeof(path), "%s/outbox", s->cf->state_dir);
+	if ((d = opendir(path)) == NULL)
+		return;
+	while ((e = readdir(d)) != NULL) {
+		long slot;
+
+		if (!isdigit((unsigned char)e->d_name[0]))
+			continue;
+		slot = strtol(e->d_name, &end, 10);
+		if ((strcmp(end, ".ring") != 0 && strcmp(end, ".sessions") != 0) ||
+		    slot < s->cf->mqtt_workers || slot >= CONFIG_MAX_MQTT ||
+		    supervisor_child(s, ROLE_MQTT, (int)slot) != NULL ||
+		    s->nchildren >= SUP_MAX_CHILDREN)
+			continue;
+		sup_add_child(s, ROLE_MQTT, (int)slot);
+		s->children[s->nchildren - 1].retiring = true;
+		log_notice("mqtt.%ld: a slot over [workers] mqtt left an outbox or broker "
+		    "sessions: it runs until they are emptied and ended", slot);
+	}
+	closedir(d);
+}
+
 int
 supervisor_reload(struct supervisor *s, char *err, size_t errlen)
 {
@@ -595,9 +639,21 @@ supervisor_reload(struct supervisor *s, char *err, size_t errlen)
 	for (int i = 0; i < s->nchildren; i++) {
 		struct child *c = &s->children[i];
 		if (c->role == ROLE_MQTT && c->slot >= next->mqtt_workers) {
-			c->wanted = false;
-			if (c->pid > 0)
-				child_send(c, HM_CTL_STOP, NULL);
+			/*
+			 * Fewer mqtt workers: the slot runs on, in its retiring
+			 * mode, until the broker sessions it used are ended and
+			 * its outbox is empty (a session left behind would take
+			 * its share of every new device message).
+			 */
+			if (c->wanted && !c->retiring) {
+				c->retiring = true;
+				if (c->pid > 0) {
+					log_info("%s restarts to end its broker sessions and "
+					    "empty its outbox", child_name(c, name, sizeof(name)));
+					c->restart_now = true;
+					child_send(c, HM_CTL_STOP, NULL);
+				}
+			}
 			continue;
 		}
 		if (c->pid > 0 && role_needs_restart(c->role, old, next)) {
@@ -610,10 +666,19 @@ supervisor_reload(struct supervisor *s, char *err, size_t errlen)
 	}
 	for (int slot = 0; slot < next->mqtt_workers; slot++) {
 		struct child *c = supervisor_child(s, ROLE_MQTT, slot);
-		if (c == NULL)
+		if (c == NULL) {
 			sup_add_child(s, ROLE_MQTT, slot);
-		else
-			c->wanted = true;
+			continue;
+		}
+		if (c->retiring) {
+			/* Wanted again before it finished retiring: a plain worker. */
+			c->retiring = false;
+			if (c->pid > 0) {
+				c->restart_now = true;
+				child_send(c, HM_CTL_STOP, NULL);
+			}
+		}
+		c->wanted = true;
 	}
 	free(old);
 	log_notice("configuration reloaded from %s", next->path);
@@ -666,6 +731,7 @@ supervisor_run(struct config *cf, struct stats_region *stats, int lockfd)
 	sup_add_child(s, ROLE_API, 0);
 	for (int i = 0; i < cf->mqtt_workers; i++)
 		sup_add_child(s, ROLE_MQTT, i);
+	sup_add_retiring(s);
 	s->tick = event_new(s->base, -1, EV_PERSIST, sup_tick, s);
 	event_add(s->tick, &tv);
 	log_notice("herald %s starting on node %s with %d mqtt workers (pid %d)",

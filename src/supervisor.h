@@ -30,6 +30,7 @@ struct child {
 	struct ctl  *ctl;
 	bool         wanted;          /* should be running */
 	bool         restart_now;     /* stopped on purpose (reload): respawn at once */
+	bool         retiring;        /* an mqtt slot over [workers] mqtt, ending its sessions */
 	int64_t      spawned_at;      /* mono ms */
 	int64_t      next_spawn;      /* mono ms; 0 = now */
 	int          backoff_ms;

@@ -18,6 +18,9 @@
 
 /* Exit code of a worker that must not be restarted (bad configuration). */
 #define WORKER_EXIT_FATAL 2
+/* An mqtt slot over [workers] mqtt ended its broker sessions and emptied its
+ * outbox: not restarted. */
+#define WORKER_EXIT_RETIRED 3
 
 struct fabric;
 struct ctl;

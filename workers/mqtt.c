@@ -58,6 +58,9 @@
 #define MQTT_ORIGIN_NONE       0xffffffffu   /* QoS 0: no PUBACK, never redelivered */
 
 #define MQTT_RECENT            16384    /* a power of 2, well under 65536 */
+#define MQTT_FILTER_MAX        160      /* "$share/<group>/device/+/<kind>" */
+#define MQTT_SESS_FILTERS      8        /* filters a recorded session may hold */
+#define MQTT_SESS_MAX          256      /* sessions in a slot's record (64 connections, twice over) */
 
 /*
  * Redeliveries.  When a connection or the worker dies, the broker keeps the
@@ -143,13 +146,31 @@ struct mconn {
 	struct recent_ring *recent;     /* in <slot>.recent (or memory) */
 	uint64_t          since_connack;
 	bool              candidates;   /* it may have entries in the redelivery table */
+	/*
+	 * Broker sessions (see "broker sessions" below).  `old` holds the
+	 * filters the record says the session may hold and the configuration
+	 * no longer wants: unsubscribed at the CONNACK.  A retiring connection
+	 * (a client id the configuration no longer uses) takes what its session
+	 * had queued, then ends the session.
+	 */
+	int               nold;
+	char              old[MQTT_SESS_FILTERS][MQTT_FILTER_MAX];
+	int               old_mid;      /* the UNSUBSCRIBE of `old` in flight; 0: none */
+	bool              retiring;
+	bool              barrier_clear; /* the last barrier came back with no message before it */
+	bool              ending;       /* DISCONNECT with session expiry 0 queued */
+	bool              retired;      /* its session ended: never connects again */
+	uint64_t          rx_since_barrier;
 };
 
 struct mqttw {
 	struct worker    *w;
 	struct outbox    *ob;
 	struct mconn     *conns;
-	int               nconns;
+	int               nconns;           /* the configured ones first, then the retiring */
+	int               ncurrent;         /* the configured ones: device traffic, publishes */
+	bool              retire_slot;      /* the slot is over [workers] mqtt: it drains and ends */
+	char              sess_path[600];   /* <slot>.sessions */
 	int               rr;
 	struct event     *flush_ev, *tick_ev, *resend_ev, *stop_ev;
 	struct event     *sync_ev;          /* the batch window's msync */
@@ -180,6 +201,8 @@ struct mqttw {
 };
 
 static void mqtt_schedule_flush(struct mqttw *mw);
+static void mqtt_retire_steps(struct mqttw *mw);
+static void mqtt_retire_check(struct mqttw *mw);
 static void conn_start(struct mconn *c);
 static void conn_down(struct mconn *c, int rc);
 
@@ -712,6 +735,7 @@ mqtt_flush_ex(struct mqttw *mw, bool force)
 			conn_write(c);
 		}
 	}
+	mqtt_retire_steps(mw);
 }
 
 static void
@@ -855,6 +879,7 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 	int kind = mqtt_topic_kind(msg->topic);
 
 	worker_count(mw->w, STAT_mqtt_received, 1);
+	c->rx_since_barrier++;
 	if (kind == -1)
 		log_ratelimited(LOG_WARNING, "unexpected topic \"%.100s\": passed on for the "
 		    "dead-letter store", msg->topic);
@@ -918,12 +943,345 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 	errno = EAGAIN;
 }
 
+/* ---- broker sessions ---- */
+
+/*
+ * Each connection holds a persistent session at the broker (expiry
+ * MQTT_SESSION_EXPIRY_S), and a session stays a member of its shared
+ * subscriptions while its client is away: Mosquitto 2.0.11 goes on giving
+ * it its turn of the group's messages and queues them.  A session whose
+ * client id the configuration no longer uses (another node_name, fewer
+ * workers or connections) would take its share of every new device
+ * message, and the broker would drop them with the session a day later; a
+ * filter of an earlier share_group would bring every message twice.
+ *
+ * So <slot>.sessions records, for every client id of the slot, the filters
+ * its session may hold; it is written before a connection subscribes.  At
+ * the CONNACK a connection unsubscribes the recorded filters it no longer
+ * wants.  A recorded client id the configuration no longer uses gets a
+ * retiring connection: it resumes the session, unsubscribes its filters (no
+ * new message is routed to it), takes what the session had queued like any
+ * device message, and ends the session (DISCONNECT with session expiry 0)
+ * once a barrier finds the queue empty.  A slot over [workers] mqtt runs
+ * only retiring connections and exits WORKER_EXIT_RETIRED once they are
+ * done and its outbox is empty.
+ *
+ * The barrier is an UNSUBSCRIBE sent once every PUBACK of the connection is
+ * written.  The broker handles a client's packets in order, and a PUBACK
+ * puts the next queued message in flight and writes it at once
+ * (db__message_delete_outgoing() in 2.0.11's src/database.c): an UNSUBACK
+ * that no PUBLISH preceded means that nothing was queued or in flight
+ * when the broker read the UNSUBSCRIBE.
+ */
+
+struct sess_rec {
+	char id[192];
+	int  nf;
+	char f[MQTT_SESS_FILTERS][MQTT_FILTER_MAX];
+};
+
+static void
+mqtt_filter(const struct mqttw *mw, int kind, char *buf, size_t len)
+{
+	snprintf(buf, len, "$share/%s/device/+/%s", mw->group, mqtt_kinds[kind]);
+}
+
+/* The filters a configured connection subscribes to; their number. */
+static int
+conn_filters(const struct mconn *c, char f[NKINDS][MQTT_FILTER_MAX])
+{
+	int n = 0;
+
+	for (int k = c->status ? 0 : 1; k < NKINDS; k++)
+		mqtt_filter(c->mw, k, f[n++], MQTT_FILTER_MAX);
+	return n;
+}
+
+/* The recorded session of a client id, or NULL. */
+static const struct sess_rec *
+sess_find(const struct sess_rec *recs, int nrec, const char *id)
+{
+	for (int r = 0; r < nrec; r++)
+		if (strcmp(recs[r].id, id) == 0)
+			return &recs[r];
+	return NULL;
+}
+
+/* Read <slot>.sessions: the number of sessions, 0 when there is no record. */
+static int
+sess_load(const char *path, struct sess_rec *recs, int max)
+{
+	FILE *f = fopen(path, "re");
+	char line[2048], *save, *tok;
+	int n = 0;
+
+	if (f == NULL) {
+		if (errno != ENOENT)
+			log_warn("%s: %s; broker sessions of an earlier configuration "
+			    "are not ended", path, strerror(errno));
+		return 0;
+	}
+	while (n < max && fgets(line, sizeof(line), f) != NULL) {
+		struct sess_rec *r = &recs[n];
+
+		line[strcspn(line, "\n")] = '\0';
+		if ((tok = strtok_r(line, " ", &save)) == NULL || tok[0] == '#' ||
+		    strlen(tok) >= sizeof(r->id))
+			continue;
+		strlcpy_h(r->id, tok, sizeof(r->id));
+		if (sess_find(recs, n, r->id) != NULL)
+			continue;
+		r->nf = 0;
+		while ((tok = strtok_r(NULL, " ", &save)) != NULL && r->nf < MQTT_SESS_FILTERS)
+			if (strlen(tok) < MQTT_FILTER_MAX)
+				strlcpy_h(r->f[r->nf++], tok, MQTT_FILTER_MAX);
+		n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/*
+ * Write <slot>.sessions anew (a temporary file, synced, renamed): every
+ * connection whose session has not ended, with the filters it may hold.
+ */
+static int
+mqtt_sessions_save(struct mqttw *mw)
+{
+	char tmp[sizeof(mw->sess_path) + 8], f[NKINDS][MQTT_FILTER_MAX], *slash;
+	FILE *fp;
+	int fd;
+
+	snprintf(tmp, sizeof(tmp), "%s.tmp", mw->sess_path);
+	if ((fp = fopen(tmp, "we")) == NULL)
+		goto fail;
+	fprintf(fp, "# herald: the broker sessions of mqtt slot %d, each with the "
+	    "filters it may hold\n", mw->w->slot);
+	for (int i = 0; i < mw->nconns; i++) {
+		const struct mconn *c = &mw->conns[i];
+		int n = c->retiring ? 0 : conn_filters(c, f);
+
+		if (c->retired)
+			continue;
+		fputs(c->id, fp);
+		for (int k = 0; k < n; k++)
+			fprintf(fp, " %s", f[k]);
+		for (int k = 0; k < c->nold; k++)
+			fprintf(fp, " %s", c->old[k]);
+		fputc('\n', fp);
+	}
+	if (fflush(fp) != 0 || fsync(fileno(fp)) == -1) {
+		fclose(fp);
+		goto fail;
+	}
+	if (fclose(fp) != 0 || rename(tmp, mw->sess_path) == -1)
+		goto fail;
+	/* The rename itself outlives a power cut once the directory is synced. */
+	strlcpy_h(tmp, mw->sess_path, sizeof(tmp));
+	if ((slash = strrchr(tmp, '/')) != NULL)
+		*slash = '\0';
+	if ((fd = open(tmp, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) != -1) {
+		fsync(fd);
+		close(fd);
+	}
+	return 0;
+fail:
+	log_err("%s: %s; a broker session the configuration drops may not be ended",
+	    mw->sess_path, strerror(errno));
+	snprintf(tmp, sizeof(tmp), "%s.tmp", mw->sess_path);
+	unlink(tmp);
+	return -1;
+}
+
+/*
+ * Read the slot's record of sessions into *recsp (the caller frees it):
+ * their number.  A retiring slot with no record ends the sessions its
+ * configuration names.
+ */
+static int
+mqtt_sessions_load(struct mqttw *mw, const struct config *cf, struct sess_rec **recsp)
+{
+	struct sess_rec *recs = calloc(MQTT_SESS_MAX, sizeof(*recs));
+	int nrec;
+
+	if ((*recsp = recs) == NULL)
+		return -1;
+	nrec = sess_load(mw->sess_path, recs, MQTT_SESS_MAX);
+	if (nrec == 0 && mw->retire_slot)
+		for (int i = 0; i < cf->connections_per_worker && nrec < MQTT_SESS_MAX; i++)
+			snprintf(recs[nrec++].id, sizeof(recs[0].id), "%s-mqtt-%d-%d",
+			    cf->node_name, mw->w->slot, i);
+	return nrec;
+}
+
+/*
+ * The configured connections (conns[0..ncurrent), ids set) learn which
+ * recorded filters they must drop; every other recorded client id becomes
+ * a retiring connection (conns[ncurrent..nconns), room made by the
+ * caller).  The record is written anew before any connection subscribes.
+ */
+static int
+mqtt_sessions_apply(struct mqttw *mw, const struct sess_rec *recs, int nrec)
+{
+	char f[NKINDS][MQTT_FILTER_MAX];
+	int next = mw->ncurrent;
+
+	for (int i = 0; i < mw->ncurrent; i++) {
+		struct mconn *c = &mw->conns[i];
+		const struct sess_rec *r = sess_find(recs, nrec, c->id);
+		int n = conn_filters(c, f);
+
+		for (int k = 0; r != NULL && k < r->nf; k++) {
+			bool wanted = false;
+
+			for (int j = 0; j < n; j++)
+				wanted |= strcmp(r->f[k], f[j]) == 0;
+			if (!wanted && c->nold < MQTT_SESS_FILTERS)
+				strlcpy_h(c->old[c->nold++], r->f[k], MQTT_FILTER_MAX);
+		}
+	}
+	for (int r = 0; r < nrec && next < mw->nconns; r++) {
+		struct mconn *c;
+		bool current = false;
+
+		for (int i = 0; i < mw->ncurrent; i++)
+			current |= strcmp(mw->conns[i].id, recs[r].id) == 0;
+		if (current)
+			continue;
+		c = &mw->conns[next++];
+		c->retiring = true;
+		strlcpy_h(c->id, recs[r].id, sizeof(c->id));
+		for (int k = 0; k < recs[r].nf; k++)
+			strlcpy_h(c->old[c->nold++], recs[r].f[k], MQTT_FILTER_MAX);
+		if (c->nold == 0)
+			/* Not recorded: whatever this configuration subscribes to. */
+			for (int k = 0; k < NKINDS; k++)
+				mqtt_filter(mw, k, c->old[c->nold++], MQTT_FILTER_MAX);
+		log_notice("%s: a broker session this configuration does not use: "
+		    "taking what it holds, then ending it", c->id);
+	}
+	return mw->nconns > 0 ? mqtt_sessions_save(mw) : 0;
+}
+
+/* UNSUBSCRIBE the connection's old filters; the mid, or 0 on failure. */
+static int
+conn_unsubscribe_old(struct mconn *c)
+{
+	char *sp[MQTT_SESS_FILTERS];
+	int mid = 0, rc;
+
+	for (int k = 0; k < c->nold; k++)
+		sp[k] = c->old[k];
+	rc = mosquitto_unsubscribe_multiple(c->m, &mid, c->nold, sp, NULL);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		log_err("%s: unsubscribe: %s", c->id, mosquitto_strerror(rc));
+		return 0;
+	}
+	return mid;
+}
+
+/* Every packet of the connection, PUBACKs included, is on the wire. */
+static bool
+conn_all_written(const struct mconn *c)
+{
+	return !mosquitto_want_write(c->m) &&
+	    (!c->buffered || (mosq_io_held(c->sock) == 0 && mosq_io_unsent(c->sock) == 0));
+}
+
+/*
+ * A retiring connection's next step: a barrier once its PUBACKs are out,
+ * and the end of the session once a barrier came back clear.
+ */
+static void
+conn_retire_step(struct mconn *c)
+{
+	mosquitto_property *props = NULL;
+	int rc;
+
+	if (!c->retiring || c->retired || c->ending || !c->connected || c->sock == -1 ||
+	    c->old_mid != 0 || c->mw->stopping || !conn_all_written(c))
+		return;
+	if (!c->barrier_clear) {
+		c->rx_since_barrier = 0;
+		c->old_mid = conn_unsubscribe_old(c);
+		mqtt_schedule_flush(c->mw);
+		return;
+	}
+	if (mosquitto_property_add_int32(&props, MQTT_PROP_SESSION_EXPIRY_INTERVAL, 0) !=
+	    MOSQ_ERR_SUCCESS)
+		return;
+	rc = mosquitto_disconnect_v5(c->m, 0, props);
+	mosquitto_property_free_all(&props);
+	if (rc != MOSQ_ERR_SUCCESS) {
+		log_err("%s: disconnect: %s", c->id, mosquitto_strerror(rc));
+		return;
+	}
+	c->ending = true;
+	log_info("%s: its session holds nothing more: ending it", c->id);
+	mqtt_schedule_flush(c->mw);     /* may run in a callback: never writes itself */
+}
+
+static void
+mqtt_retire_steps(struct mqttw *mw)
+{
+	for (int i = mw->ncurrent; i < mw->nconns; i++)
+		conn_retire_step(&mw->conns[i]);
+}
+
+/*
+ * A retiring slot is done when every session ended and the spool took
+ * every record of its outbox: its files go, and the supervisor does not
+ * start it again.
+ */
+static void
+mqtt_retire_check(struct mqttw *mw)
+{
+	char path[600];
+	static const char *const files[] = { "ring", "recent", "sessions" };
+
+	if (!mw->retire_slot || mw->stopping)
+		return;
+	for (int i = 0; i < mw->nconns; i++)
+		if (!mw->conns[i].retired)
+			return;
+	if (outbox_depth(mw->ob) > 0 || mw->unsent_from < outbox_next_seq(mw->ob))
+		return;
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		snprintf(path, sizeof(path), "%s/outbox/%d.%s", mw->w->cf->state_dir,
+		    mw->w->slot, files[i]);
+		if (unlink(path) == -1 && errno != ENOENT)
+			log_warn("%s: %s", path, strerror(errno));
+	}
+	log_notice("slot %d retired: its broker sessions ended and the spool took "
+	    "everything its outbox held", mw->w->slot);
+	mw->stopping = true;
+	worker_exit(mw->w, WORKER_EXIT_RETIRED);
+}
+
+static void
+on_unsubscribe(struct mosquitto *m, void *arg, int mid)
+{
+	struct mconn *c = arg;
+
+	if (mid == 0 || mid != c->old_mid)
+		return;
+	c->old_mid = 0;
+	if (c->retiring) {
+		c->barrier_clear = c->rx_since_barrier == 0;
+		conn_retire_step(c);
+		return;
+	}
+	log_info("%s: dropped the subscriptions of an earlier configuration", c->id);
+	c->nold = 0;
+	mqtt_sessions_save(c->mw);
+}
+
 static void
 on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 {
 	struct mconn *c = arg;
 	struct mqttw *mw = c->mw;
-	char subs[NKINDS][160], *sp[NKINDS];
+	char subs[NKINDS][MQTT_FILTER_MAX], *sp[NKINDS];
 	int src, first = c->status ? 0 : 1;
 
 	if (rc != 0) {
@@ -942,8 +1300,19 @@ on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 	}
 	worker_count(mw->w, STAT_mqtt_connects, 1);
 	log_info("%s connected to %s:%d", c->id, mw->host, mw->port);
+	c->old_mid = 0;
+	if (c->retiring) {
+		/* Its first barrier: what the session queued comes before the UNSUBACK. */
+		c->barrier_clear = false;
+		conn_retire_step(c);
+		conn_update_read(c);
+		mqtt_schedule_flush(mw);
+		return;
+	}
+	if (c->nold > 0)
+		c->old_mid = conn_unsubscribe_old(c);
 	for (int i = 0; i < NKINDS; i++) {
-		snprintf(subs[i], sizeof(subs[i]), "$share/%s/device/+/%s", mw->group, mqtt_kinds[i]);
+		mqtt_filter(mw, i, subs[i], sizeof(subs[i]));
 		sp[i] = subs[i];
 	}
 	/*
@@ -1105,6 +1474,19 @@ conn_down(struct mconn *c, int rc)
 		c->subscribed = false;
 		mqtt_gauge_subscribed(mw);
 	}
+	if (c->ending) {
+		c->ending = false;
+		c->connected = false;
+		conn_fail_pubs(c);
+		if (rc == MOSQ_ERR_SUCCESS) {
+			/* Our DISCONNECT left: the broker drops the session. */
+			c->retired = true;
+			log_notice("%s: broker session ended", c->id);
+			mqtt_sessions_save(mw);
+			return;
+		}
+		/* Not known to have left: resume the session and try again. */
+	}
 	if (c->connected) {
 		c->connected = false;
 		worker_count(mw->w, STAT_mqtt_disconnects, 1);
@@ -1160,6 +1542,7 @@ conn_start(struct mconn *c)
 	mosquitto_disconnect_callback_set(c->m, on_disconnect);
 	mosquitto_message_callback_set(c->m, on_message);
 	mosquitto_subscribe_callback_set(c->m, on_subscribe);
+	mosquitto_unsubscribe_callback_set(c->m, on_unsubscribe);
 	mosquitto_publish_v5_callback_set(c->m, on_publish);
 	/* libmosquitto formats a line per packet when it has a log callback. */
 	if (log_get_level() >= LOG_DEBUG)
@@ -1246,6 +1629,8 @@ mqtt_tick(evutil_socket_t fd, short what, void *arg)
 		}
 	}
 	mqtt_check_room(mw);
+	mqtt_retire_steps(mw);
+	mqtt_retire_check(mw);
 	mqtt_schedule_flush(mw);
 }
 
@@ -1276,12 +1661,12 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 		mqtt_published(mw, p->ref, false);
 		return;
 	}
-	for (int i = 0; i < mw->nconns; i++) {
-		struct mconn *t = &mw->conns[(mw->rr + i) % mw->nconns];
+	for (int i = 0; i < mw->ncurrent; i++) {
+		struct mconn *t = &mw->conns[(mw->rr + i) % mw->ncurrent];
 
 		if (t->connected && t->sock != -1) {
 			c = t;
-			mw->rr = (t->idx + 1) % mw->nconns;
+			mw->rr = (t->idx + 1) % mw->ncurrent;
 			break;
 		}
 	}
@@ -1341,6 +1726,7 @@ mqtt_acks(struct mqttw *mw)
 			n++;
 	worker_count(mw->w, STAT_outbox_acked, n);
 	mqtt_check_room(mw);
+	mqtt_retire_check(mw);
 }
 
 static void
@@ -1438,10 +1824,12 @@ mqtt_admin(struct worker *w, int argc, char **argv)
 		return NULL;
 	conns = json_array();
 	for (int i = 0; i < mw->nconns; i++)
-		json_array_append_new(conns, json_pack("{s:s,s:b}", "client_id",
-		    mw->conns[i].id, "connected", mw->conns[i].connected));
-	return json_pack("{s:i,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:o}",
+		json_array_append_new(conns, json_pack("{s:s,s:b,s:b}", "client_id",
+		    mw->conns[i].id, "connected", mw->conns[i].connected,
+		    "retiring", mw->conns[i].retiring && !mw->conns[i].retired));
+	return json_pack("{s:i,s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:b,s:b,s:o}",
 	    "slot", w->slot,
+	    "retiring", mw->retire_slot,
 	    "epoch", (json_int_t)outbox_epoch(mw->ob),
 	    "depth", (json_int_t)outbox_depth(mw->ob),
 	    "bytes", (json_int_t)outbox_bytes(mw->ob),
@@ -1462,6 +1850,8 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	struct config *cf = w->cf;
 	char path[600], err[512];
 	const char *die;
+	struct sess_rec *recs = NULL;
+	int nrec;
 
 	mw->w = w;
 	strlcpy_h(mw->host, cf->mqtt_host, sizeof(mw->host));
@@ -1472,7 +1862,9 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	mw->keepalive = cf->keepalive < 5 ? 5 : cf->keepalive;
 	mw->fsync = cf->spool_fsync;
 	mw->node_hash = hash32(cf->node_name, strlen(cf->node_name));
-	mw->nconns = cf->connections_per_worker < 1 ? 1 : cf->connections_per_worker;
+	mw->retire_slot = w->slot >= cf->mqtt_workers;
+	mw->ncurrent = mw->retire_slot ? 0 :
+	    cf->connections_per_worker < 1 ? 1 : cf->connections_per_worker;
 
 	snprintf(path, sizeof(path), "%s/outbox/%d.ring", cf->state_dir, w->slot);
 	mw->ob = outbox_open(path, cf->outbox_bytes, err, sizeof(err));
@@ -1516,10 +1908,27 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	mw->resend_ev = evtimer_new(w->base, mqtt_resend_tick, mw);
 	mw->stop_ev = evtimer_new(w->base, mqtt_stop_step, mw);
 	mw->sync_ev = evtimer_new(w->base, mqtt_sync_cb, mw);
-	mw->conns = calloc((size_t)mw->nconns, sizeof(*mw->conns));
+	/* The configured connections, then one for each recorded session of
+	 * a client id they do not use (see "broker sessions"). */
+	snprintf(mw->sess_path, sizeof(mw->sess_path), "%s/outbox/%d.sessions", cf->state_dir,
+	    w->slot);
+	nrec = mqtt_sessions_load(mw, cf, &recs);
+	mw->nconns = mw->ncurrent;
+	for (int r = 0; r < nrec; r++) {
+		char id[sizeof(mw->conns[0].id)];
+		bool current = false;
+
+		for (int i = 0; i < mw->ncurrent; i++) {
+			snprintf(id, sizeof(id), "%s-mqtt-%d-%d", cf->node_name, w->slot, i);
+			current |= strcmp(id, recs[r].id) == 0;
+		}
+		mw->nconns += !current;
+	}
+	mw->conns = calloc((size_t)mw->nconns + 1, sizeof(*mw->conns));
 	if (mw->flush_ev == NULL || mw->tick_ev == NULL || mw->resend_ev == NULL ||
-	    mw->stop_ev == NULL || mw->sync_ev == NULL || mw->conns == NULL) {
+	    mw->stop_ev == NULL || mw->sync_ev == NULL || mw->conns == NULL || nrec < 0) {
 		log_err("out of memory");
+		free(recs);
 		return -1;
 	}
 	for (int i = 0; i < mw->nconns; i++) {
@@ -1529,13 +1938,18 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 		c->idx = i;
 		c->sock = -1;
 		/* Stable across restarts: the broker keeps each one's session. */
-		snprintf(c->id, sizeof(c->id), "%s-mqtt-%d-%d", cf->node_name, w->slot, i);
-		c->status = w->slot == 0 && i == 0;
+		if (i < mw->ncurrent)
+			snprintf(c->id, sizeof(c->id), "%s-mqtt-%d-%d", cf->node_name, w->slot, i);
+		c->status = w->slot == 0 && i == 0 && !mw->retire_slot;
 		c->retry = evtimer_new(w->base, conn_retry_cb, c);
 		c->again = evtimer_new(w->base, conn_read_cb, c);
-		if (c->retry == NULL || c->again == NULL)
+		if (c->retry == NULL || c->again == NULL) {
+			free(recs);
 			return -1;
+		}
 	}
+	mqtt_sessions_apply(mw, recs, nrec);
+	free(recs);
 	snprintf(path, sizeof(path), "%s/outbox/%d.recent", cf->state_dir, w->slot);
 	mqtt_recent_open(mw, path);
 	if (mw->recent_map == NULL) {

@@ -143,6 +143,7 @@ struct mconn {
 	int64_t           backoff_ms;
 	int64_t           last_read_ms;
 	struct mpub      *pubs[MQTT_PUB_BUCKETS];
+	int               npubs;        /* publishes waiting for the broker's PUBACK */
 	struct recent_ring *recent;     /* in <slot>.recent (or memory) */
 	uint64_t          since_connack;
 	bool              candidates;   /* it may have entries in the redelivery table */
@@ -227,13 +228,27 @@ mqtt_may_read(const struct mqttw *mw)
 	return !mw->paused_spool && !mw->paused_full && !mw->stopping;
 }
 
+/*
+ * A connection with publishes in flight reads while the spool holds
+ * reading back: their PUBACKs (the backend's answer to an event or a
+ * request waits for one) are behind whatever device messages the broker
+ * has in flight, and those go to the outbox, which has room (a full
+ * outbox stops every read).
+ */
+static bool
+conn_may_read(const struct mconn *c)
+{
+	return mqtt_may_read(c->mw) ||
+	    (c->npubs > 0 && !c->mw->paused_full && !c->mw->stopping);
+}
+
 /* Add or remove the read interest of a connection.  Before its CONNACK a
  * connection reads even while paused: the broker holds device messages
  * behind the CONNACK anyway, and the loop stops after it. */
 static void
 conn_update_read(struct mconn *c)
 {
-	bool want = c->sock != -1 && !c->mw->stopping && (mqtt_may_read(c->mw) || !c->connected);
+	bool want = c->sock != -1 && !c->mw->stopping && (conn_may_read(c) || !c->connected);
 
 	if (want && !c->reading) {
 		event_add(c->rev, NULL);
@@ -788,7 +803,7 @@ conn_read(struct mconn *c, int budget, bool force)
 
 		if (c->sock == -1 || mw->stopping)
 			break;
-		if (!force && !mqtt_may_read(mw) && c->connected)
+		if (!force && !conn_may_read(c) && c->connected)
 			break;
 		/* Room for the largest message first: one that on_message gets
 		 * must never be refused (its PUBACK is already queued).  Before
@@ -808,7 +823,7 @@ conn_read(struct mconn *c, int budget, bool force)
 		if (!conn_pending(c))
 			break;
 	}
-	if (mqtt_may_read(mw))
+	if (conn_may_read(c))
 		conn_read_again(c);
 	mqtt_schedule_flush(mw);
 }
@@ -1393,6 +1408,8 @@ on_publish(struct mosquitto *m, void *arg, int mid, int reason, const mosquitto_
 	if (p == NULL)
 		return;     /* failed already when its connection dropped */
 	*pp = p->next;
+	if (--c->npubs == 0)
+		conn_update_read(c);
 	if (ok)
 		worker_count(c->mw->w, STAT_mqtt_published, 1);
 	else
@@ -1426,6 +1443,7 @@ conn_fail_pubs(struct mconn *c)
 			mqtt_published(c->mw, p->ref, false);
 			free(p);
 		}
+	c->npubs = 0;
 }
 
 static void
@@ -1693,6 +1711,7 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 		*pp = n->next;
 		mqtt_published(mw, n->ref, false);
 		free(n);
+		c->npubs--;
 	}
 	n = malloc(sizeof(*n));
 	if (n == NULL) {
@@ -1704,6 +1723,8 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 	n->ref = p->ref;
 	n->next = c->pubs[(uint16_t)mid % MQTT_PUB_BUCKETS];
 	c->pubs[(uint16_t)mid % MQTT_PUB_BUCKETS] = n;
+	if (++c->npubs == 1)
+		conn_update_read(c);
 	if (!c->buffered)
 		mw->urgent = true;      /* its write waits for a sync: make it now */
 	else if (mw->sync_failing)

@@ -3,10 +3,12 @@ holds the messages (its $SYS dropped counter stays 0), and after recovery the
 backend has every message.  While its outbox is full, an mqtt worker whose
 broker connection drops (it reads nothing, so its keepalive fails) and comes
 back does not spin on the unread CONNACK."""
+import json
 import os
 import threading
 import time
 import paho.mqtt.client as mqtt
+from apilib import api
 from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_delivery,
                         distinct_delivered, main, wait_for)
 
@@ -89,5 +91,41 @@ def test_full_outbox_reconnect_does_not_spin():
     assert h.worker("mqtt")["pid"] == mqtt_pid
 
 
+def test_event_while_reading_is_paused():
+    """While the spool holds reading back, an event still gets the broker's
+    PUBACK: the backend hears 202 for an event the device got, not a 503
+    (its PUBACK waited behind the paused reads, and the router gave up)."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend()
+    backend.refuse()
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"workers": {"mqtt": 1}, "spool": {"max_bytes": "1M"}}).wait_ready()
+    got, subscribed = [], threading.Event()
+    dev = mqtt.Client(client_id="ev-dev")
+    dev.on_message = lambda c, u, m: got.append(json.loads(m.payload))
+    dev.on_subscribe = lambda c, u, mid, q: subscribed.set()
+    dev.connect("127.0.0.1", broker.port)
+    dev.subscribe("device/ev-dev/command", 1)
+    dev.loop_start()
+    assert subscribed.wait(10), "the device's SUBACK"
+    pub = Publisher(broker.port, ["q-%d" % i for i in range(10)], kinds=("telemetry",),
+                    count=300, pad=1000).run()
+    wait_for(lambda: h.ctl("spool")["paused"], 30, 0.1, "herald to pause reading")
+    for i in range(3):
+        status, doc, _ = api(h, "POST", "/v1/devices/ev-dev/events",
+                             {"type": "ping", "params": {"i": i}})
+        assert status == 202, (i, status, doc)
+        wait_for(lambda: any(e.get("eventId") == doc["eventId"] for e in got), 10, 0.05,
+                 "event %d at the device" % i)
+    assert h.ctl("spool")["paused"], "reading resumed: the test proved nothing"
+    dev.loop_stop()
+    backend.accept_again()
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 90, 0.2, "all delivered")
+    check_delivery(backend.delivered(), pub)
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_quota_pauses_reading, test_full_outbox_reconnect_does_not_spin)
+    main(test_quota_pauses_reading, test_full_outbox_reconnect_does_not_spin,
+         test_event_while_reading_is_paused)

@@ -39,7 +39,7 @@
 #define HTTP_SENT_WAYS          4           /* slots per set; a new id evicts the set's oldest */
 #define HTTP_SENT_SETS          (HTTP_SENT_SLOTS / HTTP_SENT_WAYS)
 #define HTTP_SENT_ID_MAX        31
-#define HTTP_DRAIN_MS           2000    /* in-flight POSTs may finish at stop */
+#define HTTP_STOP_MARGIN_MS     1000    /* of stop_timeout_ms, left for commit and exit */
 #define HTTP_TICK_MS            1000
 #define HTTP_PAUSE_RESEND_MS    10000   /* a restarted router must learn it */
 #define HTTP_LIST_MAX           10000   /* dead-letter entries in one admin answer */
@@ -1009,12 +1009,18 @@ http_lane_retry(struct lane *l, CURLcode res, long status)
 	if (l->attempt < 64)
 		l->attempt++;
 	http_lane_why(l, res, status, why, sizeof(why));
-	log_ratelimited(LOG_WARNING, "%s; lane %d retries in %lld ms", why, l->idx,
-	    (long long)delay);
 	l->state = LANE_BACKOFF;
 	l->next_retry_ms = mono_ms() + delay;
-	http_after(l->timer, delay);
 	http_gauge_retrying(h);
+	if (h->stopping) {
+		/* No retry in this life: the spool keeps the envelopes. */
+		log_ratelimited(LOG_WARNING, "%s; lane %d's %zu envelope(s) are posted "
+		    "again after the restart", why, l->idx, l->inflight);
+		return;
+	}
+	log_ratelimited(LOG_WARNING, "%s; lane %d retries in %lld ms", why, l->idx,
+	    (long long)delay);
+	http_after(l->timer, delay);
 }
 
 static void
@@ -1851,10 +1857,38 @@ http_drain_timeout(evutil_socket_t fd, short what, void *arg)
 	http_finish(arg);
 }
 
+/*
+ * How long POSTs in flight may take at a stop: the supervisor's
+ * [workers] stop_timeout_ms, less HTTP_STOP_MARGIN_MS (a quarter of a
+ * shorter timeout) for the last commit, the spool's close and the exit, so
+ * that it never has to send SIGKILL.  Its SIGTERM at half the timeout
+ * changes nothing here: the stop is already under way.
+ */
+static int
+http_drain_ms(const struct config *cf)
+{
+	int margin = cf->stop_timeout_ms / 4;
+
+	if (margin > HTTP_STOP_MARGIN_MS)
+		margin = HTTP_STOP_MARGIN_MS;
+	return cf->stop_timeout_ms - margin;
+}
+
+/*
+ * Drain: no new POST (lane_kick and the lane timers check `stopping`),
+ * lanes waiting to retry stop waiting (their envelopes stay in the spool),
+ * and the POSTs in flight get their answers recorded as usual: 2xx
+ * deletes, a permanent 4xx moves to the dead-letter store, anything else
+ * keeps the envelopes.  The last answer, or the deadline, ends it with a
+ * commit (http_finish); what is still unanswered then is posted again
+ * after the restart, under the same id.  Envelopes that come meanwhile
+ * are spooled and acknowledged as ever.
+ */
 static void
 http_stop(struct worker *w)
 {
 	struct http *h = w->arg;
+	int ms;
 
 	h->stopping = true;
 	for (int i = 0; i < h->nlanes; i++) {
@@ -1869,8 +1903,9 @@ http_stop(struct worker *w)
 		http_finish(h);
 		return;
 	}
-	log_info("stopping: waiting up to %d ms for %d POST(s)", HTTP_DRAIN_MS, h->sending);
-	http_after(h->drain_ev, HTTP_DRAIN_MS);
+	ms = http_drain_ms(w->cf);
+	log_info("stopping: waiting up to %d ms for %d POST(s) in flight", ms, h->sending);
+	http_after(h->drain_ev, ms);
 }
 
 static void

@@ -103,9 +103,9 @@ def test_stop_waits_for_the_post_in_flight():
 def test_stop_does_not_wait_past_the_stop_timeout():
     tmp, broker, backend, slow, conf, h = start_with_a_post(STOP_TIMEOUT + 10)
     took = sigterm(h)
-    # It waited for the answer most of the stop timeout, and left the
-    # supervisor time to spare.
-    assert STOP_TIMEOUT * 0.6 <= took < STOP_TIMEOUT, "stopped in %.2f s" % took
+    # It waited for the answer most of the stop timeout, and exited before
+    # the supervisor had to kill it (sigterm() checks the log for that).
+    assert took >= STOP_TIMEOUT * 0.6, "stopped in %.2f s" % took
     assert "1 POST(s) unanswered" in h.log_text(), h.log_text()
     print("# stopped in %.2f s, the POST unanswered" % took)
     slow.release.set()          # the backend takes it now; herald is gone
@@ -143,7 +143,8 @@ def test_lane_in_backoff_does_not_hold_the_stop():
         0, 503, {"Retry-After": "60"})
     wait_for(lambda: h.ctl("spool")["retrying"] == 1, 10, 0.05, "the lane waiting to retry")
     took = sigterm(h)
-    assert took < 1.5, "stopped in %.2f s" % took
+    # Not the drain's wait (STOP_TIMEOUT - 1 s) for a POST that will not come.
+    assert took < STOP_TIMEOUT * 0.6, "stopped in %.2f s" % took
     with backend.lock:
         env_id = json.loads(backend.posts[0][2])["id"]
 

@@ -6,6 +6,8 @@
  * keyed with a secret of the process (SipHash): a device cannot choose keys
  * that pile up in a few slots.
  */
+#include <errno.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -600,5 +602,64 @@ jc_minify(const char *p, size_t len, char *out)
 		n += e - i;
 		i = e;
 	}
+	return n;
+}
+
+/* Does the number token p[0..n) fit jansson: an integer within int64, a
+ * real within a double's range (jansson refuses the others)? */
+static bool
+jv_number_fits(const char *p, size_t n)
+{
+	char small[64], *t = n < sizeof(small) ? small : malloc(n + 1);
+	bool real = false, fits;
+	double d;
+
+	if (t == NULL)
+		return false;
+	memcpy(t, p, n);
+	t[n] = '\0';
+	for (size_t i = 0; i < n; i++)
+		if (p[i] == '.' || p[i] == 'e' || p[i] == 'E')
+			real = true;
+	errno = 0;
+	if (real) {
+		d = strtod(t, NULL);
+		fits = !((d == HUGE_VAL || d == -HUGE_VAL) && errno == ERANGE);
+	} else {
+		(void)strtoll(t, NULL, 10);
+		fits = errno != ERANGE;
+	}
+	if (t != small)
+		free(t);
+	return fits;
+}
+
+size_t
+jc_tame(const char *p, size_t len, char *out, size_t *ntamed)
+{
+	size_t i = 0, n = 0, e, tamed = 0;
+
+	while (i < len) {
+		if (p[i] == '"')
+			e = jv_string(p, len, i);
+		else if (p[i] == '-' || (p[i] >= '0' && p[i] <= '9')) {
+			for (e = i + 1; e < len && p[e] != '\0' && strchr("0123456789+-.eE", p[e]) != NULL; e++)
+				;
+			if (!jv_number_fits(p + i, e - i)) {
+				/* "null" is never longer: such a number has 5 bytes at least */
+				memcpy(out + n, "null", 4);
+				n += 4;
+				tamed++;
+				i = e;
+				continue;
+			}
+		} else
+			e = i + 1;
+		memcpy(out + n, p + i, e - i);
+		n += e - i;
+		i = e;
+	}
+	if (ntamed != NULL)
+		*ntamed = tamed;
 	return n;
 }

@@ -68,5 +68,11 @@ int  jc_member(const char *p, size_t len, size_t *pos, struct jc_span *key, stru
 /* Valid JSON p[0..len) into out (room for len bytes) without the whitespace
  * between tokens; every token is copied as written.  Its length. */
 size_t jc_minify(const char *p, size_t len, char *out);
+/* Valid JSON p[0..len) into out (room for len bytes), each number that
+ * jansson cannot hold (an integer past int64, a real past a double's
+ * range: 18446744073709551615, 1e400) as null, so that json_loadb() reads
+ * it; the rest as written.  Its length; *ntamed (if not NULL): how many
+ * numbers became null. */
+size_t jc_tame(const char *p, size_t len, char *out, size_t *ntamed);
 
 #endif

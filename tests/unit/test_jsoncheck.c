@@ -164,6 +164,30 @@ test_members(void **state)
 	assert_memory_equal(out, "{\"k\":\" a b \"}", 13);
 }
 
+/* Numbers jansson refuses become null, and only those; strings stay. */
+static void
+test_tame(void **state)
+{
+	static const char doc[] = "{\"a\":1e400,\"b\":[18446744073709551615,-9223372036854775808,"
+	    "9223372036854775808,-1e-400,0.1,-2E+308],\"c\":\"1e400\",\"d\":-1.7976931348623157e308}";
+	static const char want[] = "{\"a\":null,\"b\":[null,-9223372036854775808,"
+	    "null,-1e-400,0.1,null],\"c\":\"1e400\",\"d\":-1.7976931348623157e308}";
+	char out[sizeof(doc)];
+	size_t n, tamed;
+	json_t *j;
+
+	n = jc_tame(doc, strlen(doc), out, &tamed);
+	assert_int_equal(n, strlen(want));
+	assert_memory_equal(out, want, n);
+	assert_int_equal(tamed, 4);
+	assert_null(json_loadb(doc, strlen(doc), 0, NULL));
+	assert_non_null(j = json_loadb(out, n, 0, NULL));
+	json_decref(j);
+	n = jc_tame("{\"x\":[1,2.5]}", 13, out, &tamed);
+	assert_int_equal(tamed, 0);
+	assert_memory_equal(out, "{\"x\":[1,2.5]}", 13);
+}
+
 static void
 test_depth(void **state)
 {
@@ -363,6 +387,7 @@ main(void)
 		cmocka_unit_test(test_invalid),
 		cmocka_unit_test(test_type_member),
 		cmocka_unit_test(test_members),
+		cmocka_unit_test(test_tame),
 		cmocka_unit_test(test_depth),
 		cmocka_unit_test(test_max_depth),
 		cmocka_unit_test(test_many_keys),

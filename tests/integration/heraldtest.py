@@ -349,6 +349,25 @@ def cleanup():
 atexit.register(cleanup)
 
 
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
+
+def sanitizer_reports():
+    """What AddressSanitizer, LeakSanitizer or UBSan wrote into the logs of
+    this test's heralds: a worker they stopped is restarted by the
+    supervisor, so the test itself may not notice."""
+    found = []
+    for c in list(_cleanups):
+        owner = getattr(c, "__self__", None)
+        if isinstance(owner, Herald) and os.path.exists(owner.logpath):
+            lines = owner.log_text().splitlines()
+            for i, line in enumerate(lines):
+                if any(m in line for m in SANITIZER_MARKS):
+                    found.append("\n".join(lines[i:i + 30]))
+                    break
+    return found
+
+
 def main(*tests):
     """Run each test function; print one line per test; exit 0/1/77."""
     if not os.access(HERALD, os.X_OK):
@@ -359,6 +378,8 @@ def main(*tests):
         t0 = time.monotonic()
         try:
             t()
+            reports = sanitizer_reports()
+            assert not reports, "sanitizer report in herald's log:\n" + reports[0]
             print("ok - %s (%.1fs)" % (t.__name__, time.monotonic() - t0), flush=True)
         except Skip as e:
             print("skip - %s: %s" % (t.__name__, e), flush=True)

@@ -232,14 +232,16 @@ mqtt_may_read(const struct mqttw *mw)
  * A connection with publishes in flight reads while the spool holds
  * reading back: their PUBACKs (the backend's answer to an event or a
  * request waits for one) are behind whatever device messages the broker
- * has in flight, and those go to the outbox, which has room (a full
- * outbox stops every read).
+ * has in flight.  Those go to the outbox, and their PUBACKs stay held
+ * until reading resumes (mqtt_flush_ex), so the broker sends no more than
+ * our receive maximum: the spool's quota still holds the devices back.
+ * Only a buffered connection can hold its PUBACKs apart.
  */
 static bool
 conn_may_read(const struct mconn *c)
 {
 	return mqtt_may_read(c->mw) ||
-	    (c->npubs > 0 && !c->mw->paused_full && !c->mw->stopping);
+	    (c->npubs > 0 && c->buffered && !c->mw->paused_full && !c->mw->stopping);
 }
 
 /* Add or remove the read interest of a connection.  Before its CONNACK a
@@ -729,7 +731,13 @@ mqtt_flush_ex(struct mqttw *mw, bool force)
 	}
 	mw->urgent = false;
 	mqtt_send_new(mw);
-	/* Synced: the PUBACKs leave (the rest of a buffered connection left above). */
+	/*
+	 * Synced: the PUBACKs leave (the rest of a buffered connection left
+	 * above), except while the spool holds reading back: what a
+	 * connection reads then (a publish's PUBACK and the device messages
+	 * before it, or at a keepalive) keeps its PUBACKs until reading
+	 * resumes, so the broker holds the rest.
+	 */
 	for (int i = 0; i < mw->nconns; i++) {
 		struct mconn *c = &mw->conns[i];
 
@@ -737,6 +745,8 @@ mqtt_flush_ex(struct mqttw *mw, bool force)
 			conn_write(c);
 			continue;
 		}
+		if (mw->paused_spool && !mw->stopping)
+			continue;
 		/* Again while writing held more: PUBACKs that waited in
 		 * libmosquitto's queue behind a packet the socket could not
 		 * take yet, all queued before the sync. */
@@ -1660,6 +1670,8 @@ mqtt_set_paused(struct mqttw *mw, bool paused)
 	mw->paused_spool = paused;
 	log_info("%s device reading (spool backpressure)", paused ? "pausing" : "resuming");
 	mqtt_update_reading(mw);
+	if (!paused)
+		mqtt_schedule_flush(mw);    /* the PUBACKs held meanwhile leave */
 }
 
 /* ---- fabric ---- */

@@ -10,7 +10,7 @@ import time
 import paho.mqtt.client as mqtt
 from apilib import api
 from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_delivery,
-                        distinct_delivered, main, wait_for)
+                        distinct_delivered, log, main, wait_for)
 
 
 def test_quota_pauses_reading():
@@ -112,15 +112,30 @@ def test_event_while_reading_is_paused():
     pub = Publisher(broker.port, ["q-%d" % i for i in range(10)], kinds=("telemetry",),
                     count=300, pad=1000).run()
     wait_for(lambda: h.ctl("spool")["paused"], 30, 0.1, "herald to pause reading")
-    for i in range(3):
+    wait_for(lambda: h.ctl("outbox", "0")["paused_spool"], 10, 0.05, "the mqtt worker to pause")
+    received0 = h.counter("mqtt", "mqtt_received")
+    # Devices keep publishing while the backend posts events.
+    more = Publisher(broker.port, ["r-%d" % i for i in range(10)], kinds=("telemetry",),
+                     count=200, pad=1000).start()
+    i = 0
+    while more.thread.is_alive() or i < 3:
         status, doc, _ = api(h, "POST", "/v1/devices/ev-dev/events",
                              {"type": "ping", "params": {"i": i}})
         assert status == 202, (i, status, doc)
         wait_for(lambda: any(e.get("eventId") == doc["eventId"] for e in got), 10, 0.05,
                  "event %d at the device" % i)
+        i += 1
+    more.wait()
     assert h.ctl("spool")["paused"], "reading resumed: the test proved nothing"
+    # The device messages read with the events' PUBACKs keep theirs until
+    # reading resumes: the broker sends no more than herald's receive
+    # maximum (512) and holds the rest.
+    read = h.counter("mqtt", "mqtt_received") - received0
+    log("%d events posted while paused; %d device messages read meanwhile" % (i, read))
+    assert read <= 512 + 64, "%d device messages read while paused" % read
     dev.loop_stop()
     backend.accept_again()
+    pub.sent.update(more.sent)
     wait_for(lambda: distinct_delivered(backend) >= pub.total(), 90, 0.2, "all delivered")
     check_delivery(backend.delivered(), pub)
     assert h.stop() == 0

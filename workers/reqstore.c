@@ -574,8 +574,9 @@ reqstore_get_committed(struct reqstore *s, const char *cid)
 	return doc;
 }
 
-/* Calls fn for each entry whose value is a commandId; from: the first
- * sequence (a walk of 8-byte sequence keys, forward), 0: the start. */
+/* Calls fn for each entry whose value is a commandId; from (a walk of
+ * 8-byte sequence keys after the prefix): forward, the first sequence;
+ * reverse, the one past the first (the walk starts below it); 0: the start. */
 static int
 walk_ids(struct reqstore *s, MDB_dbi dbi, bool reverse, const void *prefix, size_t plen,
     uint64_t from, reqstore_walk_fn *fn, void *arg)
@@ -593,7 +594,7 @@ walk_ids(struct reqstore *s, MDB_dbi dbi, bool reverse, const void *prefix, size
 		rd_end(s, t);
 		return store_error(s, "walk", rc);
 	}
-	if (from > 0 && !reverse) {
+	if (from > 0) {
 		/* prefix (a device's, or none) then the sequence */
 		if (plen > 0)
 			memcpy(start, prefix, plen);
@@ -601,6 +602,11 @@ walk_ids(struct reqstore *s, MDB_dbi dbi, bool reverse, const void *prefix, size
 		k.mv_data = start;
 		k.mv_size = plen + 8;
 		rc = mdb_cursor_get(c, &k, &v, MDB_SET_RANGE);
+		/* reverse: the key before the first one at or past it */
+		if (reverse && rc == 0)
+			rc = mdb_cursor_get(c, &k, &v, MDB_PREV);
+		else if (reverse && rc == MDB_NOTFOUND)
+			rc = mdb_cursor_get(c, &k, &v, MDB_LAST);
 	} else if (plen == 0)
 		rc = mdb_cursor_get(c, &k, &v, reverse ? MDB_LAST : MDB_FIRST);
 	else if (!reverse) {
@@ -670,7 +676,7 @@ reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
 }
 
 int
-reqstore_walk_device_from(struct reqstore *s, const char *device, uint64_t from,
+reqstore_walk_device_before(struct reqstore *s, const char *device, uint64_t before,
     reqstore_walk_fn *fn, void *arg)
 {
 	uint8_t prefix[DEVKEY_MAX];
@@ -680,7 +686,7 @@ reqstore_walk_device_from(struct reqstore *s, const char *device, uint64_t from,
 		return 0;
 	memcpy(prefix, device, n);
 	prefix[n] = '\0';
-	return walk_ids(s, s->bydev, false, prefix, n + 1, from, fn, arg);
+	return walk_ids(s, s->bydev, true, prefix, n + 1, before, fn, arg);
 }
 
 int

@@ -78,8 +78,9 @@ int     reqstore_walk_from(struct reqstore *s, uint64_t from, reqstore_walk_fn *
 /* One device's requests in accept order (reverse: newest first). */
 int     reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
     reqstore_walk_fn *fn, void *arg);
-/* The same from sequence `from` on (accept order). */
-int     reqstore_walk_device_from(struct reqstore *s, const char *device, uint64_t from,
+/* The same newest first, from the one accepted before sequence `before`
+ * (0: from the newest). */
+int     reqstore_walk_device_before(struct reqstore *s, const char *device, uint64_t before,
     reqstore_walk_fn *fn, void *arg);
 
 /* Notifications waiting for the spool's acknowledgement. */

@@ -14,6 +14,7 @@
 #include <sys/queue.h>
 #include <event2/event.h>
 
+#include "jsoncheck.h"
 #include "log.h"
 #include "reqstore.h"
 #include "requests.h"
@@ -37,6 +38,7 @@
 #define NOTE_RESEND_BATCH    1000
 #define NOTE_LINGER_MS       5       /* notifications wait this long for company */
 #define LIST_MAX             1000
+#define LIST_SCAN_MAX        5000    /* records a page of a device's requests looks at */
 #define WAIT_MAX             60
 #define PEER_MAX             32
 
@@ -117,7 +119,7 @@ struct dev {
 	json_t           *status;
 	json_t           *telemetry;    /* the last telemetry object the router saw */
 	int               pending;      /* live requests */
-	TAILQ_HEAD(, req) live;
+	TAILQ_HEAD(reqlist, req) live;
 	struct pub       *pub;          /* the command publish in flight */
 	struct event     *retry;
 };
@@ -342,96 +344,227 @@ rec_int(const json_t *rec, const char *key)
 }
 
 /*
- * A request's "params" goes to the device and into the record as the
- * backend wrote it (the api worker took out the whitespace between
- * tokens): jansson would refuse numbers past int64 or a double's range
- * and rewrite others (0.1 as 0.10000000000000001).  In a record it is a
- * JSON string holding that text, in memory and in the store (which
- * jansson reads back); every text shown outside has the text itself in
- * its place.  A record stored by an older herald has an object there.
+ * Verbatim JSON in records.  A request's "params" and a device's "result"
+ * and "error" are shown outside (answers, lists, kind "request" envelopes,
+ * the command) as they were written, whitespace between tokens aside:
+ * jansson would refuse numbers past int64 or a double's range and rewrite
+ * others (0.1 as 0.10000000000000001).  The record keeps the member as
+ * jansson reads it (params an object; a number jansson cannot hold as
+ * null), so that the store stays what herald 8ecd678 and jansson users
+ * (heraldctl) read; when that differs from the text, the text is kept too,
+ * in the private string field "_<name>" (which 8ecd678 keeps and hides),
+ * and is shown in the member's place.  A record stored by e727283 has
+ * params as a JSON string of its text: rec_norm() reads it so.
  */
-static bool
-is_raw(const char *key, const json_t *v)
+static const char *
+raw_private(const char *key)
 {
-	return strcmp(key, "params") == 0 && json_is_string(v);
-}
-
-/* "key":value into f, a raw value (is_raw()) as its text; -1 on failure. */
-static int
-member_put(FILE *f, bool first, const char *key, const json_t *v, bool raw)
-{
-	json_t *k = json_string(key);
-	int rc;
-
-	rc = k == NULL || (!first && fputc(',', f) == EOF) ||
-	    json_dumpf(k, f, JSON_ENCODE_ANY) == -1 || fputc(':', f) == EOF ? -1 : 0;
-	json_decref(k);
-	if (rc == 0 && raw)
-		rc = fwrite(json_string_value(v), 1, json_string_length(v), f) ==
-		    json_string_length(v) ? 0 : -1;
-	else if (rc == 0)
-		rc = json_dumpf(v, f, JSON_COMPACT | JSON_ENCODE_ANY);
-	return rc;
-}
-
-/* Finish a memstream's text: it, or NULL (freed) after a failure. */
-static char *
-stream_end(FILE *f, char **text, size_t *len, int rc)
-{
-	if (f == NULL)
-		return NULL;
-	if (fclose(f) != 0 || rc != 0) {
-		free(*text);
-		*text = NULL;
-		*len = 0;
+	switch (key[0]) {
+	case 'p':
+		return strcmp(key, "params") == 0 ? "_params" : NULL;
+	case 'r':
+		return strcmp(key, "result") == 0 ? "_result" : NULL;
+	case 'e':
+		return strcmp(key, "error") == 0 ? "_error" : NULL;
 	}
-	return *text;
+	return NULL;
 }
+
+/* The text of rec's verbatim member key ("_<key>"), or NULL. */
+static const json_t *
+raw_text(const json_t *rec, const char *key)
+{
+	const char *priv = raw_private(key);
+	const json_t *t = priv != NULL ? json_object_get(rec, priv) : NULL;
+
+	return json_is_string(t) ? t : NULL;
+}
+
+/* A text being built; oom once something could not be added. */
+struct tbuf {
+	char   *p;
+	size_t  len, cap;
+	bool    oom;
+};
+
+static void
+tb_put(struct tbuf *b, const char *s, size_t n)
+{
+	size_t cap;
+	char *np;
+
+	if (b->oom)
+		return;
+	if (b->len + n + 1 > b->cap) {
+		for (cap = b->cap ? b->cap : 512; cap < b->len + n + 1; cap *= 2)
+			;
+		if ((np = realloc(b->p, cap)) == NULL) {
+			b->oom = true;
+			return;
+		}
+		b->p = np;
+		b->cap = cap;
+	}
+	memcpy(b->p + b->len, s, n);
+	b->len += n;
+	b->p[b->len] = '\0';
+}
+
+#define tb_lit(b, s) tb_put((b), (s), sizeof(s) - 1)
+
+static int
+tb_dump_cb(const char *s, size_t n, void *arg)
+{
+	tb_put(arg, s, n);
+	return ((struct tbuf *)arg)->oom ? -1 : 0;
+}
+
+static void
+tb_dump(struct tbuf *b, const json_t *v)
+{
+	if (json_dump_callback(v, tb_dump_cb, b, JSON_COMPACT | JSON_ENCODE_ANY) == -1)
+		b->oom = true;
+}
+
+/* A string as JSON: as it is when nothing in it needs an escape (jansson
+ * escapes only '"', '\\' and control characters here); v: it as a json_t,
+ * or NULL. */
+static void
+tb_string(struct tbuf *b, const char *s, size_t n, const json_t *v)
+{
+	json_t *tmp;
+
+	for (size_t i = 0; i < n; i++) {
+		if ((unsigned char)s[i] < 0x20 || s[i] == '"' || s[i] == '\\') {
+			tmp = v == NULL ? json_stringn(s, n) : NULL;
+			if (v == NULL && tmp == NULL)
+				b->oom = true;
+			else
+				tb_dump(b, v != NULL ? v : tmp);
+			json_decref(tmp);
+			return;
+		}
+	}
+	tb_lit(b, "\"");
+	tb_put(b, s, n);
+	tb_lit(b, "\"");
+}
+
+static void
+tb_value(struct tbuf *b, const json_t *v)
+{
+	char num[32];
+
+	switch (json_typeof(v)) {
+	case JSON_STRING:
+		tb_string(b, json_string_value(v), json_string_length(v), v);
+		break;
+	case JSON_INTEGER:
+		tb_put(b, num, (size_t)snprintf(num, sizeof(num), "%" JSON_INTEGER_FORMAT,
+		    json_integer_value(v)));
+		break;
+	case JSON_TRUE:
+		tb_lit(b, "true");
+		break;
+	case JSON_FALSE:
+		tb_lit(b, "false");
+		break;
+	case JSON_NULL:
+		tb_lit(b, "null");
+		break;
+	default:
+		tb_dump(b, v);
+	}
+}
+
+/* ,"key": (the record's keys are herald's own: written as they are) */
+static void
+tb_key(struct tbuf *b, bool first, const char *key)
+{
+	size_t n = strlen(key);
+
+	if (!first)
+		tb_lit(b, ",");
+	tb_string(b, key, n, NULL);
+	tb_lit(b, ":");
+}
+
+/* A scratch buffer emptied for a new text; a large one is given back. */
+static struct tbuf *
+tb_reset(struct tbuf *b)
+{
+	if (b->cap > 65536) {
+		free(b->p);
+		b->p = NULL;
+		b->cap = 0;
+	}
+	b->len = 0;
+	b->oom = false;
+	return b;
+}
+
+/* The scratch buffers of rec_texts() (the router is one thread). */
+static struct tbuf tb_pub, tb_stored;
 
 /*
- * The record's texts in one pass over its fields: *pub the API's (without
- * the store's "_" fields, params as its text), and, when stored is not
- * NULL, the store's (every field, params as its JSON string).  -1 if out
- * of memory (both NULL).
+ * The record's texts in one pass over its fields: *pub (malloc'd) the
+ * API's, without the store's "_" fields and with each verbatim member as
+ * its text; and, when stored is not NULL, the store's, every field as it
+ * is (valid until the next call).  -1 if out of memory (both NULL).
  */
 static int
-rec_texts(const json_t *rec, char **pub, char **stored, size_t *storedlen)
+rec_texts(const json_t *rec, char **pub, const char **stored, size_t *storedlen)
 {
-	char *pt = NULL, *st = NULL;
-	size_t plen = 0, slen = 0;
-	FILE *pf = open_memstream(&pt, &plen), *sf = stored ? open_memstream(&st, &slen) : NULL;
-	bool pfirst = true, sfirst = true;
+	struct tbuf *p = tb_reset(&tb_pub), *s = tb_reset(&tb_stored);
+	const json_t *raw;
 	const char *k;
 	json_t *v;
-	int rc = pf == NULL || (stored != NULL && sf == NULL) ? -1 : 0;
+	bool sfirst = true, pfirst = true;
+	size_t at;
 
-	if (rc == 0)
-		rc = fputc('{', pf) == EOF || (sf != NULL && fputc('{', sf) == EOF) ? -1 : 0;
+	tb_lit(p, "{");
+	if (stored != NULL)
+		tb_lit(s, "{");
 	json_object_foreach((json_t *)rec, k, v) {
-		if (rc != 0)
-			break;
-		if (sf != NULL) {
-			rc = member_put(sf, sfirst, k, v, false);
+		if (k[0] == '_') {
+			if (stored != NULL) {
+				tb_key(s, sfirst, k);
+				tb_value(s, v);
+				sfirst = false;
+			}
+			continue;
+		}
+		tb_key(p, pfirst, k);
+		pfirst = false;
+		raw = raw_text(rec, k);
+		if (stored != NULL) {
+			tb_key(s, sfirst, k);
 			sfirst = false;
-		}
-		if (rc == 0 && k[0] != '_') {
-			rc = member_put(pf, pfirst, k, v, is_raw(k, v));
-			pfirst = false;
-		}
+			at = s->len;
+			tb_value(s, v);
+			if (raw == NULL && !s->oom)
+				tb_put(p, s->p + at, s->len - at);
+		} else if (raw == NULL)
+			tb_value(p, v);
+		if (raw != NULL)
+			tb_put(p, json_string_value(raw), json_string_length(raw));
 	}
-	if (rc == 0)
-		rc = fputc('}', pf) == EOF || (sf != NULL && fputc('}', sf) == EOF) ? -1 : 0;
-	*pub = stream_end(pf, &pt, &plen, rc);
+	tb_lit(p, "}");
+	if (stored != NULL)
+		tb_lit(s, "}");
+	*pub = NULL;
 	if (stored != NULL) {
-		*stored = stream_end(sf, &st, &slen, rc);
-		*storedlen = slen;
-		if (*pub == NULL || *stored == NULL) {
-			free(*pub);
-			free(*stored);
-			*pub = *stored = NULL;
-		}
+		*stored = NULL;
+		*storedlen = 0;
 	}
-	return *pub != NULL ? 0 : -1;
+	if (p->oom || s->oom || (*pub = malloc(p->len + 1)) == NULL)
+		return -1;
+	memcpy(*pub, p->p, p->len + 1);
+	if (stored != NULL) {
+		*stored = s->p;
+		*storedlen = s->len;
+	}
+	return 0;
 }
 
 /* The record's answer text (without the store's fields); NULL if out of memory. */
@@ -443,45 +576,113 @@ rec_public_text(const json_t *rec)
 	return rec_texts(rec, &text, NULL, NULL) == 0 ? text : NULL;
 }
 
-/* The record as heraldctl shows it: without the store's "_" fields, params
- * parsed where jansson can. */
+/* The record as heraldctl shows it: without the store's "_" fields (a
+ * verbatim member as jansson reads it). */
 static json_t *
 rec_public(const json_t *rec)
 {
-	json_t *o = json_object(), *p;
+	json_t *o = json_object();
 	const char *k;
 	json_t *v;
 
 	json_object_foreach((json_t *)rec, k, v)
-		if (k[0] != '_') {
-			if (is_raw(k, v) && (p = json_loads(json_string_value(v), 0, NULL)) != NULL)
-				json_object_set_new(o, k, p);
-			else
-				json_object_set(o, k, v);
-		}
+		if (k[0] != '_')
+			json_object_set(o, k, v);
 	return o;
 }
 
+/*
+ * Set o's member key to the JSON text t[0..n) (valid, no whitespace
+ * between tokens) as jansson reads it, a number it cannot hold as null
+ * (the text in "_<key>" when it differs from jansson's own); dflt: the
+ * value if jansson cannot read even that (NULL: null).  -1 if out of memory.
+ */
+static int
+raw_set(json_t *o, const char *key, const char *t, size_t n, json_t *(*dflt)(void))
+{
+	const char *priv = raw_private(key);
+	json_t *v = json_loadb(t, n, JSON_DECODE_ANY, NULL);
+	struct tbuf d = { NULL, 0, 0, false };
+	char *tamed;
+	bool same;
+
+	if (v == NULL) {
+		if ((tamed = malloc(n + 1)) == NULL)
+			return -1;
+		v = json_loadb(tamed, jc_tame(t, n, tamed, NULL), JSON_DECODE_ANY, NULL);
+		free(tamed);
+		if (v == NULL && (v = dflt != NULL ? dflt() : json_null()) == NULL)
+			return -1;
+	}
+	tb_dump(&d, v);
+	same = !d.oom && d.len == n && memcmp(d.p, t, n) == 0;
+	free(d.p);
+	if (d.oom || json_object_set_new(o, key, v) == -1)
+		return -1;
+	if (same)
+		json_object_del(o, priv);
+	else if (json_object_set_new(o, priv, json_stringn(t, n)) == -1)
+		return -1;
+	return 0;
+}
+
+/* A record read from the store as this herald keeps them (see
+ * raw_private()): e727283's params string becomes the object and its text.
+ * rec (NULL: none) or NULL after freeing it if out of memory. */
+static json_t *
+rec_norm(json_t *rec)
+{
+	json_t *p = json_object_get(rec, "params");
+
+	if (json_is_string(p) && json_object_get(rec, "_params") == NULL) {
+		json_incref(p);
+		if (raw_set(rec, "params", json_string_value(p), json_string_length(p),
+		    json_object) == -1) {
+			json_decref(rec);
+			rec = NULL;
+		}
+		json_decref(p);
+	}
+	return rec;
+}
+
+static json_t *
+rec_get(struct requests *q, const char *cid)
+{
+	return rec_norm(reqstore_get(q->st, cid));
+}
+
 /* A command or event payload: {"<idkey>":id,"type":type,"params":params
- * (raw or an object), ["expiresAt":exp]}; NULL if out of memory. */
+ * (its text raw, else the object, else {}), ["expiresAt":exp]}; NULL if
+ * out of memory. */
 static char *
 payload_text(const char *idkey, const char *id, const json_t *type, const json_t *params,
-    const json_t *exp)
+    const json_t *raw, const json_t *exp)
 {
-	char *text = NULL;
-	size_t len = 0;
-	FILE *f = open_memstream(&text, &len);
-	json_t *idv = json_string(id), *empty = json_object();
-	int rc = f == NULL || idv == NULL || empty == NULL || fputc('{', f) == EOF ||
-	    member_put(f, true, idkey, idv, false) == -1 ||
-	    member_put(f, false, "type", type, false) == -1 ||
-	    member_put(f, false, "params", params ? params : empty, is_raw("params", params)) == -1 ||
-	    (exp != NULL && member_put(f, false, "expiresAt", exp, false) == -1) ||
-	    fputc('}', f) == EOF ? -1 : 0;
+	struct tbuf b = { NULL, 0, 0, false };
 
-	json_decref(idv);
-	json_decref(empty);
-	return stream_end(f, &text, &len, rc);
+	tb_lit(&b, "{");
+	tb_key(&b, true, idkey);
+	tb_string(&b, id, strlen(id), NULL);
+	tb_lit(&b, ",\"type\":");
+	tb_value(&b, type);
+	tb_lit(&b, ",\"params\":");
+	if (raw != NULL)
+		tb_put(&b, json_string_value(raw), json_string_length(raw));
+	else if (params != NULL)
+		tb_value(&b, params);
+	else
+		tb_lit(&b, "{}");
+	if (exp != NULL) {
+		tb_lit(&b, ",\"expiresAt\":");
+		tb_value(&b, exp);
+	}
+	tb_lit(&b, "}");
+	if (b.oom) {
+		free(b.p);
+		return NULL;
+	}
+	return b.p;
 }
 
 /* Store rec's stored text: a new request (seq > 0) or a change. */
@@ -1501,7 +1702,7 @@ dev_kick(struct requests *q, struct dev *d)
 		evtimer_del(d->retry);
 	rec = r->rec;
 	text = payload_text("commandId", r->cid, json_object_get(rec, "type"),
-	    json_object_get(rec, "params"), json_object_get(rec, "expiresAt"));
+	    json_object_get(rec, "params"), raw_text(rec, "params"), json_object_get(rec, "expiresAt"));
 	if (text == NULL)
 		return;
 	d->pub = pub_start(q, PUB_REQUEST, d, "command", text, strlen(text), false);
@@ -1686,7 +1887,8 @@ static void
 req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 {
 	int64_t now = now_ms();
-	char *pubtext, *stored;
+	char *pubtext;
+	const char *stored;
 	size_t slen;
 	uint64_t nseq;
 	struct later *l;
@@ -1702,7 +1904,6 @@ req_write(struct requests *q, struct req *r, int state, json_t *rec, bool fact)
 		} else
 			tx_fail(q);
 	}
-	free(stored);
 	if (q->tx_failed)
 		log_ratelimited(LOG_ERR, "request %s: state %s could not be stored",
 		    r->cid, rstate_names[state]);
@@ -1831,61 +2032,138 @@ reject_response(struct requests *q, const struct msg_device_info *m, const char 
 	    m->device.p, detail);
 }
 
-/* HINT_AGAIN when the request's end is known but not stored yet (a lost
+/* Is the member key k (with its quotes, as written) name? */
+static bool
+key_is(struct jc_span k, const char *name)
+{
+	size_t n = strlen(name);
+	json_t *s;
+	bool is;
+
+	if (k.len == n + 2 && memcmp(k.p + 1, name, n) == 0)
+		return true;
+	if (memchr(k.p, '\\', k.len) == NULL)
+		return false;
+	s = json_loadb(k.p, k.len, JSON_DECODE_ANY, NULL);
+	is = json_is_string(s) && json_string_length(s) == n &&
+	    memcmp(json_string_value(s), name, n) == 0;
+	json_decref(s);
+	return is;
+}
+
+/* The commandId of span v into cid, if it is a string that is a valid id. */
+static bool
+span_id(struct jc_span v, char cid[REQSTORE_ID_MAX + 1])
+{
+	json_t *s;
+	size_t n;
+
+	if (v.len < 2 || v.p[0] != '"')
+		return false;
+	if (memchr(v.p, '\\', v.len) == NULL) {
+		if ((n = v.len - 2) > REQSTORE_ID_MAX)
+			return false;
+		memcpy(cid, v.p + 1, n);
+	} else {
+		s = json_loadb(v.p, v.len, JSON_DECODE_ANY, NULL);
+		n = json_string_length(s);
+		if (!json_is_string(s) || n > REQSTORE_ID_MAX) {
+			json_decref(s);
+			return false;
+		}
+		memcpy(cid, json_string_value(s), n);
+		json_decref(s);
+	}
+	cid[n] = '\0';
+	return device_id_valid(cid, n);
+}
+
+/* fields' member key from the device's value v: its text without the
+ * whitespace between tokens (raw_set()).  -1 if out of memory. */
+static int
+span_set(json_t *fields, const char *key, struct jc_span v)
+{
+	char *t = malloc(v.len + 1);
+	int rc;
+
+	if (t == NULL)
+		return -1;
+	rc = raw_set(fields, key, t, jc_minify(v.p, v.len, t), NULL);
+	free(t);
+	return rc;
+}
+
+/*
+ * HINT_AGAIN when the request's end is known but not stored yet (a lost
  * group's fact, waiting to be written again); HINT_DONE when the answer
- * changes nothing stored (rejected, or to an ended request). */
+ * changes nothing stored (rejected, or to an ended request).  The crypto
+ * worker checked the payload (jsoncheck): its members are walked, not
+ * parsed, so that a number jansson cannot hold in "result" or "error"
+ * does not make the response unreadable, and they keep their text.
+ */
 static enum hint_use
 on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 {
-	json_t *doc = json_loadb(m->json.p, m->json.len, 0, NULL), *cidv, *fields, *old;
-	const char *cid;
+	struct jc_span k, v, cidv = { NULL, 0 }, succ = { NULL, 0 }, res = { NULL, 0 },
+	    err = { NULL, 0 };
+	char cid[REQSTORE_ID_MAX + 1];
+	json_t *fields, *old;
+	size_t pos = 0;
 	struct req *r;
-	bool ok;
-	enum hint_use use = HINT_DONE;
+	bool ok, boolean;
 
-	cidv = json_object_get(doc, "commandId");
-	cid = json_string_value(cidv);
-	if (cid == NULL || !device_id_valid(cid, strlen(cid))) {
+	while (jc_member(m->json.p, m->json.len, &pos, &k, &v)) {
+		if (key_is(k, "commandId"))
+			cidv = v;
+		else if (key_is(k, "success"))
+			succ = v;
+		else if (key_is(k, "result"))
+			res = v;
+		else if (key_is(k, "error"))
+			err = v;
+	}
+	if (!span_id(cidv, cid)) {
 		reject_response(q, m, "the response has no valid commandId");
-		goto out;
+		return HINT_DONE;
 	}
 	if ((r = req_find(q, cid)) == NULL) {
-		old = reqstore_get(q->st, cid);
+		old = rec_get(q, cid);
 		if (old != NULL && strcmp(json_string_value(json_object_get(old, "device")) ?: "",
 		    d->id) == 0) {
 			/* A late or repeated answer: the request already ended. */
 			log_debug("response to ended request %s ignored", cid);
 			json_decref(old);
-			goto out;
+			return HINT_DONE;
 		}
 		json_decref(old);
 		reject_response(q, m, "no request has this commandId");
-		goto out;
+		return HINT_DONE;
 	}
 	if (r->dev != d) {
 		reject_response(q, m, "the commandId belongs to another device");
-		goto out;
+		return HINT_DONE;
 	}
-	if (r->want >= 0 && state_ended(r->want)) {
-		use = HINT_AGAIN;
-		goto out;
-	}
-	ok = json_is_true(json_object_get(doc, "success"));
-	fields = json_pack("{s:b}", "success", ok);
-	if (ok && json_object_get(doc, "result") != NULL)
-		json_object_set(fields, "result", json_object_get(doc, "result"));
+	if (r->want >= 0 && state_ended(r->want))
+		return HINT_AGAIN;
+	ok = succ.len == 4 && memcmp(succ.p, "true", 4) == 0;
+	boolean = ok || (succ.len == 5 && memcmp(succ.p, "false", 5) == 0);
+	if ((fields = json_pack("{s:b}", "success", ok)) == NULL)
+		return HINT_AGAIN;
+	if (ok && res.p != NULL && span_set(fields, "result", res) == -1)
+		goto oom;
 	if (!ok) {
-		if (json_object_get(doc, "error") != NULL)
-			json_object_set(fields, "error", json_object_get(doc, "error"));
-		else if (!json_is_boolean(json_object_get(doc, "success")))
+		if (err.p != NULL) {
+			if (span_set(fields, "error", err) == -1)
+				goto oom;
+		} else if (!boolean)
 			json_object_set_new(fields, "error", json_pack("{s:s,s:s}", "code",
 			    "bad_response", "message", "the response has no boolean \"success\""));
 	}
 	req_change(q, r, ok ? RS_CONFIRMED : RS_FAILED, fields, true);
-	use = HINT_GROUP;
-out:
-	json_decref(doc);
-	return use;
+	return HINT_GROUP;
+oom:
+	json_decref(fields);
+	return HINT_AGAIN;
 }
 
 /*
@@ -2016,13 +2294,18 @@ arg_id(const struct call *c, const char *key, const char **out)
 	return true;
 }
 
-/* Do a repeat's params (raw, or absent: {}) match the record's (raw, an
- * object of an older herald, or absent)?  The same text, or the same once
- * parsed (so key order and spacing do not matter where jansson reads both). */
+/*
+ * Do a repeat's params (their text, or NULL: absent, {}) match the record
+ * rec's?  The same text, or the same once parsed (so key order and
+ * spacing do not matter where jansson reads both; a number it cannot
+ * hold compares only as text).  The record's text is its "_params", else
+ * its params as jansson writes them (jansson could read it all).
+ */
 static bool
-params_same(const json_t *old, const json_t *params)
+params_same(const json_t *rec, const json_t *params)
 {
-	const char *a = old == NULL ? "{}" : json_string_value(old);
+	const json_t *raw = raw_text(rec, "params"), *old = json_object_get(rec, "params");
+	const char *a = raw != NULL ? json_string_value(raw) : old == NULL ? "{}" : NULL;
 	const char *b = params == NULL ? "{}" : json_string_value(params);
 	json_t *ta, *tb;
 	bool same;
@@ -2053,7 +2336,8 @@ op_request_create(struct call *c)
 	struct later *created = NULL;
 	uint64_t used, size;
 	bool full;
-	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text, *stored;
+	char ts[RFC3339_LEN], exp[RFC3339_LEN], *text;
+	const char *stored;
 	size_t slen;
 
 	if (!arg_id(c, "device", &device))
@@ -2063,7 +2347,7 @@ op_request_create(struct call *c)
 		reply_error(q, c->peer, c->reqid, 400, "invalid_field", "\"type\" must be a non-empty string");
 		return;
 	}
-	/* The api worker sends params as its text (is_raw()). */
+	/* The api worker sends params as its text (raw_set()). */
 	if (params != NULL && (!json_is_string(params) || json_string_value(params)[0] != '{')) {
 		reply_error(q, c->peer, c->reqid, 400, "invalid_field", "\"params\" must be an object");
 		return;
@@ -2090,11 +2374,11 @@ op_request_create(struct call *c)
 
 	if (cidarg != NULL) {
 		strlcpy_h(cid, cidarg, sizeof(cid));
-		if ((old = reqstore_get(q->st, cid)) != NULL) {
+		if ((old = rec_get(q, cid)) != NULL) {
 			const char *odev = json_string_value(json_object_get(old, "device"));
 			const char *otype = json_string_value(json_object_get(old, "type"));
 			bool same = odev && otype && strcmp(odev, device) == 0 && strcmp(otype, type) == 0 &&
-			    params_same(json_object_get(old, "params"), params) &&
+			    params_same(old, params) &&
 			    (tv == NULL || rec_int(old, "_timeout") == timeout);
 			/*
 			 * A repeat with ?wait (a client retrying the call it lost)
@@ -2148,13 +2432,15 @@ op_request_create(struct call *c)
 	seq = q->next_seq;
 	rec = json_pack("{s:s,s:s,s:s,s:o,s:s,s:s,s:s,s:I,s:I,s:I,s:I,s:b}",
 	    "commandId", cid, "device", device, "type", type,
-	    "params", params ? json_incref(params) : json_string("{}"), "state", "queued",
+	    "params", json_object(), "state", "queued",
 	    "createdAt", ts, "expiresAt", exp,
 	    "_seq", (json_int_t)seq, "_created", (json_int_t)now,
 	    "_deadline", (json_int_t)(now + timeout * 1000), "_timeout", (json_int_t)timeout,
 	    "_tgiven", tv != NULL);
-	text = stored = NULL;
-	if (rec != NULL)
+	text = NULL;
+	stored = NULL;
+	if (rec != NULL && (params == NULL || raw_set(rec, "params", json_string_value(params),
+	    json_string_length(params), json_object) == 0))
 		rec_texts(rec, &text, &stored, &slen);
 	/* A full map refuses the rest of its pass too (tx_failed): those
 	 * creates are told store_full as well. */
@@ -2166,7 +2452,6 @@ op_request_create(struct call *c)
 		full = reqstore_full(q->st);
 		tx_fail(q);
 	}
-	free(stored);
 	if (text == NULL || created == NULL) {
 		json_decref(rec);
 		free(text);
@@ -2211,7 +2496,7 @@ op_request_get(struct call *c)
 		return;
 	/* What is committed, answered at once: any answer that told a client
 	 * of a change waited for its commit, so none is contradicted. */
-	if ((rec = reqstore_get_committed(c->q->st, cid)) == NULL) {
+	if ((rec = rec_norm(reqstore_get_committed(c->q->st, cid))) == NULL) {
 		reply_now(c->q, c->peer, c->reqid, 404, json_pack("{s:{s:s,s:s+}}", "error",
 		    "code", "not_found", "message", "no request ", cid));
 		return;
@@ -2247,7 +2532,7 @@ op_request_cancel(struct call *c)
 			reply_error(q, c->peer, c->reqid, 503, "unavailable", "out of memory");
 		return;
 	}
-	if ((rec = reqstore_get(q->st, cid)) == NULL) {
+	if ((rec = rec_get(q, cid)) == NULL) {
 		reply_error(q, c->peer, c->reqid, 404, "not_found", "no request %s", cid);
 		return;
 	}
@@ -2272,13 +2557,14 @@ collect_cb(uint64_t seq, const char *cid, void *arg)
 	json_t *rec;
 	const char *st;
 
-	/* Bound the work for a device with a long history: the next page
-	 * goes on from where this one stopped. */
-	if (k->scanned++ >= 100000) {
+	/* Bound the work for a device with a long history (each look reads
+	 * and parses a record): the next page goes on from where this one
+	 * stopped. */
+	if (k->scanned++ >= LIST_SCAN_MAX) {
 		k->more = true;
 		return 1;
 	}
-	if ((rec = reqstore_get(k->q->st, cid)) != NULL) {
+	if ((rec = rec_get(k->q, cid)) != NULL) {
 		st = json_string_value(json_object_get(rec, "state"));
 		if (k->state < 0 || (st != NULL && state_parse(st) == k->state)) {
 			if ((int)json_array_size(k->list) >= k->max) {
@@ -2296,9 +2582,13 @@ collect_cb(uint64_t seq, const char *cid, void *arg)
 }
 
 /*
- * A device's requests in accept order, a page at a time: up to "limit"
- * (1..LIST_MAX, default LIST_MAX) after the sequence "cursor", and
- * "next" (the cursor of the next page) or null.
+ * A device's requests a page at a time, newest pages first: up to "limit"
+ * (1..LIST_MAX, default LIST_MAX) of those accepted before the sequence
+ * "cursor" (0 or none: the newest), shown in accept order, and "next"
+ * (the cursor of the page of older ones) or null.  Without a cursor it
+ * is the newest "limit", in accept order, as before paging came.  A page
+ * with a state filter looks at LIST_SCAN_MAX records at most: it may
+ * hold fewer than limit, none even, and still have a next.
  */
 static void
 op_device_requests(struct call *c)
@@ -2306,14 +2596,13 @@ op_device_requests(struct call *c)
 	struct collect k = { c->q, json_array(), -1, 0, LIST_MAX, false, 0 };
 	const char *device, *st = arg_str(c, "state");
 	json_t *lim = json_object_get(c->args, "limit"), *cur = json_object_get(c->args, "cursor");
-	uint64_t after = json_is_integer(cur) && json_integer_value(cur) > 0 ?
+	uint64_t before = json_is_integer(cur) && json_integer_value(cur) > 0 ?
 	    (uint64_t)json_integer_value(cur) : 0;
+	struct tbuf b = { NULL, 0, 0, false };
 	struct dev *d;
 	struct req *r;
-	char *text = NULL, *one, next[24];
-	size_t len = 0;
-	FILE *f;
-	int rc;
+	char *one, next[24];
+	size_t i, n;
 
 	if (!arg_id(c, "device", &device)) {
 		json_decref(k.list);
@@ -2327,10 +2616,10 @@ op_device_requests(struct call *c)
 	if (json_is_integer(lim) && json_integer_value(lim) >= 1 && json_integer_value(lim) <= LIST_MAX)
 		k.max = (int)json_integer_value(lim);
 	if (k.state == RS_QUEUED || k.state == RS_SENT) {
-		/* Live requests are in memory, in accept order. */
+		/* Live requests are in memory, in accept order: newest first here. */
 		if ((d = dev_find(c->q, device)) != NULL)
-			TAILQ_FOREACH(r, &d->live, dlink) {
-				if (r->state != k.state || r->seq <= after)
+			TAILQ_FOREACH_REVERSE(r, &d->live, reqlist, dlink) {
+				if (r->state != k.state || (before > 0 && r->seq >= before))
 					continue;
 				if ((int)json_array_size(k.list) >= k.max) {
 					k.more = true;
@@ -2340,25 +2629,33 @@ op_device_requests(struct call *c)
 				k.last = r->seq;
 			}
 	} else
-		reqstore_walk_device_from(c->q->st, device, after + 1, collect_cb, &k);
-	/* The text by hand: a record's params is its own text (is_raw()). */
-	f = open_memstream(&text, &len);
-	rc = f == NULL || fputs("{\"requests\":[", f) == EOF ? -1 : 0;
-	for (size_t i = 0; rc == 0 && i < json_array_size(k.list); i++) {
-		one = rec_public_text(json_array_get(k.list, i));
-		rc = one == NULL || (i > 0 && fputc(',', f) == EOF) || fputs(one, f) == EOF ? -1 : 0;
+		reqstore_walk_device_before(c->q->st, device, before, collect_cb, &k);
+	/* Collected newest first, shown in accept order; the text by hand (a
+	 * verbatim member is its own text, see raw_private()). */
+	tb_lit(&b, "{\"requests\":[");
+	for (n = json_array_size(k.list), i = n; i > 0; i--) {
+		if ((one = rec_public_text(json_array_get(k.list, i - 1))) == NULL)
+			b.oom = true;
+		else {
+			if (i < n)
+				tb_lit(&b, ",");
+			tb_put(&b, one, strlen(one));
+		}
 		free(one);
 	}
-	snprintf(next, sizeof(next), "%llu", (unsigned long long)k.last);
-	if (rc == 0)
-		rc = fprintf(f, "],\"next\":%s%s%s}", k.more ? "\"" : "", k.more ? next : "null",
-		    k.more ? "\"" : "") < 0 ? -1 : 0;
+	tb_lit(&b, "],\"next\":");
+	if (k.more) {
+		snprintf(next, sizeof(next), "\"%llu\"}", (unsigned long long)k.last);
+		tb_put(&b, next, strlen(next));
+	} else
+		tb_lit(&b, "null}");
 	json_decref(k.list);
-	if (stream_end(f, &text, &len, rc) == NULL) {
+	if (b.oom) {
+		free(b.p);
 		reply_error(c->q, c->peer, c->reqid, 503, "unavailable", "out of memory");
 		return;
 	}
-	reply_own(c->q, c->peer, c->reqid, 200, text);
+	reply_own(c->q, c->peer, c->reqid, 200, b.p);
 }
 
 static void
@@ -2385,7 +2682,7 @@ op_event(struct call *c)
 		return;
 	}
 	ulid_random(id);
-	text = payload_text("eventId", id, json_object_get(c->args, "type"), params, NULL);
+	text = payload_text("eventId", id, json_object_get(c->args, "type"), NULL, params, NULL);
 	p = text ? pub_start(q, PUB_EVENT, d, "command", text, strlen(text), false) : NULL;
 	free(text);
 	if (p == NULL) {
@@ -2762,7 +3059,7 @@ static int
 load_live_cb(uint64_t seq, const char *cid, void *arg)
 {
 	struct requests *q = arg;
-	json_t *rec = reqstore_get(q->st, cid);
+	json_t *rec = rec_get(q, cid);
 	const char *dev, *st;
 	struct dev *d;
 	int state;

@@ -4,11 +4,14 @@ queued for an offline device, then kill -9 of the router, and separately of
 all of herald; after the restart all 100 are still queued, and when the
 device comes online it receives each exactly once, in accept order, and
 confirms them; the backend hears of every confirmation."""
+import ctypes
+import json
 import os
 import signal
 import threading
 
-from apilib import Device, api, envelopes, request_states, start, warm_up
+from apilib import (Device, api, api_text, check_record, envelopes, request_states, start,
+                    warm_up)
 from heraldtest import Herald, Mosquitto, TmpDir, main, wait_for
 
 N = 100
@@ -174,7 +177,124 @@ def test_herald_kill9():
     deliver_and_check(h2, broker, backend, "dur-all", ids)
 
 
+class MDBVal(ctypes.Structure):
+    _fields_ = [("mv_size", ctypes.c_size_t), ("mv_data", ctypes.c_void_p)]
+
+
+class RequestStore:
+    """The request store's records (LMDB database "rec": commandId -> the
+    record's JSON), read and written as another herald would, through
+    liblmdb itself; herald must be stopped."""
+
+    def __init__(self, tmp):
+        self.lib = lib = ctypes.CDLL("liblmdb.so.0")
+        lib.mdb_strerror.restype = ctypes.c_char_p
+        self.env, self.txn, self.dbi = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_uint()
+        self.check(lib.mdb_env_create(ctypes.byref(self.env)))
+        self.check(lib.mdb_env_set_maxdbs(self.env, 16))
+        self.check(lib.mdb_env_open(self.env, tmp.join("state", "requests").encode(), 0, 0o600))
+        self.check(lib.mdb_txn_begin(self.env, None, 0, ctypes.byref(self.txn)))
+        self.check(lib.mdb_dbi_open(self.txn, b"rec", 0, ctypes.byref(self.dbi)))
+
+    def check(self, rc):
+        assert rc == 0, self.lib.mdb_strerror(rc)
+
+    def get(self, cid):
+        k, v = MDBVal(len(cid), ctypes.cast(ctypes.c_char_p(cid.encode()), ctypes.c_void_p)), MDBVal()
+        self.check(self.lib.mdb_get(self.txn, self.dbi, ctypes.byref(k), ctypes.byref(v)))
+        return json.loads(ctypes.string_at(v.mv_data, v.mv_size))
+
+    def put(self, cid, rec):
+        data = json.dumps(rec, separators=(",", ":"), ensure_ascii=False).encode()
+        k = MDBVal(len(cid), ctypes.cast(ctypes.c_char_p(cid.encode()), ctypes.c_void_p))
+        v = MDBVal(len(data), ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p))
+        self.check(self.lib.mdb_put(self.txn, self.dbi, ctypes.byref(k), ctypes.byref(v), 0))
+
+    def close(self):
+        self.check(self.lib.mdb_txn_commit(self.txn))
+        self.lib.mdb_env_close(self.env)
+
+
+def test_store_of_older_heralds():
+    """Records as herald 8ecd678 wrote them (params an object) and as
+    e727283 did (params a JSON string of its text) are read, listed,
+    repeated and delivered; and a record this herald writes keeps params an
+    object, so that 8ecd678 after a downgrade sends the device an object
+    (e727283's string reached devices as "params":"{...}"), with the text
+    kept aside in "_params" when jansson would write it otherwise."""
+    tmp, broker, backend, h = start()
+    old = {"k": [1, 2], "f": 0.5, "s": "\u00e9"}
+    text = b'{"n":18446744073709551615,"x":1e400,"d":21.30}'
+    plain = b'{"a":"x","n":1}'
+    bodies = {"fmt-old": json.dumps(old).encode(), "fmt-e727": text, "fmt-new": text,
+              "fmt-plain": plain}
+    for cid, params in bodies.items():
+        st, body = api_text(h, "POST", "/v1/devices/dev-fmt/requests",
+                            b'{"type":"t","timeout":120,"commandId":"%s","params":%s}'
+                            % (cid.encode(), params))
+        assert st == 202, body
+    assert h.stop() == 0
+    store = RequestStore(tmp)
+    try:
+        recs = {cid: store.get(cid) for cid in bodies}
+        for rec in recs.values():
+            assert isinstance(rec["params"], dict), rec
+        assert recs["fmt-new"]["params"] == {"n": None, "x": None, "d": 21.3}, recs["fmt-new"]
+        assert recs["fmt-new"]["_params"] == text.decode(), recs["fmt-new"]
+        assert recs["fmt-plain"]["params"] == {"a": "x", "n": 1} and \
+            "_params" not in recs["fmt-plain"], recs["fmt-plain"]
+        # 8ecd678: the object, nothing aside; e727283: the text as a string.
+        store.put("fmt-old", dict({k: v for k, v in recs["fmt-old"].items() if k != "_params"},
+                                  params=old))
+        store.put("fmt-e727", dict({k: v for k, v in recs["fmt-e727"].items()
+                                    if k != "_params"}, params=text.decode()))
+    finally:
+        store.close()
+    h = Herald(tmp, broker=broker, backend=backend).wait_ready()
+    warm_up(h, broker)
+    shown = {"fmt-e727": text, "fmt-new": text, "fmt-plain": plain}
+    st, listed = api_text(h, "GET", "/v1/devices/dev-fmt/requests", None)
+    assert st == 200 and [r["commandId"] for r in json.loads(listed)["requests"]] == \
+        list(bodies), listed
+    for cid in bodies:
+        st, body = api_text(h, "GET", "/v1/requests/" + cid, None)
+        rec = check_record(json.loads(body))
+        assert st == 200 and rec["state"] == "queued", body
+        if cid in shown:
+            assert b'"params":%s,' % shown[cid] in body and \
+                b'"params":%s,' % shown[cid] in listed, (body, listed)
+        else:
+            assert rec["params"] == old, body
+        # The same params again: the same request.
+        st, again = api_text(h, "POST", "/v1/devices/dev-fmt/requests",
+                             b'{"type":"t","commandId":"%s","params":%s}'
+                             % (cid.encode(), bodies[cid]))
+        assert st == 200, (cid, again)
+    dev = Device(broker, "dev-fmt").connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-fmt")[1]["pending"] == 0, 10,
+             what="every request of dev-fmt to end")
+    raw = dict(zip([c["commandId"] for c in dev.cmds()], dev.raw))
+    assert list(raw) == list(bodies), dev.cmds()
+    assert json.loads(raw["fmt-old"])["params"] == old, raw
+    for cid, t in shown.items():
+        assert b'"params":%s,' % t in raw[cid], raw[cid]
+    wait_for(lambda: all("confirmed" in request_states(backend).get(c, []) for c in bodies), 15,
+             what="every confirmation at the backend")
+    dev.disconnect()
+    assert h.stop() == 0
+    # What this herald wrote over the older records is what 8ecd678 reads.
+    store = RequestStore(tmp)
+    try:
+        for cid in bodies:
+            rec = store.get(cid)
+            assert rec["state"] == "confirmed" and isinstance(rec["params"], dict), rec
+            assert rec.get("_params") == (text.decode() if cid in ("fmt-e727", "fmt-new")
+                                          else None), rec
+    finally:
+        store.close()
+
+
 if __name__ == "__main__":
     main(test_router_kill9, test_router_kill9_device_stays_online, test_api_kill9_late_reply,
          test_notifications_resent, test_sigterm_answers_held_wait_with_the_record,
-         test_herald_kill9)
+         test_herald_kill9, test_store_of_older_heralds)

@@ -366,14 +366,11 @@ def test_params_verbatim():
     assert st == 200 and b'"params":' + params + b"," in text, text
     st, text = api_text(h, "GET", "/v1/devices/dev-num/requests", None)
     assert st == 200 and b'"params":' + params + b"," in text, text
-    # The same params spaced otherwise repeat the request; others do not.
+    # The same params spaced otherwise repeat the request (the rest of the
+    # rule: test_repeat_params_rule).
     st, text = api_text(h, "POST", "/v1/devices/dev-num/requests",
                         b'{"type":"silent","commandId":"num-1","params":' + params + b"}")
     assert st == 200, (st, text)
-    st, text = api_text(h, "POST", "/v1/devices/dev-num/requests",
-                        b'{"type":"silent","commandId":"num-1","params":'
-                        + params.replace(b"0.1", b"0.10") + b"}")
-    assert st == 409, (st, text)
     # Every kind "request" envelope (sent, timeout) carries them too.
     wait_for(lambda: "timeout" in request_states(backend).get("num-1", []), 10,
              what="num-1's timeout at the backend")
@@ -382,9 +379,43 @@ def test_params_verbatim():
     dev.disconnect()
 
 
+def test_repeat_params_rule():
+    """README: a repeat's params match when they are the same text, or the
+    same JSON once parsed (numbers as int64 or double; one past both ranges
+    only as text).  One case each, every one against its own request."""
+    tmp, broker, backend, h = start()
+    base = b'{"a":1,"f":0.1,"l":[1,2]}'
+    cases = (
+        ("same text", base, base, 200),
+        ("spacing", base, b'{ "a" : 1 ,\n "f":0.1, "l":[ 1,2 ] }', 200),
+        ("key order", base, b'{"l":[1,2],"f":0.1,"a":1}', 200),
+        ("escapes", b'{"s":"/\xc3\xa9"}', b'{"s":"\\/\\u00e9"}', 200),
+        ("0.1 vs 0.10: the same double", base, base.replace(b"0.1", b"0.10"), 200),
+        ("absent vs {}", None, b"{}", 200),
+        ("another value", base, base.replace(b'"a":1', b'"a":2'), 409),
+        ("array order", base, base.replace(b"[1,2]", b"[2,1]"), 409),
+        ("1 vs 1.0: int64 vs double", base, base.replace(b'"a":1', b'"a":1.0'), 409),
+        ("past int64, same text", b'{"n":18446744073709551615,"a":1}',
+         b'{"n":18446744073709551615,"a":1}', 200),
+        ("past a double, key order", b'{"v":1e400,"a":1}', b'{"a":1,"v":1e400}', 409),
+        ("past a double, other number", b'{"v":1e400}', b'{"v":1e401}', 409),
+    )
+    for i, (what, first, again, want) in enumerate(cases):
+        def post(params):
+            return api_text(h, "POST", "/v1/devices/dev-rule/requests",
+                            b'{"type":"t","commandId":"rule-%d"' % i
+                            + (b',"params":' + params if params is not None else b"") + b"}")
+        st, text = post(first)
+        assert st == 202, (what, st, text)
+        st, text = post(again)
+        assert st == want, (what, st, text)
+
+
 def test_device_requests_paging():
     """GET /v1/devices/{id}/requests pages as GET /v1/devices does: limit,
-    cursor and next (before: the newest 1,000 and no word of the rest)."""
+    cursor and next.  Without a cursor it is the newest ones in accept
+    order, as before paging came (e727283 gave the oldest); next leads to
+    older pages, each in accept order."""
     tmp, broker, backend, h = start()
     ids = []
     for i in range(7):
@@ -395,19 +426,24 @@ def test_device_requests_paging():
         assert api(h, "DELETE", "/v1/requests/" + c)[0] == 200
     st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests")
     assert [r["commandId"] for r in doc["requests"]] == ids and doc["next"] is None, doc
+    st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?limit=2")
+    assert [r["commandId"] for r in doc["requests"]] == ids[5:] and doc["next"], doc
     for query, want, size in (("", ids, 3), ("state=cancelled&", ids[:5], 2),
                               ("state=queued&", ids[5:], 1)):
-        seen, cursor, pages = [], "", 0
+        pages, cursor = [], ""
         while True:
             st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?%slimit=%d&cursor=%s"
                              % (query, size, cursor))
             assert st == 200 and 0 < len(doc["requests"]) <= size, (query, doc)
-            seen += [r["commandId"] for r in doc["requests"]]
-            pages += 1
+            pages.append([r["commandId"] for r in doc["requests"]])
             if doc["next"] is None:
                 break
             cursor = doc["next"]
-        assert seen == want and pages == -(-len(want) // size), (query, seen, pages)
+        expect = [want[max(0, e - size):e] for e in range(len(want), 0, -size)]
+        assert pages == expect, (query, pages, expect)
+    # The largest cursor there is: every request is before it.
+    st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?cursor=9223372036854775807")
+    assert st == 200 and [r["commandId"] for r in doc["requests"]] == ids, doc
     for bad in ("limit=0", "limit=1001", "cursor=x1", "cursor=-1"):
         st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?" + bad)
         check_error(st, doc, 400, "invalid_field")
@@ -415,8 +451,53 @@ def test_device_requests_paging():
     assert st == 200 and doc == {"requests": [], "next": None}, doc
 
 
+def test_response_verbatim():
+    """A device's result and error reach the record and the backend as it
+    wrote them, whitespace between tokens aside (before: read with jansson,
+    a number past int64 or a double made the response unknown_command and
+    the request timed out; 21.3 became 21.300000000000001)."""
+    tmp, broker, backend, h = start()
+    dev = Device(broker, "dev-resp", lambda cmd: None).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-resp")[1].get("online"), 5,
+             what="dev-resp to be online")
+    result = b'{"big":18446744073709551615,"huge":1e400,"t":21.3,"s":"a b\\u00e9","l":[1.50,-0]}'
+    error = b'{"code":"E1","message":"m","at":-1e400,"n":-99999999999999999999}'
+    answers = {
+        "rv-ok": b'{ "commandId" : "rv-ok", "success" : true, "result" : '
+                 + result.replace(b",", b" ,\n ") + b" }",
+        "rv-fail": b'{"error":' + error + b',"success":false,"commandId":"rv-fail"}',
+        # A number there does not hide the rest either.
+        "rv-num": b'{"commandId":"rv-num","success":true,"result":1e999}',
+    }
+    for cid in answers:
+        st, rec, _ = api(h, "POST", "/v1/devices/dev-resp/requests",
+                         {"type": "t", "commandId": cid, "timeout": 5})
+        assert st == 202, rec
+    wait_for(lambda: len(dev.cmds()) == 3, 5, what="the commands at the device")
+    for cid, payload in answers.items():
+        dev.c.publish("device/dev-resp/response", payload, 1)
+    want = {"rv-ok": ("confirmed", b'"result":' + result),
+            "rv-fail": ("failed", b'"error":' + error),
+            "rv-num": ("confirmed", b'"result":1e999')}
+    for cid, (state, text) in want.items():
+        wait_for(lambda: api(h, "GET", "/v1/requests/" + cid)[1]["state"] != "sent", 4,
+                 what="%s answered" % cid)
+        st, body = api_text(h, "GET", "/v1/requests/" + cid, None)
+        assert st == 200 and b'"state":"%s"' % state.encode() in body and text in body, body
+        check_record(json.loads(body))
+        st, body = api_text(h, "GET", "/v1/devices/dev-resp/requests", None)
+        assert text in body, body
+    check_envelopes(backend, h, {c: w[0] for c, w in want.items()})
+    for cid, (state, text) in want.items():
+        posts = [p[2] for p in backend.posts if b'"%s"' % cid.encode() in p[2]
+                 and b'"state":"%s"' % state.encode() in p[2]]
+        assert posts and all(text in p for p in posts), (cid, posts)
+    dev.disconnect()
+
+
 if __name__ == "__main__":
     main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
          test_repeat_with_wait_waits, test_device_list_paging, test_unknown_command_dead_letter,
          test_back_online_right_after_last_will, test_view_ends_at_the_last_telemetry,
-         test_params_verbatim, test_device_requests_paging)
+         test_params_verbatim, test_repeat_params_rule, test_device_requests_paging,
+         test_response_verbatim)

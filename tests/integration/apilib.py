@@ -92,6 +92,9 @@ def check_record(rec):
     assert set(rec) <= RECORD_FIELDS, set(rec) - RECORD_FIELDS
     for k in ("commandId", "device", "type", "params", "state", "createdAt", "expiresAt"):
         assert k in rec, (k, rec)
+    # SPEC §1: params is an object (a string there was e727283's store
+    # format leaking out, as 8ecd678 shows such a record after a downgrade).
+    assert isinstance(rec["params"], dict), rec
     for k in ("createdAt", "sentAt", "completedAt", "expiresAt"):
         if k in rec:
             assert RFC3339.match(rec[k]), (k, rec[k])

@@ -759,6 +759,7 @@ api_list_args(struct route *rt, json_t *args)
 	bool numeric = rt->nseg > 3;
 	const char *v;
 	long limit;
+	unsigned long long cursor = 0;
 
 	if ((v = evhttp_find_header(&rt->query, "limit")) != NULL && *v != '\0') {
 		if ((limit = api_query_int(v, 1, API_LIST_MAX)) < 0) {
@@ -769,15 +770,20 @@ api_list_args(struct route *rt, json_t *args)
 		json_object_set_new(args, "limit", json_integer(limit));
 	}
 	if ((v = evhttp_find_header(&rt->query, "cursor")) != NULL && *v != '\0') {
-		if (numeric ? strspn(v, "0123456789") != strlen(v) || strlen(v) > API_CURSOR_MAX :
-		    !api_id_ok(v)) {
+		/* a sequence: up to INT64_MAX (strtoull clamps only past UINT64_MAX) */
+		if (numeric) {
+			errno = 0;
+			cursor = strtoull(v, NULL, 10);
+		}
+		if (numeric ? strspn(v, "0123456789") != strlen(v) || strlen(v) > API_CURSOR_MAX ||
+		    errno != 0 || cursor > INT64_MAX : !api_id_ok(v)) {
 			json_decref(args);
 			api_error(a, rt->req, 400, "invalid_field", "bad cursor (give the \"next\" "
 			    "of the page before)");
 			return false;
 		}
 		json_object_set_new(args, "cursor", numeric ?
-		    json_integer((json_int_t)strtoll(v, NULL, 10)) : json_string(v));
+		    json_integer((json_int_t)cursor) : json_string(v));
 	}
 	return true;
 }

@@ -444,7 +444,9 @@ def test_device_requests_paging():
     # The largest cursor there is: every request is before it.
     st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?cursor=9223372036854775807")
     assert st == 200 and [r["commandId"] for r in doc["requests"]] == ids, doc
-    for bad in ("limit=0", "limit=1001", "cursor=x1", "cursor=-1"):
+    for bad in ("limit=0", "limit=1001", "cursor=x1", "cursor=-1",
+                "cursor=9223372036854775808", "cursor=9999999999999999999",
+                "cursor=18446744073709551616"):
         st, doc, _ = api(h, "GET", "/v1/devices/dev-pg/requests?" + bad)
         check_error(st, doc, 400, "invalid_field")
     st, doc, _ = api(h, "GET", "/v1/devices/nobody/requests?limit=5")

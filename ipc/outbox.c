@@ -48,7 +48,7 @@ struct ob_hdr {
 	uint32_t data_off;
 	uint32_t epoch;
 	uint32_t check;         /* of the fields above */
-	uint32_t pad;
+	uint32_t tag;           /* the caller's, kept for the epoch (0: not set) */
 	uint64_t next_seq;      /* a floor: the next sequence is at least this */
 	uint64_t tail;          /* position of the oldest record */
 	uint64_t acked_below;   /* every sequence under this one was acknowledged */
@@ -812,4 +812,12 @@ size_t   outbox_capacity(const struct outbox *ob) { return (size_t)ob->dlen; }
 size_t   outbox_depth(const struct outbox *ob) { return ob->live; }
 size_t   outbox_bytes(const struct outbox *ob) { return (size_t)(ob->head - ob->tail); }
 uint32_t outbox_epoch(const struct outbox *ob) { return ob->epoch; }
+uint32_t outbox_tag(const struct outbox *ob) { return ob->hdr->tag; }
+
+int
+outbox_set_tag(struct outbox *ob, uint32_t tag)
+{
+	ob->hdr->tag = tag;
+	return ob_msync(ob, 0, sizeof(struct ob_hdr));
+}
 uint64_t outbox_next_seq(const struct outbox *ob) { return ob->next_seq; }

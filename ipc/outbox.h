@@ -97,6 +97,10 @@ size_t   outbox_capacity(const struct outbox *ob);   /* bytes for records */
 size_t   outbox_depth(const struct outbox *ob);      /* live records */
 size_t   outbox_bytes(const struct outbox *ob);      /* bytes from tail to head */
 uint32_t outbox_epoch(const struct outbox *ob);
+/* A value of the caller's kept in the header for the outbox's epoch, 0 until
+ * set (a new epoch starts unset); set writes it through to the disk. */
+uint32_t outbox_tag(const struct outbox *ob);
+int      outbox_set_tag(struct outbox *ob, uint32_t tag);
 uint64_t outbox_next_seq(const struct outbox *ob);
 
 #endif

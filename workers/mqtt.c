@@ -96,9 +96,11 @@ struct redeliv {
 	struct redeliv *next;
 };
 
-/* <slot>.recent: a header, then one ring per connection. */
+/* <slot>.recent: a header, then one ring per connection, named by its
+ * client id (version 1 rings had no name: they were the configured
+ * connections, in order). */
 #define MQTT_RECENT_MAGIC      0x544e4352u   /* "RCNT" */
-#define MQTT_RECENT_VERSION    1
+#define MQTT_RECENT_VERSION    2
 
 struct recent_hdr {
 	uint32_t magic, version, epoch, nconns, per_conn, pad;
@@ -114,6 +116,13 @@ struct recent_ent {
 
 struct recent_ring {
 	uint64_t          count;      /* entries ever written; stored after the entry */
+	uint64_t          pad;
+	char              id[192];    /* the connection's client id */
+	struct recent_ent e[MQTT_RECENT];
+};
+
+struct recent_ring_v1 {
+	uint64_t          count;
 	uint64_t          pad;
 	struct recent_ent e[MQTT_RECENT];
 };
@@ -413,20 +422,114 @@ conn_recent_to_candidates(struct mconn *c, bool at_open)
 }
 
 /*
- * Map <slot>.recent, or start it over when it belongs to another outbox
- * epoch or another number of connections (at worst a redelivery then gets
- * a second id).  Falls back to memory.
+ * The rings of a <slot>.recent written before (version 1 or 2, this
+ * outbox's epoch), copied out: a connection's ring follows its client id
+ * when connections are added, dropped or retired (a new node_name: the old
+ * id moves behind the new ones), so the broker's redeliveries after the
+ * change are still known.  Entries name their connection by index: they
+ * are renumbered.  NULL when there is nothing to keep.
+ */
+struct recent_old {
+	char              id[192];      /* "" for a version 1 ring: its index names it */
+	int               idx;
+	uint64_t          count;
+	struct recent_ent e[MQTT_RECENT];
+};
+
+static struct recent_old *
+mqtt_recent_read(struct mqttw *mw, const void *map, size_t len, int *nold)
+{
+	const struct recent_hdr *h = map;
+	struct recent_old *old;
+	size_t ringsz;
+
+	*nold = 0;
+	if (len < sizeof(*h) || h->magic != MQTT_RECENT_MAGIC || h->epoch != outbox_epoch(mw->ob) ||
+	    h->per_conn != MQTT_RECENT || h->nconns == 0 || h->nconns > MQTT_SESS_MAX)
+		return NULL;
+	if (h->version == 1)
+		ringsz = sizeof(struct recent_ring_v1);
+	else if (h->version == MQTT_RECENT_VERSION)
+		ringsz = sizeof(struct recent_ring);
+	else
+		return NULL;
+	if (len < sizeof(*h) + h->nconns * ringsz ||
+	    (old = calloc(h->nconns, sizeof(*old))) == NULL)
+		return NULL;
+	for (uint32_t i = 0; i < h->nconns; i++) {
+		const char *r = (const char *)map + sizeof(*h) + i * ringsz;
+		struct recent_old *o = &old[*nold];
+
+		o->idx = (int)i;
+		if (h->version == 1) {
+			const struct recent_ring_v1 *v1 = (const void *)r;
+
+			o->count = v1->count;
+			memcpy(o->e, v1->e, sizeof(o->e));
+		} else {
+			const struct recent_ring *v2 = (const void *)r;
+
+			if (memchr(v2->id, '\0', sizeof(v2->id)) == NULL || v2->id[0] == '\0')
+				continue;
+			strlcpy_h(o->id, v2->id, sizeof(o->id));
+			o->count = v2->count;
+			memcpy(o->e, v2->e, sizeof(o->e));
+		}
+		(*nold)++;
+	}
+	return old;
+}
+
+/* Give conns[idx] the old ring of its client id, renumbered. */
+static void
+mqtt_recent_adopt(struct mqttw *mw, int idx, const struct recent_old *old, int nold)
+{
+	struct recent_ring *rr = mw->conns[idx].recent;
+
+	for (int k = 0; k < nold; k++) {
+		const struct recent_old *o = &old[k];
+
+		if (o->id[0] != '\0' ? strcmp(o->id, mw->conns[idx].id) != 0 :
+		    o->idx != idx || idx >= mw->ncurrent)
+			continue;
+		for (int i = 0; i < MQTT_RECENT; i++) {
+			struct recent_ent e = o->e[i];
+
+			if (e.origin != UINT32_MAX && (int)(e.origin >> 16) == o->idx)
+				e.origin = ((uint32_t)idx << 16) | (e.origin & 0xffff);
+			else
+				e.origin = UINT32_MAX;
+			rr->e[i] = e;
+		}
+		rr->count = o->count;
+		return;
+	}
+}
+
+/*
+ * Map <slot>.recent, laid out for this life's connections; rings of the
+ * previous life follow their client ids (mqtt_recent_read).  Falls back to
+ * memory (at worst a redelivery then gets a second id).
  */
 static void
 mqtt_recent_open(struct mqttw *mw, const char *path)
 {
 	size_t len = sizeof(struct recent_hdr) + (size_t)mw->nconns * sizeof(struct recent_ring);
+	struct recent_old *old = NULL;
 	struct recent_hdr *h;
 	struct stat st;
 	void *map = MAP_FAILED;
-	int fd;
+	int fd, nold = 0;
 
 	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (fd != -1 && fstat(fd, &st) == 0 && st.st_size > 0) {
+		void *prev = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+
+		if (prev != MAP_FAILED) {
+			old = mqtt_recent_read(mw, prev, (size_t)st.st_size, &nold);
+			munmap(prev, (size_t)st.st_size);
+		}
+	}
 	if (fd != -1 && fstat(fd, &st) == 0) {
 		if ((size_t)st.st_size != len && (ftruncate(fd, 0) == -1 ||
 		    ftruncate(fd, (off_t)len) == -1)) {
@@ -447,27 +550,33 @@ mqtt_recent_open(struct mqttw *mw, const char *path)
 		log_warn("%s: %s; redeliveries after a restart may get a second id", path,
 		    strerror(errno));
 		map = calloc(1, len);
-		if (map == NULL)
+		if (map == NULL) {
+			free(old);
 			return;
+		}
 		mw->recent_len = 0;
 	} else {
 		mw->recent_len = len;
 	}
 	mw->recent_map = map;
 	h = map;
-	if (h->magic != MQTT_RECENT_MAGIC || h->version != MQTT_RECENT_VERSION ||
-	    h->epoch != outbox_epoch(mw->ob) || h->nconns != (uint32_t)mw->nconns ||
-	    h->per_conn != MQTT_RECENT) {
-		memset(map, 0, len);
-		h->version = MQTT_RECENT_VERSION;
-		h->epoch = outbox_epoch(mw->ob);
-		h->nconns = (uint32_t)mw->nconns;
-		h->per_conn = MQTT_RECENT;
-		__atomic_store_n(&h->magic, MQTT_RECENT_MAGIC, __ATOMIC_RELEASE);
-	}
-	for (int i = 0; i < mw->nconns; i++)
-		mw->conns[i].recent = (struct recent_ring *)((char *)map +
+	/* Rebuilt whole: a death meanwhile leaves no magic (then it starts over). */
+	__atomic_store_n(&h->magic, 0, __ATOMIC_RELEASE);
+	memset(map, 0, len);
+	h->version = MQTT_RECENT_VERSION;
+	h->epoch = outbox_epoch(mw->ob);
+	h->nconns = (uint32_t)mw->nconns;
+	h->per_conn = MQTT_RECENT;
+	for (int i = 0; i < mw->nconns; i++) {
+		struct recent_ring *rr = (struct recent_ring *)((char *)map +
 		    sizeof(struct recent_hdr) + (size_t)i * sizeof(struct recent_ring));
+
+		mw->conns[i].recent = rr;
+		strlcpy_h(rr->id, mw->conns[i].id, sizeof(rr->id));
+		mqtt_recent_adopt(mw, i, old, nold);
+	}
+	free(old);
+	__atomic_store_n(&h->magic, MQTT_RECENT_MAGIC, __ATOMIC_RELEASE);
 }
 
 /* ---- messages to the router ---- */
@@ -1894,7 +2003,6 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	mw->port = cf->mqtt_port;
 	mw->keepalive = cf->keepalive < 5 ? 5 : cf->keepalive;
 	mw->fsync = cf->spool_fsync;
-	mw->node_hash = hash32(cf->node_name, strlen(cf->node_name));
 	mw->retire_slot = w->slot >= cf->mqtt_workers;
 	mw->ncurrent = mw->retire_slot ? 0 :
 	    cf->connections_per_worker < 1 ? 1 : cf->connections_per_worker;
@@ -1906,6 +2014,17 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 		return -1;
 	}
 	outbox_set_fsync(mw->ob, mw->fsync);
+	/*
+	 * Message ids hold the node's hash (msgid_make): the one of the
+	 * node_name this outbox's epoch began with, kept in its header, so a
+	 * record sent again after a new node_name keeps its id.
+	 */
+	if ((mw->node_hash = outbox_tag(mw->ob)) == 0) {
+		mw->node_hash = hash32(cf->node_name, strlen(cf->node_name)) | 0x80000000u;
+		if (outbox_set_tag(mw->ob, mw->node_hash) == -1)
+			log_warn("outbox: cannot keep the node's hash in its header (%s); a "
+			    "new node_name would give records sent again new ids", strerror(errno));
+	}
 	/* Longer payloads are over max_payload whatever e2e adds: cut them. */
 	mw->trunc_limit = cf->max_payload + OUTBOX_TRUNC_EXTRA;
 	mw->high_water = outbox_high_water(cf->max_payload);

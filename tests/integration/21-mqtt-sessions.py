@@ -6,9 +6,10 @@ the filters of an old share_group are dropped, or every message would come
 twice.  Each test publishes after the change and checks that the backend
 gets every message once, and that the broker has no session left over."""
 import os
+import signal
 import subprocess
 from heraldtest import (MOSQUITTO_PUB, Backend, Herald, Mosquitto, Publisher, TmpDir,
-                        distinct_delivered, log, main, wait_for)
+                        check_delivery, distinct_delivered, log, main, wait_for)
 
 
 def broker_sys(broker, name):
@@ -57,6 +58,36 @@ def test_node_name_change_ends_old_sessions():
     # The record names the new session only.
     rec = open(os.path.join(h.sections["herald"]["state_dir"], "outbox", "0.sessions")).read()
     assert "node-b-mqtt-0-0 " in rec and "node-a" not in rec, rec
+
+
+def test_node_name_change_under_traffic_keeps_ids():
+    """The broker sends again what was in flight when a connection went; a
+    message already in the outbox must keep its id, also when the client
+    id it came through is now a retiring one, and after a kill that
+    follows the change."""
+    tmp, broker, backend, h = setup({"workers": {"mqtt": 1}, "herald": {"node_name": "node-a"}})
+    pub = Publisher(broker.port, ["tr-%d" % i for i in range(20)], kinds=["telemetry"],
+                    count=300).start()
+    wait_for(lambda: distinct_delivered(backend) >= 1000, 30, 0.02, "traffic flowing")
+    h.sections["herald"]["node_name"] = "node-b"
+    h.write()
+    assert h.ctl("reload")["ok"] is True
+    pub.wait()
+    deliver_all(backend, pub, 60)
+    wait_for(lambda: "node-a-mqtt-0-0: broker session ended" in h.log_text(), 15, 0.05,
+             "the old session to end")
+    # A kill under traffic after the change: the broker redelivers to
+    # node-b's session what it had in flight.
+    pub2 = Publisher(broker.port, ["tk-%d" % i for i in range(20)], kinds=["telemetry"],
+                     count=300).start()
+    wait_for(lambda: distinct_delivered(backend) >= pub.total() + 1000, 30, 0.02,
+             "traffic flowing again")
+    os.kill(h.worker("mqtt")["pid"], signal.SIGKILL)
+    pub2.wait()
+    pub2.sent.update(pub.sent)
+    deliver_all(backend, pub2, 60)
+    distinct, dups = check_delivery(backend.delivered(), pub2, node=("node-a", "node-b"))
+    log("%d messages, %d delivered again with their first id" % (distinct, dups))
 
 
 def test_fewer_workers_after_a_restart_drains_the_retired_session():
@@ -123,6 +154,7 @@ def test_share_group_change_drops_old_filters():
 
 if __name__ == "__main__":
     main(test_node_name_change_ends_old_sessions,
+         test_node_name_change_under_traffic_keeps_ids,
          test_fewer_workers_after_a_restart_drains_the_retired_session,
          test_reload_with_fewer_workers_ends_their_sessions,
          test_share_group_change_drops_old_filters)

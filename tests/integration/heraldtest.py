@@ -490,7 +490,7 @@ def check_delivery(envelopes, pub, ordered=False, node="test-node"):
         assert e["device"] == p["dev"], e
         assert e["kind"] == ENVELOPE_KIND[p["k"]], e
         assert e["topic"] == "device/%s/%s" % (p["dev"], p["k"]), e
-        assert e["gateway"] == node, e
+        assert e["gateway"] == node if isinstance(node, str) else e["gateway"] in node, e
         assert len(e["id"]) == 26, e
         assert e["receivedAt"].endswith("Z") and len(e["receivedAt"]) == 24, e
         if ordered:

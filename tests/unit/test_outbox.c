@@ -244,6 +244,23 @@ check_sent_cb(void *arg, const struct outbox_rec *r)
 	return 0;
 }
 
+/* The tag stays with the file's epoch: read back after a reopen. */
+static void
+test_tag_kept(void **state)
+{
+	struct fx *f = *state;
+	struct outbox *ob = open_ob(f->path, 1 << 20);
+	uint32_t epoch = outbox_epoch(ob);
+
+	assert_int_equal(outbox_tag(ob), 0);
+	assert_int_equal(outbox_set_tag(ob, 0x8000beefu), 0);
+	outbox_close(ob);
+	ob = open_ob(f->path, 1 << 20);
+	assert_int_equal(outbox_epoch(ob), epoch);
+	assert_int_equal(outbox_tag(ob), 0x8000beefu);
+	outbox_close(ob);
+}
+
 static void
 test_foreach(void **state)
 {
@@ -818,6 +835,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_append_ack_in_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_ack_out_of_order, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_foreach, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_tag_kept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_wrap_around, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stale_laps, setup, teardown),

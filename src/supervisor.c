@@ -653,6 +653,14 @@ supervisor_reload(struct supervisor *s, char *err, size_t errlen)
 					c->restart_now = true;
 					child_send(c, HM_CTL_STOP, NULL);
 				}
+			} else if (c->retiring && c->pid > 0) {
+				/* Retiring already: like any mqtt worker (a new broker
+				 * address, new credentials). */
+				if (role_needs_restart(c->role, old, next)) {
+					c->restart_now = true;
+					child_send(c, HM_CTL_STOP, NULL);
+				} else
+					child_send_config(c, next);
 			}
 			continue;
 		}

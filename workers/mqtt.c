@@ -59,7 +59,7 @@
 
 #define MQTT_RECENT            16384    /* a power of 2, well under 65536 */
 #define MQTT_FILTER_MAX        160      /* "$share/<group>/device/+/<kind>" */
-#define MQTT_SESS_FILTERS      8        /* filters a recorded session may hold */
+#define MQTT_SESS_FILTERS      16       /* old filters a session may hold */
 #define MQTT_SESS_MAX          256      /* sessions in a slot's record (64 connections, twice over) */
 
 /*
@@ -181,6 +181,7 @@ struct mqttw {
 	int               ncurrent;         /* the configured ones: device traffic, publishes */
 	bool              retire_slot;      /* the slot is over [workers] mqtt: it drains and ends */
 	char              sess_path[600];   /* <slot>.sessions */
+	bool              sess_unsaved;     /* the last write failed: tried again each tick */
 	int               rr;
 	struct event     *flush_ev, *tick_ev, *resend_ev, *stop_ev;
 	struct event     *sync_ev;          /* the batch window's msync */
@@ -1105,13 +1106,19 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
  * puts the next queued message in flight and writes it at once
  * (db__message_delete_outgoing() in 2.0.11's src/database.c): an UNSUBACK
  * that no PUBLISH preceded means that nothing was queued or in flight
- * when the broker read the UNSUBSCRIBE.
+ * when the broker read the UNSUBSCRIBE.  Not so in one case of 2.0.11
+ * (fixed in 2.0.15): when the messages a resumed session puts in flight
+ * have all expired (a device's message expiry), it drops them and sends
+ * nothing more until a PUBACK or a new message moves the queue, so the
+ * barrier comes back clear over a stalled queue (README says so).  A
+ * session whose DISCONNECT did not leave after all stays at the broker,
+ * unsubscribed and empty, until its expiry.
  */
 
 struct sess_rec {
 	char id[192];
 	int  nf;
-	char f[MQTT_SESS_FILTERS][MQTT_FILTER_MAX];
+	char f[MQTT_SESS_FILTERS + NKINDS][MQTT_FILTER_MAX];   /* as many as a line holds */
 };
 
 static void
@@ -1141,9 +1148,31 @@ sess_find(const struct sess_rec *recs, int nrec, const char *id)
 	return NULL;
 }
 
+/*
+ * A client id this slot may have used: <node_name>-mqtt-<slot>-<n>.  Nothing
+ * else in a damaged record is taken for a session to resume and end.
+ */
+static bool
+sess_id_ok(const char *id, int slot)
+{
+	char tail[32];
+	const char *dash = strrchr(id, '-');
+	size_t len, nlen;
+
+	if (dash == NULL || dash[1] == '\0' || strspn(dash + 1, "0123456789") != strlen(dash + 1))
+		return false;
+	snprintf(tail, sizeof(tail), "-mqtt-%d", slot);
+	len = (size_t)(dash - id);
+	if (len <= strlen(tail) || memcmp(dash - strlen(tail), tail, strlen(tail)) != 0)
+		return false;
+	nlen = len - strlen(tail);
+	return nlen <= 63 && strspn(id, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+	    "0123456789._-") >= nlen;
+}
+
 /* Read <slot>.sessions: the number of sessions, 0 when there is no record. */
 static int
-sess_load(const char *path, struct sess_rec *recs, int max)
+sess_load(const char *path, int slot, struct sess_rec *recs, int max)
 {
 	FILE *f = fopen(path, "re");
 	char line[2048], *save, *tok;
@@ -1163,10 +1192,11 @@ sess_load(const char *path, struct sess_rec *recs, int max)
 		    strlen(tok) >= sizeof(r->id))
 			continue;
 		strlcpy_h(r->id, tok, sizeof(r->id));
-		if (sess_find(recs, n, r->id) != NULL)
+		if (!sess_id_ok(r->id, slot) || sess_find(recs, n, r->id) != NULL)
 			continue;
 		r->nf = 0;
-		while ((tok = strtok_r(NULL, " ", &save)) != NULL && r->nf < MQTT_SESS_FILTERS)
+		while ((tok = strtok_r(NULL, " ", &save)) != NULL &&
+		    r->nf < MQTT_SESS_FILTERS + NKINDS)
 			if (strlen(tok) < MQTT_FILTER_MAX)
 				strlcpy_h(r->f[r->nf++], tok, MQTT_FILTER_MAX);
 		n++;
@@ -1218,10 +1248,15 @@ mqtt_sessions_save(struct mqttw *mw)
 		fsync(fd);
 		close(fd);
 	}
+	if (mw->sess_unsaved)
+		log_notice("%s written", mw->sess_path);
+	mw->sess_unsaved = false;
 	return 0;
 fail:
-	log_err("%s: %s; a broker session the configuration drops may not be ended",
-	    mw->sess_path, strerror(errno));
+	if (!mw->sess_unsaved)
+		log_err("%s: %s; trying again every second (until then a broker session "
+		    "the configuration drops may not be ended)", mw->sess_path, strerror(errno));
+	mw->sess_unsaved = true;
 	snprintf(tmp, sizeof(tmp), "%s.tmp", mw->sess_path);
 	unlink(tmp);
 	return -1;
@@ -1240,7 +1275,7 @@ mqtt_sessions_load(struct mqttw *mw, const struct config *cf, struct sess_rec **
 
 	if ((*recsp = recs) == NULL)
 		return -1;
-	nrec = sess_load(mw->sess_path, recs, MQTT_SESS_MAX);
+	nrec = sess_load(mw->sess_path, mw->w->slot, recs, MQTT_SESS_MAX);
 	if (nrec == 0 && mw->retire_slot)
 		for (int i = 0; i < cf->connections_per_worker && nrec < MQTT_SESS_MAX; i++)
 			snprintf(recs[nrec++].id, sizeof(recs[0].id), "%s-mqtt-%d-%d",
@@ -1285,7 +1320,7 @@ mqtt_sessions_apply(struct mqttw *mw, const struct sess_rec *recs, int nrec)
 		c = &mw->conns[next++];
 		c->retiring = true;
 		strlcpy_h(c->id, recs[r].id, sizeof(c->id));
-		for (int k = 0; k < recs[r].nf; k++)
+		for (int k = 0; k < recs[r].nf && c->nold < MQTT_SESS_FILTERS; k++)
 			strlcpy_h(c->old[c->nold++], recs[r].f[k], MQTT_FILTER_MAX);
 		if (c->nold == 0)
 			/* Not recorded: whatever this configuration subscribes to. */
@@ -1766,6 +1801,8 @@ mqtt_tick(evutil_socket_t fd, short what, void *arg)
 		}
 	}
 	mqtt_check_room(mw);
+	if (mw->sess_unsaved)
+		mqtt_sessions_save(mw);
 	mqtt_retire_steps(mw);
 	mqtt_retire_check(mw);
 	mqtt_schedule_flush(mw);

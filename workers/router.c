@@ -46,6 +46,7 @@ struct router {
 	bool             paused;        /* the spool said it is full */
 	unsigned         rotation;      /* next mqtt worker to publish on */
 	int64_t          mqtt_down_until[CONFIG_MAX_MQTT]; /* mono ms; 0: up */
+	bool             mqtt_joined[CONFIG_MAX_MQTT];     /* said hello: a retiring slot too */
 	struct hold      holds[1];      /* http.0 */
 	struct event    *hold_retry;
 };
@@ -65,8 +66,10 @@ router_tell_mqtt(struct router *r, enum hm_type type, int only_slot)
 	char peer[32];
 
 	hmw_init(&m, type);
-	for (int i = 0; i < r->w->cf->mqtt_workers; i++) {
-		if (only_slot >= 0 && i != only_slot)
+	/* Retiring slots (over [workers] mqtt) read too: they hear it as well. */
+	for (int i = 0; i < CONFIG_MAX_MQTT; i++) {
+		if ((only_slot >= 0 && i != only_slot) ||
+		    (i >= r->w->cf->mqtt_workers && !r->mqtt_joined[i]))
 			continue;
 		router_mqtt_name(i, peer, sizeof(peer));
 		worker_send(r->w, peer, &m);
@@ -185,6 +188,7 @@ router_hello(struct router *r, const char *peer, struct hmr *msg)
 	log_debug("%s joined the fabric (generation %u)", peer, h.generation);
 	if (h.role == ROLE_MQTT && h.slot < CONFIG_MAX_MQTT) {
 		r->mqtt_down_until[h.slot] = 0;
+		r->mqtt_joined[h.slot] = true;
 		/* A new mqtt worker must learn that the spool is full. */
 		if (r->paused)
 			router_tell_mqtt(r, HM_FAB_PAUSE, (int)h.slot);

@@ -152,9 +152,34 @@ def test_share_group_change_drops_old_filters():
     assert "dropped the subscriptions of an earlier configuration" in h.log_text()
 
 
+def test_damaged_record_names_no_foreign_session():
+    """Only client ids of the slot's own form are taken from the record: a
+    damaged line must not make herald resume and end a device's session."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend()
+    os.makedirs(tmp.join("state", "outbox"))
+    with open(tmp.join("state", "outbox", "0.sessions"), "w") as f:
+        f.write("display-42 $share/herald/device/+/telemetry\n"
+                "old-node-mqtt-0-0 $share/herald/device/+/telemetry\n"
+                "x-mqtt-1-0 $share/herald/device/+/telemetry\n"
+                "\x00garbage \xff\n")
+    h = Herald(tmp, conf={"workers": {"mqtt": 1}}, broker=broker, backend=backend).wait_ready()
+    wait_for(lambda: "old-node-mqtt-0-0: broker session ended" in h.log_text(), 15, 0.05,
+             "the recorded session of an old node name to end")
+    brokerlog = open(os.path.join(broker.dir, "mosquitto.log")).read()
+    assert " as old-node-mqtt-0-0 " in brokerlog, brokerlog
+    assert " as display-42 " not in brokerlog and " as x-mqtt-1-0 " not in brokerlog, brokerlog
+    rec = open(tmp.join("state", "outbox", "0.sessions")).read()
+    assert "display-42" not in rec and "x-mqtt-1-0" not in rec, rec
+    pub = Publisher(broker.port, ["dm1"], kinds=["telemetry"], count=20).run()
+    deliver_all(backend, pub)
+
+
 if __name__ == "__main__":
     main(test_node_name_change_ends_old_sessions,
          test_node_name_change_under_traffic_keeps_ids,
          test_fewer_workers_after_a_restart_drains_the_retired_session,
          test_reload_with_fewer_workers_ends_their_sessions,
-         test_share_group_change_drops_old_filters)
+         test_share_group_change_drops_old_filters,
+         test_damaged_record_names_no_foreign_session)

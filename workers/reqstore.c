@@ -661,8 +661,9 @@ reqstore_walk_from(struct reqstore *s, uint64_t from, reqstore_walk_fn *fn, void
 	return walk_ids(s, s->order, false, NULL, 0, from, fn, arg);
 }
 
-int
-reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
+/* A device's requests in its index (the device id and a NUL, then the sequence). */
+static int
+walk_device(struct reqstore *s, const char *device, bool reverse, uint64_t from,
     reqstore_walk_fn *fn, void *arg)
 {
 	uint8_t prefix[DEVKEY_MAX];
@@ -672,21 +673,21 @@ reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
 		return 0;
 	memcpy(prefix, device, n);
 	prefix[n] = '\0';
-	return walk_ids(s, s->bydev, reverse, prefix, n + 1, 0, fn, arg);
+	return walk_ids(s, s->bydev, reverse, prefix, n + 1, from, fn, arg);
+}
+
+int
+reqstore_walk_device(struct reqstore *s, const char *device, bool reverse,
+    reqstore_walk_fn *fn, void *arg)
+{
+	return walk_device(s, device, reverse, 0, fn, arg);
 }
 
 int
 reqstore_walk_device_before(struct reqstore *s, const char *device, uint64_t before,
     reqstore_walk_fn *fn, void *arg)
 {
-	uint8_t prefix[DEVKEY_MAX];
-	size_t n = strlen(device);
-
-	if (n == 0 || n > REQSTORE_ID_MAX)
-		return 0;
-	memcpy(prefix, device, n);
-	prefix[n] = '\0';
-	return walk_ids(s, s->bydev, true, prefix, n + 1, before, fn, arg);
+	return walk_device(s, device, true, before, fn, arg);
 }
 
 int

@@ -611,13 +611,26 @@ raw_set(json_t *o, const char *key, const char *t, size_t n, json_t *(*dflt)(voi
 			return -1;
 		v = json_loadb(tamed, jc_tame(t, n, tamed, NULL), JSON_DECODE_ANY, NULL);
 		free(tamed);
-		if (v == NULL && (v = dflt != NULL ? dflt() : json_null()) == NULL)
-			return -1;
+		if (v == NULL) {
+			/* Not JSON after all (a damaged store, a broken peer):
+			 * never copied out verbatim. */
+			log_ratelimited(LOG_ERR, "a record's %s is not JSON: shown as %s", key,
+			    dflt != NULL ? "{}" : "null");
+			if ((v = dflt != NULL ? dflt() : json_null()) == NULL ||
+			    json_object_set_new(o, key, v) == -1)
+				return -1;
+			json_object_del(o, priv);
+			return 0;
+		}
 	}
 	tb_dump(&d, v);
 	same = !d.oom && d.len == n && memcmp(d.p, t, n) == 0;
 	free(d.p);
-	if (d.oom || json_object_set_new(o, key, v) == -1)
+	if (d.oom) {
+		json_decref(v);
+		return -1;
+	}
+	if (json_object_set_new(o, key, v) == -1)
 		return -1;
 	if (same)
 		json_object_del(o, priv);
@@ -665,7 +678,10 @@ payload_text(const char *idkey, const char *id, const json_t *type, const json_t
 	tb_key(&b, true, idkey);
 	tb_string(&b, id, strlen(id), NULL);
 	tb_lit(&b, ",\"type\":");
-	tb_value(&b, type);
+	if (type != NULL)
+		tb_value(&b, type);
+	else
+		tb_lit(&b, "null");     /* a damaged record: never without one */
 	tb_lit(&b, ",\"params\":");
 	if (raw != NULL)
 		tb_put(&b, json_string_value(raw), json_string_length(raw));
@@ -1969,6 +1985,13 @@ req_change(struct requests *q, struct req *r, int state, json_t *fields, bool fa
 		json_object_set_new(rec, "_ended", json_integer(now));
 	}
 	if (fields != NULL) {
+		const char *k;
+		json_t *v;
+
+		/* A value without its text drops an older one's (raw_private()). */
+		json_object_foreach(fields, k, v)
+			if (raw_private(k) != NULL && json_object_get(fields, raw_private(k)) == NULL)
+				json_object_del(rec, raw_private(k));
 		json_object_update(rec, fields);
 		json_decref(fields);
 	}

@@ -72,7 +72,9 @@ router_tell_mqtt(struct router *r, enum hm_type type, int only_slot)
 		    (i >= r->w->cf->mqtt_workers && !r->mqtt_joined[i]))
 			continue;
 		router_mqtt_name(i, peer, sizeof(peer));
-		worker_send(r->w, peer, &m);
+		/* A retired slot is gone for good: not told again. */
+		if (worker_send(r->w, peer, &m) == -1 && i >= r->w->cf->mqtt_workers)
+			r->mqtt_joined[i] = false;
 	}
 	hmw_free(&m);
 }

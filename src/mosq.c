@@ -63,6 +63,11 @@ struct mosq_io {
 	char   *out;
 	size_t  out_len, out_cap;
 	bool    hold;          /* PUBACKs wait for mosq_io_release() */
+	/* The framing of what libmosquitto has read (mosq_io_last_command). */
+	uint8_t rd_cmd;        /* fixed header byte of the last packet begun */
+	uint8_t rd_state;      /* RD_CMD, RD_LEN, RD_BODY */
+	uint8_t rd_shift;
+	uint32_t rd_left;      /* remaining length being read, then its bytes left */
 	char   *held;
 	size_t  held_len, held_cap;
 };
@@ -226,6 +231,56 @@ mosq_io_flush(int fd)
 	return mosq_io_push(fd, io);
 }
 
+enum { RD_CMD, RD_LEN, RD_BODY };
+
+/*
+ * Follow the MQTT framing of the bytes handed to libmosquitto: a fixed
+ * header byte, the remaining length (1 to 4 bytes of 7 bits), then that
+ * many bytes.  libmosquitto reads one packet at a time and calls its
+ * handlers (on_message) once the packet is complete, before it reads the
+ * next one's first byte: then rd_cmd is that packet's header.
+ */
+static void
+mosq_io_track(struct mosq_io *io, const unsigned char *p, size_t n)
+{
+	while (n > 0) {
+		switch (io->rd_state) {
+		case RD_CMD:
+			io->rd_cmd = *p++;
+			n--;
+			io->rd_state = RD_LEN;
+			io->rd_left = 0;
+			io->rd_shift = 0;
+			break;
+		case RD_LEN:
+			io->rd_left |= (uint32_t)(*p & 0x7f) << io->rd_shift;
+			io->rd_shift += 7;
+			if ((*p & 0x80) == 0 || io->rd_shift >= 28)
+				io->rd_state = io->rd_left > 0 ? RD_BODY : RD_CMD;
+			p++;
+			n--;
+			break;
+		default: {
+			size_t k = n < io->rd_left ? n : io->rd_left;
+
+			p += k;
+			n -= k;
+			io->rd_left -= (uint32_t)k;
+			if (io->rd_left == 0)
+				io->rd_state = RD_CMD;
+		}
+		}
+	}
+}
+
+int
+mosq_io_last_command(int fd)
+{
+	struct mosq_io *io = mosq_io_get(fd);
+
+	return io != NULL ? io->rd_cmd : -1;
+}
+
 ssize_t
 read(int fd, void *buf, size_t n)
 {
@@ -241,6 +296,8 @@ read(int fd, void *buf, size_t n)
 			/* a large payload's remainder: no copy */
 			r = syscall(SYS_read, fd, buf, n);
 			io->in_full = r > 0 && (size_t)r == n;
+			if (r > 0)
+				mosq_io_track(io, buf, (size_t)r);
 			return r;
 		}
 		r = syscall(SYS_read, fd, io->in, MOSQ_IO_IN);
@@ -255,6 +312,7 @@ read(int fd, void *buf, size_t n)
 	k = io->in_len - io->in_off < n ? io->in_len - io->in_off : n;
 	memcpy(buf, io->in + io->in_off, k);
 	io->in_off += k;
+	mosq_io_track(io, buf, k);
 	return (ssize_t)k;
 }
 

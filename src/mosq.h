@@ -31,5 +31,8 @@ size_t mosq_io_unsent(int fd);
 int    mosq_io_hold_acks(int fd);
 int    mosq_io_release(int fd);
 size_t mosq_io_held(int fd);
+/* The fixed header byte of the last packet libmosquitto began to read on an
+ * attached socket (in on_message: that message's, DUP flag 0x08), or -1. */
+int    mosq_io_last_command(int fd);
 
 #endif

@@ -57,7 +57,7 @@
 #define MQTT_TOPIC_MAX         65535
 #define MQTT_ORIGIN_NONE       0xffffffffu   /* QoS 0: no PUBACK, never redelivered */
 
-#define MQTT_RECENT            16384    /* a power of 2, well under 65536 */
+#define MQTT_RECENT            65536    /* a power of 2: every packet id */
 #define MQTT_FILTER_MAX        160      /* "$share/<group>/device/+/<kind>" */
 #define MQTT_SESS_FILTERS      16       /* old filters a session may hold */
 #define MQTT_SESS_MAX          256      /* sessions in a slot's record (64 connections, twice over) */
@@ -71,21 +71,25 @@
  * broker loses what it had not read yet.  Those messages are in the outbox
  * already (or spooled): appending them again would give them a second id.
  *
- * So each connection keeps, in a small file next to the outbox
- * (<slot>.recent, mapped like it), its last MQTT_RECENT messages: packet id,
- * hash of topic and payload, outbox sequence.  What the broker sends again
- * is the newest part of what it sent; it is not bounded by our receive
- * maximum (Mosquitto 2.0.11 resent ~1,200 at once to a worker killed every
- * few tens of ms, none acknowledged in between), hence the generous size.
- * When the connection goes down, or a worker
- * starts, they become candidates, if the outbox still knows their sequence
- * (live or acknowledged: never one lost with a power failure).  A delivery
- * matching a candidate on (connection, packet id, content) is acknowledged
- * without a new record.  The broker gives packet ids in sequence and sends
- * what it resends first, so a new message cannot reuse a candidate's id
- * within the first 65536 - MQTT_RECENT messages of a resumed session: after
- * MQTT_REDELIV_WINDOW of them, or when the session was not resumed, the
- * connection's candidates are dropped.
+ * So each connection keeps, in a file next to the outbox (<slot>.recent,
+ * mapped like it), its last MQTT_RECENT messages: packet id, hash of topic
+ * and payload, outbox sequence.  What the broker sends again is not bounded
+ * by our receive maximum: under load Mosquitto 2.0.11 reads one packet of a
+ * client per loop pass, while its publishers' messages keep coming, and it
+ * had 16,545 of ours unacknowledged (its PUBACKs waiting in its socket,
+ * lost with the reset) when a worker was killed; it resent all of them.  So
+ * the ring holds a message for every packet id.  When the connection goes
+ * down, or a worker starts, they become candidates, if the outbox still
+ * knows their sequence (live or acknowledged: never one lost with a power
+ * failure).  A delivery the broker marks as sent before (DUP, seen in the
+ * framing mosq.c follows) matching a candidate on (connection, packet id,
+ * content) is acknowledged without a new record; a new message, DUP clear,
+ * is never taken for one, whatever packet id it reuses.  After
+ * MQTT_REDELIV_WINDOW messages of a session, or when the session was not
+ * resumed, the connection's candidates are dropped.  On a connection whose
+ * I/O is not buffered the DUP flag is not seen: nothing is taken for a
+ * redelivery there (a redelivery then gets a second id; never is a message
+ * lost for one).
  */
 #define MQTT_REDELIV_WINDOW    (2 * MQTT_RECENT)
 
@@ -1030,7 +1034,10 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 	}
 	if (c->candidates && ++c->since_connack > MQTT_REDELIV_WINDOW)
 		mqtt_redeliv_purge(mw, c->idx);
-	if (origin != MQTT_ORIGIN_NONE && c->candidates) {
+	/* Only what the broker marks as sent before (DUP) can be a redelivery:
+	 * a new message reusing an old one's packet id is never taken for one. */
+	if (origin != MQTT_ORIGIN_NONE && c->candidates && c->buffered &&
+	    (mosq_io_last_command(c->sock) & 0x08) != 0) {
 		struct redeliv *e = mqtt_redeliv_take(mw, origin);
 
 		if (e != NULL && e->hash == hash) {

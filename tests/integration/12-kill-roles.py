@@ -100,5 +100,30 @@ def test_resent_after_lost_acks_not_posted_again():
     assert h.stop() == 0
 
 
+def test_kill_mqtt_under_load_keeps_ids():
+    """Under a publishing load the broker reads herald's PUBACKs one per
+    loop pass and keeps thousands of messages unacknowledged; a kill -9
+    resets the connection (its unread PUBACKs are lost) and the broker
+    sends all of them again, first thing.  Each is in the outbox already:
+    none may come back under a new id."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend()
+    h = Herald(tmp, conf={"workers": {"mqtt": 1}}, broker=broker, backend=backend).wait_ready()
+    pub = Publisher(broker.port, ["ld-%d" % i for i in range(40)], kinds=("telemetry",),
+                    count=800).start()
+    for i in range(2):
+        wait_for(lambda: distinct_delivered(backend) >= 5000 * (i + 1), 60, 0.02,
+                 "traffic before kill %d" % i)
+        os.kill(h.worker("mqtt")["pid"], signal.SIGKILL)
+    pub.wait()
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 120, 0.2, "all delivered")
+    distinct, dups = check_delivery(backend.delivered(), pub)
+    print("# %d messages, %d delivered again with their first id, %d redelivery notices logged" % (
+        distinct, dups, h.log_text().count("the broker delivered packet")))
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
-    main(test_kill_roles_during_run, test_resent_after_lost_acks_not_posted_again)
+    main(test_kill_roles_during_run, test_resent_after_lost_acks_not_posted_again,
+         test_kill_mqtt_under_load_keeps_ids)

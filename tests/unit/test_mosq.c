@@ -197,6 +197,56 @@ test_large_packet_stays_whole(void **state)
 	free(got);
 }
 
+/* Read one packet as libmosquitto does: the header byte, the remaining
+ * length a byte at a time, then the rest in one call. */
+static void
+read_packet(int fd, unsigned char *buf, size_t cap)
+{
+	size_t len = 0, shift = 0;
+	unsigned char b;
+
+	assert_int_equal(read(fd, &b, 1), 1);
+	do {
+		assert_int_equal(read(fd, &b, 1), 1);
+		len |= (size_t)(b & 0x7f) << shift;
+		shift += 7;
+	} while (b & 0x80);
+	assert_true(len <= cap);
+	if (len > 0)
+		assert_int_equal(read(fd, buf, len), (ssize_t)len);
+}
+
+/* The header of the packet read last, DUP flag included, whatever the
+ * chunks the socket gave: the broker's resends are told from new messages. */
+static void
+test_last_command_follows_framing(void **state)
+{
+	struct pair *p = *state;
+	static const unsigned char dup[] = { 0x3a, 0x08, 0x00, 0x01, 't', 0x00, 0x07, 'a', 'b', 'c' };
+	unsigned char big[3 + 200], buf[256];
+
+	memset(big, 'x', sizeof(big));
+	big[0] = 0x32;
+	big[1] = 0xc8;          /* 200: two bytes of remaining length */
+	big[2] = 0x01;
+	assert_int_equal(mosq_io_last_command(p->a), 0);
+	put(p->b, dup, sizeof(dup));
+	put(p->b, big, sizeof(big));
+	put(p->b, pingreq, sizeof(pingreq));
+	put(p->b, publish, sizeof(publish));
+	read_packet(p->a, buf, sizeof(buf));
+	assert_int_equal(mosq_io_last_command(p->a), 0x3a);
+	assert_true(mosq_io_last_command(p->a) & 0x08);
+	read_packet(p->a, buf, sizeof(buf));
+	assert_int_equal(mosq_io_last_command(p->a), 0x32);
+	read_packet(p->a, buf, sizeof(buf));
+	assert_int_equal(mosq_io_last_command(p->a), 0xc0);
+	read_packet(p->a, buf, sizeof(buf));
+	assert_int_equal(mosq_io_last_command(p->a), 0x32);
+	assert_false(mosq_io_last_command(p->a) & 0x08);
+	assert_int_equal(mosq_io_last_command(p->b), -1);     /* not attached */
+}
+
 int
 main(void)
 {
@@ -205,6 +255,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_held_acks_let_others_pass, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unreleased_acks_dropped_at_close, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_large_packet_stays_whole, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_last_command_follows_framing, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -125,12 +125,6 @@ struct recent_ring {
 	struct recent_ent e[MQTT_RECENT];
 };
 
-struct recent_ring_v1 {
-	uint64_t          count;
-	uint64_t          pad;
-	struct recent_ent e[MQTT_RECENT];
-};
-
 /* A publish for the router waiting for the broker's acknowledgement. */
 struct mpub {
 	uint16_t     mid;
@@ -446,40 +440,46 @@ mqtt_recent_read(struct mqttw *mw, const void *map, size_t len, int *nold)
 {
 	const struct recent_hdr *h = map;
 	struct recent_old *old;
-	size_t ringsz;
+	size_t per, head, ringsz;
 
 	*nold = 0;
 	if (len < sizeof(*h) || h->magic != MQTT_RECENT_MAGIC || h->epoch != outbox_epoch(mw->ob) ||
-	    h->per_conn != MQTT_RECENT || h->nconns == 0 || h->nconns > MQTT_SESS_MAX)
+	    h->nconns == 0 || h->nconns > MQTT_SESS_MAX)
 		return NULL;
+	/* A ring of per entries (earlier files had 16,384): a power of 2. */
+	per = h->per_conn;
+	if (per == 0 || per > MQTT_RECENT || (per & (per - 1)) != 0)
+		return NULL;
+	/* A ring: count, pad, [version 2: the client id,] then the entries. */
 	if (h->version == 1)
-		ringsz = sizeof(struct recent_ring_v1);
+		head = 2 * sizeof(uint64_t);
 	else if (h->version == MQTT_RECENT_VERSION)
-		ringsz = sizeof(struct recent_ring);
+		head = offsetof(struct recent_ring, e);
 	else
 		return NULL;
+	ringsz = head + per * sizeof(struct recent_ent);
 	if (len < sizeof(*h) + h->nconns * ringsz ||
 	    (old = calloc(h->nconns, sizeof(*old))) == NULL)
 		return NULL;
 	for (uint32_t i = 0; i < h->nconns; i++) {
 		const char *r = (const char *)map + sizeof(*h) + i * ringsz;
+		const struct recent_ent *e = (const void *)(r + head);
 		struct recent_old *o = &old[*nold];
+		uint64_t count;
 
-		o->idx = (int)i;
-		if (h->version == 1) {
-			const struct recent_ring_v1 *v1 = (const void *)r;
-
-			o->count = v1->count;
-			memcpy(o->e, v1->e, sizeof(o->e));
-		} else {
+		memcpy(&count, r, sizeof(count));
+		if (h->version != 1) {
 			const struct recent_ring *v2 = (const void *)r;
 
 			if (memchr(v2->id, '\0', sizeof(v2->id)) == NULL || v2->id[0] == '\0')
 				continue;
 			strlcpy_h(o->id, v2->id, sizeof(o->id));
-			o->count = v2->count;
-			memcpy(o->e, v2->e, sizeof(o->e));
 		}
+		o->idx = (int)i;
+		o->count = count;
+		/* Each entry where a ring of MQTT_RECENT keeps it. */
+		for (uint64_t k = count > per ? count - per : 0; k < count; k++)
+			o->e[k & (MQTT_RECENT - 1)] = e[k & (per - 1)];
 		(*nold)++;
 	}
 	return old;

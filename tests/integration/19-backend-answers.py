@@ -190,20 +190,24 @@ def test_redirect_names_its_target():
     wait_for(lambda: h.ctl("spool")["depth"] == 0, 40, 0.2, "delivered after the fix")
 
 
+def dead_letter_of_answer(status_line, content_type, text, device):
+    """The dead-letter entry of one message the backend answered with a
+    permanent status and the body `text`."""
+    def answer(body):
+        return (b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+            status_line, content_type, len(text))) + text
+
+    broker, h = start(RawBackend(answer))
+    Publisher(broker.port, [device], kinds=["telemetry"], count=1).run()
+    wait_for(lambda: h.ctl("deadletter", "list")["entries"], 20, 0.1, "dead-lettered")
+    return h.ctl("deadletter", "list", "1000")["entries"][0]
+
+
 def test_dead_letter_detail_cut_inside_a_character():
     # The first 512 bytes of "a" + "é" * 400 end inside an "é": the detail
     # keeps the whole characters before it (before: every é became "?").
     text = ("a" + "\u00e9" * 400).encode()
-
-    def answer(body):
-        return (b"HTTP/1.1 422 Unprocessable\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(text)) + text
-
-    be = RawBackend(answer)
-    broker, h = start(be)
-    Publisher(broker.port, ["utf-1"], kinds=["telemetry"], count=1).run()
-    wait_for(lambda: h.ctl("deadletter", "list")["entries"], 20, 0.1, "dead-lettered")
-    d = h.ctl("deadletter", "list")["entries"][0]
+    d = dead_letter_of_answer(b"422 Unprocessable", b"text/plain; charset=utf-8", text, "utf-1")
     assert d["status"] == 422, d
     assert d["detail"] == "a" + "\u00e9" * 255, d["detail"][:40]
 
@@ -213,16 +217,7 @@ def test_dead_letter_detail_with_nul():
     # was listed as \u0000, which heraldctl's parser refuses, and no page
     # holding it could be listed).
     text = b"\x00\x01\x1f bin \x7f \"q\" \\ end \x00"
-
-    def answer(body):
-        return (b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/octet-stream\r\n"
-                b"Content-Length: %d\r\n\r\n" % len(text)) + text
-
-    be = RawBackend(answer)
-    broker, h = start(be)
-    Publisher(broker.port, ["nul-1"], kinds=["telemetry"], count=1).run()
-    wait_for(lambda: h.ctl("deadletter", "list")["entries"], 20, 0.1, "dead-lettered")
-    d = h.ctl("deadletter", "list", "1000")["entries"][0]
+    d = dead_letter_of_answer(b"403 Forbidden", b"application/octet-stream", text, "nul-1")
     assert d["status"] == 403 and d["reason"] == "http_403", d
     assert d["detail"] == '?\x01\x1f bin \x7f "q" \\ end ?', d["detail"]
 

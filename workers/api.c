@@ -42,6 +42,7 @@
 #define API_STOP_GRACE_MS   3000
 #define API_MAX_SEGS        5
 #define API_NCALLB          1024      /* buckets of the pending-call table */
+#define API_GEN_CHECK_MS    100       /* how soon calls follow a restarted router */
 
 struct api_call {
 	LIST_ENTRY(api_call) link;
@@ -49,6 +50,11 @@ struct api_call {
 	uint64_t                reqid;
 	struct evhttp_request  *req;
 	struct event           *timer;
+	const char             *op;         /* a literal */
+	json_t                 *args;       /* kept to be sent again */
+	int                     wait_s;
+	int64_t                 sent_ms;    /* first sent (monotonic) */
+	uint32_t                router_gen; /* the router's life it was sent to */
 };
 LIST_HEAD(api_calls, api_call);
 
@@ -58,6 +64,8 @@ struct api {
 	struct evhttp_bound_socket *bound;
 	struct event               *accept_resume;
 	struct event               *stop_timer;
+	struct event               *gen_check;  /* while calls wait: did the router restart? */
+	uint32_t                    router_gen;
 	int64_t                     stop_deadline;
 	bool                        flushed;
 	uint64_t                    next_reqid;
@@ -314,6 +322,7 @@ api_call_free(struct api *a, struct api_call *c)
 	LIST_REMOVE(c, link);
 	a->ncalls--;
 	event_free(c->timer);
+	json_decref(c->args);
 	free(c);
 }
 
@@ -329,43 +338,109 @@ api_call_timeout(evutil_socket_t fd, short what, void *arg)
 	api_call_free(a, c);
 }
 
-/* Hand a validated call to the router; the answer comes in api_reply(). */
-static void
-api_call(struct api *a, struct evhttp_request *req, const char *op, json_t *args, int wait_s)
+/* The router's current life, as the supervisor wrote it when it forked it. */
+static uint32_t
+api_router_gen(struct api *a)
 {
-	struct api_call *c;
+	return __atomic_load_n(&a->w->region->slots[stats_slot_index(ROLE_ROUTER, 0)].generation,
+	    __ATOMIC_RELAXED);
+}
+
+/* Send (again) a call to the router; a ?wait is what is left of it. */
+static int
+api_call_send(struct api *a, struct api_call *c)
+{
 	struct msg_request m;
 	struct hmw out;
-	char *text = json_dumps(args, JSON_COMPACT);
-	int64_t ms = API_CALL_TIMEOUT_MS;
-	struct timeval tv;
+	char *text;
 	int rc;
 
-	json_decref(args);
-	if (text == NULL || (c = calloc(1, sizeof(*c))) == NULL) {
-		free(text);
-		api_error(a, req, 503, "unavailable", "out of memory");
-		return;
+	if (c->wait_s > 0) {
+		int64_t left = c->wait_s - (mono_ms() - c->sent_ms + 999) / 1000;
+
+		json_object_set_new(c->args, "wait", json_integer(left > 0 ? left : 0));
 	}
-	c->a = a;
-	c->req = req;
-	c->reqid = ++a->next_reqid;
-	if ((c->timer = evtimer_new(a->w->base, api_call_timeout, c)) == NULL) {
-		free(c);
-		free(text);
-		api_error(a, req, 503, "unavailable", "out of memory");
-		return;
-	}
+	if ((text = json_dumps(c->args, JSON_COMPACT)) == NULL)
+		return -1;
+	c->router_gen = api_router_gen(a);
 	m.reqid = c->reqid;
-	m.op = (struct pstr){ op, strlen(op) };
+	m.op = (struct pstr){ c->op, strlen(c->op) };
 	m.args = (struct pstr){ text, strlen(text) };
 	hmw_init(&out, HM_FAB_REQUEST);
 	proto_write_request(&out, &m);
 	rc = worker_send(a->w, NULL, &out);
 	hmw_free(&out);
 	free(text);
-	if (rc == -1) {
+	return rc;
+}
+
+/*
+ * A router killed with calls in flight forgets them (and the ?wait of a
+ * request it had accepted): each call sent to an earlier life of the
+ * router goes to the new one again.  The supervisor counts the router's
+ * lives in the stats region.  Every call may be repeated: a request's
+ * commandId is chosen here when the client gave none, so a repeated create
+ * finds the request if the first one made it (200 with the record, or its
+ * ?wait held again); reads, cancels and config are the same again; an event
+ * may reach its device twice.  A call that reached the new router before it
+ * is sent again is answered by the first reply, and the second is dropped.
+ */
+static void
+api_gen_check(evutil_socket_t fd, short what, void *arg)
+{
+	struct api *a = arg;
+	struct timeval tv = { 0, API_GEN_CHECK_MS * 1000 };
+	uint32_t gen = api_router_gen(a);
+	struct api_call *c;
+	size_t n = 0, failed = 0;
+
+	if (gen != a->router_gen) {
+		a->router_gen = gen;
+		for (int i = 0; i < API_NCALLB; i++)
+			LIST_FOREACH(c, &a->calls[i], link)
+				if (c->router_gen != gen) {
+					if (api_call_send(a, c) == 0)
+						n++;
+					else
+						failed++;
+				}
+		if (n + failed > 0)
+			log_notice("the router restarted: %zu API call(s) sent to it again%s",
+			    n, failed > 0 ? " (some could not be; they time out)" : "");
+	}
+	if (a->ncalls > 0)
+		evtimer_add(a->gen_check, &tv);
+}
+
+/* Hand a validated call to the router; the answer comes in api_reply(). */
+static void
+api_call(struct api *a, struct evhttp_request *req, const char *op, json_t *args, int wait_s)
+{
+	struct api_call *c;
+	int64_t ms = API_CALL_TIMEOUT_MS;
+	struct timeval tv;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		json_decref(args);
+		api_error(a, req, 503, "unavailable", "out of memory");
+		return;
+	}
+	c->a = a;
+	c->req = req;
+	c->reqid = ++a->next_reqid;
+	c->op = op;
+	c->args = args;
+	c->wait_s = wait_s;
+	c->sent_ms = mono_ms();
+	if ((c->timer = evtimer_new(a->w->base, api_call_timeout, c)) == NULL) {
+		json_decref(args);
+		free(c);
+		api_error(a, req, 503, "unavailable", "out of memory");
+		return;
+	}
+	if (api_call_send(a, c) == -1) {
 		event_free(c->timer);
+		json_decref(args);
 		free(c);
 		api_error(a, req, 503, "unavailable", "the request router is not reachable");
 		return;
@@ -377,6 +452,11 @@ api_call(struct api *a, struct evhttp_request *req, const char *op, json_t *args
 	evtimer_add(c->timer, &tv);
 	LIST_INSERT_HEAD(api_bucket(a, c->reqid), c, link);
 	a->ncalls++;
+	if (!evtimer_pending(a->gen_check, NULL)) {
+		tv.tv_sec = 0;
+		tv.tv_usec = API_GEN_CHECK_MS * 1000;
+		evtimer_add(a->gen_check, &tv);
+	}
 }
 
 static void
@@ -850,6 +930,12 @@ api_device_requests(struct route *rt, const char *device)
 			goto out;
 		}
 		json_object_set(args, "commandId", x);
+	} else {
+		/* Ours, so that the call can be repeated (api_gen_check). */
+		char cid[ULID_LEN];
+
+		ulid_random(cid);
+		json_object_set_new(args, "commandId", json_string(cid));
 	}
 	json_decref(body);
 	api_call(a, rt->req, "request.create", args, (int)wait);
@@ -1236,8 +1322,11 @@ api_main(struct worker *w)
 	a->http = evhttp_new(w->base);
 	a->accept_resume = evtimer_new(w->base, api_accept_resume, a);
 	a->stop_timer = evtimer_new(w->base, api_stop_check, a);
-	if (a->http == NULL || a->accept_resume == NULL || a->stop_timer == NULL)
+	a->gen_check = evtimer_new(w->base, api_gen_check, a);
+	if (a->http == NULL || a->accept_resume == NULL || a->stop_timer == NULL ||
+	    a->gen_check == NULL)
 		return 1;
+	a->router_gen = api_router_gen(a);
 	/* Every other method reaches api_handle, which answers 405 with
 	 * SPEC's body and an Allow header.  CONNECT (a tunnel: its target is
 	 * no path) is left to libevent, which answers 501 as it does for

@@ -83,6 +83,51 @@ def test_router_kill9_device_stays_online():
     dev.disconnect()
 
 
+def test_router_kill9_answers_calls_in_flight():
+    """Calls waiting on the router when it is killed are answered by the
+    new one: two POST ?wait (one with a commandId, one without) held for a
+    device that has the commands but has not answered; the router dies,
+    the device answers, and each POST ends 200 confirmed with its result
+    (before: 503 "did not answer in time" after wait + 5 s).  The repeated
+    create made no second request."""
+    tmp, broker, backend, h = start()
+    dev = Device(broker, "inflight", answer=lambda cmd: None).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/inflight")[1].get("online"), 10,
+             what="inflight to be online")
+    got = {}
+
+    def post(key, body):
+        got[key] = _try(lambda: api(h, "POST", "/v1/devices/inflight/requests?wait=20", body))
+    ts = [threading.Thread(target=post, args=("given", {"type": "a", "params": {"n": 1},
+                                                        "commandId": "inflight-1"})),
+          threading.Thread(target=post, args=("ours", {"type": "b", "params": {"n": 2}}))]
+    for t in ts:
+        t.start()
+    wait_for(lambda: len(dev.cmds()) >= 2, 10, what="both commands at the device")
+    old = h.worker("router")
+    os.kill(old["pid"], signal.SIGKILL)
+    wait_for(lambda: (lambda w: w and w["pid"] != old["pid"] and w["state"] == "ready")(
+        h.worker("router")), 15, what="the router to be restarted")
+    for cmd in {c["commandId"]: c for c in dev.cmds()}.values():
+        dev.c.publish("device/inflight/response", json.dumps(
+            {"commandId": cmd["commandId"], "success": True, "result": {"n": cmd["params"]["n"]}}),
+            1)
+    for t in ts:
+        t.join(30)
+        assert not t.is_alive()
+    for key, n in (("given", 1), ("ours", 2)):
+        res = got[key]
+        assert not isinstance(res, Exception), (key, res)
+        st, rec, _ = res
+        assert st == 200 and rec["state"] == "confirmed" and rec["result"] == {"n": n}, (key, st, rec)
+    assert got["given"][1]["commandId"] == "inflight-1"
+    assert "the router restarted: 2 API call(s) sent to it again" in h.log_text()
+    st, doc, _ = api(h, "GET", "/v1/devices/inflight/requests")
+    assert st == 200 and len(doc["requests"]) == 2, doc
+    assert {c["commandId"] for c in dev.cmds()} == {r["commandId"] for r in doc["requests"]}
+    dev.disconnect()
+
+
 def test_api_kill9_late_reply():
     """The router answers a ?wait call after the api worker that asked was
     killed; the restarted api worker must not hand that answer to its own
@@ -295,6 +340,7 @@ def test_store_of_older_heralds():
 
 
 if __name__ == "__main__":
-    main(test_router_kill9, test_router_kill9_device_stays_online, test_api_kill9_late_reply,
+    main(test_router_kill9, test_router_kill9_device_stays_online,
+         test_router_kill9_answers_calls_in_flight, test_api_kill9_late_reply,
          test_notifications_resent, test_sigterm_answers_held_wait_with_the_record,
          test_herald_kill9, test_store_of_older_heralds)

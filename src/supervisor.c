@@ -40,6 +40,7 @@ static int (*const role_main[ROLE_MAX])(struct worker *) = {
 
 static void sup_ctl_msg(struct ctl *c, struct hmr *r, void *arg);
 static void sup_ctl_eof(struct ctl *c, void *arg);
+static void sup_begin_stop(struct supervisor *s, int code);
 
 /* sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET. */
 void
@@ -116,12 +117,32 @@ child_send_config(struct child *c, const struct config *cf)
 	hmw_free(&m);
 }
 
+/*
+ * The REST API's listening socket for the configuration's [api] listen,
+ * opened once and kept here across restarts of the api worker: clients
+ * that connect meanwhile wait in the backlog and are served by the next
+ * worker instead of being refused.  A new address is opened when the api
+ * worker is started for it, once the old worker has let go of its own.
+ */
+static int
+sup_api_socket(struct supervisor *s, char *err, size_t errlen)
+{
+	if (s->api_fd >= 0 && strcmp(s->api_fd_for, s->cf->api_listen) == 0)
+		return 0;
+	if (s->api_fd >= 0)
+		close(s->api_fd);
+	if ((s->api_fd = api_listen_open(s->cf->api_listen, err, errlen)) == -1)
+		return -1;
+	snprintf(s->api_fd_for, sizeof(s->api_fd_for), "%s", s->cf->api_listen);
+	return 0;
+}
+
 /* In the child, right after fork: become the worker. Never returns. */
 static void __attribute__((noreturn))
 child_become(struct supervisor *s, struct child *c, int fd)
 {
 	struct worker w;
-	int code, ch, lk;
+	int code, ch, lk, ap, next;
 
 	/* Errors before worker_init belong to this slot, not the supervisor's. */
 	log_set_panic_buffer(c->st->panic, sizeof(c->st->panic));
@@ -134,12 +155,18 @@ child_become(struct supervisor *s, struct child *c, int fd)
 	 */
 	ch = fcntl(fd, F_DUPFD_CLOEXEC, 10);
 	lk = s->lockfd >= 0 ? fcntl(s->lockfd, F_DUPFD_CLOEXEC, 10) : -1;
+	ap = c->role == ROLE_API && s->api_fd >= 0 ? fcntl(s->api_fd, F_DUPFD_CLOEXEC, 10) : -1;
+	next = lk >= 0 ? 5 : 4;
 	if (ch == -1 || (s->lockfd >= 0 && lk == -1) || dup2(ch, 3) == -1 ||
-	    (lk >= 0 && dup2(lk, 4) == -1)) {
+	    (lk >= 0 && dup2(lk, 4) == -1) ||
+	    (c->role == ROLE_API && s->api_fd >= 0 && (ap == -1 || dup2(ap, next) == -1))) {
 		log_err("cannot set up the worker's descriptors: %s", strerror(errno));
 		_exit(1);
 	}
-	close_range(lk >= 0 ? 5 : 4, ~0U, 0);
+	/* The api worker also keeps the REST API's listening socket. */
+	if (ap >= 0)
+		api_listen_fd = next++;
+	close_range((unsigned)next, ~0U, 0);
 	signal(SIGCHLD, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
 	signal(SIGINT, SIG_DFL);
@@ -158,8 +185,14 @@ child_spawn(struct supervisor *s, struct child *c)
 {
 	int sv[2];
 	pid_t pid;
-	char name[32];
+	char name[32], err[256];
 
+	if (c->role == ROLE_API && sup_api_socket(s, err, sizeof(err)) == -1) {
+		log_err("[api] listen %s: cannot listen there: %s; stopping herald",
+		    s->cf->api_listen, err);
+		sup_begin_stop(s, WORKER_EXIT_FATAL);
+		return;
+	}
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == -1) {
 		log_err("socketpair: %s", strerror(errno));
 		c->next_spawn = mono_ms() + 1000;
@@ -277,6 +310,11 @@ sup_begin_stop(struct supervisor *s, int code)
 	s->stopping = true;
 	s->exit_code = code;
 	s->stop_started = mono_ms();
+	/* New API clients are refused from now on, not left in the backlog. */
+	if (s->api_fd >= 0) {
+		close(s->api_fd);
+		s->api_fd = -1;
+	}
 	supervisor_notify("STOPPING=1");
 	log_notice("stopping: draining %d workers", s->nchildren);
 	for (int i = 0; i < s->nchildren; i++) {
@@ -635,6 +673,12 @@ supervisor_reload(struct supervisor *s, char *err, size_t errlen)
 	}
 	supervisor_notify("RELOADING=1");
 	s->cf = next;
+	/* A new [api] listen: the old address takes no new connection; the
+	 * restarted api worker gets the new one (sup_api_socket). */
+	if (strcmp(next->api_listen, old->api_listen) != 0 && s->api_fd >= 0) {
+		close(s->api_fd);
+		s->api_fd = -1;
+	}
 	log_set_level(next->log_level);
 	for (int i = 0; i < s->nchildren; i++) {
 		struct child *c = &s->children[i];
@@ -701,8 +745,10 @@ supervisor_run(struct config *cf, struct stats_region *stats, int lockfd)
 	static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGCHLD };
 	struct timeval tv = { 0, SUP_TICK_MS * 1000 };
 	struct sigaction sa;
+	char err[256];
 
 	memset(s, 0, sizeof(*s));
+	s->api_fd = -1;
 	sup_of_ctl = s;
 	s->cf = cf;
 	s->stats = stats;
@@ -733,6 +779,11 @@ supervisor_run(struct config *cf, struct stats_region *stats, int lockfd)
 	s->admin = admin_open(s, cf->admin_socket);
 	if (s->admin == NULL)
 		return 1;
+	if (sup_api_socket(s, err, sizeof(err)) == -1) {
+		log_err("[api] listen %s: cannot listen there: %s", cf->api_listen, err);
+		admin_close(s->admin);
+		return WORKER_EXIT_FATAL;
+	}
 	sup_add_child(s, ROLE_ROUTER, 0);
 	sup_add_child(s, ROLE_CRYPTO, 0);
 	sup_add_child(s, ROLE_HTTP, 0);
@@ -749,6 +800,8 @@ supervisor_run(struct config *cf, struct stats_region *stats, int lockfd)
 	event_base_dispatch(s->base);
 
 	admin_close(s->admin);
+	if (s->api_fd >= 0)
+		close(s->api_fd);
 	event_free(s->sigev);
 	close(sig_pipe[0]);
 	close(sig_pipe[1]);

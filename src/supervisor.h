@@ -46,6 +46,8 @@ struct supervisor {
 	struct config       *cf;
 	struct stats_region *stats;
 	int                  lockfd;     /* state_dir's flock, kept by every worker */
+	int                  api_fd;     /* [api] listen, kept across api restarts */
+	char                 api_fd_for[sizeof(((struct config *)0)->api_listen)];
 	struct child         children[SUP_MAX_CHILDREN];
 	int                  nchildren;
 	struct admin        *admin;

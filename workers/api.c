@@ -7,6 +7,7 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,8 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -1208,29 +1211,79 @@ api_accept_error(struct evconnlistener *l, void *arg)
 	evtimer_add(a->accept_resume, &tv);
 }
 
+int api_listen_fd = -1;
+
+/* Split "host:port" or "[v6]:port". */
+static int
+api_split_listen(const char *addr, char *host, size_t hostlen, char *port, size_t portlen)
+{
+	const char *colon;
+
+	if (addr[0] == '[') {
+		const char *end = strchr(addr, ']');
+
+		if (end == NULL || end[1] != ':')
+			return -1;
+		snprintf(host, hostlen, "%.*s", (int)(end - addr - 1), addr + 1);
+		colon = end + 1;
+	} else {
+		if ((colon = strrchr(addr, ':')) == NULL)
+			return -1;
+		snprintf(host, hostlen, "%.*s", (int)(colon - addr), addr);
+	}
+	snprintf(port, portlen, "%s", colon + 1);
+	return 0;
+}
+
+/* A listening socket on [api] listen (non-blocking), or -1 with err set. */
+int
+api_listen_open(const char *addr, char *err, size_t errlen)
+{
+	struct addrinfo hints, *res, *ai;
+	char host[256], port[16];
+	int fd = -1, rc, one = 1, e = 0;
+
+	if (api_split_listen(addr, host, sizeof(host), port, sizeof(port)) == -1) {
+		snprintf(err, errlen, "not host:port");
+		return -1;
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if ((rc = getaddrinfo(host[0] != '\0' ? host : NULL, port, &hints, &res)) != 0) {
+		snprintf(err, errlen, "%s", gai_strerror(rc));
+		return -1;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+		    ai->ai_protocol);
+		if (fd == -1) {
+			e = errno;
+			continue;
+		}
+		if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+		    bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 && listen(fd, SOMAXCONN) == 0)
+			break;
+		e = errno;
+		close(fd);
+		fd = -1;
+	}
+	freeaddrinfo(res);
+	if (fd == -1)
+		snprintf(err, errlen, "%s", strerror(e != 0 ? e : EADDRNOTAVAIL));
+	return fd;
+}
+
+/* Serve the socket the supervisor opened (see api_listen_open). */
 static int
 api_bind(struct api *a)
 {
-	char host[256];
-	const char *listen = a->w->cf->api_listen, *colon;
-	long port;
-
-	if (listen[0] == '[') {
-		const char *end = strchr(listen, ']');
-		if (end == NULL || end[1] != ':')
-			return -1;
-		snprintf(host, sizeof(host), "%.*s", (int)(end - listen - 1), listen + 1);
-		colon = end + 1;
-	} else {
-		colon = strrchr(listen, ':');
-		if (colon == NULL)
-			return -1;
-		snprintf(host, sizeof(host), "%.*s", (int)(colon - listen), listen);
-	}
-	port = strtol(colon + 1, NULL, 10);
-	if (port < 0 || port > 65535)
+	if (api_listen_fd < 0) {
+		errno = EBADF;
 		return -1;
-	a->bound = evhttp_bind_socket_with_handle(a->http, host, (ev_uint16_t)port);
+	}
+	a->bound = evhttp_accept_socket_with_handle(a->http, api_listen_fd);
 	if (a->bound == NULL)
 		return -1;
 	evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(a->bound), api_accept_error);
@@ -1249,9 +1302,8 @@ api_reload(struct worker *w, const struct config *old)
 {
 	struct api *a = w->arg;
 
+	/* A new [api] listen restarts this worker instead (supervisor). */
 	api_limits(a);
-	if (strcmp(old->api_listen, w->cf->api_listen) != 0)
-		log_warn("[api] listen changed; it takes effect when herald restarts");
 }
 
 /* ---- stopping ---- */

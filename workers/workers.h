@@ -11,6 +11,10 @@ int router_main(struct worker *w);
 int crypto_main(struct worker *w);
 int http_main(struct worker *w);
 int api_main(struct worker *w);
+/* The REST API's listening socket: opened by the supervisor and kept across
+ * api worker restarts; the api worker serves its copy, api_listen_fd. */
+int api_listen_open(const char *listen, char *err, size_t errlen);
+extern int api_listen_fd;
 int mqtt_main(struct worker *w);
 
 #endif

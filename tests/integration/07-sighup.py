@@ -149,6 +149,36 @@ def test_reload_restarts_what_the_docs_say():
     assert h.stop() == 0
 
 
+def test_reload_moves_the_api():
+    """A new [api] listen by reload: the API answers there, the old address
+    refuses, and the new socket is the one kept across api restarts."""
+    import socket
+    from heraldtest import free_port
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, conf={"workers": {"mqtt": 1}}, broker=broker).wait_ready()
+    old_port = int(h.sections["api"]["listen"].rsplit(":", 1)[1])
+    new_port = free_port()
+    api_gen = h.worker("api")["generation"]
+    h.sections["api"]["listen"] = "127.0.0.1:%d" % new_port
+    h.write()
+    assert h.ctl("reload")["ok"] is True
+    wait_for(lambda: h.worker("api")["generation"] == api_gen + 1 and h.all_ready(), 15,
+             what="the api worker restarted")
+
+    def health():
+        return urllib.request.urlopen(h.api_url + "/healthz", timeout=5).status
+    assert h.api_url.endswith(":%d" % new_port)
+    assert health() == 200
+    with socket.socket() as c:
+        assert c.connect_ex(("127.0.0.1", old_port)) != 0, "the old address still listens"
+    old = h.worker("api")
+    os.kill(old["pid"], signal.SIGKILL)
+    assert health() == 200      # waits in the new socket's backlog meanwhile
+    assert h.worker("api")["pid"] != old["pid"]
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
     main(test_reload, test_reload_is_what_the_supervisor_read,
-         test_reload_restarts_what_the_docs_say)
+         test_reload_restarts_what_the_docs_say, test_reload_moves_the_api)

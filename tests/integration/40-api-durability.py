@@ -152,6 +152,22 @@ def test_api_kill9_late_reply():
     assert st == 202 and rec["device"] == "late-b" and rec["type"] == "second", (st, rec)
 
 
+def test_api_kill9_refuses_no_connection():
+    """The REST API's listening socket outlives the api worker: clients
+    that connect while a killed api worker is being restarted wait and are
+    served by the next one (before: connection refused until it listened
+    again)."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    h = Herald(tmp, broker=broker).wait_ready()
+    old = h.worker("api")
+    os.kill(old["pid"], signal.SIGKILL)
+    answers = [_try(lambda: api(h, "GET", "/v1/devices/nobody", timeout=15)[0]) for _ in range(5)]
+    assert answers == [404] * 5, answers
+    new = h.worker("api")
+    assert new["pid"] != old["pid"] and new["restarts"] == 1, new
+
+
 def test_notifications_resent():
     """State changes the spool never acknowledged are sent again: the http
     worker is frozen while 5 requests are cancelled, then killed; after
@@ -342,5 +358,6 @@ def test_store_of_older_heralds():
 if __name__ == "__main__":
     main(test_router_kill9, test_router_kill9_device_stays_online,
          test_router_kill9_answers_calls_in_flight, test_api_kill9_late_reply,
+         test_api_kill9_refuses_no_connection,
          test_notifications_resent, test_sigterm_answers_held_wait_with_the_record,
          test_herald_kill9, test_store_of_older_heralds)

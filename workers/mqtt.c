@@ -194,6 +194,9 @@ struct mqttw {
 	size_t            high_water;       /* outbox room under which reading stops */
 	long              die_after, appended;
 	char              die_marker[600];
+	const char       *hold_pub_file;    /* HERALD_TEST_HOLD_PUBLISHED */
+	struct msg_published *held_pubs;
+	size_t            nheld_pubs;
 	const char       *sync_fail_file;   /* HERALD_TEST_SYNC_FAIL */
 	enum fsync_mode   fsync;
 	/* copies of the configuration used after start */
@@ -592,6 +595,18 @@ mqtt_published(struct mqttw *mw, uint64_t ref, bool ok)
 	struct msg_published p = { ref, ok ? 1 : 0 };
 	struct hmw m;
 
+	/* Tests: the router hears of the broker's acknowledgements only once
+	 * the file named by HERALD_TEST_HOLD_PUBLISHED is gone (mqtt_tick). */
+	if (mw->hold_pub_file != NULL && access(mw->hold_pub_file, F_OK) == 0) {
+		struct msg_published *np = realloc(mw->held_pubs,
+		    (mw->nheld_pubs + 1) * sizeof(*np));
+
+		if (np != NULL) {
+			mw->held_pubs = np;
+			np[mw->nheld_pubs++] = p;
+			return;
+		}
+	}
 	hmw_init(&m, HM_FAB_PUBLISHED);
 	proto_write_published(&m, &p);
 	if (worker_send(mw->w, NULL, &m) == -1)
@@ -1782,6 +1797,17 @@ mqtt_tick(evutil_socket_t fd, short what, void *arg)
 	struct mqttw *mw = arg;
 	int64_t now = mono_ms();
 
+	if (mw->nheld_pubs > 0 && access(mw->hold_pub_file, F_OK) == -1) {
+		struct msg_published *held = mw->held_pubs;
+		size_t n = mw->nheld_pubs;
+
+		mw->held_pubs = NULL;
+		mw->nheld_pubs = 0;
+		for (size_t i = 0; i < n; i++)
+			mqtt_published(mw, held[i].ref, held[i].ok != 0);
+		free(held);
+	}
+
 	for (int i = 0; i < mw->nconns; i++) {
 		struct mconn *c = &mw->conns[i];
 
@@ -2089,6 +2115,12 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	if (mw->sync_fail_file != NULL)
 		log_warn("HERALD_TEST_SYNC_FAIL: outbox syncs fail while %s exists",
 		    mw->sync_fail_file);
+	mw->hold_pub_file = getenv("HERALD_TEST_HOLD_PUBLISHED");
+	if (mw->hold_pub_file != NULL && *mw->hold_pub_file == '\0')
+		mw->hold_pub_file = NULL;
+	if (mw->hold_pub_file != NULL)
+		log_warn("HERALD_TEST_HOLD_PUBLISHED: broker acknowledgements wait while %s exists",
+		    mw->hold_pub_file);
 	die = getenv("HERALD_TEST_DIE_AFTER_APPEND");
 	if (die != NULL && *die != '\0') {
 		snprintf(mw->die_marker, sizeof(mw->die_marker), "%s/outbox/%d.test-died",

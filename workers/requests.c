@@ -2182,6 +2182,16 @@ on_response(struct requests *q, struct dev *d, const struct msg_device_info *m)
 			json_object_set_new(fields, "error", json_pack("{s:s,s:s}", "code",
 			    "bad_response", "message", "the response has no boolean \"success\""));
 	}
+	/*
+	 * The device answered before the broker's acknowledgement of the
+	 * command reached us (it came through another connection, or first,
+	 * or that acknowledgement died with a router): the command was sent
+	 * all the same.  Say so first, so that the backend gets "sent" and
+	 * then the end, as for every answered request; the acknowledgement
+	 * finds the request ended and changes nothing.
+	 */
+	if (r->want < 0 && r->state == RS_QUEUED)
+		req_change(q, r, RS_SENT, NULL, true);
 	req_change(q, r, ok ? RS_CONFIRMED : RS_FAILED, fields, true);
 	return HINT_GROUP;
 oom:

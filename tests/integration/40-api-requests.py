@@ -16,7 +16,7 @@ import paho.mqtt.client as mqtt
 
 from apilib import (Device, api, api_text, check_error, check_record, envelopes, ms,
                     request_states, start)
-from heraldtest import main, wait_for
+from heraldtest import TmpDir, main, wait_for
 
 
 def answer(cmd):
@@ -110,6 +110,34 @@ def test_online_round_trip():
     router = [w for w in stats["workers"] if w["role"] == "router"][0]
     assert router["counters"]["req_accepted"] == 5 and router["counters"]["req_completed"] == 5, router
     dev.disconnect()
+
+
+def test_answer_before_the_broker_ack():
+    """The device's answer can reach the router before the broker's
+    acknowledgement of the command (another connection, a busy worker):
+    the request still announces "sent" before its end to the backend, and
+    the late acknowledgement changes nothing."""
+    import os
+    tmp = TmpDir()
+    hold = os.path.join(tmp.path, "hold-published")
+    open(hold, "w").close()
+    tmp, broker, backend, h = start(tmp=tmp, env={"HERALD_TEST_HOLD_PUBLISHED": hold})
+    dev = Device(broker, "dev-early", answer).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-early")[1].get("online"), 5,
+             what="dev-early to be online")
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-early/requests?wait=10",
+                     {"type": "ok", "params": {"x": 1}})
+    assert st == 200 and rec["state"] == "confirmed" and "sentAt" in rec, (st, rec)
+    cid = rec["commandId"]
+    os.unlink(hold)          # the acknowledgement reaches the router now
+    wait_for(lambda: request_states(backend).get(cid) == ["sent", "confirmed"], 10,
+             what="sent then confirmed at the backend")
+    # the next request goes out once that acknowledgement came
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-early/requests?wait=10",
+                     {"type": "ok", "params": {"x": 2}})
+    assert st == 200 and rec["state"] == "confirmed" and rec["result"] == {"v": 2}, (st, rec)
+    assert request_states(backend).get(cid) == ["sent", "confirmed"], request_states(backend)
+    assert "HERALD_TEST_HOLD_PUBLISHED" in h.log_text()
 
 
 def test_offline_queue_in_order():
@@ -498,7 +526,8 @@ def test_response_verbatim():
 
 
 if __name__ == "__main__":
-    main(test_online_round_trip, test_offline_queue_in_order, test_idempotency_and_cancel,
+    main(test_online_round_trip, test_answer_before_the_broker_ack, test_offline_queue_in_order,
+         test_idempotency_and_cancel,
          test_repeat_with_wait_waits, test_device_list_paging, test_unknown_command_dead_letter,
          test_back_online_right_after_last_will, test_view_ends_at_the_last_telemetry,
          test_params_verbatim, test_repeat_params_rule, test_device_requests_paging,

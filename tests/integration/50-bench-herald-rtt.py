@@ -2,7 +2,8 @@
 """Request round trips through herald's REST API to herald-bench fleet's
 devices (herald-bench rtt): every request ends as the fleet answered it,
 with its exact failure ratio, and the devices' answers and the requests'
-ends reach herald-bench sink as response and request envelopes."""
+ends reach herald-bench sink as response and request envelopes, "sent"
+included."""
 import json
 
 from benchlib import Proc, bench, herald_between, main, wait_for
@@ -31,6 +32,11 @@ def test_request_round_trips():
     assert k["response"]["distinct"] == 50 and k["response"]["lost"] == 0, k["response"]
     states = rep["request_states"]
     assert states.get("confirmed") == 40 and states.get("failed") == 10, states
+    # each answered request was "sent" first, even when the device's answer
+    # beat the broker's acknowledgement of the command to the router
+    wait_for(lambda: sink.report()["request_states"].get("sent", 0) >= 50, 10, 0.1,
+             "50 \"sent\" envelopes")
+    assert sink.report()["request_states"]["sent"] == 50
     print("# request envelopes by state:", states)
 
 

@@ -16,12 +16,12 @@ from heraldtest import Backend, Herald, Mosquitto, TmpDir, wait_for
 TOKEN = "test-token-1"
 
 
-def start(conf=None, tmp=None, broker=None, backend=None):
+def start(conf=None, tmp=None, broker=None, backend=None, env=None):
     """A broker, a recording backend and a herald whose device path works."""
     tmp = tmp or TmpDir()
     broker = broker or Mosquitto(tmp)
     backend = backend or Backend()
-    h = Herald(tmp, conf=conf, broker=broker, backend=backend).wait_ready()
+    h = Herald(tmp, conf=conf, broker=broker, backend=backend, env=env).wait_ready()
     warm_up(h, broker)
     return tmp, broker, backend, h
 

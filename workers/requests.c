@@ -134,6 +134,7 @@ struct pub {
 	struct event     *timer;
 	struct dev       *dev;
 	struct req       *r;            /* PUB_REQUEST; NULL once it ended */
+	int               slot;         /* the mqtt worker that publishes it */
 	uint64_t          reqid;        /* the API call waiting (others) */
 	char              peer[PEER_MAX];
 	char              event_id[ULID_LEN];
@@ -1606,7 +1607,7 @@ pub_start(struct requests *q, int kind, struct dev *d, const char *topic_kind,
 	m.qos = 1;
 	m.retain = retain;
 	p->timer = evtimer_new(q->w->base, pub_timeout_cb, p);
-	if (p->timer == NULL || router_publish(q->w, &m) == -1) {
+	if (p->timer == NULL || (p->slot = router_publish(q->w, &m)) == -1) {
 		if (p->timer)
 			event_free(p->timer);
 		free(p);
@@ -3000,6 +3001,39 @@ requests_tick(evutil_socket_t fd, short what, void *arg)
 void
 requests_on_mqtt_up(struct requests *q, int slot)
 {
+	struct pub **gone = NULL;
+	size_t ngone = 0, cap = 0;
+
+	/*
+	 * A new mqtt worker in this slot: the broker's acknowledgements of
+	 * what the last one published and had not confirmed died with it.
+	 * Those publishes fail now rather than at their timeout (10 s): a
+	 * request's command goes out again at once (a device may get it
+	 * twice, with its commandId), an event or a configuration is answered
+	 * 503 as at the timeout.
+	 */
+	for (size_t i = 0; i < q->pubs.nb; i++)
+		for (struct hnode *n = q->pubs.b[i]; n != NULL; n = n->next) {
+			struct pub *p = (struct pub *)n;
+
+			if (p->slot != slot)
+				continue;
+			if (ngone == cap) {
+				struct pub **ng = realloc(gone, (cap ? cap * 2 : 16) * sizeof(*ng));
+
+				if (ng == NULL)
+					break;  /* the others time out */
+				gone = ng;
+				cap = cap ? cap * 2 : 16;
+			}
+			gone[ngone++] = p;
+		}
+	if (ngone > 0)
+		log_notice("mqtt.%d restarted: %zu publish(es) it had not confirmed are "
+		    "treated as lost", slot, ngone);
+	for (size_t i = 0; i < ngone; i++)
+		pub_done(q, gone[i], false);
+	free(gone);
 	/* Devices whose publishing failed for want of a connection go now. */
 	for (size_t i = 0; i < q->devs.nb; i++)
 		for (struct hnode *n = q->devs.b[i]; n != NULL; n = n->next) {

@@ -41,7 +41,7 @@ void    requests_reload(struct requests *q);
  * that worker is away (the same holding as for device messages). */
 void    router_to_http(struct worker *w, struct hmw *m);
 /* Provided by the router: send FAB_PUBLISH to the next mqtt worker in
- * rotation. -1 if no mqtt worker is reachable. */
+ * rotation.  The slot it went to, or -1 if no mqtt worker is reachable. */
 int     router_publish(struct worker *w, const struct msg_publish *m);
 
 #endif

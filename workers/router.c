@@ -96,7 +96,7 @@ router_publish(struct worker *w, const struct msg_publish *pub)
 		router_mqtt_name(slot, peer, sizeof(peer));
 		if (worker_send(w, peer, &m) == 0) {
 			hmw_free(&m);
-			return 0;
+			return slot;
 		}
 		r->mqtt_down_until[slot] = mono_ms() + 1000;
 	}

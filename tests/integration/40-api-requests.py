@@ -140,6 +140,35 @@ def test_answer_before_the_broker_ack():
     assert "HERALD_TEST_HOLD_PUBLISHED" in h.log_text()
 
 
+def test_mqtt_kill_resends_unconfirmed_command():
+    """An mqtt worker killed after publishing a command, before the router
+    heard of the broker's acknowledgement: the command goes out again as
+    soon as the new worker joins (with the same commandId), not after the
+    10 s acknowledgement timeout."""
+    import os
+    import signal
+    tmp = TmpDir()
+    hold = os.path.join(tmp.path, "hold-published")
+    open(hold, "w").close()
+    tmp, broker, backend, h = start(tmp=tmp, conf={"workers": {"mqtt": 1}},
+                                    env={"HERALD_TEST_HOLD_PUBLISHED": hold})
+    dev = Device(broker, "dev-redo", lambda cmd: None).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/dev-redo")[1].get("online"), 5,
+             what="dev-redo to be online")
+    st, rec, _ = api(h, "POST", "/v1/devices/dev-redo/requests", {"type": "x", "timeout": 60})
+    assert st == 202, (st, rec)
+    cid = rec["commandId"]
+    wait_for(lambda: len(dev.cmds()) == 1, 5, what="the command at the device")
+    assert api(h, "GET", "/v1/requests/" + cid)[1]["state"] == "queued"   # its ack is held
+    old = h.worker("mqtt")
+    os.kill(old["pid"], signal.SIGKILL)
+    os.unlink(hold)
+    wait_for(lambda: api(h, "GET", "/v1/requests/" + cid)[1]["state"] == "sent", 4, 0.05,
+             what="the command sent again and acknowledged")
+    assert [c["commandId"] for c in dev.cmds()] == [cid, cid], dev.cmds()
+    assert "mqtt.0 restarted: 1 publish(es) it had not confirmed" in h.log_text()
+
+
 def test_offline_queue_in_order():
     tmp, broker, backend, h = start()
     # Accepted first, expires while the device is away: never sent.
@@ -526,7 +555,8 @@ def test_response_verbatim():
 
 
 if __name__ == "__main__":
-    main(test_online_round_trip, test_answer_before_the_broker_ack, test_offline_queue_in_order,
+    main(test_online_round_trip, test_answer_before_the_broker_ack,
+         test_mqtt_kill_resends_unconfirmed_command, test_offline_queue_in_order,
          test_idempotency_and_cancel,
          test_repeat_with_wait_waits, test_device_list_paging, test_unknown_command_dead_letter,
          test_back_online_right_after_last_will, test_view_ends_at_the_last_telemetry,

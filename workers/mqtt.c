@@ -772,6 +772,18 @@ mqtt_send_new(struct mqttw *mw)
 	mw->prompt = false;
 }
 
+/* A test switch: the file named by the variable, which acts while it exists. */
+static const char *
+mqtt_test_file(const char *var, const char *what)
+{
+	const char *f = getenv(var);
+
+	if (f == NULL || *f == '\0')
+		return NULL;
+	log_warn("%s: %s while %s exists", var, what, f);
+	return f;
+}
+
 /* outbox_sync(), which fails with EIO while the file named by
  * HERALD_TEST_SYNC_FAIL exists (tests: a disk that stopped writing). */
 static int
@@ -2109,18 +2121,9 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	mw->startup_from = outbox_depth(mw->ob) > 0 ? 1 : 0;
 	worker_gauge(w, GAUGE_outbox_depth, (int64_t)outbox_depth(mw->ob));
 
-	mw->sync_fail_file = getenv("HERALD_TEST_SYNC_FAIL");
-	if (mw->sync_fail_file != NULL && *mw->sync_fail_file == '\0')
-		mw->sync_fail_file = NULL;
-	if (mw->sync_fail_file != NULL)
-		log_warn("HERALD_TEST_SYNC_FAIL: outbox syncs fail while %s exists",
-		    mw->sync_fail_file);
-	mw->hold_pub_file = getenv("HERALD_TEST_HOLD_PUBLISHED");
-	if (mw->hold_pub_file != NULL && *mw->hold_pub_file == '\0')
-		mw->hold_pub_file = NULL;
-	if (mw->hold_pub_file != NULL)
-		log_warn("HERALD_TEST_HOLD_PUBLISHED: broker acknowledgements wait while %s exists",
-		    mw->hold_pub_file);
+	mw->sync_fail_file = mqtt_test_file("HERALD_TEST_SYNC_FAIL", "outbox syncs fail");
+	mw->hold_pub_file = mqtt_test_file("HERALD_TEST_HOLD_PUBLISHED",
+	    "broker acknowledgements wait");
 	die = getenv("HERALD_TEST_DIE_AFTER_APPEND");
 	if (die != NULL && *die != '\0') {
 		snprintf(mw->die_marker, sizeof(mw->die_marker), "%s/outbox/%d.test-died",

@@ -852,6 +852,35 @@ http_lane_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- answers ---- */
 
+/*
+ * After an outage the lanes' backoffs have grown to many seconds: once one
+ * POST is accepted again, the others waiting out a backoff go now instead
+ * of leaving delivery idle that long.  Their backoff keeps its step, should
+ * they fail again; a lane the backend gave a Retry-After keeps waiting it.
+ * (Only after an outage: a backend that fails some POSTs and accepts
+ * others would otherwise be retried at the pace of its successes.)
+ */
+static void
+http_wake_lanes(struct http *h)
+{
+	int n = 0;
+
+	if (h->stopping)
+		return;
+	for (int i = 0; i < h->nlanes; i++) {
+		struct lane *l = &h->lanes[i];
+
+		if (l->state != LANE_BACKOFF || l->retry_after_ms >= HTTP_BACKOFF_MIN_MS)
+			continue;
+		evtimer_del(l->timer);
+		l->next_retry_ms = mono_ms();
+		http_after(l->timer, 0);
+		n++;
+	}
+	if (n > 0)
+		log_info("%d lane(s) waiting out their backoff retry now", n);
+}
+
 static void
 http_lane_delivered(struct lane *l)
 {
@@ -872,10 +901,12 @@ http_lane_delivered(struct lane *l)
 	if (h->failing > 0) {
 		/* The warnings of an outage are rate-limited: say it ended (a
 		 * backend failing now and then is not an outage). */
-		if (mono_ms() - h->failing_since >= HTTP_OUTAGE_MS)
+		if (mono_ms() - h->failing_since >= HTTP_OUTAGE_MS) {
 			log_notice("backend accepts again after %lld s (%llu POSTs retried "
 			    "meanwhile)", (long long)(mono_ms() - h->failing_since) / 1000,
 			    (unsigned long long)h->failing);
+			http_wake_lanes(h);
+		}
 		h->failing = 0;
 	}
 	worker_count(h->w, STAT_delivered, l->inflight);

@@ -108,5 +108,43 @@ def test_retry_after_zero():
     assert h.stop() == 0
 
 
+def test_lanes_resume_together():
+    """After an outage long enough for the lanes' backoffs to reach
+    seconds, the first accepted POST sends the other lanes at once: the
+    backlog goes out within a moment, not over each lane's remaining
+    backoff (up to 6 s here, 30 s at most)."""
+    state = {"down": True}
+    oks = []
+    lock = threading.Lock()
+
+    def respond(handler, body):
+        with lock:
+            if state["down"]:
+                return 503, {}
+            oks.append(time.monotonic())
+            return 204, {}
+
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend(respond=respond)
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"backend": {"concurrency": 4, "timeout_ms": 2000}}).wait_ready()
+    pub = Publisher(broker.port, ["w-%d" % i for i in range(40)], count=5).run()   # 200
+    wait_for(lambda: h.ctl("spool")["depth"] == pub.total(), 30, 0.2, "everything spooled")
+    t0 = time.monotonic()
+    # Every lane fails, its backoff doubling from 0.2 s, for more than the
+    # 5 s that make an outage.
+    wait_for(lambda: time.monotonic() - t0 >= 9, 10, 0.5, "9 s of 503")
+    with lock:
+        state["down"] = False
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 40, 0.1, "the backlog delivered")
+    with lock:
+        span = oks[-1] - oks[0]
+    assert span < 1.5, "the lanes resumed over %.1f s" % span
+    assert "lane(s) waiting out their backoff retry now" in h.log_text()
+    distinct, _ = check_delivery(backend.delivered(), pub)
+    assert distinct == pub.total()
+
+
 if __name__ == "__main__":
-    main(test_outage, test_retry_after_zero)
+    main(test_outage, test_retry_after_zero, test_lanes_resume_together)

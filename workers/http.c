@@ -853,38 +853,41 @@ http_lane_timer(evutil_socket_t fd, short what, void *arg)
 /* ---- answers ---- */
 
 /*
- * After an outage the lanes' backoffs have grown to many seconds: once one
- * POST is accepted again, the others waiting out a backoff go now instead
- * of leaving delivery idle that long.  Their backoff keeps its step, should
- * they fail again; a lane the backend gave a Retry-After keeps waiting it.
- * (Only after an outage: a backend that fails some POSTs and accepts
- * others would otherwise be retried at the pace of its successes.)
+ * End the lanes' backoff waits now; how many.  The operator's `spool retry`
+ * ends every wait, Retry-After included, and starts the backoff over.
+ * After an outage the backoffs have grown to many seconds: once one POST is
+ * accepted again, the other lanes go now instead of leaving delivery idle
+ * that long, keeping their backoff step should they fail again; a lane the
+ * backend gave a Retry-After keeps waiting it.  (Only after an outage: a
+ * backend that fails some POSTs and accepts others would otherwise be
+ * retried at the pace of its successes.)
  */
-static void
-http_wake_lanes(struct http *h)
+static int
+http_retry_now(struct http *h, bool operator)
 {
 	int n = 0;
 
-	if (h->stopping)
-		return;
 	for (int i = 0; i < h->nlanes; i++) {
 		struct lane *l = &h->lanes[i];
 
-		if (l->state != LANE_BACKOFF || l->retry_after_ms >= HTTP_BACKOFF_MIN_MS)
+		if (l->state != LANE_BACKOFF ||
+		    (!operator && l->retry_after_ms >= HTTP_BACKOFF_MIN_MS))
 			continue;
 		evtimer_del(l->timer);
+		if (operator)
+			l->attempt = 0;
 		l->next_retry_ms = mono_ms();
 		http_after(l->timer, 0);
 		n++;
 	}
-	if (n > 0)
-		log_info("%d lane(s) waiting out their backoff retry now", n);
+	return n;
 }
 
 static void
 http_lane_delivered(struct lane *l)
 {
 	struct http *h = l->h;
+	int n;
 
 	if (http_batch(h) == -1)
 		return;
@@ -905,7 +908,8 @@ http_lane_delivered(struct lane *l)
 			log_notice("backend accepts again after %lld s (%llu POSTs retried "
 			    "meanwhile)", (long long)(mono_ms() - h->failing_since) / 1000,
 			    (unsigned long long)h->failing);
-			http_wake_lanes(h);
+			if (!h->stopping && (n = http_retry_now(h, false)) > 0)
+				log_info("%d lane(s) waiting out their backoff retry now", n);
 		}
 		h->failing = 0;
 	}
@@ -1605,22 +1609,11 @@ http_admin_skip(struct http *h, const char *arg)
 static json_t *
 http_admin_retry(struct http *h)
 {
-	int n = 0;
+	int n;
 
 	if (h->stopping)
 		return http_err("stopping", "herald is stopping: nothing is retried now");
-	for (int i = 0; i < h->nlanes; i++) {
-		struct lane *l = &h->lanes[i];
-
-		if (l->state != LANE_BACKOFF)
-			continue;
-		evtimer_del(l->timer);
-		l->attempt = 0;
-		l->next_retry_ms = mono_ms();
-		http_after(l->timer, 0);
-		n++;
-	}
-	if (n > 0)
+	if ((n = http_retry_now(h, true)) > 0)
 		log_notice("spool retry: %d waiting lane(s) retry now", n);
 	return json_pack("{s:i}", "retried", n);
 }

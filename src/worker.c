@@ -218,6 +218,13 @@ worker_fabric_msg(struct fabric *f, const char *peer, struct hmr *r, void *arg)
 		w->hooks.fabric(w, peer, r);
 }
 
+uint32_t
+worker_generation_of(const struct worker *w, int role, int slot)
+{
+	return __atomic_load_n(&w->region->slots[stats_slot_index(role, slot)].generation,
+	    __ATOMIC_RELAXED);
+}
+
 int
 worker_join_fabric(struct worker *w)
 {

@@ -341,12 +341,10 @@ api_call_timeout(evutil_socket_t fd, short what, void *arg)
 	api_call_free(a, c);
 }
 
-/* The router's current life, as the supervisor wrote it when it forked it. */
 static uint32_t
 api_router_gen(struct api *a)
 {
-	return __atomic_load_n(&a->w->region->slots[stats_slot_index(ROLE_ROUTER, 0)].generation,
-	    __ATOMIC_RELAXED);
+	return worker_generation_of(a->w, ROLE_ROUTER, 0);
 }
 
 /* Send (again) a call to the router; a ?wait is what is left of it. */

@@ -190,6 +190,8 @@ struct mqttw {
 	uint32_t          node_hash;
 	uint64_t          unsent_from;      /* appended in this life, not sent yet */
 	uint64_t          startup_from;     /* first resend pass in progress from here; 0: done */
+	uint32_t          peer_gen[2];      /* the crypto and http workers' lives */
+	int64_t           resend_before;    /* records last sent before this: again now */
 	size_t            trunc_limit;      /* longer payloads are cut (crypto rejects them) */
 	size_t            high_water;       /* outbox room under which reading stops */
 	long              die_after, appended;
@@ -686,7 +688,8 @@ mqtt_resend_cb(void *arg, const struct outbox_rec *r)
 
 	if (r->seq >= rs->mw->unsent_from)
 		return 1;       /* new in this life: mqtt_flush sends it */
-	if (*r->last_sent != 0 && rs->now - *r->last_sent < MQTT_RESEND_AFTER_MS)
+	if (*r->last_sent != 0 && rs->now - *r->last_sent < MQTT_RESEND_AFTER_MS &&
+	    *r->last_sent >= rs->mw->resend_before)
 		return 0;
 	if (rs->budget == 0) {
 		rs->next = r->seq;
@@ -702,6 +705,31 @@ mqtt_resend_cb(void *arg, const struct outbox_rec *r)
 	return 0;
 }
 
+/*
+ * Whether the crypto or the http worker has a new life since the last look
+ * (the supervisor counts lives in the stats region).  What the old one held
+ * of ours, in its lane or in its hands, died with it: those records are
+ * sent again at this tick, not MQTT_RESEND_AFTER_MS after their last try
+ * (the spool drops the copies of what it had already taken).
+ */
+static bool
+mqtt_peers_restarted(struct mqttw *mw)
+{
+	static const int roles[2] = { ROLE_CRYPTO, ROLE_HTTP };
+	bool restarted = false;
+
+	for (int i = 0; i < 2; i++) {
+		uint32_t g = worker_generation_of(mw->w, roles[i], 0);
+
+		if (g != mw->peer_gen[i]) {
+			if (mw->peer_gen[i] != 0)
+				restarted = true;
+			mw->peer_gen[i] = g;
+		}
+	}
+	return restarted;
+}
+
 static void
 mqtt_resend_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -709,6 +737,12 @@ mqtt_resend_tick(evutil_socket_t fd, short what, void *arg)
 	struct resend rs = { mw, mono_ms(), MQTT_RESEND_PER_TICK, 0, false };
 	struct timeval tv;
 
+	if (mqtt_peers_restarted(mw)) {
+		mw->resend_before = rs.now;
+		if (outbox_depth(mw->ob) > 0)
+			log_info("the crypto or http worker restarted: the outbox's %zu "
+			    "unacknowledged record(s) are sent again", (size_t)outbox_depth(mw->ob));
+	}
 	if (mw->startup_from != 0) {
 		/* Everything a previous life left, once, at a higher pace. */
 		outbox_foreach(mw->ob, mw->startup_from, mqtt_resend_cb, &rs);
@@ -2137,6 +2171,7 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	mw->flush_ev = event_new(w->base, -1, 0, mqtt_flush_cb, mw);
 	mw->tick_ev = event_new(w->base, -1, EV_PERSIST, mqtt_tick, mw);
 	mw->resend_ev = evtimer_new(w->base, mqtt_resend_tick, mw);
+	mqtt_peers_restarted(mw);
 	mw->stop_ev = evtimer_new(w->base, mqtt_stop_step, mw);
 	mw->sync_ev = evtimer_new(w->base, mqtt_sync_cb, mw);
 	/* The configured connections, then one for each recorded session of

@@ -124,6 +124,33 @@ def test_kill_mqtt_under_load_keeps_ids():
     assert h.stop() == 0
 
 
+def test_crypto_kill_messages_go_again_at_once():
+    """Messages in the crypto worker's hands when it is killed: the mqtt
+    worker sends them again as soon as it sees the new crypto worker (the
+    stats region's generation), within 3 s, not 5 s after their last try."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend()
+    # the frozen worker must not be killed for its missed pings first
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"workers": {"ping_timeout_ms": 60000}}).wait_ready()
+    crypto = h.worker("crypto")
+    os.kill(crypto["pid"], signal.SIGSTOP)
+    try:
+        pub = Publisher(broker.port, ["c-%d" % i for i in range(10)], count=10).run()
+        wait_for(lambda: h.ctl("stats")["gauges"].get("outbox_depth") == pub.total(), 2, 0.05,
+                 what="the messages in the outbox, on their way to the frozen crypto worker")
+    finally:
+        os.kill(crypto["pid"], signal.SIGKILL)
+    t_kill = time.monotonic()
+    wait_for(lambda: distinct_delivered(backend) >= pub.total(), 10, 0.05, what="delivery")
+    took = time.monotonic() - t_kill
+    assert took < 3, "delivered %.1f s after the kill" % took
+    distinct, _ = check_delivery(backend.delivered(), pub)
+    assert distinct == pub.total()
+    assert "the crypto or http worker restarted" in h.log_text()
+
+
 if __name__ == "__main__":
     main(test_kill_roles_during_run, test_resent_after_lost_acks_not_posted_again,
-         test_kill_mqtt_under_load_keeps_ids)
+         test_kill_mqtt_under_load_keeps_ids, test_crypto_kill_messages_go_again_at_once)

@@ -203,7 +203,7 @@ int
 proto_write_published(struct hmw *w, const struct msg_published *m)
 {
 	hmw_u64(w, m->ref);
-	hmw_u64(w, m->ok);
+	hmw_u64(w, m->result);
 	return 0;
 }
 
@@ -211,7 +211,7 @@ int
 proto_read_published(struct hmr *r, struct msg_published *m)
 {
 	RD(hmr_u64(r, &m->ref));
-	RD(rd_u32(r, &m->ok));
+	RD(rd_u32(r, &m->result));
 	return hmr_end(r);
 }
 

@@ -85,7 +85,14 @@ struct msg_publish {
 	uint32_t    qos;
 	uint32_t    retain;
 };
-struct msg_published { uint64_t ref; uint32_t ok; };
+/*
+ * result: PUBLISHED_OK, or PUBLISHED_NO_SUBSCRIBER when the broker accepted
+ * the message but had no subscription it matched (MQTT 5 PUBACK reason 0x10:
+ * nobody got it), or PUBLISHED_FAILED (refused, or the connection dropped
+ * before the acknowledgement).
+ */
+enum { PUBLISHED_FAILED = 0, PUBLISHED_OK = 1, PUBLISHED_NO_SUBSCRIBER = 2 };
+struct msg_published { uint64_t ref; uint32_t result; };
 
 /* FAB_DEVICE_INFO: what the router needs of a device message (presence,
  * status, command responses); json is the validated payload (may be empty).

@@ -29,6 +29,7 @@
 	X(mqtt_disconnects,   "broker connections lost")                               \
 	X(mqtt_received,      "device messages received from the broker")              \
 	X(mqtt_published,     "messages published to devices")                         \
+	X(mqtt_no_subscriber, "publishes the broker took with no subscriber to get them") \
 	X(outbox_appended,    "device messages written to the outbox")                 \
 	X(outbox_acked,       "outbox entries acknowledged by the spool")              \
 	X(outbox_resent,      "outbox entries sent again after a timeout or restart")  \

@@ -592,9 +592,9 @@ mqtt_recent_open(struct mqttw *mw, const char *path)
 /* ---- messages to the router ---- */
 
 static void
-mqtt_published(struct mqttw *mw, uint64_t ref, bool ok)
+mqtt_published(struct mqttw *mw, uint64_t ref, uint32_t result)
 {
-	struct msg_published p = { ref, ok ? 1 : 0 };
+	struct msg_published p = { ref, result };
 	struct hmw m;
 
 	/* Tests: the router hears of the broker's acknowledgements only once
@@ -1625,19 +1625,26 @@ on_publish(struct mosquitto *m, void *arg, int mid, int reason, const mosquitto_
 {
 	struct mconn *c = arg;
 	struct mpub **pp = conn_pub_slot(c, (uint16_t)mid), *p = *pp;
-	bool ok = reason < 0x80;
+	uint32_t result = PUBLISHED_OK;
 
 	if (p == NULL)
 		return;     /* failed already when its connection dropped */
 	*pp = p->next;
 	if (--c->npubs == 0)
 		conn_update_read(c);
-	if (ok)
-		worker_count(c->mw->w, STAT_mqtt_published, 1);
-	else
+	if (reason >= 0x80) {
+		result = PUBLISHED_FAILED;
 		log_ratelimited(LOG_WARNING, "%s: the broker refused a publish: %s", c->id,
 		    mosquitto_reason_string(reason));
-	mqtt_published(c->mw, p->ref, ok);
+	} else {
+		worker_count(c->mw->w, STAT_mqtt_published, 1);
+		/* Taken, and dropped: no subscription matched its topic. */
+		if (reason == MQTT_RC_NO_MATCHING_SUBSCRIBERS) {
+			result = PUBLISHED_NO_SUBSCRIBER;
+			worker_count(c->mw->w, STAT_mqtt_no_subscriber, 1);
+		}
+	}
+	mqtt_published(c->mw, p->ref, result);
 	free(p);
 }
 
@@ -1662,7 +1669,7 @@ conn_fail_pubs(struct mconn *c)
 			struct mpub *p = c->pubs[b];
 
 			c->pubs[b] = p->next;
-			mqtt_published(c->mw, p->ref, false);
+			mqtt_published(c->mw, p->ref, PUBLISHED_FAILED);
 			free(p);
 		}
 	c->npubs = 0;
@@ -1850,7 +1857,7 @@ mqtt_tick(evutil_socket_t fd, short what, void *arg)
 		mw->held_pubs = NULL;
 		mw->nheld_pubs = 0;
 		for (size_t i = 0; i < n; i++)
-			mqtt_published(mw, held[i].ref, held[i].ok != 0);
+			mqtt_published(mw, held[i].ref, held[i].result);
 		free(held);
 	}
 
@@ -1913,7 +1920,7 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 	    p->payload.len > MQTT_MAX_PAYLOAD) {
 		log_ratelimited(LOG_WARNING, "publish %llu refused: bad topic, QoS or size",
 		    (unsigned long long)p->ref);
-		mqtt_published(mw, p->ref, false);
+		mqtt_published(mw, p->ref, PUBLISHED_FAILED);
 		return;
 	}
 	for (int i = 0; i < mw->ncurrent; i++) {
@@ -1928,7 +1935,7 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 	if (c == NULL) {
 		log_ratelimited(LOG_WARNING, "publish %llu: no broker connection",
 		    (unsigned long long)p->ref);
-		mqtt_published(mw, p->ref, false);
+		mqtt_published(mw, p->ref, PUBLISHED_FAILED);
 		return;
 	}
 	memcpy(mw->topic, p->topic.p, p->topic.len);
@@ -1938,7 +1945,7 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 	if (rc != MOSQ_ERR_SUCCESS) {
 		log_ratelimited(LOG_WARNING, "publish to %.100s: %s", mw->topic,
 		    mosquitto_strerror(rc));
-		mqtt_published(mw, p->ref, false);
+		mqtt_published(mw, p->ref, PUBLISHED_FAILED);
 		return;
 	}
 	pp = conn_pub_slot(c, (uint16_t)mid);
@@ -1946,14 +1953,14 @@ mqtt_publish(struct mqttw *mw, const struct msg_publish *p)
 		/* 65535 publishes in flight on one connection: the oldest lost its mid. */
 		n = *pp;
 		*pp = n->next;
-		mqtt_published(mw, n->ref, false);
+		mqtt_published(mw, n->ref, PUBLISHED_FAILED);
 		free(n);
 		c->npubs--;
 	}
 	n = malloc(sizeof(*n));
 	if (n == NULL) {
 		log_err("out of memory");
-		mqtt_published(mw, p->ref, false);
+		mqtt_published(mw, p->ref, PUBLISHED_FAILED);
 		return;
 	}
 	n->mid = (uint16_t)mid;
@@ -2009,7 +2016,7 @@ mqtt_fabric(struct worker *w, const char *peer, struct hmr *r)
 		if (proto_read_publish(r, &p) == -1)
 			goto bad;
 		if (mw->stopping)
-			mqtt_published(mw, p.ref, false);
+			mqtt_published(mw, p.ref, PUBLISHED_FAILED);
 		else
 			mqtt_publish(mw, &p);
 		break;

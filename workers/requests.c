@@ -34,6 +34,8 @@
 #define REQUESTS_PRUNE_LIVE  20000   /* live requests a slice steps over, at most */
 #define PUBLISH_TIMEOUT_MS   10000   /* no PUBLISHED from the mqtt worker: retry */
 #define PUBLISH_RETRY_MS     1000
+#define NOSUB_RETRY_MIN_MS   1000    /* the broker had no subscriber for a command: */
+#define NOSUB_RETRY_MAX_MS   60000   /* try again after this, doubling, ... */
 #define NOTE_RESEND_MS       5000    /* no ACK from the spool: send again */
 #define NOTE_RESEND_BATCH    1000
 #define NOTE_LINGER_MS       5       /* notifications wait this long for company */
@@ -122,6 +124,14 @@ struct dev {
 	TAILQ_HEAD(reqlist, req) live;
 	struct pub       *pub;          /* the command publish in flight */
 	struct event     *retry;
+	/*
+	 * The broker took the last command with no subscriber to get it (the
+	 * device is not connected, or not subscribed yet): the request stays
+	 * queued until the device announces itself or nosub_wait ms pass.
+	 */
+	bool              nosub;
+	int               nosub_wait;
+	uint64_t          announced;    /* "online" statuses seen */
 };
 
 enum pub_kind { PUB_REQUEST, PUB_EVENT, PUB_CONFIG_SET, PUB_CONFIG_CLEAR };
@@ -134,6 +144,7 @@ struct pub {
 	struct event     *timer;
 	struct dev       *dev;
 	struct req       *r;            /* PUB_REQUEST; NULL once it ended */
+	uint64_t          announced;    /* PUB_REQUEST: its device's, at the start */
 	int               slot;         /* the mqtt worker that publishes it */
 	uint64_t          reqid;        /* the API call waiting (others) */
 	char              peer[PEER_MAX];
@@ -217,6 +228,7 @@ static void req_count(struct requests *q, int state, int delta);
 static void req_timer_arm(struct req *r);
 static bool requests_prune(struct requests *q, bool due);
 static void dev_kick(struct requests *q, struct dev *d);
+static void dev_nosub(struct requests *q, struct dev *d, const struct pub *p);
 static void reply_text(struct requests *q, const char *peer, uint64_t reqid, int status,
     const char *text);
 static void req_free(struct requests *q, struct req *r);
@@ -1509,6 +1521,7 @@ dev_retry_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct dev *d = arg;
 
+	d->nosub = false;
 	dev_kick(d->q, d);
 }
 
@@ -1571,7 +1584,7 @@ dev_set_online(struct requests *q, struct dev *d, bool online)
 
 /* ---- publishing ---- */
 
-static void pub_done(struct requests *q, struct pub *p, bool ok);
+static void pub_done(struct requests *q, struct pub *p, uint32_t result);
 
 static void
 pub_timeout_cb(evutil_socket_t fd, short what, void *arg)
@@ -1580,7 +1593,7 @@ pub_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 	log_ratelimited(LOG_WARNING, "no broker acknowledgement for publish %llu within %d ms",
 	    (unsigned long long)p->ref, PUBLISH_TIMEOUT_MS);
-	pub_done(p->q, p, false);
+	pub_done(p->q, p, PUBLISHED_FAILED);
 }
 
 /* Publish at QoS 1; the pub is answered by requests_on_published or its timeout. */
@@ -1619,10 +1632,11 @@ pub_start(struct requests *q, int kind, struct dev *d, const char *topic_kind,
 }
 
 static void
-pub_done(struct requests *q, struct pub *p, bool ok)
+pub_done(struct requests *q, struct pub *p, uint32_t result)
 {
 	struct dev *d = p->dev;
 	struct req *r = p->r;
+	bool ok = result != PUBLISHED_FAILED;
 	struct timeval tv = { PUBLISH_RETRY_MS / 1000, (PUBLISH_RETRY_MS % 1000) * 1000 };
 
 	ht_del(&q->pubs, &p->hn);
@@ -1633,6 +1647,12 @@ pub_done(struct requests *q, struct pub *p, bool ok)
 			d->pub = NULL;
 		if (r != NULL)
 			r->pub = NULL;
+		if (result == PUBLISHED_NO_SUBSCRIBER) {
+			dev_nosub(q, d, p);
+			break;
+		}
+		if (ok)
+			d->nosub_wait = 0;
 		/* (also behind a cancel not yet committed: see req_change) */
 		if (ok && r != NULL && r->want < 0 && (r->state == RS_QUEUED ||
 		    (r->staged && r->cstate == RS_QUEUED)))
@@ -1675,7 +1695,7 @@ requests_on_published(struct requests *q, const struct msg_published *m)
 		log_debug("late or unknown PUBLISHED %llu ignored", (unsigned long long)m->ref);
 		return;
 	}
-	pub_done(q, p, m->ok != 0);
+	pub_done(q, p, m->result);
 }
 
 /*
@@ -1691,7 +1711,7 @@ dev_kick(struct requests *q, struct dev *d)
 	json_t *rec;
 	char *text;
 
-	if (q->stopping || !d->online || d->pub != NULL)
+	if (q->stopping || !d->online || d->pub != NULL || d->nosub)
 		return;
 	if (q->tx_open || q->tx_failed) {
 		/* A command goes out only once its request (and whatever changed
@@ -1730,7 +1750,47 @@ dev_kick(struct requests *q, struct dev *d)
 		return;
 	}
 	d->pub->r = r;
+	d->pub->announced = d->announced;
 	r->pub = d->pub;
+}
+
+/*
+ * The broker acknowledged the device's command with "no matching
+ * subscribers": nobody got it, so it is not "sent".  A device that
+ * announced itself while the command was on its way gets it again at once;
+ * else it goes with the device's next "online" status, or after a wait
+ * that doubles (a device that subscribes without saying so).
+ */
+static void
+dev_nosub(struct requests *q, struct dev *d, const struct pub *p)
+{
+	struct timeval tv;
+
+	log_debug("no subscriber for %s's command: it waits for the device", d->id);
+	if (d->announced != p->announced) {
+		dev_kick(q, d);
+		return;
+	}
+	d->nosub_wait = d->nosub_wait == 0 ? NOSUB_RETRY_MIN_MS :
+	    d->nosub_wait >= NOSUB_RETRY_MAX_MS / 2 ? NOSUB_RETRY_MAX_MS : 2 * d->nosub_wait;
+	d->nosub = true;
+	tv.tv_sec = d->nosub_wait / 1000;
+	tv.tv_usec = (d->nosub_wait % 1000) * 1000;
+	evtimer_add(d->retry, &tv);
+}
+
+/* An "online" status: whatever waited for the device goes now. */
+static void
+dev_announced(struct requests *q, struct dev *d)
+{
+	d->announced++;
+	d->nosub_wait = 0;
+	if (d->nosub) {
+		d->nosub = false;
+		if (evtimer_pending(d->retry, NULL))
+			evtimer_del(d->retry);
+		dev_kick(q, d);
+	}
 }
 
 /* ---- requests ---- */
@@ -2219,7 +2279,7 @@ device_info(struct requests *q, const struct msg_device_info *m)
 	struct dev *d;
 	json_t *doc;
 	const char *state;
-	bool stale;
+	bool stale, online;
 	enum hint_use use = HINT_DONE;
 
 	if (!device_id_valid(m->device.p, m->device.len)) {
@@ -2250,7 +2310,10 @@ device_info(struct requests *q, const struct msg_device_info *m)
 		}
 		state = json_string_value(json_object_get(doc, "state"));
 		/* "offline" is also the device's Last Will, sent by the broker. */
-		dev_set_online(q, d, state == NULL || strcmp(state, "offline") != 0);
+		online = state == NULL || strcmp(state, "offline") != 0;
+		dev_set_online(q, d, online);
+		if (online)
+			dev_announced(q, d);
 		json_decref(doc);
 		dev_save_now(q, d);
 		return HINT_GROUP;
@@ -3032,7 +3095,7 @@ requests_on_mqtt_up(struct requests *q, int slot)
 		log_notice("mqtt.%d restarted: %zu publish(es) it had not confirmed are "
 		    "treated as lost", slot, ngone);
 	for (size_t i = 0; i < ngone; i++)
-		pub_done(q, gone[i], false);
+		pub_done(q, gone[i], PUBLISHED_FAILED);
 	free(gone);
 	/* Devices whose publishing failed for want of a connection go now. */
 	for (size_t i = 0; i < q->devs.nb; i++)

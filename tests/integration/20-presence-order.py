@@ -38,6 +38,11 @@ def publish_packet(topic, msg, mid):
     return b"\x33" + remaining(len(body)) + body
 
 
+def subscribe_packet(topic, mid):
+    body = struct.pack(">H", mid) + s16(topic.encode()) + b"\x01"
+    return b"\x82" + remaining(len(body)) + body
+
+
 def read_exactly(sk, n):
     b = b""
     while len(b) < n:
@@ -67,7 +72,7 @@ def test_flapping_devices_end_online():
                conf={"workers": {"mqtt": 2}, "mqtt": {"connections_per_worker": 2}}).wait_ready()
     warm_up(h, broker)
     base = len(backend.delivered())
-    kept = []
+    kept = {}
 
     def flap(devs):
         for dev in devs:
@@ -75,7 +80,7 @@ def test_flapping_devices_end_online():
                 sk = online(broker.port, dev)
                 sk.shutdown(socket.SHUT_RDWR)     # no DISCONNECT: the Will fires
                 sk.close()
-            kept.append(online(broker.port, dev))
+            kept[dev] = online(broker.port, dev)
     names = ["flap-%d" % i for i in range(DEVICES)]
     ts = [threading.Thread(target=flap, args=(names[i::4],)) for i in range(4)]
     for t in ts:
@@ -94,12 +99,16 @@ def test_flapping_devices_end_online():
     except AssertionError:
         raise AssertionError("connected, online at the broker, offline in herald: %s"
                              % offline_ones())
-    # A request to one of them goes out at once.
+    # A request to one of them goes out at once, once it listens for
+    # commands (with no subscriber the broker drops a command: not "sent").
+    sk = kept[names[-1]]
+    sk.sendall(subscribe_packet("device/%s/command" % names[-1], 2))
+    assert read_exactly(sk, 5)[0] == 0x90, "SUBACK"
     st, rec, _ = api(h, "POST", "/v1/devices/%s/requests" % names[-1], {"type": "ping"})
     assert st == 202, (st, rec)
     wait_for(lambda: api(h, "GET", "/v1/requests/" + rec["commandId"])[1]["state"] == "sent",
              10, 0.1, "the request sent")
-    for sk in kept:
+    for sk in kept.values():
         sk.close()
 
 

@@ -90,26 +90,57 @@ class TmpDir:
 
 
 class Mosquitto:
-    """A real broker on a free loopback port."""
+    """A real broker on a free loopback port.  With persist=True it keeps its
+    sessions, subscriptions and queued messages in a file in its directory
+    (saved every second and at a clean exit), so a restart() brings them back."""
 
-    def __init__(self, tmp, extra=""):
+    def __init__(self, tmp, extra="", persist=False):
         self.port = free_port()
         self.dir = tmp.join("mosquitto")
         os.makedirs(self.dir, exist_ok=True)
         self.conf = os.path.join(self.dir, "mosquitto.conf")
+        if persist:
+            # As root, Mosquitto drops to its own user, which could not
+            # write into the test's private directory.
+            storage = "persistence true\npersistence_location %s/\nautosave_interval 1\n%s" % (
+                self.dir, "user root\n" if os.geteuid() == 0 else "")
+        else:
+            storage = "persistence false\n"
         with open(self.conf, "w") as f:
             f.write("listener %d 127.0.0.1\nallow_anonymous true\n"
                     "max_queued_messages 1000000\nmax_inflight_messages 100\n"
-                    "set_tcp_nodelay true\npersistence false\n"
-                    "sys_interval 1\n%s" % (self.port, extra))
-        self.logf = open(os.path.join(self.dir, "mosquitto.log"), "w")
+                    "set_tcp_nodelay true\n%s"
+                    "sys_interval 1\n%s" % (self.port, storage, extra))
+        self.logpath = os.path.join(self.dir, "mosquitto.log")
+        self.logf = open(self.logpath, "w")
+        self.proc = None
+        _cleanups.append(self.stop)
+        self._start()
+
+    def _start(self):
         self.proc = subprocess.Popen([MOSQUITTO, "-c", self.conf], stdout=self.logf,
                                      stderr=subprocess.STDOUT)
-        _cleanups.append(self.stop)
         wait_for(lambda: port_open(self.port), 10, what="mosquitto to listen")
 
-    def stop(self):
+    def restart(self, kill=False):
+        """Stop the broker (SIGTERM: it saves its state; kill=True: SIGKILL,
+        it keeps only its last autosave) and start it again on the same port."""
         if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            self.proc.wait(10)
+        self.logf.close()
+        self.logf = open(self.logpath, "a")
+        self._start()
+
+    def log_text(self):
+        with open(self.logpath, errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(5)

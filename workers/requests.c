@@ -1663,9 +1663,12 @@ pub_done(struct requests *q, struct pub *p, uint32_t result)
 			evtimer_add(d->retry, &tv);
 		break;
 	case PUB_EVENT:
+		/* Fire and forget, but not into the void unsaid: with no
+		 * subscriber the broker dropped it. */
 		if (ok)
 			reply(q, p->peer, p->reqid, 202, json_pack("{s:s,s:s}", "eventId",
-			    p->event_id, "state", "sent"));
+			    p->event_id, "state",
+			    result == PUBLISHED_NO_SUBSCRIBER ? "no_subscriber" : "sent"));
 		else
 			reply_error(q, p->peer, p->reqid, 503, "unavailable",
 			    "the broker did not acknowledge the event");

@@ -29,6 +29,10 @@ def test_event_online():
     st, d, _ = api(h, "GET", "/v1/devices/ev-dev")
     assert d["pending"] == 0, d
     dev.disconnect()
+    # Gone (a clean session): the broker drops the event, and the answer says so.
+    st, doc3, _ = api(h, "POST", "/v1/devices/ev-dev/events", {"type": "blink"})
+    assert st == 202 and doc3["state"] == "no_subscriber" and doc3["eventId"], (st, doc3)
+    assert len(dev.cmds()) == 2, dev.cmds()
 
 
 def test_config_retained():

@@ -225,23 +225,31 @@ worker_generation_of(const struct worker *w, int role, int slot)
 	    __ATOMIC_RELAXED);
 }
 
+/* Tell the router who we are (a restarted router learns it again so). */
+void
+worker_hello(struct worker *w)
+{
+	struct hmw m;
+	struct msg_hello h = { (uint32_t)w->role, (uint32_t)w->slot, w->generation };
+
+	hmw_init(&m, HM_FAB_HELLO);
+	proto_write_hello(&m, &h);
+	/* The router may not be up yet: the message waits in the socket's queue. */
+	fabric_send(w->fab, NULL, &m);
+	hmw_free(&m);
+}
+
 int
 worker_join_fabric(struct worker *w)
 {
 	char ep[600];
-	struct hmw m;
-	struct msg_hello h = { (uint32_t)w->role, (uint32_t)w->slot, w->generation };
 
 	fabric_endpoint(w->cf->run_dir, ep, sizeof(ep));
 	w->fab = fabric_connect(w->base, ep, w->name, worker_fabric_msg, w);
 	if (w->fab == NULL)
 		return -1;
 	fabric_set_stats(w->fab, w->stats);
-	hmw_init(&m, HM_FAB_HELLO);
-	proto_write_hello(&m, &h);
-	/* The router may not be up yet; it also learns us from our first message. */
-	fabric_send(w->fab, NULL, &m);
-	hmw_free(&m);
+	worker_hello(w);
 	return 0;
 }
 

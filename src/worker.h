@@ -65,6 +65,7 @@ int  worker_init(struct worker *w, int role, int slot, uint32_t generation,
          int ctlfd, struct config *cf, struct stats_region *region);
 /* Connect the DEALER to the router and say HELLO (every role but the router). */
 int  worker_join_fabric(struct worker *w);
+void worker_hello(struct worker *w);
 /* The current life of another worker (the supervisor counts them in the
  * stats region when it forks): a change means that worker was restarted. */
 uint32_t worker_generation_of(const struct worker *w, int role, int slot);

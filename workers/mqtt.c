@@ -42,6 +42,7 @@
 #define MQTT_RECEIVE_MAX       512      /* our CONNECT receive maximum */
 #define MQTT_READ_BUDGET       64       /* packets per connection per wakeup */
 #define MQTT_TICK_MS           1000
+#define MQTT_ROUTER_WATCH_MS   100      /* a look for a restarted router */
 #define MQTT_STARTUP_TICK_MS   10       /* the first resend of a reopened outbox */
 #define MQTT_RESEND_AFTER_MS   5000
 #define MQTT_RESEND_PER_TICK   2000
@@ -191,6 +192,8 @@ struct mqttw {
 	uint64_t          unsent_from;      /* appended in this life, not sent yet */
 	uint64_t          startup_from;     /* first resend pass in progress from here; 0: done */
 	uint32_t          peer_gen[2];      /* the crypto and http workers' lives */
+	uint32_t          router_gen;       /* the router's life */
+	struct event     *router_ev;
 	int64_t           resend_before;    /* records last sent before this: again now */
 	size_t            trunc_limit;      /* longer payloads are cut (crypto rejects them) */
 	size_t            high_water;       /* outbox room under which reading stops */
@@ -728,6 +731,24 @@ mqtt_peers_restarted(struct mqttw *mw)
 		}
 	}
 	return restarted;
+}
+
+/*
+ * A restarted router cannot publish through us until it knows us: it
+ * learns our name when we connect, but our HELLO is what makes it send
+ * the commands that failed meanwhile without waiting for their retry.
+ */
+static void
+mqtt_router_watch(evutil_socket_t fd, short what, void *arg)
+{
+	struct mqttw *mw = arg;
+	uint32_t g = worker_generation_of(mw->w, ROLE_ROUTER, 0);
+
+	if (g != mw->router_gen) {
+		if (mw->router_gen != 0)
+			worker_hello(mw->w);
+		mw->router_gen = g;
+	}
 }
 
 static void
@@ -2179,6 +2200,8 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	mw->tick_ev = event_new(w->base, -1, EV_PERSIST, mqtt_tick, mw);
 	mw->resend_ev = evtimer_new(w->base, mqtt_resend_tick, mw);
 	mqtt_peers_restarted(mw);
+	mw->router_ev = event_new(w->base, -1, EV_PERSIST, mqtt_router_watch, mw);
+	mw->router_gen = worker_generation_of(w, ROLE_ROUTER, 0);
 	mw->stop_ev = evtimer_new(w->base, mqtt_stop_step, mw);
 	mw->sync_ev = evtimer_new(w->base, mqtt_sync_cb, mw);
 	/* The configured connections, then one for each recorded session of
@@ -2199,6 +2222,7 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	}
 	mw->conns = calloc((size_t)mw->nconns + 1, sizeof(*mw->conns));
 	if (mw->flush_ev == NULL || mw->tick_ev == NULL || mw->resend_ev == NULL ||
+	    mw->router_ev == NULL ||
 	    mw->stop_ev == NULL || mw->sync_ev == NULL || mw->conns == NULL || nrec < 0) {
 		log_err("out of memory");
 		free(recs);
@@ -2243,6 +2267,7 @@ mqtt_main(struct worker *w)
 {
 	struct mqttw *mw = calloc(1, sizeof(*mw));
 	struct timeval tick = { MQTT_TICK_MS / 1000, (MQTT_TICK_MS % 1000) * 1000 };
+	struct timeval router_tv = { 0, MQTT_ROUTER_WATCH_MS * 1000 };
 	struct timeval now = { 0, 0 };
 	int rc;
 
@@ -2262,6 +2287,7 @@ mqtt_main(struct worker *w)
 		return 1;
 	}
 	event_add(mw->tick_ev, &tick);
+	event_add(mw->router_ev, &router_tv);
 	evtimer_add(mw->resend_ev, &now);
 	for (int i = 0; i < mw->nconns; i++)
 		conn_start(&mw->conns[i]);

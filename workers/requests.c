@@ -3065,7 +3065,7 @@ requests_tick(evutil_socket_t fd, short what, void *arg)
 }
 
 void
-requests_on_mqtt_up(struct requests *q, int slot)
+requests_on_mqtt_up(struct requests *q, int slot, bool new_life)
 {
 	struct pub **gone = NULL;
 	size_t ngone = 0, cap = 0;
@@ -3078,7 +3078,7 @@ requests_on_mqtt_up(struct requests *q, int slot)
 	 * twice, with its commandId), an event or a configuration is answered
 	 * 503 as at the timeout.
 	 */
-	for (size_t i = 0; i < q->pubs.nb; i++)
+	for (size_t i = 0; new_life && i < q->pubs.nb; i++)
 		for (struct hnode *n = q->pubs.b[i]; n != NULL; n = n->next) {
 			struct pub *p = (struct pub *)n;
 

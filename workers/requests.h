@@ -30,7 +30,7 @@ void    requests_on_device(struct requests *q, const char *peer, const struct ms
 /* FAB_ACK for envelopes the router itself sent (slot PROTO_SLOT_ROUTER). */
 void    requests_on_ack(struct requests *q, const struct msg_ack *m);
 /* An mqtt worker (re)joined: publishing is possible again. */
-void    requests_on_mqtt_up(struct requests *q, int slot);
+void    requests_on_mqtt_up(struct requests *q, int slot, bool new_life);
 /* The spool said it is full (FAB_PAUSE) or has room again (FAB_RESUME):
  * new requests are refused with 503 while it is full (SPEC §3). */
 void    requests_on_pause(struct requests *q, bool paused);

@@ -47,6 +47,7 @@ struct router {
 	unsigned         rotation;      /* next mqtt worker to publish on */
 	int64_t          mqtt_down_until[CONFIG_MAX_MQTT]; /* mono ms; 0: up */
 	bool             mqtt_joined[CONFIG_MAX_MQTT];     /* said hello: a retiring slot too */
+	uint32_t         mqtt_gen[CONFIG_MAX_MQTT];        /* their lives, as last seen */
 	struct hold      holds[1];      /* http.0 */
 	struct event    *hold_retry;
 };
@@ -189,12 +190,17 @@ router_hello(struct router *r, const char *peer, struct hmr *msg)
 		goto bad;
 	log_debug("%s joined the fabric (generation %u)", peer, h.generation);
 	if (h.role == ROLE_MQTT && h.slot < CONFIG_MAX_MQTT) {
+		bool new_life = h.generation != r->mqtt_gen[h.slot];
+
 		r->mqtt_down_until[h.slot] = 0;
 		r->mqtt_joined[h.slot] = true;
+		r->mqtt_gen[h.slot] = h.generation;
 		/* A new mqtt worker must learn that the spool is full. */
 		if (r->paused)
 			router_tell_mqtt(r, HM_FAB_PAUSE, (int)h.slot);
-		requests_on_mqtt_up(r->reqs, (int)h.slot);
+		/* Also the hello of one that was there before us (see
+		 * mqtt_router_watch): only what waited for it goes. */
+		requests_on_mqtt_up(r->reqs, (int)h.slot, new_life);
 	}
 	return;
 bad:
@@ -331,6 +337,9 @@ router_main(struct worker *w)
 	r->reqs = requests_open(w);
 	if (r->reqs == NULL)
 		return 1;
+	/* The mqtt workers already running are not new lives when they say hello. */
+	for (int i = 0; i < CONFIG_MAX_MQTT; i++)
+		r->mqtt_gen[i] = worker_generation_of(w, ROLE_MQTT, i);
 	code = worker_loop(w);
 	requests_close(r->reqs);
 	/* The process ends with _exit: close the socket, so that its lingering

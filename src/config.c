@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -86,6 +87,7 @@ _Static_assert(sizeof(enum e2e_mode) == sizeof(int), "enum e2e_mode is not int-s
 static cfg_check_fn cfg_check_node_name;
 static cfg_check_fn cfg_check_abs_path;
 static cfg_check_fn cfg_check_socket_path;
+static cfg_check_fn cfg_check_ca_file;
 static cfg_check_fn cfg_check_url;
 static cfg_check_fn cfg_check_share_group;
 static cfg_check_fn cfg_check_secret;
@@ -139,6 +141,7 @@ static const struct cfg_key cfg_keys[] = {
 
 	STR("backend", "url", backend_url, 0, cfg_check_url, NULL),
 	STR("backend", "secret", backend_secret, CFG_EMPTY_OK, cfg_check_secret, ""),
+	STR("backend", "ca_file", backend_ca_file, CFG_EMPTY_OK, cfg_check_ca_file, ""),
 	INT("backend", "batch_max", batch_max, 1, 1000, "1"),
 	INT("backend", "concurrency", concurrency, 1, 256, "4"),
 	INT("backend", "timeout_ms", timeout_ms, 100, 600000, "10000"),
@@ -500,6 +503,28 @@ cfg_check_abs_path(const char *v, char *msg, size_t msglen)
 {
 	if (v[0] != '/') {
 		cfg_msg(msg, msglen, "\"%.64s\" is not an absolute path", v);
+		return -1;
+	}
+	return 0;
+}
+
+/* PEM certificates to trust for an https backend: readable now, so that a
+ * typo is an error of `herald -t`, not a backend that never answers. */
+static int
+cfg_check_ca_file(const char *v, char *msg, size_t msglen)
+{
+	struct stat st;
+
+	if (v[0] == '\0')
+		return 0;
+	if (cfg_check_abs_path(v, msg, msglen) == -1)
+		return -1;
+	if (stat(v, &st) == -1 || access(v, R_OK) == -1) {
+		cfg_msg(msg, msglen, "%.200s: %s", v, strerror(errno));
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		cfg_msg(msg, msglen, "%.200s is not a file", v);
 		return -1;
 	}
 	return 0;

@@ -57,6 +57,7 @@ struct config {
 	/* [backend] */
 	char     backend_url[1024];
 	char     backend_secret[256];
+	char     backend_ca_file[1024];     /* "": the system's CA certificates */
 	int      batch_max;
 	int      concurrency;
 	int      timeout_ms;

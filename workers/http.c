@@ -64,6 +64,7 @@ struct lane {
 	bool               array;       /* the body is a JSON array */
 	CURL              *easy;
 	char              *url;         /* the URL last set on easy */
+	char              *ca;          /* the [backend] ca_file last set; NULL: libcurl's */
 	struct curl_slist *hdrs;
 	char              *body;
 	size_t             bodylen, bodycap;
@@ -613,6 +614,27 @@ http_body_add(struct lane *l, const char *p, size_t len)
 	return 0;
 }
 
+/*
+ * [backend] ca_file, set on the handle when it changed (reload).  libcurl
+ * copies it, and reuses only connections made with the same; unset, the
+ * handle goes back to libcurl's own bundle (not to none, which NULL means).
+ */
+static int
+http_ca_changed(struct lane *l, const struct config *cf)
+{
+	const char *want = cf->backend_ca_file[0] != '\0' ? cf->backend_ca_file : NULL;
+
+	if (want == NULL ? l->ca == NULL : l->ca != NULL && strcmp(l->ca, want) == 0)
+		return 0;
+	free(l->ca);
+	l->ca = NULL;
+	if (want != NULL && (l->ca = strdup(want)) == NULL)
+		return -1;
+	curl_easy_setopt(l->easy, CURLOPT_CAINFO,
+	    want != NULL ? want : curl_version_info(CURLVERSION_NOW)->cainfo);
+	return 0;
+}
+
 /* Send (or send again) the lane's batch: fresh timestamp and signature. */
 static void
 http_lane_post(struct lane *l)
@@ -643,6 +665,8 @@ http_lane_post(struct lane *l)
 			goto nomem;
 		curl_easy_setopt(l->easy, CURLOPT_URL, l->url);
 	}
+	if (http_ca_changed(l, cf) == -1)
+		goto nomem;
 	curl_easy_setopt(l->easy, CURLOPT_TIMEOUT_MS, (long)cf->timeout_ms);
 	curl_easy_setopt(l->easy, CURLOPT_HTTPHEADER, l->hdrs);
 	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->bodylen);
@@ -1334,6 +1358,7 @@ http_lane_free(struct http *h, struct lane *l)
 	free(l->q);
 	free(l->body);
 	free(l->url);
+	free(l->ca);
 	free(l->ids);
 	memset(l, 0, sizeof(*l));
 }

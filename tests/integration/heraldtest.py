@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -150,9 +151,10 @@ class Mosquitto:
 
 class Backend:
     """A recording HTTP backend.  `respond(handler, body) -> (status, headers)`
-    decides each answer; the default accepts with 204."""
+    decides each answer; the default accepts with 204.  tls=(certfile,
+    keyfile): HTTPS."""
 
-    def __init__(self, secret=None, respond=None):
+    def __init__(self, secret=None, respond=None, tls=None):
         self.lock = threading.Lock()
         self.posts = []          # (time, headers dict, body bytes, status answered)
         self.envelopes = []      # every envelope accepted with 2xx
@@ -188,13 +190,23 @@ class Backend:
 
         self.handler = Handler
         self.port = 0
+        self.tls = None
+        if tls is not None:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*tls)
         self.serve()
-        self.url = "http://127.0.0.1:%d/ingest" % self.port
+        self.url = "%s://127.0.0.1:%d/ingest" % ("https" if tls else "http", self.port)
         _cleanups.append(self.stop)
 
     def serve(self):
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), self.handler)
         self.server.daemon_threads = True
+        if self.tls is not None:
+            # The handshake runs in each connection's thread, not in accept().
+            self.server.socket = self.tls.wrap_socket(self.server.socket, server_side=True,
+                                                      do_handshake_on_connect=False)
+            # a client that does not trust us ends its handshake: not news
+            self.server.handle_error = lambda request, address: None
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

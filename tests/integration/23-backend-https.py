@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""An https backend.  With a certificate herald does not trust (a private
+CA), every POST fails its TLS handshake: the messages are retried, the log
+says why, nothing goes to the dead-letter store.  A reload that names the
+CA in [backend] ca_file delivers them all, over TLS, signed; one that
+removes it again goes back to the system's CAs.  A ca_file
+that cannot be read is an error of `herald -t` with its line."""
+import os
+import signal
+import subprocess
+from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_delivery,
+                        main, wait_for, HERALD)
+
+TLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls")
+CERT, KEY = os.path.join(TLS, "backend.pem"), os.path.join(TLS, "backend.key")
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_private_ca():
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend(tls=(CERT, KEY), secret=SECRET)
+    assert backend.url.startswith("https://127.0.0.1:")
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"backend": {"secret": SECRET}}).wait_ready()
+    # (no responses: herald would dead-letter them as unknown commands)
+    pub = Publisher(broker.port, ["tls-%d" % i for i in range(5)], count=4,
+                    kinds=("telemetry", "events", "status")).run()
+    wait_for(lambda: h.counter("http", "http_retries") >= 3, 20, 0.1, "POSTs failing over TLS")
+    assert backend.posts == []
+    why = [l for l in h.log_text().splitlines() if "certificate" in l]
+    assert why, "the log does not say why"
+    print("# " + why[0].split(": ", 2)[-1])
+    assert h.counter("http", "deadlettered") == 0
+
+    h.sections["backend"]["ca_file"] = CERT
+    h.write()
+    h.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in h.log_text(), 10, what="the reload")
+    wait_for(lambda: len({e["id"] for e in backend.delivered()}) >= pub.total(), 30, 0.1,
+             "every message over TLS")
+    distinct, dups = check_delivery(backend.delivered(), pub)
+    print("# %d delivered over TLS after the reload, %d duplicates; %d bad signatures"
+          % (distinct, dups, backend.bad_signatures))
+    assert distinct == pub.total() == 60
+    assert backend.bad_signatures == 0
+    assert h.counter("http", "deadlettered") == 0
+
+    # Without ca_file again: the system's CAs, which do not know this one
+    # (and no connection made with the old setting is reused).
+    del h.sections["backend"]["ca_file"]
+    h.write()
+    h.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: h.log_text().count("configuration reloaded") >= 2, 10, what="reload 2")
+    retries = h.counter("http", "http_retries")
+    Publisher(broker.port, ["tls-late"], count=1, kinds=("telemetry",)).run()
+    wait_for(lambda: h.counter("http", "http_retries") > retries, 20, 0.1,
+             "the late message failing over TLS")
+    assert not [e for e in backend.delivered() if e["device"] == "tls-late"]
+    assert h.stop() == 0
+
+
+def test_ca_file_checked():
+    tmp = TmpDir()
+    conf = tmp.join("herald.conf")
+    with open(conf, "w") as f:
+        f.write("[backend]\nurl = https://127.0.0.1:1/x\nca_file = %s\n" % tmp.join("nope.pem"))
+    r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert r.stderr.startswith("%s:3: " % conf) and "No such file" in r.stderr, r.stderr
+    with open(conf, "w") as f:
+        f.write("[backend]\nurl = https://127.0.0.1:1/x\nca_file = %s\n" % TLS)
+    r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and "is not a file" in r.stderr, (r.returncode, r.stderr)
+
+
+if __name__ == "__main__":
+    main(test_private_ca, test_ca_file_checked)

@@ -131,7 +131,7 @@ static const struct cfg_key cfg_keys[] = {
 	STR("mqtt", "password", mqtt_password, CFG_EMPTY_OK, NULL, ""),
 	INT("mqtt", "connections_per_worker", connections_per_worker, 1, 64, "1"),
 	INT("mqtt", "keepalive", keepalive, 5, 3600, "30"),
-	STR("mqtt", "share_group", share_group, 0, cfg_check_share_group, "herald"),
+	STR("mqtt", "share_group", share_group, CFG_EMPTY_OK, cfg_check_share_group, "herald"),
 	SIZE("mqtt", "outbox_bytes", outbox_bytes, 1 * MIB, 4 * GIB, "64M"),
 
 	{ "api", "listen", CFG_HOSTPORT, FIELD(api_listen), 0, 0, NULL, 0, NULL,
@@ -609,7 +609,7 @@ cfg_check_url(const char *v, char *msg, size_t msglen)
 	return cfg_check_url_parts(v, msg, msglen);
 }
 
-/* The group goes into "$share/<group>/device/+/<kind>". */
+/* The group goes into "$share/<group>/device/+/<kind>"; empty: "device/+/<kind>". */
 static int
 cfg_check_share_group(const char *v, char *msg, size_t msglen)
 {
@@ -928,6 +928,12 @@ config_validate(const struct config *cf, char *err, size_t errlen)
 		return cfg_fail(cf, cfg_pair_line(cf, "workers", "ping_timeout_ms", "workers",
 		    "ping_interval_ms"), err, errlen, "[workers] ping_timeout_ms (%d) must be "
 		    "greater than ping_interval_ms (%d)", cf->ping_timeout_ms, cf->ping_interval_ms);
+	if (cf->share_group[0] == '\0' && (cf->mqtt_workers > 1 || cf->connections_per_worker > 1))
+		return cfg_fail(cf, cfg_key_line(cf, "mqtt", "share_group"), err, errlen,
+		    "[mqtt] share_group is empty (a plain subscription), which needs one "
+		    "broker connection: [workers] mqtt = 1 and connections_per_worker = 1 "
+		    "(now %d and %d); each connection would get every message",
+		    cf->mqtt_workers, cf->connections_per_worker);
 	if (cf->api_ntokens < 1)
 		return cfg_fail(cf, cfg_key_line(cf, "api", "tokens"), err, errlen,
 		    "[api] tokens: at least one token is needed");

@@ -1210,10 +1210,19 @@ struct sess_rec {
 	char f[MQTT_SESS_FILTERS + NKINDS][MQTT_FILTER_MAX];   /* as many as a line holds */
 };
 
+/*
+ * An empty share_group subscribes plainly (one connection only, checked by
+ * the configuration): Mosquitto 2.0.11 saves plain subscriptions with their
+ * sessions, not shared ones, so only a plain one still holds after a broker
+ * restart that herald did not see (see README).
+ */
 static void
 mqtt_filter(const struct mqttw *mw, int kind, char *buf, size_t len)
 {
-	snprintf(buf, len, "$share/%s/device/+/%s", mw->group, mqtt_kinds[kind]);
+	if (mw->group[0] == '\0')
+		snprintf(buf, len, "device/+/%s", mqtt_kinds[kind]);
+	else
+		snprintf(buf, len, "$share/%s/device/+/%s", mw->group, mqtt_kinds[kind]);
 }
 
 /* The filters a configured connection subscribes to; their number. */

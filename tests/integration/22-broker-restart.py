@@ -12,7 +12,9 @@ subscriptions (persist__subs_save walks a node's plain subscribers only): a
 restored session of herald's has no subscription until herald subscribes
 again after its CONNACK, and a device message published before that reaches
 no one.  So after a broker restart the tests publish once herald says every
-connection is subscribed again, and assert how soon that is."""
+connection is subscribed again, and assert how soon that is.  With an
+empty [mqtt] share_group herald subscribes plainly, and a broker restarted
+while herald is stopped still queues what devices publish for it."""
 import os
 import re
 import time
@@ -149,6 +151,44 @@ def test_broker_restart_without_persistence():
     assert h.stop() == 0
 
 
+def test_plain_subscription_outlives_a_broker_restart_without_herald():
+    """share_group empty: one plain subscription, which Mosquitto 2.0.11
+    saves with the session.  herald first runs with the default group (its
+    shared filters are dropped when it comes back without one); then it is
+    stopped, the broker restarts, devices publish; herald started again gets
+    all of it, each message once."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp, persist=True)
+    backend = Backend()
+    shared = {"workers": {"mqtt": 1}}
+    plain = {"workers": {"mqtt": 1}, "mqtt": {"share_group": ""}}
+    h = Herald(tmp, broker=broker, backend=backend, conf=shared).wait_ready()
+    pub0 = Publisher(broker.port, ["ps0-%d" % i for i in range(5)], count=10).run()
+    wait_for(lambda: distinct_delivered(backend) >= pub0.total(), 30, 0.05, "round 0")
+    assert h.stop() == 0
+    h = Herald(tmp, broker=broker, backend=backend, conf=plain).wait_ready()
+    wait_for(h.subscribed, 15, 0.05, "subscribed without a group")
+    pub1 = Publisher(broker.port, ["ps1-%d" % i for i in range(5)], count=10).run()
+    wait_for(lambda: distinct_delivered(backend) >= pub0.total() + pub1.total(), 30, 0.05,
+             "round 1")
+    assert h.stop() == 0
+    broker.restart()          # herald is stopped
+    pub2 = Publisher(broker.port, ["ps2-%d" % i for i in range(5)], count=10).run()
+    h = Herald(tmp, broker=broker, backend=backend, conf=plain).wait_ready()
+    total = pub0.total() + pub1.total() + pub2.total()
+    wait_for(lambda: distinct_delivered(backend) >= total, 30, 0.05,
+             "what the broker queued across its restart")
+    n2 = pub2.total()
+    pub2.sent.update(pub0.sent)
+    pub2.sent.update(pub1.sent)
+    distinct, dups = check_delivery(backend.delivered(), pub2)
+    log("%d published after the broker restarted with herald stopped, all delivered; "
+        "%d distinct in all, %d duplicates" % (n2, distinct, dups))
+    assert distinct == total == 600
+    assert dups == 0, "a message came twice: the shared filters were not dropped"
+    assert h.stop() == 0
+
+
 def test_request_across_broker_restart():
     """A request made just after the broker died reaches the device once it
     is back.  A broker killed does not publish Last Wills (a clean stop
@@ -181,4 +221,6 @@ def test_request_across_broker_restart():
 
 if __name__ == "__main__":
     main(test_broker_restart_keeps_what_it_held, test_broker_kill9_under_traffic,
-         test_broker_restart_without_persistence, test_request_across_broker_restart)
+         test_broker_restart_without_persistence,
+         test_plain_subscription_outlives_a_broker_restart_without_herald,
+         test_request_across_broker_restart)

@@ -728,6 +728,15 @@ test_validate(void **state)
 	    "[mqtt] outbox_bytes (1048576) is too small for [limits] max_payload (1048576)");
 	parse_ok(&cf, T_VALID "[mqtt]\noutbox_bytes = 1M\n");
 	assert_int_equal(config_validate(&cf, err, sizeof(err)), 0);
+	/* An empty share_group is a plain subscription: one connection only. */
+	expect_invalid("[workers]\nmqtt = 2\n[mqtt]\nshare_group =\n", 8,
+	    "[mqtt] share_group is empty (a plain subscription), which needs one broker "
+	    "connection: [workers] mqtt = 1 and connections_per_worker = 1 (now 2 and 1)");
+	expect_invalid("[mqtt]\nshare_group =\nconnections_per_worker = 2\n", 6,
+	    "(now 1 and 2)");
+	parse_ok(&cf, T_VALID "[mqtt]\nshare_group =\n");
+	assert_int_equal(config_validate(&cf, err, sizeof(err)), 0);
+	assert_string_equal(cf.share_group, "");
 
 	/* Limits that are fine on their own boundary. */
 	parse_ok(&cf, T_VALID "[requests]\ndefault_timeout = 60\nmax_timeout = 60\n"

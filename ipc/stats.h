@@ -43,6 +43,7 @@
 	X(http_requests,      "HTTP POSTs sent to the backend")                        \
 	X(http_retries,       "HTTP POSTs that failed and will be retried")            \
 	X(deadlettered,       "envelopes moved to the dead-letter store")              \
+	X(dead_trimmed,       "rejected device messages dropped from a full dead-letter store") \
 	X(backpressure,       "times the spool quota stopped device reading")          \
 	X(api_requests,       "REST API requests served")                              \
 	X(api_errors,         "REST API requests answered with an error")              \

@@ -42,6 +42,8 @@
 #define HTTP_STOP_MARGIN_MS     1000    /* of stop_timeout_ms, left for commit and exit */
 #define HTTP_TICK_MS            1000
 #define HTTP_PAUSE_RESEND_MS    10000   /* a restarted router must learn it */
+#define HTTP_DEAD_SHARE         4       /* rejected entries: 1/4 of [spool] max_bytes */
+#define HTTP_DEAD_TRIM_MAX      10000   /* entries dropped a tick, at most */
 #define HTTP_LIST_MAX           10000   /* dead-letter entries in one admin answer */
 #define HTTP_LOW_WATER_PCT      80
 #define HTTP_LIST_DEFAULT       100
@@ -119,6 +121,8 @@ struct http_sock {
 struct http {
 	struct worker   *w;
 	struct spool    *sp;
+	uint64_t         dead_stuck;    /* dead entries when a trim found none to drop: */
+	                                /* no new look until that number changes */
 	CURLM           *multi;
 	struct event    *curl_timer;
 	struct lane     *lanes;
@@ -1665,7 +1669,7 @@ http_admin_spool(struct http *h)
 		    "inflight", (json_int_t)(l->state == LANE_SENDING ||
 		    l->state == LANE_BACKOFF ? l->inflight : 0), "attempt", l->attempt));
 	}
-	o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:I,s:o}",
+	o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:b,s:I,s:I,s:o}",
 	    "depth", (json_int_t)st.depth,
 	    "bytes", (json_int_t)st.bytes,
 	    "max_bytes", (json_int_t)h->w->cf->spool_max_bytes,
@@ -1674,6 +1678,7 @@ http_admin_spool(struct http *h)
 	    "delivered", (json_int_t)h->w->stats->counters[STAT_delivered],
 	    "retrying", (json_int_t)retrying,
 	    "dead", (json_int_t)st.dead_depth,
+	    "dead_bytes", (json_int_t)st.dead_bytes,
 	    "paused", h->paused,
 	    "refused_full", (json_int_t)h->refused_full,
 	    "map_bytes", (json_int_t)st.map_size,
@@ -1867,6 +1872,41 @@ http_admin(struct worker *w, int argc, char **argv)
 
 /* ---- lifecycle ---- */
 
+/*
+ * The dead-letter store is outside the spool's quota, and a device that
+ * sends only invalid messages adds one entry each: its rejected entries
+ * (never replayable, kept to show what came) may take a quarter of
+ * [spool] max_bytes; past that the oldest go.  What the backend refused
+ * stays until the operator replays or purges it.
+ */
+static void
+http_dead_trim(struct http *h)
+{
+	size_t max = h->w->cf->spool_max_bytes / HTTP_DEAD_SHARE, n;
+	struct spool_stats st;
+	bool more;
+
+	spool_stats(h->sp, &st);
+	if (st.dead_bytes <= max || st.dead_depth == h->dead_stuck)
+		return;
+	if (spool_dead_trim(h->sp, max, HTTP_DEAD_TRIM_MAX, &n, &more) != SPOOL_OK)
+		return;     /* logged; again at the next tick */
+	/* Nothing to drop in the whole store: not again until it grows. */
+	h->dead_stuck = n == 0 && !more ? st.dead_depth : 0;
+	if (n == 0 && more)
+		return;     /* the look goes on at the next tick */
+	if (n == 0) {
+		log_ratelimited(LOG_WARNING, "the dead-letter store takes %llu bytes, over a "
+		    "quarter of [spool] max_bytes, all of it replayable: heraldctl "
+		    "deadletter replay or purge", (unsigned long long)st.dead_bytes);
+		return;
+	}
+	worker_count(h->w, STAT_dead_trimmed, n);
+	log_ratelimited(LOG_WARNING, "the dead-letter store took %llu bytes, over a quarter "
+	    "of [spool] max_bytes: its %zu oldest rejected device message(s) are dropped",
+	    (unsigned long long)st.dead_bytes, n);
+}
+
 static void
 http_tick(evutil_socket_t fd, short what, void *arg)
 {
@@ -1883,6 +1923,7 @@ http_tick(evutil_socket_t fd, short what, void *arg)
 		http_fatal(h, "sync");
 		return;
 	}
+	http_dead_trim(h);
 	http_gauges(h);
 }
 

@@ -54,7 +54,7 @@ struct dhdr {
 
 enum op_type {
 	OP_PUT, OP_DEL, OP_DEAD_PUT, OP_DEAD_MOVE, OP_DEAD_REPLAY, OP_DEAD_DEL,
-	OP_DEAD_DROP
+	OP_DEAD_DROP, OP_DEAD_TRIM
 };
 
 /*
@@ -74,6 +74,8 @@ struct op {
 	bool        replayable;
 	bool        refusable;  /* may be dropped when the map is full */
 	bool        overwrite;  /* DEAD_PUT: replace a record of the same id */
+	size_t      trim_max;   /* DEAD_TRIM: entries to drop, at most */
+	size_t      trimmed;    /* DEAD_TRIM: entries dropped */
 	const char *p[OP_NBLOB];
 	size_t      len[OP_NBLOB];
 	size_t      off[OP_NBLOB];
@@ -102,6 +104,8 @@ struct spool {
 	size_t    arenalen, arenacap;
 	char     *scratch;
 	size_t    scratchcap;
+	char      trim_from[SPOOL_ID_MAX];  /* where the next trim looks first */
+	size_t    trim_fromlen;             /* 0: from the oldest */
 };
 
 static uint64_t
@@ -578,6 +582,53 @@ spool_op_dead_del(struct spool *s, struct op *op, int *res)
 	return rc;
 }
 
+/*
+ * Drop the oldest entries that cannot be replayed (ids sort by time), up to
+ * trim_max, looking at no more than 8 times that many: replayable ones are
+ * only ever dropped by the operator.  A look that stops early leaves where
+ * the next one starts (past the replayable entries it stepped over), so a
+ * long run of them does not hide what comes after.  The op holds where it
+ * began: redone, it drops the same entries.
+ */
+static int
+spool_op_dead_trim(struct spool *s, struct op *op, int *res)
+{
+	MDB_cursor *c;
+	MDB_val k = { op->len[0], (void *)op->p[0] }, v;
+	size_t seen = 0;
+	int rc;
+
+	op->trimmed = 0;
+	if ((rc = mdb_cursor_open(s->txn, s->dead, &c)) != 0)
+		return rc;
+	for (rc = mdb_cursor_get(c, &k, &v, op->len[0] > 0 ? MDB_SET_RANGE : MDB_FIRST);
+	    rc == 0 && op->trimmed < op->trim_max && seen++ < 8 * op->trim_max;
+	    rc = mdb_cursor_get(c, &k, &v, MDB_NEXT)) {
+		struct dhdr hd;
+
+		if (v.mv_size < sizeof(hd))
+			continue;       /* not ours to judge */
+		memcpy(&hd, v.mv_data, sizeof(hd));
+		if (hd.flags & DEAD_REPLAYABLE)
+			continue;
+		/* (the cursor then stands on the next entry, which MDB_NEXT gives) */
+		if ((rc = mdb_cursor_del(c, 0)) != 0)
+			break;
+		op->trimmed++;
+	}
+	s->trim_fromlen = 0;
+	if (rc == 0 && k.mv_size <= sizeof(s->trim_from)) {
+		/* stopped early: k is the entry the next look starts at */
+		memcpy(s->trim_from, k.mv_data, k.mv_size);
+		s->trim_fromlen = k.mv_size;
+	}
+	mdb_cursor_close(c);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return rc;
+	*res = SPOOL_OK;
+	return 0;
+}
+
 static int
 spool_op_apply(struct spool *s, struct op *op, int *res)
 {
@@ -597,6 +648,8 @@ spool_op_apply(struct spool *s, struct op *op, int *res)
 	case OP_DEAD_DROP:
 		*res = SPOOL_OK;
 		return mdb_drop(s->txn, s->dead, 0);
+	case OP_DEAD_TRIM:
+		return spool_op_dead_trim(s, op, res);
 	}
 	*res = SPOOL_INVAL;
 	return 0;
@@ -1225,6 +1278,39 @@ spool_dead_purge(struct spool *s, const char *id, size_t idlen, size_t *purged)
 	return res;
 }
 
+int
+spool_dead_trim(struct spool *s, size_t max_bytes, size_t max, size_t *trimmed, bool *more)
+{
+	char from[SPOOL_ID_MAX];
+	struct op op;
+	struct spool_stats st;
+	int res;
+
+	*trimmed = 0;
+	*more = false;
+	spool_stats(s, &st);
+	if (st.dead_bytes <= max_bytes)
+		return SPOOL_OK;
+	memset(&op, 0, sizeof(op));
+	op.type = OP_DEAD_TRIM;
+	/* As many as take the store a tenth under max_bytes, by their mean
+	 * size: it is not trimmed again at every new entry. */
+	op.trim_max = (size_t)((st.dead_bytes - (max_bytes - max_bytes / 10)) *
+	    st.dead_depth / st.dead_bytes) + 1;
+	if (op.trim_max > max)
+		op.trim_max = max;
+	/* (a copy: the op moves s->trim_from, and a redo needs the start) */
+	memcpy(from, s->trim_from, s->trim_fromlen);
+	op.p[0] = from;
+	op.len[0] = s->trim_fromlen;
+	res = spool_exec(s, &op, false);
+	if (res == SPOOL_OK) {
+		*trimmed = op.trimmed;
+		*more = s->trim_fromlen > 0;
+	}
+	return res;
+}
+
 void
 spool_stats(struct spool *s, struct spool_stats *st)
 {
@@ -1236,8 +1322,11 @@ spool_stats(struct spool *s, struct spool_stats *st)
 	st->bytes = segq_bytes(s->sq);
 	st->oldest_ms = segq_oldest_ms(s->sq);
 	st->map_size = s->map_size;
-	if ((t = spool_rtxn(s)) != NULL && mdb_stat(t, s->dead, &ms) == 0)
+	if ((t = spool_rtxn(s)) != NULL && mdb_stat(t, s->dead, &ms) == 0) {
 		st->dead_depth = ms.ms_entries;
+		st->dead_bytes = (uint64_t)(ms.ms_branch_pages + ms.ms_leaf_pages +
+		    ms.ms_overflow_pages) * ms.ms_psize;
+	}
 }
 
 /*

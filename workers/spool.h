@@ -67,6 +67,7 @@ struct spool_stats {
 	uint64_t bytes;         /* sum of their JSON lengths (the quota's measure) */
 	int64_t  oldest_ms;     /* received_ms of the first queued envelope, 0 if none */
 	uint64_t dead_depth;
+	uint64_t dead_bytes;    /* the pages its entries take */
 	size_t   map_size;
 };
 
@@ -152,6 +153,14 @@ int  spool_dead_replay(struct spool *s, const char *id, size_t idlen,
          spool_iter_fn *cb, void *arg, size_t *replayed, size_t *skipped);
 /* id NULL: all. */
 int  spool_dead_purge(struct spool *s, const char *id, size_t idlen, size_t *purged);
+/*
+ * When the dead-letter store takes more than max_bytes (its pages), drop its
+ * oldest entries that cannot be replayed, as many as should take it a tenth
+ * under (at most max); *trimmed says how many, *more whether the look
+ * stopped before the newest entry.  In the open batch, or in one of its own.
+ */
+int  spool_dead_trim(struct spool *s, size_t max_bytes, size_t max, size_t *trimmed,
+         bool *more);
 
 void spool_stats(struct spool *s, struct spool_stats *st);
 

@@ -101,5 +101,56 @@ def test_deadletter_and_replay():
     assert h.stop() == 0
 
 
+def test_rejected_entries_bounded():
+    """A device that sends only invalid JSON fills the dead-letter store,
+    which is outside the spool's quota: its rejected entries may take a
+    quarter of [spool] max_bytes (1M here: 256 KiB), then the oldest go.
+    The entries of envelopes the backend refused (older still) all stay,
+    the newest rejected ones stay, and other devices' messages flow."""
+    def respond(handler, body):
+        return (400, {}) if json.loads(body)["device"] == "refused-1" else (204, {})
+
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend(respond=respond)
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"spool": {"max_bytes": "1M"}}).wait_ready()
+    refused = Publisher(broker.port, ["refused-1"], kinds=("telemetry",), count=5).run()
+    wait_for(lambda: h.ctl("spool")["dead"] == 5, 30, 0.1, "the backend's 5 refusals")
+    n = 3000
+    lines = "".join("not json {%d %s\n" % (i, "z" * 300) for i in range(n))
+    subprocess.run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                    "-i", "junk-2", "-t", "device/junk-2/telemetry", "-l"],
+                   input=lines.encode(), check=True, timeout=60)
+    subprocess.run([MOSQUITTO_PUB, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1",
+                    "-i", "junk-late", "-t", "device/junk-late/telemetry", "-l"],
+                   input=b"not json\n" * 20, check=True, timeout=60)
+    good = Publisher(broker.port, ["fine-%d" % i for i in range(3)], kinds=("telemetry",),
+                     count=20).run()
+    wait_for(lambda: distinct_delivered(backend) >= good.total(), 30, 0.1, "the good devices")
+    check_delivery([e for e in backend.delivered() if e["device"].startswith("fine-")], good)
+    limit = 1024 * 1024 // 4
+
+    def settled():
+        sp = h.ctl("spool")
+        return h.counter("http", "dead_trimmed") > 0 and sp["dead_bytes"] <= limit and \
+            h.counter("crypto", "rejected") >= n + 20
+    wait_for(settled, 30, 0.2, "the dead-letter store back under a quarter of max_bytes")
+    sp = h.ctl("spool")
+    entries = h.ctl("deadletter", "list", "10000")["entries"]
+    junk = [e for e in entries if e["device"] == "junk-2"]
+    kept = [e for e in entries if e["device"] == "refused-1"]
+    print("# %d rejected messages: %d kept in %d bytes (limit %d), %d dropped; %d refused "
+          "envelopes kept" % (n, len(junk), sp["dead_bytes"], limit,
+                              h.counter("http", "dead_trimmed"), len(kept)))
+    assert len(kept) == 5 and all(e["replayable"] and e["reason"] == "http_400" for e in kept)
+    assert 0 < len(junk) < n
+    assert len(junk) + h.counter("http", "dead_trimmed") == n
+    assert all(e["reason"] == "rejected: invalid_json" for e in junk), junk[:1]
+    # Oldest first: the newest entries all stayed.
+    assert len([e for e in entries if e["device"] == "junk-late"]) == 20
+    assert h.all_ready()
+
+
 if __name__ == "__main__":
-    main(test_deadletter_and_replay)
+    main(test_deadletter_and_replay, test_rejected_entries_bounded)

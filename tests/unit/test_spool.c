@@ -605,6 +605,88 @@ test_dead_letters(void **state)
 	free(sn);
 }
 
+static void
+dead_put_n(struct spool *s, const char *prefix, int n, bool replayable)
+{
+	struct spool_dead d;
+	char id[16];
+
+	memset(&d, 0, sizeof(d));
+	d.device = "dev-t";
+	d.devlen = 5;
+	d.topic = "device/dev-t/telemetry";
+	d.topiclen = strlen(d.topic);
+	d.reason = replayable ? "http_400" : "rejected: invalid_json";
+	d.reasonlen = strlen(d.reason);
+	d.data = "{\"id\":1}";
+	d.datalen = 8;
+	d.replayable = replayable;
+	for (int i = 0; i < n; i++) {
+		d.idlen = (size_t)snprintf(id, sizeof(id), "%s%03d", prefix, i);
+		d.id = id;
+		assert_int_equal(spool_dead_put(s, &d), SPOOL_OK);
+	}
+}
+
+/*
+ * The trim drops the oldest entries that cannot be replayed, never the
+ * others; a look stops after 8 times as many entries as it may drop and the
+ * next one goes on from there, so a long run of replayable entries does not
+ * hide the rejected ones behind it.
+ */
+static void
+test_dead_trim(void **state)
+{
+	struct fx *f = *state;
+	struct dead_seen ds;
+	struct spool_stats st;
+	size_t n, total = 0;
+	bool more;
+	int looks = 0;
+
+	dead_put_n(f->s, "A", 100, true);       /* oldest: the backend refused them */
+	dead_put_n(f->s, "B", 50, false);       /* then a device's invalid messages */
+	spool_stats(f->s, &st);
+	assert_int_equal(st.dead_depth, 150);
+	assert_true(st.dead_bytes > 0);
+	/* Under the limit: nothing. */
+	assert_int_equal(spool_dead_trim(f->s, st.dead_bytes, 5, &n, &more), SPOOL_OK);
+	assert_int_equal(n, 0);
+	/* The first look sees 40 entries, all replayable. */
+	assert_int_equal(spool_dead_trim(f->s, 0, 5, &n, &more), SPOOL_OK);
+	assert_int_equal(n, 0);
+	assert_true(more);
+	do {
+		assert_int_equal(spool_dead_trim(f->s, 0, 5, &n, &more), SPOOL_OK);
+		assert_true(n <= 5);
+		total += n;
+		looks++;
+	} while (more && looks < 100);
+	/* Every rejected entry went, oldest first; no replayable one. */
+	assert_int_equal(total, 50);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.dead_depth, 100);
+	memset(&ds, 0, sizeof(ds));
+	assert_int_equal(spool_dead_list(f->s, NULL, 0, 0, dead_collect, &ds), 100);
+	assert_string_equal(ds.id[0], "A000");
+	/* Nothing left to drop: a look to the end says so. */
+	assert_int_equal(spool_dead_trim(f->s, 0, 5, &n, &more), SPOOL_OK);
+	while (more)
+		assert_int_equal(spool_dead_trim(f->s, 0, 5, &n, &more), SPOOL_OK);
+	assert_int_equal(n, 0);
+	/* Inside an open batch too, with the batch's own changes. */
+	dead_put_n(f->s, "C", 3, false);
+	assert_int_equal(spool_begin(f->s), SPOOL_OK);
+	do
+		assert_int_equal(spool_dead_trim(f->s, 0, 1000, &n, &more), SPOOL_OK);
+	while (more);
+	assert_int_equal(n, 3);
+	assert_int_equal(spool_commit(f->s), SPOOL_OK);
+	reopen(f, 1 << 20, FSYNC_OFF);
+	spool_stats(f->s, &st);
+	assert_int_equal(st.dead_depth, 100);
+}
+
 /*
  * A map too small for what is put: puts are refused with SPOOL_FULL, the
  * batch's earlier puts commit, deletions still work, nothing is corrupt.
@@ -1167,6 +1249,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_batch_commit_and_fsync_modes, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_dead_letters, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dead_trim, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full_moves_still_work, setup,
 		    teardown),

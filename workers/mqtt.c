@@ -54,7 +54,6 @@
 #define MQTT_STOP_POLL_MS      20
 #define MQTT_STOP_DEADLINE_MS  2000
 #define MQTT_PUB_BUCKETS       256
-#define MQTT_REDELIV_BUCKETS   16384
 #define MQTT_TOPIC_MAX         65535
 #define MQTT_ORIGIN_NONE       0xffffffffu   /* QoS 0: no PUBACK, never redelivered */
 
@@ -94,11 +93,11 @@
  */
 #define MQTT_REDELIV_WINDOW    (2 * MQTT_RECENT)
 
-struct redeliv {
-	uint32_t        origin;     /* connection index << 16 | packet id */
+/* A candidate, in its connection's table indexed by packet id. */
+struct cand {
 	uint64_t        hash;       /* of topic and payload */
 	uint64_t        seq;
-	struct redeliv *next;
+	bool            set;
 };
 
 /* <slot>.recent: a header, then one ring per connection, named by its
@@ -154,7 +153,8 @@ struct mconn {
 	int               npubs;        /* publishes waiting for the broker's PUBACK */
 	struct recent_ring *recent;     /* in <slot>.recent (or memory) */
 	uint64_t          since_connack;
-	bool              candidates;   /* it may have entries in the redelivery table */
+	bool              candidates;   /* it may have entries in cand */
+	struct cand      *cand;         /* MQTT_RECENT of them, by packet id; NULL: none */
 	/*
 	 * Broker sessions (see "broker sessions" below).  `old` holds the
 	 * filters the record says the session may hold and the configuration
@@ -207,8 +207,7 @@ struct mqttw {
 	/* copies of the configuration used after start */
 	char              host[256], user[128], pass[256], group[64];
 	int               port, keepalive;
-	struct redeliv   *redeliv[MQTT_REDELIV_BUCKETS];
-	size_t            nredeliv;
+	size_t            nredeliv;         /* candidates of all connections */
 	void             *recent_map;
 	size_t            recent_len;
 	struct msg_ack    ack;              /* 8 KiB: not on the stack */
@@ -326,62 +325,62 @@ mqtt_content_hash(const char *topic, size_t tlen, const void *payload, size_t pl
 	return h;
 }
 
-static void
-mqtt_redeliv_put(struct mqttw *mw, uint32_t origin, uint64_t hash, uint64_t seq)
-{
-	struct redeliv **pp = &mw->redeliv[origin % MQTT_REDELIV_BUCKETS], *e;
+/*
+ * One table of MQTT_RECENT candidates per connection, made when it gets its
+ * first and unmapped with them: its own mapping (1.5 MB, paged in as used),
+ * not heap chunks that the heap keeps once the candidates are gone.
+ */
+#define MQTT_CAND_BYTES (MQTT_RECENT * sizeof(struct cand))
 
-	for (e = *pp; e != NULL; e = e->next)
-		if (e->origin == origin) {
-			/* The newer record with that packet id is the one that can come back. */
-			e->hash = hash;
-			e->seq = seq;
-			return;
-		}
-	e = malloc(sizeof(*e));
-	if (e == NULL)
-		return;     /* at worst a duplicate with its own id */
-	e->origin = origin;
+static void
+conn_cand_put(struct mconn *c, uint16_t mid, uint64_t hash, uint64_t seq)
+{
+	struct cand *e;
+
+	if (c->cand == NULL) {
+		void *p = mmap(NULL, MQTT_CAND_BYTES, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (p == MAP_FAILED)
+			return;     /* at worst a duplicate with its own id */
+		c->cand = p;
+	}
+	e = &c->cand[mid];
+	/* The newer record with that packet id is the one that can come back. */
+	if (!e->set)
+		c->mw->nredeliv++;
 	e->hash = hash;
 	e->seq = seq;
-	e->next = *pp;
-	*pp = e;
-	mw->nredeliv++;
+	e->set = true;
+	c->candidates = true;
 }
 
-/* Remove and return the entry of origin (the caller frees it), or NULL. */
-static struct redeliv *
-mqtt_redeliv_take(struct mqttw *mw, uint32_t origin)
+/* Take the candidate of packet id mid: false if there is none. */
+static bool
+conn_cand_take(struct mconn *c, uint16_t mid, uint64_t *hash, uint64_t *seq)
 {
-	struct redeliv **pp = &mw->redeliv[origin % MQTT_REDELIV_BUCKETS], *e;
+	struct cand *e;
 
-	for (; (e = *pp) != NULL; pp = &e->next)
-		if (e->origin == origin) {
-			*pp = e->next;
-			mw->nredeliv--;
-			return e;
-		}
-	return NULL;
+	if (c->cand == NULL || !(e = &c->cand[mid])->set)
+		return false;
+	*hash = e->hash;
+	*seq = e->seq;
+	e->set = false;
+	c->mw->nredeliv--;
+	return true;
 }
 
-/* Drop the candidates of one connection (a new session, or past the window). */
+/* Drop the candidates of a connection (a new session, or past the window). */
 static void
-mqtt_redeliv_purge(struct mqttw *mw, int idx)
+conn_cand_purge(struct mconn *c)
 {
-	for (int b = 0; b < MQTT_REDELIV_BUCKETS; b++) {
-		struct redeliv **pp = &mw->redeliv[b], *e;
-
-		while ((e = *pp) != NULL) {
-			if ((int)(e->origin >> 16) == idx) {
-				*pp = e->next;
-				mw->nredeliv--;
-				free(e);
-			} else {
-				pp = &e->next;
-			}
-		}
+	if (c->cand != NULL) {
+		for (size_t i = 0; i < MQTT_RECENT; i++)
+			c->mw->nredeliv -= c->cand[i].set;
+		munmap(c->cand, MQTT_CAND_BYTES);
+		c->cand = NULL;
 	}
-	mw->conns[idx].candidates = false;
+	c->candidates = false;
 }
 
 static void
@@ -423,8 +422,7 @@ conn_recent_to_candidates(struct mconn *c, bool at_open)
 				e->origin = UINT32_MAX;
 			continue;
 		}
-		mqtt_redeliv_put(c->mw, e->origin, e->hash, e->seq);
-		c->candidates = true;
+		conn_cand_put(c, (uint16_t)e->origin, e->hash, e->seq);
 	}
 }
 
@@ -1115,24 +1113,23 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 		hash = mqtt_content_hash(msg->topic, tlen, msg->payload, plen);
 	}
 	if (c->candidates && ++c->since_connack > MQTT_REDELIV_WINDOW)
-		mqtt_redeliv_purge(mw, c->idx);
+		conn_cand_purge(c);
 	/* Only what the broker marks as sent before (DUP) can be a redelivery:
 	 * a new message reusing an old one's packet id is never taken for one. */
 	if (origin != MQTT_ORIGIN_NONE && c->candidates && c->buffered &&
 	    (mosq_io_last_command(c->sock) & 0x08) != 0) {
-		struct redeliv *e = mqtt_redeliv_take(mw, origin);
+		uint64_t ch, cseq;
 
-		if (e != NULL && e->hash == hash) {
+		/* (one not what was sent with that id before is not it) */
+		if (conn_cand_take(c, (uint16_t)msg->mid, &ch, &cseq) && ch == hash) {
 			log_ratelimited(LOG_NOTICE, "%s: the broker delivered packet %d again; "
 			    "it is outbox record %llu already", c->id, msg->mid,
-			    (unsigned long long)e->seq);
-			conn_recent_push(c, origin, hash, e->seq);
-			free(e);
+			    (unsigned long long)cseq);
+			conn_recent_push(c, origin, hash, cseq);
 			mqtt_schedule_flush(mw);
 			errno = EAGAIN;
 			return;
 		}
-		free(e);    /* NULL, or not what was sent with that id before */
 	}
 	if (outbox_append(mw->ob, msg->topic, tlen, msg->payload, plen, now_ms(), origin,
 	    &seq) == -1) {
@@ -1563,7 +1560,7 @@ on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 		/* No session present: the broker has nothing of ours to redeliver. */
 		log_warn("%s: the broker had no session for us (expired or lost); "
 		    "unacknowledged messages it held are gone with it", c->id);
-		mqtt_redeliv_purge(mw, c->idx);
+		conn_cand_purge(c);
 	}
 	worker_count(mw->w, STAT_mqtt_connects, 1);
 	log_info("%s connected to %s:%d", c->id, mw->host, mw->port);

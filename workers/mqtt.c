@@ -144,6 +144,7 @@ struct mconn {
 	bool              up;          /* a connection attempt is under way or open */
 	bool              connected;   /* CONNACK accepted */
 	bool              subscribed;  /* SUBACK granted every device topic */
+	bool              was_subscribed; /* once before, in this worker's life */
 	bool              status;      /* the one connection that takes device/+/status */
 	bool              reading, writing;
 	bool              bye_sent;    /* DISCONNECT queued while stopping */
@@ -1629,6 +1630,13 @@ on_subscribe(struct mosquitto *m, void *arg, int mid, int n, const int *granted)
 		}
 	c->subscribed = all;
 	mqtt_gauge_subscribed(c->mw);
+	/* Back after a lost connection (a broker restart): commands whose
+	 * publish failed meanwhile wait for a 1 s retry at the router; a hello
+	 * sends them now. */
+	if (all && c->was_subscribed)
+		worker_hello(c->mw->w);
+	if (all)
+		c->was_subscribed = true;
 }
 
 static void

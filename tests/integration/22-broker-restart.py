@@ -5,7 +5,8 @@ device messages arrive within seconds); and a broker that lost everything
 (no persistence: CONNACK session-present 0) gets herald's subscriptions
 again, so new device messages still reach the backend.  A request made
 while the device is still away after the broker's death is confirmed once
-it is back, not marked "sent" into the void.
+it is back, not marked "sent" into the void; one made while the broker is
+dead goes out as soon as herald is subscribed again.
 
 Mosquitto 2.0.11 persists sessions and their queued messages but not shared
 subscriptions (persist__subs_save walks a node's plain subscribers only): a
@@ -219,8 +220,43 @@ def test_request_across_broker_restart():
     assert h.stop() == 0
 
 
+def test_request_made_while_the_broker_is_down():
+    """A request made while the broker is dead goes out as soon as herald is
+    subscribed again, not at the router's 1 s retry of the failed publish.
+    The device has a persistent session, which the broker restores with its
+    subscription: the command is "sent" as soon as herald publishes it."""
+    tmp, broker, backend, h = setup(persist=True)
+    warm_up(h, broker)
+    dev = Device(broker, "down-dev", clean=False).connect()
+    wait_for(lambda: api(h, "GET", "/v1/devices/down-dev")[1].get("online"), 5,
+             what="down-dev online")
+    db = os.path.join(broker.dir, "mosquitto.db")
+    saved_after = time.time()
+    wait_for(lambda: os.stat(db).st_mtime > saved_after, 10, 0.05, "a broker autosave")
+    conn0 = connects(h)
+    broker.proc.kill()
+    broker.proc.wait(10)
+    st, rec, _ = api(h, "POST", "/v1/devices/down-dev/requests", {"type": "ping"})
+    assert st == 202 and rec["state"] == "queued", (st, rec)
+    cid = rec["commandId"]
+    wait_for(lambda: "no broker connection" in h.log_text(), 10, what="the publish to fail")
+    broker.restart()          # (already dead: it just starts again)
+    t0 = time.monotonic()
+    wait_for(lambda: back_and_subscribed(h, conn0), 15, 0.01, "herald subscribed again")
+    t_sub = time.monotonic() - t0
+    wait_for(lambda: api(h, "GET", "/v1/requests/" + cid)[1]["state"] != "queued", 10, 0.01,
+             what="the request sent")
+    took = time.monotonic() - t0
+    log("broker back: herald subscribed after %.2f s, the request sent after %.2f s"
+        % (t_sub, took))
+    assert api(h, "GET", "/v1/requests/" + cid)[1]["state"] in ("sent", "confirmed")
+    assert took - t_sub < 0.5, "the command waited for the router's retry"
+    dev.c.loop_stop()
+    assert h.stop() == 0
+
+
 if __name__ == "__main__":
     main(test_broker_restart_keeps_what_it_held, test_broker_kill9_under_traffic,
          test_broker_restart_without_persistence,
          test_plain_subscription_outlives_a_broker_restart_without_herald,
-         test_request_across_broker_restart)
+         test_request_across_broker_restart, test_request_made_while_the_broker_is_down)

@@ -49,5 +49,6 @@ int           hints_due(struct hints *h, int64_t now_ms, int max,
                   void (*fn)(void *arg, const struct hint_view *v), void *arg);
 size_t        hints_count(const struct hints *h);    /* kept, not acknowledged */
 size_t        hints_bytes(const struct hints *h);    /* their payloads' bytes */
+size_t        hints_slots(const struct hints *h);    /* the ring's size, now */
 
 #endif

@@ -199,6 +199,54 @@ test_byte_bound(void **state)
 	hints_free(h);
 }
 
+/*
+ * The ring grows with what is kept at once, not with the sequences handed
+ * out: 100,000 hints acknowledged as they come leave it at its first size;
+ * 1,000 kept at once grow it, and every one of them is still there, due in
+ * order.
+ */
+static void
+test_ring_grows_with_what_is_kept(void **state)
+{
+	struct hints *h = hints_new(65536, 1 << 20);
+	struct seen s;
+	int dropped;
+	size_t first;
+
+	(void)state;
+	assert_non_null(h);
+	first = hints_slots(h);
+	assert_true(first < 65536);
+	for (int i = 0; i < 100000; i++) {
+		uint64_t q = keep(h, "d1", "{}", 0, &dropped);
+
+		assert_int_equal(q, (uint64_t)i + 1);
+		hints_ack(h, &q, 1);
+	}
+	assert_int_equal(hints_slots(h), first);
+	assert_int_equal(hints_count(h), 0);
+	for (int i = 0; i < 1000; i++) {
+		char dev[16];
+
+		snprintf(dev, sizeof(dev), "d%d", i);
+		assert_int_not_equal(keep(h, dev, "{}", 0, &dropped), 0);
+		assert_int_equal(dropped, 0);
+	}
+	assert_true(hints_slots(h) >= 1000 && hints_slots(h) <= 2048);
+	assert_int_equal(hints_count(h), 1000);
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(hints_due(h, HINTS_RESEND_MS, 64, collect, &s), 64);
+	for (int i = 0; i < 64; i++)
+		assert_int_equal(s.seqs[i], 100001 + (uint64_t)i);
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(hints_due(h, HINTS_RESEND_MS, 2000, collect, &s), 1000 - 64);
+	assert_string_equal(s.last, "status d999 {} 1000");
+	for (uint64_t q = 100001; q <= 101000; q++)
+		hints_ack(h, &q, 1);
+	assert_int_equal(hints_count(h), 0);
+	hints_free(h);
+}
+
 int
 main(void)
 {
@@ -207,6 +255,7 @@ main(void)
 		cmocka_unit_test(test_wait_caps_at_30s),
 		cmocka_unit_test(test_count_bound),
 		cmocka_unit_test(test_byte_bound),
+		cmocka_unit_test(test_ring_grows_with_what_is_kept),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

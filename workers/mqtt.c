@@ -154,8 +154,9 @@ struct mconn {
 	int               npubs;        /* publishes waiting for the broker's PUBACK */
 	struct recent_ring *recent;     /* in <slot>.recent (or memory) */
 	uint64_t          since_connack;
-	bool              candidates;   /* it may have entries in cand */
-	struct cand      *cand;         /* MQTT_RECENT of them, by packet id; NULL: none */
+	struct cand      *cand;         /* redelivery candidates, MQTT_RECENT of them by
+	                                   packet id; NULL: none */
+	size_t            ncand;        /* of them set */
 	/*
 	 * Broker sessions (see "broker sessions" below).  `old` holds the
 	 * filters the record says the session may hold and the configuration
@@ -208,7 +209,6 @@ struct mqttw {
 	/* copies of the configuration used after start */
 	char              host[256], user[128], pass[256], group[64];
 	int               port, keepalive;
-	size_t            nredeliv;         /* candidates of all connections */
 	void             *recent_map;
 	size_t            recent_len;
 	struct msg_ack    ack;              /* 8 KiB: not on the stack */
@@ -349,11 +349,10 @@ conn_cand_put(struct mconn *c, uint16_t mid, uint64_t hash, uint64_t seq)
 	e = &c->cand[mid];
 	/* The newer record with that packet id is the one that can come back. */
 	if (!e->set)
-		c->mw->nredeliv++;
+		c->ncand++;
 	e->hash = hash;
 	e->seq = seq;
 	e->set = true;
-	c->candidates = true;
 }
 
 /* Take the candidate of packet id mid: false if there is none. */
@@ -367,7 +366,7 @@ conn_cand_take(struct mconn *c, uint16_t mid, uint64_t *hash, uint64_t *seq)
 	*hash = e->hash;
 	*seq = e->seq;
 	e->set = false;
-	c->mw->nredeliv--;
+	c->ncand--;
 	return true;
 }
 
@@ -375,13 +374,10 @@ conn_cand_take(struct mconn *c, uint16_t mid, uint64_t *hash, uint64_t *seq)
 static void
 conn_cand_purge(struct mconn *c)
 {
-	if (c->cand != NULL) {
-		for (size_t i = 0; i < MQTT_RECENT; i++)
-			c->mw->nredeliv -= c->cand[i].set;
+	if (c->cand != NULL)
 		munmap(c->cand, MQTT_CAND_BYTES);
-		c->cand = NULL;
-	}
-	c->candidates = false;
+	c->cand = NULL;
+	c->ncand = 0;
 }
 
 static void
@@ -1113,11 +1109,11 @@ on_message(struct mosquitto *m, void *arg, const struct mosquitto_message *msg)
 		origin = ((uint32_t)c->idx << 16) | (uint16_t)msg->mid;
 		hash = mqtt_content_hash(msg->topic, tlen, msg->payload, plen);
 	}
-	if (c->candidates && ++c->since_connack > MQTT_REDELIV_WINDOW)
+	if (c->cand != NULL && ++c->since_connack > MQTT_REDELIV_WINDOW)
 		conn_cand_purge(c);
 	/* Only what the broker marks as sent before (DUP) can be a redelivery:
 	 * a new message reusing an old one's packet id is never taken for one. */
-	if (origin != MQTT_ORIGIN_NONE && c->candidates && c->buffered &&
+	if (origin != MQTT_ORIGIN_NONE && c->cand != NULL && c->buffered &&
 	    (mosq_io_last_command(c->sock) & 0x08) != 0) {
 		uint64_t ch, cseq;
 
@@ -1557,7 +1553,7 @@ on_connect(struct mosquitto *m, void *arg, int rc, int flags)
 	c->connected = true;
 	c->backoff_ms = 0;
 	c->since_connack = 0;
-	if (!(flags & 1) && c->candidates) {
+	if (!(flags & 1) && c->cand != NULL) {
 		/* No session present: the broker has nothing of ours to redeliver. */
 		log_warn("%s: the broker had no session for us (expired or lost); "
 		    "unacknowledged messages it held are gone with it", c->id);
@@ -2152,6 +2148,7 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 	const char *die;
 	struct sess_rec *recs = NULL;
 	int nrec;
+	size_t ncand = 0;
 
 	mw->w = w;
 	strlcpy_h(mw->host, cf->mqtt_host, sizeof(mw->host));
@@ -2267,12 +2264,14 @@ mqtt_setup(struct worker *w, struct mqttw *mw)
 		log_err("out of memory");
 		return -1;
 	}
-	for (int i = 0; i < mw->nconns; i++)
+	for (int i = 0; i < mw->nconns; i++) {
 		conn_recent_to_candidates(&mw->conns[i], true);
+		ncand += mw->conns[i].ncand;
+	}
 	snprintf(path, sizeof(path), "%s/outbox/%d.ring", cf->state_dir, w->slot);
 	log_info("outbox %s: epoch %u, %zu records to send again, %zu recent ones watched "
 	    "for redelivery, next sequence %llu", path, outbox_epoch(mw->ob), outbox_depth(mw->ob),
-	    mw->nredeliv, (unsigned long long)outbox_next_seq(mw->ob));
+	    ncand, (unsigned long long)outbox_next_seq(mw->ob));
 	return 0;
 }
 

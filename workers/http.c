@@ -1891,7 +1891,7 @@ http_dead_trim(struct http *h)
 		return;
 	if (spool_dead_trim(h->sp, max, HTTP_DEAD_TRIM_MAX, &n, &more) != SPOOL_OK)
 		return;     /* logged; again at the next tick */
-	/* Nothing to drop in the whole store: not again until it grows. */
+	/* Nothing to drop in the whole store: no new look until its count changes. */
 	h->dead_stuck = n == 0 && !more ? st.dead_depth : 0;
 	if (n == 0 && more)
 		return;     /* the look goes on at the next tick */

@@ -13,15 +13,19 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from apilib import Device, api, request_states, start
+from apilib import Device, api, puback_reason, request_states, start
 from heraldtest import main, wait_for
 
 
 def vanish(dev):
     """Leave without the Last Will and without saying offline: to herald the
-    device is still online (as after a broker restart)."""
-    dev.c.disconnect()
-    dev.c.loop_stop()
+    device is still online (as after a broker restart).  Returns once the
+    broker has dropped the device's subscriptions: Mosquitto frees a
+    disconnected session on its next loop, and a command it takes before
+    that counts the dying session as a subscriber."""
+    dev.leave()
+    wait_for(lambda: puback_reason(dev.broker, "device/%s/command" % dev.id) == 0x10, 5,
+             what="the broker to drop %s's subscriptions" % dev.id)
 
 
 def no_subscriber_answers(h):

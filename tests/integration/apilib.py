@@ -5,7 +5,10 @@ and a strict parser of the Prometheus text format.
 """
 import http.client
 import json
+import os
 import re
+import socket
+import struct
 import threading
 import time
 
@@ -130,11 +133,16 @@ class Device:
         self.c.on_connect = self._on_connect
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
+        self.c.on_disconnect = self._on_disconnect
+        self.gone = threading.Event()
 
     def _on_connect(self, c, userdata, flags, rc):
         if rc == 0:
             c.subscribe([("device/%s/command" % self.id, 1), ("device/%s/config" % self.id, 1),
                          ("test/marker/%s" % self.id, 1)])
+
+    def _on_disconnect(self, c, userdata, rc):
+        self.gone.set()
 
     def _on_subscribe(self, c, userdata, mid, granted):
         # Online only once the subscriptions hold: a command published
@@ -189,13 +197,61 @@ class Device:
     def disconnect(self):
         """A clean disconnect does not fire the Last Will: say offline first."""
         self.c.publish("device/%s/status" % self.id, json.dumps({"state": "offline"}), 1, True)
-        self.c.disconnect()
+        self.leave()
+
+    def leave(self, timeout=5):
+        """A clean DISCONNECT, and nothing else: the Last Will does not fire.
+        Returns once the DISCONNECT is written and the socket closed, so that
+        what the test does next comes after it; when the broker has let go of
+        the session is another matter (see puback_reason)."""
+        self.gone.clear()
+        if self.c.disconnect() == mqtt.MQTT_ERR_SUCCESS and not self.gone.wait(timeout):
+            raise AssertionError("device %s: DISCONNECT not written in %ss" % (self.id, timeout))
         self.c.loop_stop()
 
     def drop(self):
         """Vanish without a DISCONNECT, so the broker sends the Last Will."""
         self.c.loop_stop()
         self.c.socket().close()
+
+
+def puback_reason(broker, topic, timeout=5):
+    """Publish an empty message at QoS 1 over MQTT 5 and return the reason
+    code of the broker's PUBACK: 0x10 when no subscription matched the topic.
+    Raw packets, because paho 1.6 does not hand PUBACK reasons over."""
+    def string(b):
+        return struct.pack("!H", len(b)) + b
+
+    def packet(first, body):
+        assert len(body) < 128
+        return bytes([first, len(body)]) + body
+
+    def read_packet(s):
+        head = b""
+        while len(head) < 2:
+            chunk = s.recv(2 - len(head))
+            if not chunk:
+                raise AssertionError("broker closed the probe connection")
+            head += chunk
+        body = b""
+        while len(body) < head[1]:
+            chunk = s.recv(head[1] - len(body))
+            if not chunk:
+                raise AssertionError("broker closed the probe connection")
+            body += chunk
+        return head[0], body
+
+    with socket.create_connection(("127.0.0.1", broker.port), timeout) as s:
+        # CONNECT: MQTT 5, clean start, keepalive 10 s, no properties.
+        s.sendall(packet(0x10, string(b"MQTT") + bytes([5, 0x02]) + struct.pack("!H", 10)
+                         + b"\x00" + string(b"probe-%d" % os.getpid())))
+        kind, body = read_packet(s)
+        assert kind == 0x20 and body[1] == 0, ("CONNACK", kind, body)
+        s.sendall(packet(0x32, string(topic.encode()) + struct.pack("!H", 1) + b"\x00"))
+        kind, body = read_packet(s)
+        assert kind == 0x40 and body[:2] == b"\x00\x01", ("PUBACK", kind, body)
+        s.sendall(b"\xe0\x00")
+        return body[2] if len(body) > 2 else 0
 
 
 def envelopes(backend, kind="request"):

@@ -30,8 +30,11 @@
 #define SLOW_MS              2       /* a pass this long is logged (debug) */
 #define REQUESTS_PRUNE_MS    60000   /* a look for old records, at least this often */
 #define REQUESTS_PRUNE_BATCH 500     /* records a slice; slices every DEV_FLUSH_MS while
-                                        there are more (5,000 a second) */
+                                        there are more (5,000 a second), and back
+                                        to back over the high mark */
 #define REQUESTS_PRUNE_LIVE  20000   /* live requests a slice steps over, at most */
+#define REQUESTS_PRUNE_BUSY_MS 20    /* over the high mark: slices back to back for
+                                        up to this long every DEV_FLUSH_MS */
 #define PUBLISH_TIMEOUT_MS   10000   /* no PUBLISHED from the mqtt worker: retry */
 #define PUBLISH_RETRY_MS     1000
 #define NOSUB_RETRY_MIN_MS   1000    /* the broker had no subscriber for a command: */
@@ -211,6 +214,7 @@ struct requests {
 	struct event    *tick;
 	int64_t          last_prune_ms;
 	bool             prune_more;    /* the last slice did not reach the end */
+	bool             prune_high;    /* over the high mark, the next slice may find history */
 	uint64_t         prune_from;    /* where the next slice looks first; 0: the start */
 	int              n_online, n_queued, n_sent;
 	bool             spool_full;
@@ -1507,13 +1511,23 @@ dev_flush_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct requests *q = arg;
 	size_t max = q->ndirty / (1000 / DEV_FLUSH_MS);
+	uint64_t t0;
 
 	/* About a tenth of the backlog a slice: each record waits ~1 s at most. */
 	dev_flush(q, max < DEV_FLUSH_MIN ? DEV_FLUSH_MIN : max);
 	hints_ack(q);
 	/* The rest of a look that was cut short; else the fill, which a flood
-	 * of new requests can raise by a good part of a small map in a second. */
+	 * of new requests can raise by a good part of a small map in a second.
+	 * Over the high mark one slice is not enough: ended requests must go
+	 * as fast as new ones come, or the store fills and refuses them.  So
+	 * slice after slice, each committed on its own (a group of deletions
+	 * copies pages too), for up to REQUESTS_PRUNE_BUSY_MS. */
+	t0 = mono_us();
 	q->prune_more = requests_prune(q, q->prune_more);
+	while (q->prune_more && q->prune_high && elapsed_ms(t0) < REQUESTS_PRUNE_BUSY_MS) {
+		tx_end(q);
+		q->prune_more = requests_prune(q, true);
+	}
 }
 
 static void
@@ -2995,6 +3009,7 @@ requests_prune(struct requests *q, bool due)
 	uint64_t used = 0, size = 0;
 	bool high, more = false;
 
+	q->prune_high = false;
 	high = reqstore_usage(q->st, &used, &size) == 0 && used > size / 100 * REQUESTS_HIGH_PCT;
 	if (!high && !due)
 		return false;
@@ -3007,10 +3022,15 @@ requests_prune(struct requests *q, bool due)
 	p->cid = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->cid));
 	p->dev = calloc(REQUESTS_PRUNE_BATCH, sizeof(*p->dev));
 	if (p->cid != NULL && p->dev != NULL) {
-		reqstore_walk_from(q->st, q->prune_from, prune_cb, p);
+		uint64_t from = q->prune_from;
+
+		reqstore_walk_from(q->st, from, prune_cb, p);
 		if (p->n == 0) {
 			q->prune_from = p->cut ? p->resume : 0;
-			more = p->cut;
+			/* Over the high mark, a look that began past the start
+			 * goes on from the start: what ended since is there. */
+			more = p->cut || (high && from != 0);
+			q->prune_high = high && from != 0 && !p->cut;
 		} else if (tx_begin(q) == 0) {
 			int i;
 			for (i = 0; i < p->n; i++)
@@ -3030,6 +3050,7 @@ requests_prune(struct requests *q, bool due)
 				q->prune_from = p->cut ? p->resume : 0;
 				/* Over the high mark, on while there is something to drop. */
 				more = p->cut || high;
+				q->prune_high = high;
 			}
 		}
 	}

@@ -87,7 +87,7 @@ _Static_assert(sizeof(enum e2e_mode) == sizeof(int), "enum e2e_mode is not int-s
 static cfg_check_fn cfg_check_node_name;
 static cfg_check_fn cfg_check_abs_path;
 static cfg_check_fn cfg_check_socket_path;
-static cfg_check_fn cfg_check_ca_file;
+static cfg_check_fn cfg_check_pem_file;
 static cfg_check_fn cfg_check_url;
 static cfg_check_fn cfg_check_share_group;
 static cfg_check_fn cfg_check_secret;
@@ -141,7 +141,9 @@ static const struct cfg_key cfg_keys[] = {
 
 	STR("backend", "url", backend_url, 0, cfg_check_url, NULL),
 	STR("backend", "secret", backend_secret, CFG_EMPTY_OK, cfg_check_secret, ""),
-	STR("backend", "ca_file", backend_ca_file, CFG_EMPTY_OK, cfg_check_ca_file, ""),
+	STR("backend", "ca_file", backend_ca_file, CFG_EMPTY_OK, cfg_check_pem_file, ""),
+	STR("backend", "cert_file", backend_cert_file, CFG_EMPTY_OK, cfg_check_pem_file, ""),
+	STR("backend", "key_file", backend_key_file, CFG_EMPTY_OK, cfg_check_pem_file, ""),
 	INT("backend", "batch_max", batch_max, 1, 1000, "1"),
 	INT("backend", "concurrency", concurrency, 1, 256, "4"),
 	INT("backend", "timeout_ms", timeout_ms, 100, 600000, "10000"),
@@ -508,10 +510,11 @@ cfg_check_abs_path(const char *v, char *msg, size_t msglen)
 	return 0;
 }
 
-/* PEM certificates to trust for an https backend: readable now, so that a
- * typo is an error of `herald -t`, not a backend that never answers. */
+/* A PEM file for an https backend (certificates to trust, a client
+ * certificate or its key): readable now, so that a typo is an error of
+ * `herald -t`, not a backend that never answers. */
 static int
-cfg_check_ca_file(const char *v, char *msg, size_t msglen)
+cfg_check_pem_file(const char *v, char *msg, size_t msglen)
 {
 	struct stat st;
 
@@ -934,6 +937,9 @@ config_validate(const struct config *cf, char *err, size_t errlen)
 		    "broker connection: [workers] mqtt = 1 and connections_per_worker = 1 "
 		    "(now %d and %d); each connection would get every message",
 		    cf->mqtt_workers, cf->connections_per_worker);
+	if (cf->backend_key_file[0] != '\0' && cf->backend_cert_file[0] == '\0')
+		return cfg_fail(cf, cfg_key_line(cf, "backend", "key_file"), err, errlen,
+		    "[backend] key_file is set without cert_file: the key of which certificate?");
 	if (cf->api_ntokens < 1)
 		return cfg_fail(cf, cfg_key_line(cf, "api", "tokens"), err, errlen,
 		    "[api] tokens: at least one token is needed");

@@ -58,6 +58,8 @@ struct config {
 	char     backend_url[1024];
 	char     backend_secret[256];
 	char     backend_ca_file[1024];     /* "": the system's CA certificates */
+	char     backend_cert_file[1024];   /* "": no client certificate */
+	char     backend_key_file[1024];    /* "": the key is in cert_file */
 	int      batch_max;
 	int      concurrency;
 	int      timeout_ms;

@@ -67,6 +67,8 @@ struct lane {
 	CURL              *easy;
 	char              *url;         /* the URL last set on easy */
 	char              *ca;          /* the [backend] ca_file last set; NULL: libcurl's */
+	char              *cert;        /* ... cert_file and key_file; NULL: none */
+	char              *key;
 	struct curl_slist *hdrs;
 	char              *body;
 	size_t             bodylen, bodycap;
@@ -619,23 +621,44 @@ http_body_add(struct lane *l, const char *p, size_t len)
 }
 
 /*
- * [backend] ca_file, set on the handle when it changed (reload).  libcurl
- * copies it, and reuses only connections made with the same; unset, the
- * handle goes back to libcurl's own bundle (not to none, which NULL means).
+ * One of the handle's TLS files ([backend] ca_file, cert_file, key_file),
+ * set when it changed (reload); unset, back to `unset`.  libcurl copies
+ * the path and reads the file for each new connection.  Returns 1 if it
+ * changed, 0 if not, -1 without memory.
  */
 static int
-http_ca_changed(struct lane *l, const struct config *cf)
+http_file_opt(struct lane *l, char **have, const char *path, CURLoption opt, const char *unset)
 {
-	const char *want = cf->backend_ca_file[0] != '\0' ? cf->backend_ca_file : NULL;
+	const char *want = path[0] != '\0' ? path : NULL;
 
-	if (want == NULL ? l->ca == NULL : l->ca != NULL && strcmp(l->ca, want) == 0)
+	if (want == NULL ? *have == NULL : *have != NULL && strcmp(*have, want) == 0)
 		return 0;
-	free(l->ca);
-	l->ca = NULL;
-	if (want != NULL && (l->ca = strdup(want)) == NULL)
+	free(*have);
+	*have = NULL;
+	if (want != NULL && (*have = strdup(want)) == NULL)
 		return -1;
-	curl_easy_setopt(l->easy, CURLOPT_CAINFO,
-	    want != NULL ? want : curl_version_info(CURLVERSION_NOW)->cainfo);
+	curl_easy_setopt(l->easy, opt, want != NULL ? want : unset);
+	return 1;
+}
+
+/*
+ * The TLS files as the configuration has them now.  An unset ca_file goes
+ * back to libcurl's own bundle (not to none, which NULL means); an unset
+ * certificate or key to none.  After a change the next POST opens a new
+ * connection: one kept alive would go on with what it was made with.
+ */
+static int
+http_tls_changed(struct lane *l, const struct config *cf)
+{
+	int a, b, c;
+
+	a = http_file_opt(l, &l->ca, cf->backend_ca_file, CURLOPT_CAINFO,
+	    curl_version_info(CURLVERSION_NOW)->cainfo);
+	b = http_file_opt(l, &l->cert, cf->backend_cert_file, CURLOPT_SSLCERT, NULL);
+	c = http_file_opt(l, &l->key, cf->backend_key_file, CURLOPT_SSLKEY, NULL);
+	if (a == -1 || b == -1 || c == -1)
+		return -1;
+	curl_easy_setopt(l->easy, CURLOPT_FRESH_CONNECT, a + b + c > 0 ? 1L : 0L);
 	return 0;
 }
 
@@ -669,7 +692,7 @@ http_lane_post(struct lane *l)
 			goto nomem;
 		curl_easy_setopt(l->easy, CURLOPT_URL, l->url);
 	}
-	if (http_ca_changed(l, cf) == -1)
+	if (http_tls_changed(l, cf) == -1)
 		goto nomem;
 	curl_easy_setopt(l->easy, CURLOPT_TIMEOUT_MS, (long)cf->timeout_ms);
 	curl_easy_setopt(l->easy, CURLOPT_HTTPHEADER, l->hdrs);
@@ -1363,6 +1386,8 @@ http_lane_free(struct http *h, struct lane *l)
 	free(l->body);
 	free(l->url);
 	free(l->ca);
+	free(l->cert);
+	free(l->key);
 	free(l->ids);
 	memset(l, 0, sizeof(*l));
 }

@@ -13,6 +13,7 @@ from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_del
 
 TLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls")
 CERT, KEY = os.path.join(TLS, "backend.pem"), os.path.join(TLS, "backend.key")
+CLIENT_CERT, CLIENT_KEY = os.path.join(TLS, "client.pem"), os.path.join(TLS, "client.key")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
@@ -60,6 +61,43 @@ def test_private_ca():
     assert h.stop() == 0
 
 
+def test_client_certificate():
+    """A backend that wants a client certificate (mutual TLS): without
+    [backend] cert_file every POST fails and is retried, nothing is lost or
+    dead-lettered; a reload that sets cert_file and key_file delivers them
+    all, each POST showing the certificate."""
+    tmp = TmpDir()
+    broker = Mosquitto(tmp)
+    backend = Backend(tls=(CERT, KEY), client_ca=CLIENT_CERT, secret=SECRET)
+    h = Herald(tmp, broker=broker, backend=backend,
+               conf={"backend": {"secret": SECRET, "ca_file": CERT}}).wait_ready()
+    pub = Publisher(broker.port, ["mtls-%d" % i for i in range(5)], count=4,
+                    kinds=("telemetry", "events", "status")).run()
+    wait_for(lambda: h.counter("http", "http_retries") >= 3, 20, 0.1,
+             "POSTs failing without a client certificate")
+    assert backend.posts == []
+    assert h.counter("http", "deadlettered") == 0
+    why = [l for l in h.log_text().splitlines() if "retry" in l or "SSL" in l]
+    assert why, "the log does not say why"
+    print("# " + why[0].split(": ", 2)[-1])
+
+    h.sections["backend"]["cert_file"] = CLIENT_CERT
+    h.sections["backend"]["key_file"] = CLIENT_KEY
+    h.write()
+    h.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in h.log_text(), 10, what="the reload")
+    wait_for(lambda: len({e["id"] for e in backend.delivered()}) >= pub.total(), 30, 0.1,
+             "every message over mutual TLS")
+    distinct, dups = check_delivery(backend.delivered(), pub)
+    names = set(backend.client_names)
+    print("# %d delivered after the reload, %d duplicates; client certificate %s"
+          % (distinct, dups, names))
+    assert distinct == pub.total() == 60
+    assert names == {"herald test client"}, names
+    assert backend.bad_signatures == 0 and h.counter("http", "deadlettered") == 0
+    assert h.stop() == 0
+
+
 def test_ca_file_checked():
     tmp = TmpDir()
     conf = tmp.join("herald.conf")
@@ -72,7 +110,23 @@ def test_ca_file_checked():
         f.write("[backend]\nurl = https://127.0.0.1:1/x\nca_file = %s\n" % TLS)
     r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
     assert r.returncode == 1 and "is not a file" in r.stderr, (r.returncode, r.stderr)
+    # A key without its certificate; a certificate that is not there.
+    with open(conf, "w") as f:
+        f.write("[backend]\nurl = https://127.0.0.1:1/x\nkey_file = %s\n" % CLIENT_KEY)
+    r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and r.stderr.startswith("%s:3: " % conf) \
+        and "without cert_file" in r.stderr, (r.returncode, r.stderr)
+    with open(conf, "w") as f:
+        f.write("[backend]\nurl = https://127.0.0.1:1/x\ncert_file = %s\n" % tmp.join("c.pem"))
+    r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and r.stderr.startswith("%s:3: " % conf) \
+        and "No such file" in r.stderr, (r.returncode, r.stderr)
+    with open(conf, "w") as f:
+        f.write("[api]\ntokens = a-token-long-enough\n[backend]\nurl = https://127.0.0.1:1/x\n"
+                "cert_file = %s\nkey_file = %s\n" % (CLIENT_CERT, CLIENT_KEY))
+    r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, (r.returncode, r.stderr)
 
 
 if __name__ == "__main__":
-    main(test_private_ca, test_ca_file_checked)
+    main(test_private_ca, test_client_certificate, test_ca_file_checked)

@@ -152,15 +152,18 @@ class Mosquitto:
 class Backend:
     """A recording HTTP backend.  `respond(handler, body) -> (status, headers)`
     decides each answer; the default accepts with 204.  tls=(certfile,
-    keyfile): HTTPS."""
+    keyfile): HTTPS; client_ca (a PEM file) with it: a client certificate
+    it vouches for is required, and `client_names` has the common name of
+    the client certificate of each POST."""
 
-    def __init__(self, secret=None, respond=None, tls=None):
+    def __init__(self, secret=None, respond=None, tls=None, client_ca=None):
         self.lock = threading.Lock()
         self.posts = []          # (time, headers dict, body bytes, status answered)
         self.envelopes = []      # every envelope accepted with 2xx
         self.secret = secret
         self.respond = respond
         self.bad_signatures = 0
+        self.client_names = []
         backend = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -179,6 +182,11 @@ class Backend:
                     backend.bad_signatures += 1
                 with backend.lock:
                     backend.posts.append((time.monotonic(), dict(self.headers), body, status))
+                    if backend.tls is not None:
+                        cert = self.connection.getpeercert() or {}
+                        backend.client_names.append(
+                            dict(kv for rdn in cert.get("subject", ()) for kv in rdn)
+                            .get("commonName"))
                     if 200 <= status < 300:
                         doc = json.loads(body)
                         backend.envelopes.extend(doc if isinstance(doc, list) else [doc])
@@ -194,6 +202,9 @@ class Backend:
         if tls is not None:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.tls.load_cert_chain(*tls)
+            if client_ca is not None:
+                self.tls.verify_mode = ssl.CERT_REQUIRED
+                self.tls.load_verify_locations(client_ca)
         self.serve()
         self.url = "%s://127.0.0.1:%d/ingest" % ("https" if tls else "http", self.port)
         _cleanups.append(self.stop)

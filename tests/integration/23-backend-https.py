@@ -17,6 +17,28 @@ CLIENT_CERT, CLIENT_KEY = os.path.join(TLS, "client.pem"), os.path.join(TLS, "cl
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
+def failing(h, backend, *reasons):
+    """Every POST fails its handshake: retried, none taken, none
+    dead-lettered, and the log says why (a line with one of `reasons`)."""
+    wait_for(lambda: h.counter("http", "http_retries") >= 3, 20, 0.1, "POSTs failing over TLS")
+    assert backend.posts == []
+    why = [l for l in h.log_text().splitlines() if any(r in l for r in reasons)]
+    assert why, "the log does not say why (%r)" % (reasons,)
+    print("# " + why[0].split(": ", 2)[-1])
+    assert h.counter("http", "deadlettered") == 0
+
+
+def reload_delivers(h, backend, pub, nth, **keys):
+    """Reload with these [backend] keys: every message of pub is delivered."""
+    h.sections["backend"].update(keys)
+    h.write()
+    h.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: h.log_text().count("configuration reloaded") >= nth, 10, what="the reload")
+    wait_for(lambda: len({e["id"] for e in backend.delivered()}) >= pub.total(), 30, 0.1,
+             "every message over TLS")
+    return check_delivery(backend.delivered(), pub)
+
+
 def test_private_ca():
     tmp = TmpDir()
     broker = Mosquitto(tmp)
@@ -27,20 +49,8 @@ def test_private_ca():
     # (no responses: herald would dead-letter them as unknown commands)
     pub = Publisher(broker.port, ["tls-%d" % i for i in range(5)], count=4,
                     kinds=("telemetry", "events", "status")).run()
-    wait_for(lambda: h.counter("http", "http_retries") >= 3, 20, 0.1, "POSTs failing over TLS")
-    assert backend.posts == []
-    why = [l for l in h.log_text().splitlines() if "certificate" in l]
-    assert why, "the log does not say why"
-    print("# " + why[0].split(": ", 2)[-1])
-    assert h.counter("http", "deadlettered") == 0
-
-    h.sections["backend"]["ca_file"] = CERT
-    h.write()
-    h.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "configuration reloaded" in h.log_text(), 10, what="the reload")
-    wait_for(lambda: len({e["id"] for e in backend.delivered()}) >= pub.total(), 30, 0.1,
-             "every message over TLS")
-    distinct, dups = check_delivery(backend.delivered(), pub)
+    failing(h, backend, "SSL certificate problem")
+    distinct, dups = reload_delivers(h, backend, pub, 1, ca_file=CERT)
     print("# %d delivered over TLS after the reload, %d duplicates; %d bad signatures"
           % (distinct, dups, backend.bad_signatures))
     assert distinct == pub.total() == 60
@@ -73,22 +83,11 @@ def test_client_certificate():
                conf={"backend": {"secret": SECRET, "ca_file": CERT}}).wait_ready()
     pub = Publisher(broker.port, ["mtls-%d" % i for i in range(5)], count=4,
                     kinds=("telemetry", "events", "status")).run()
-    wait_for(lambda: h.counter("http", "http_retries") >= 3, 20, 0.1,
-             "POSTs failing without a client certificate")
-    assert backend.posts == []
-    assert h.counter("http", "deadlettered") == 0
-    why = [l for l in h.log_text().splitlines() if "retry" in l or "SSL" in l]
-    assert why, "the log does not say why"
-    print("# " + why[0].split(": ", 2)[-1])
-
-    h.sections["backend"]["cert_file"] = CLIENT_CERT
-    h.sections["backend"]["key_file"] = CLIENT_KEY
-    h.write()
-    h.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "configuration reloaded" in h.log_text(), 10, what="the reload")
-    wait_for(lambda: len({e["id"] for e in backend.delivered()}) >= pub.total(), 30, 0.1,
-             "every message over mutual TLS")
-    distinct, dups = check_delivery(backend.delivered(), pub)
+    # TLS 1.3: the backend's alert comes after the handshake, and it may
+    # close the connection before curl reads it.
+    failing(h, backend, "certificate required", "Connection reset", "SSL_write", "SSL_read")
+    distinct, dups = reload_delivers(h, backend, pub, 1, cert_file=CLIENT_CERT,
+                                     key_file=CLIENT_KEY)
     names = set(backend.client_names)
     print("# %d delivered after the reload, %d duplicates; client certificate %s"
           % (distinct, dups, names))

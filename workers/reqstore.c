@@ -28,6 +28,7 @@ struct reqstore {
 	MDB_dbi   devs;     /* device -> presence JSON */
 	MDB_dbi   meta;     /* name -> u64 */
 	MDB_txn  *txn;      /* the open write transaction */
+	uint64_t  quota;    /* [requests] max_bytes; the map is REQSTORE_MAP_FACTOR times */
 	bool      full;
 	/* Test-only: while this file exists, commits fail (EIO), and so do
 	 * puts and deletes if it says "put".  From HERALD_TEST_REQSTORE_FAIL;
@@ -177,8 +178,17 @@ reqstore_syncer_stop(struct reqstore *s)
 	s->syncer = false;
 }
 
+/*
+ * The map is larger than the quota the router holds new requests to: the
+ * changes of the requests accepted and their notifications to the backend
+ * must always fit, and the notifications stay in the store until the
+ * spool takes them.  A store full of live requests that all end while the
+ * http worker is down writes about as much again in notifications.
+ */
+#define REQSTORE_MAP_FACTOR 3
+
 struct reqstore *
-reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync, char *err, size_t errlen)
+reqstore_open(const char *dir, size_t quota, enum fsync_mode fsync, char *err, size_t errlen)
 {
 	struct reqstore *s;
 	unsigned flags = MDB_NOTLS;
@@ -189,6 +199,7 @@ reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync, char *err
 		snprintf(err, errlen, "out of memory");
 		return NULL;
 	}
+	s->quota = quota;
 	/* Without fsync the data is still in the kernel's page cache when the
 	 * process dies: a crash loses nothing, only a power cut may. */
 	if (fsync == FSYNC_BATCH)
@@ -202,7 +213,7 @@ reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync, char *err
 	}
 	if ((rc = mdb_env_create(&s->env)) != 0 ||
 	    (rc = mdb_env_set_maxdbs(s->env, REQSTORE_NDBS)) != 0 ||
-	    (rc = mdb_env_set_mapsize(s->env, map_size)) != 0 ||
+	    (rc = mdb_env_set_mapsize(s->env, quota * REQSTORE_MAP_FACTOR)) != 0 ||
 	    (rc = mdb_env_open(s->env, dir, flags, 0600)) != 0) {
 		snprintf(err, errlen, "%s: %s", dir, mdb_strerror(rc));
 		goto fail;
@@ -312,7 +323,6 @@ int
 reqstore_usage(struct reqstore *s, uint64_t *used, uint64_t *size)
 {
 	MDB_dbi dbis[] = { s->rec, s->order, s->bydev, s->live, s->notes, s->devs, s->meta };
-	MDB_envinfo info;
 	MDB_stat st;
 	MDB_txn *t;
 	int rc = 0;
@@ -327,9 +337,7 @@ reqstore_usage(struct reqstore *s, uint64_t *used, uint64_t *size)
 	rd_end(s, t);
 	if (rc != 0)
 		return store_error(s, "stat", rc);
-	if ((rc = mdb_env_info(s->env, &info)) != 0)
-		return store_error(s, "info", rc);
-	*size = info.me_mapsize;
+	*size = s->quota;
 	return 0;
 }
 

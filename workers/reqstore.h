@@ -20,7 +20,8 @@ struct reqstore;
 /* Longest commandId or device id (SPEC §1 charset). */
 #define REQSTORE_ID_MAX 128
 
-struct reqstore *reqstore_open(const char *dir, size_t map_size, enum fsync_mode fsync,
+/* quota: what reqstore_usage() gives as the size; the map is larger. */
+struct reqstore *reqstore_open(const char *dir, size_t quota, enum fsync_mode fsync,
     char *err, size_t errlen);
 void    reqstore_close(struct reqstore *s);
 
@@ -33,7 +34,7 @@ int     reqstore_begin(struct reqstore *s);
 int     reqstore_commit(struct reqstore *s);
 void    reqstore_abort(struct reqstore *s);
 bool    reqstore_full(const struct reqstore *s);
-/* Bytes in the pages of the records (not the free ones) and the map's size. */
+/* Bytes in the pages of the records (not the free ones), and the quota. */
 int     reqstore_usage(struct reqstore *s, uint64_t *used, uint64_t *size);
 /* Flush to disk now, on the caller's thread. */
 int     reqstore_sync(struct reqstore *s);

@@ -7,6 +7,8 @@ devices, the oldest in the store, stay, and do not hide the history after
 them from the pruning."""
 import http.client
 import json
+import os
+import signal
 import threading
 
 from apilib import TOKEN, api, check_error, start
@@ -119,5 +121,41 @@ def test_full_of_live_requests():
     assert h.all_ready()
 
 
+def test_full_store_all_expire():
+    """A store filled with live requests up to store_full, which then all
+    expire while the http worker takes nothing (stopped): each one's state
+    and its notification to the backend, which waits in the store, still
+    fit (no MDB_MAP_FULL); every one ends "expired" and, once the http
+    worker goes on, the backend is told of each."""
+    tmp, broker, backend, h = start({"requests": {"max_bytes": "16M"},
+                                     "workers": {"ping_timeout_ms": "120000"}})
+    total = 12000
+    statuses, _ = post_many(h, total, lambda i: {"type": "t", "commandId": "ex-%05d" % i,
+                                                 "timeout": 8, "params": PAD},
+                            lambda i: "/v1/devices/ex-%02d/requests" % (i % 100))
+    assert statuses.get(503, 0) > 0, statuses
+    accepted = statuses[202]
+    http = h.worker("http")["pid"]
+    os.kill(http, signal.SIGSTOP)
+    try:
+        wait_for(lambda: h.ctl("requests", timeout=30)["queued"] == 0, 60, 0.5,
+                 "every request to end")
+        notes = h.ctl("requests", timeout=30)["notifications"]
+    finally:
+        os.kill(http, signal.SIGCONT)
+
+    def told():
+        return {e["payload"]["commandId"] for e in backend.delivered()
+                if e.get("kind") == "request" and e["payload"]["state"] == "expired"}
+    wait_for(lambda: len(told()) >= accepted, 60, 0.5,
+             "an 'expired' notification for each of the %d accepted" % accepted)
+    print("# %d accepted, %d refused store_full; %d notifications waiting in the store, "
+          "%d 'expired' ones delivered" % (accepted, statuses[503], notes, len(told())))
+    assert "MDB_MAP_FULL" not in h.log_text()
+    assert "not stored" not in h.log_text()
+    assert h.all_ready()
+
+
 if __name__ == "__main__":
-    main(test_history_never_fills_the_store, test_full_of_live_requests)
+    main(test_history_never_fills_the_store, test_full_of_live_requests,
+         test_full_store_all_expire)

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <unistd.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -197,6 +198,12 @@ reqstore_open(const char *dir, size_t quota, enum fsync_mode fsync, char *err, s
 
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
 		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (quota > SIZE_MAX / REQSTORE_MAP_FACTOR) {
+		snprintf(err, errlen, "%s: a map of %d times %zu bytes is too large", dir,
+		    REQSTORE_MAP_FACTOR, quota);
+		free(s);
 		return NULL;
 	}
 	s->quota = quota;

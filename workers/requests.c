@@ -1003,8 +1003,9 @@ hint_taken(struct requests *q, const char *peer, const struct msg_device_info *m
 		evtimer_add(q->tx_ev, &zero);
 }
 
-/* Commit the group; then answer, notify and kick what waited for it. */
-static void
+/* Commit the group; then answer, notify and kick what waited for it.
+ * Returns whether the group was stored. */
+static bool
 tx_end(struct requests *q)
 {
 	struct later_list done = STAILQ_HEAD_INITIALIZER(done);
@@ -1038,6 +1039,7 @@ tx_end(struct requests *q)
 	}
 	if (elapsed_ms(t0) > SLOW_MS)
 		log_debug("group commit and its answers took %.1f ms", elapsed_ms(t0));
+	return ok;
 }
 
 static void
@@ -1521,13 +1523,13 @@ dev_flush_cb(evutil_socket_t fd, short what, void *arg)
 	 * Over the high mark one slice is not enough: ended requests must go
 	 * as fast as new ones come, or the store fills and refuses them.  So
 	 * slice after slice, each committed on its own (a group of deletions
-	 * copies pages too), for up to REQUESTS_PRUNE_BUSY_MS. */
+	 * copies pages too), for up to REQUESTS_PRUNE_BUSY_MS; not after a
+	 * commit that failed (the same slice would be dropped again). */
 	t0 = mono_us();
 	q->prune_more = requests_prune(q, q->prune_more);
-	while (q->prune_more && q->prune_high && elapsed_ms(t0) < REQUESTS_PRUNE_BUSY_MS) {
-		tx_end(q);
+	while (q->prune_more && q->prune_high && elapsed_ms(t0) < REQUESTS_PRUNE_BUSY_MS &&
+	    tx_end(q))
 		q->prune_more = requests_prune(q, true);
-	}
 }
 
 static void

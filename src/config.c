@@ -533,6 +533,59 @@ cfg_check_pem_file(const char *v, char *msg, size_t msglen)
 	return 0;
 }
 
+/* Does the PEM file hold an encrypted private key (PKCS#8 or the older
+ * "Proc-Type: 4,ENCRYPTED")?  Only the first 64 KiB are looked at. */
+static bool
+cfg_pem_encrypted(const char *path)
+{
+	char buf[65536];
+	size_t n;
+	FILE *fp;
+
+	if ((fp = fopen(path, "re")) == NULL)
+		return false;
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = '\0';
+	return strstr(buf, "-----BEGIN ENCRYPTED PRIVATE KEY-----") != NULL ||
+	    strstr(buf, "Proc-Type: 4,ENCRYPTED") != NULL;
+}
+
+/*
+ * What a reload compares to see the backend's TLS files changed, under the
+ * same names too (a renewed certificate written over the old one): each
+ * one's device, inode, size and time of last change, hashed (FNV-1a); 0
+ * when none is set.
+ */
+static uint64_t
+cfg_tls_stamp(const struct config *cf)
+{
+	const char *files[] = { cf->backend_ca_file, cf->backend_cert_file, cf->backend_key_file };
+	uint64_t h = 14695981039346656037ULL;
+	struct stat st;
+
+	if (files[0][0] == '\0' && files[1][0] == '\0' && files[2][0] == '\0')
+		return 0;
+
+	for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+		uint64_t v[6] = { 0 };
+
+		if (files[i][0] != '\0' && stat(files[i], &st) == 0) {
+			v[0] = (uint64_t)st.st_dev;
+			v[1] = (uint64_t)st.st_ino;
+			v[2] = (uint64_t)st.st_size;
+			v[3] = (uint64_t)st.st_ctim.tv_sec;
+			v[4] = (uint64_t)st.st_ctim.tv_nsec;
+			v[5] = (uint64_t)st.st_mtim.tv_nsec;
+		}
+		for (size_t j = 0; j < sizeof(v); j++) {
+			h ^= ((const unsigned char *)v)[j];
+			h *= 1099511628211ULL;
+		}
+	}
+	return h;
+}
+
 static int
 cfg_check_socket_path(const char *v, char *msg, size_t msglen)
 {
@@ -940,6 +993,17 @@ config_validate(const struct config *cf, char *err, size_t errlen)
 	if (cf->backend_key_file[0] != '\0' && cf->backend_cert_file[0] == '\0')
 		return cfg_fail(cf, cfg_key_line(cf, "backend", "key_file"), err, errlen,
 		    "[backend] key_file is set without cert_file: the key of which certificate?");
+	if (cf->backend_cert_file[0] != '\0') {
+		const char *kf = cf->backend_key_file[0] != '\0' ? "key_file" : "cert_file";
+		const char *path = kf[0] == 'k' ? cf->backend_key_file : cf->backend_cert_file;
+
+		/* herald has no passphrase to give, and OpenSSL would ask for
+		 * one on the terminal. */
+		if (cfg_pem_encrypted(path))
+			return cfg_fail(cf, cfg_key_line(cf, "backend", kf), err, errlen,
+			    "[backend] %s: %.200s holds an encrypted private key; herald needs "
+			    "it unencrypted (readable by herald's user only)", kf, path);
+	}
 	if (cf->api_ntokens < 1)
 		return cfg_fail(cf, cfg_key_line(cf, "api", "tokens"), err, errlen,
 		    "[api] tokens: at least one token is needed");
@@ -1028,6 +1092,7 @@ config_load(struct config *cf, const char *path, char *err, size_t errlen)
 	config_defaults(tmp);
 	if (config_parse(tmp, path, buf, err, errlen) == 0 &&
 	    config_validate(tmp, err, errlen) == 0) {
+		tmp->backend_tls_stamp = cfg_tls_stamp(tmp);
 		*cf = *tmp;
 		rc = 0;
 	}

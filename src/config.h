@@ -60,6 +60,7 @@ struct config {
 	char     backend_ca_file[1024];     /* "": the system's CA certificates */
 	char     backend_cert_file[1024];   /* "": no client certificate */
 	char     backend_key_file[1024];    /* "": the key is in cert_file */
+	uint64_t backend_tls_stamp;         /* those files as they were at load (no key) */
 	int      batch_max;
 	int      concurrency;
 	int      timeout_ms;

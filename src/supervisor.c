@@ -593,7 +593,13 @@ role_needs_restart(int role, const struct config *a, const struct config *b)
 		return strcmp(a->api_listen, b->api_listen) != 0;
 	case ROLE_HTTP:
 		return a->concurrency != b->concurrency || a->spool_max_bytes != b->spool_max_bytes ||
-		    a->spool_fsync != b->spool_fsync || strcmp(a->node_name, b->node_name);
+		    a->spool_fsync != b->spool_fsync || strcmp(a->node_name, b->node_name) ||
+		    /* libcurl keeps connections made with the old TLS files (and
+		     * reads files under an unchanged name only for new ones) */
+		    strcmp(a->backend_ca_file, b->backend_ca_file) ||
+		    strcmp(a->backend_cert_file, b->backend_cert_file) ||
+		    strcmp(a->backend_key_file, b->backend_key_file) ||
+		    a->backend_tls_stamp != b->backend_tls_stamp;
 	case ROLE_CRYPTO:
 		return strcmp(a->node_name, b->node_name) != 0;
 	case ROLE_ROUTER:

@@ -622,43 +622,40 @@ http_body_add(struct lane *l, const char *p, size_t len)
 
 /*
  * One of the handle's TLS files ([backend] ca_file, cert_file, key_file),
- * set when it changed (reload); unset, back to `unset`.  libcurl copies
- * the path and reads the file for each new connection.  Returns 1 if it
- * changed, 0 if not, -1 without memory.
+ * set when it changed; unset, back to `unset`.  libcurl copies the path
+ * and reads the file for each new connection.  -1 without memory.
  */
 static int
 http_file_opt(struct lane *l, char **have, const char *path, CURLoption opt, const char *unset)
 {
 	const char *want = path[0] != '\0' ? path : NULL;
+	char *copy = NULL;
 
 	if (want == NULL ? *have == NULL : *have != NULL && strcmp(*have, want) == 0)
 		return 0;
-	free(*have);
-	*have = NULL;
-	if (want != NULL && (*have = strdup(want)) == NULL)
+	if (want != NULL && (copy = strdup(want)) == NULL)
 		return -1;
+	free(*have);
+	*have = copy;
 	curl_easy_setopt(l->easy, opt, want != NULL ? want : unset);
-	return 1;
+	return 0;
 }
 
 /*
- * The TLS files as the configuration has them now.  An unset ca_file goes
- * back to libcurl's own bundle (not to none, which NULL means); an unset
- * certificate or key to none.  After a change the next POST opens a new
- * connection: one kept alive would go on with what it was made with.
+ * The TLS files as the configuration has them.  An unset ca_file goes back
+ * to libcurl's own bundle (not to none, which NULL means); an unset
+ * certificate or key to none.  A reload that changes them restarts this
+ * worker (connections made with the old ones would be kept alive), so the
+ * handles meet them once, at their first POST.
  */
 static int
-http_tls_changed(struct lane *l, const struct config *cf)
+http_tls_set(struct lane *l, const struct config *cf)
 {
-	int a, b, c;
-
-	a = http_file_opt(l, &l->ca, cf->backend_ca_file, CURLOPT_CAINFO,
-	    curl_version_info(CURLVERSION_NOW)->cainfo);
-	b = http_file_opt(l, &l->cert, cf->backend_cert_file, CURLOPT_SSLCERT, NULL);
-	c = http_file_opt(l, &l->key, cf->backend_key_file, CURLOPT_SSLKEY, NULL);
-	if (a == -1 || b == -1 || c == -1)
+	if (http_file_opt(l, &l->ca, cf->backend_ca_file, CURLOPT_CAINFO,
+	    curl_version_info(CURLVERSION_NOW)->cainfo) == -1 ||
+	    http_file_opt(l, &l->cert, cf->backend_cert_file, CURLOPT_SSLCERT, NULL) == -1 ||
+	    http_file_opt(l, &l->key, cf->backend_key_file, CURLOPT_SSLKEY, NULL) == -1)
 		return -1;
-	curl_easy_setopt(l->easy, CURLOPT_FRESH_CONNECT, a + b + c > 0 ? 1L : 0L);
 	return 0;
 }
 
@@ -692,7 +689,7 @@ http_lane_post(struct lane *l)
 			goto nomem;
 		curl_easy_setopt(l->easy, CURLOPT_URL, l->url);
 	}
-	if (http_tls_changed(l, cf) == -1)
+	if (http_tls_set(l, cf) == -1)
 		goto nomem;
 	curl_easy_setopt(l->easy, CURLOPT_TIMEOUT_MS, (long)cf->timeout_ms);
 	curl_easy_setopt(l->easy, CURLOPT_HTTPHEADER, l->hdrs);
@@ -1368,6 +1365,9 @@ http_lane_init(struct http *h, struct lane *l, int idx)
 	curl_easy_setopt(l->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(l->easy, CURLOPT_USERAGENT, "herald");
 	curl_easy_setopt(l->easy, CURLOPT_FOLLOWLOCATION, 0L);
+	/* An encrypted key fails its handshake rather than have OpenSSL ask
+	 * for a passphrase on a terminal (herald -t refuses one anyway). */
+	curl_easy_setopt(l->easy, CURLOPT_KEYPASSWD, "");
 	return 0;
 }
 

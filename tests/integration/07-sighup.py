@@ -117,6 +117,9 @@ def test_reload_is_what_the_supervisor_read():
     assert h.stop() == 0
 
 
+TLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls")
+
+
 def test_reload_restarts_what_the_docs_say():
     """Each key restarts the workers herald(8), herald.conf(5) and the README
     name (RELOADING), and a key that applies live restarts none."""
@@ -130,6 +133,8 @@ def test_reload_restarts_what_the_docs_say():
             ("requests", "max_bytes", "2G", {"router"}),
             ("spool", "max_bytes", "512M", {"http"}),
             ("backend", "concurrency", 2, {"http"}),
+            ("backend", "ca_file", TLS + "/backend.pem", {"http"}),
+            ("backend", "cert_file", TLS + "/client.pem", {"http"}),
             ("api", "listen", "127.0.0.1:%d" % free_port(), {"api"}),
             ("spool", "fsync", "always", {"router", "http", "mqtt"}),
             ("mqtt", "keepalive", 20, {"mqtt"}),

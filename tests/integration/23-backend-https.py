@@ -6,6 +6,7 @@ CA in [backend] ca_file delivers them all, over TLS, signed; one that
 removes it again goes back to the system's CAs.  A ca_file
 that cannot be read is an error of `herald -t` with its line."""
 import os
+import shutil
 import signal
 import subprocess
 from heraldtest import (Backend, Herald, Mosquitto, Publisher, TmpDir, check_delivery,
@@ -75,7 +76,9 @@ def test_client_certificate():
     """A backend that wants a client certificate (mutual TLS): without
     [backend] cert_file every POST fails and is retried, nothing is lost or
     dead-lettered; a reload that sets cert_file and key_file delivers them
-    all, each POST showing the certificate."""
+    all, each POST showing the certificate.  A certificate written over the
+    old one (same names) is used after a reload: the http worker restarts,
+    no connection goes on with the old one."""
     tmp = TmpDir()
     broker = Mosquitto(tmp)
     backend = Backend(tls=(CERT, KEY), client_ca=CLIENT_CERT, secret=SECRET)
@@ -85,15 +88,41 @@ def test_client_certificate():
                     kinds=("telemetry", "events", "status")).run()
     # TLS 1.3: the backend's alert comes after the handshake, and it may
     # close the connection before curl reads it.
-    failing(h, backend, "certificate required", "Connection reset", "SSL_write", "SSL_read")
-    distinct, dups = reload_delivers(h, backend, pub, 1, cert_file=CLIENT_CERT,
-                                     key_file=CLIENT_KEY)
+    refused = ("certificate required", "unknown ca", "Connection reset", "SSL_write", "SSL_read")
+    failing(h, backend, *refused)
+    cert, key = tmp.join("herald.pem"), tmp.join("herald.key")
+    shutil.copyfile(CLIENT_CERT, cert)
+    shutil.copyfile(CLIENT_KEY, key)
+    distinct, dups = reload_delivers(h, backend, pub, 1, cert_file=cert, key_file=key)
     names = set(backend.client_names)
     print("# %d delivered after the reload, %d duplicates; client certificate %s"
           % (distinct, dups, names))
     assert distinct == pub.total() == 60
     assert names == {"herald test client"}, names
     assert backend.bad_signatures == 0 and h.counter("http", "deadlettered") == 0
+
+    # Another certificate, one the backend does not vouch for, written over
+    # the files: after a reload the next message is refused, though the
+    # connections made with the old one were alive.
+    def replace_and_reload(src_cert, src_key, nth):
+        gen = h.worker("http")["generation"]
+        shutil.copyfile(src_cert, cert)
+        shutil.copyfile(src_key, key)
+        h.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: h.log_text().count("configuration reloaded") >= nth
+                 and h.worker("http")["generation"] == gen + 1 and h.all_ready(), 15,
+                 what="the http worker restarted by the reload")
+    replace_and_reload(CERT, KEY, 2)
+    retries = h.counter("http", "http_retries")
+    late = Publisher(broker.port, ["mtls-late"], count=1, kinds=("telemetry",)).run()
+    wait_for(lambda: h.counter("http", "http_retries") > retries, 20, 0.1,
+             "the late message refused with the other certificate")
+    assert not [e for e in backend.delivered() if e["device"] == "mtls-late"]
+    # The right one back: delivered.
+    replace_and_reload(CLIENT_CERT, CLIENT_KEY, 3)
+    wait_for(lambda: [e for e in backend.delivered() if e["device"] == "mtls-late"], 20, 0.1,
+             "the late message delivered with the right certificate again")
+    assert late.total() == 1 and set(backend.client_names) == {"herald test client"}
     assert h.stop() == 0
 
 
@@ -125,6 +154,17 @@ def test_ca_file_checked():
                 "cert_file = %s\nkey_file = %s\n" % (CLIENT_CERT, CLIENT_KEY))
     r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, (r.returncode, r.stderr)
+    # An encrypted key: herald has no passphrase to give.
+    enc = tmp.join("enc.key")
+    with open(enc, "w") as f:
+        f.write("-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n"
+                "-----END ENCRYPTED PRIVATE KEY-----\n")
+    with open(conf, "w") as f:
+        f.write("[api]\ntokens = a-token-long-enough\n[backend]\nurl = https://127.0.0.1:1/x\n"
+                "cert_file = %s\nkey_file = %s\n" % (CLIENT_CERT, enc))
+    r = subprocess.run([HERALD, "-t", "-c", conf], capture_output=True, text=True, timeout=10)
+    assert r.returncode == 1 and r.stderr.startswith("%s:6: " % conf) \
+        and "encrypted private key" in r.stderr, (r.returncode, r.stderr)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@
  * when the hints not yet released fill it, up to max_count: a slot per
  * sequence modulo a ring of max_count would page in the whole ring (4.7 MB)
  * over the first 65,536 hints however few are kept at once, which looked
- * like a leak of 4 kB/s in a soak.
+ * like a leak of 4 kB/s in a soak.  It shrinks back when it is empty after
+ * a stretch in which the most kept at once was under a quarter of it, so a
+ * ring grown by a long router outage is given back once it is over, and one
+ * that a steady load fills now and then is not freed and grown each time.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +34,7 @@ struct hints {
 	size_t       cap, max_count, max_bytes;
 	uint64_t     first, next;
 	size_t       count, bytes;
+	size_t       peak;             /* most slots in use since the ring was last empty */
 };
 
 struct hints *
@@ -113,6 +117,29 @@ hints_grow(struct hints *h)
 	return 0;
 }
 
+/*
+ * The ring is empty: back to the size the last stretch needed (twice its
+ * peak, HINTS_RING_MIN at least) if that is under a quarter of it.  A ring
+ * that cannot be had keeps the old one.
+ */
+static void
+hints_shrink(struct hints *h)
+{
+	size_t cap = HINTS_RING_MIN, peak = h->peak;
+	struct hint *ring;
+
+	h->peak = 0;
+	if (h->cap <= HINTS_RING_MIN || peak >= h->cap / 4)
+		return;
+	while (cap < 2 * peak)
+		cap *= 2;
+	if (cap >= h->cap || (ring = calloc(cap, sizeof(*ring))) == NULL)
+		return;
+	free(h->ring);
+	h->ring = ring;
+	h->cap = cap;
+}
+
 uint64_t
 hints_keep(struct hints *h, const char *kind, const char *device, size_t devlen,
     const char *json, size_t jsonlen, int64_t received_ms, int64_t now_ms, int *dropped)
@@ -149,6 +176,8 @@ hints_keep(struct hints *h, const char *kind, const char *device, size_t devlen,
 	e->jsonlen = jsonlen;
 	h->bytes += need;
 	h->count++;
+	if (h->next - h->first > h->peak)
+		h->peak = (size_t)(h->next - h->first);
 	return e->hseq;
 }
 
@@ -161,6 +190,8 @@ hints_ack(struct hints *h, const uint64_t *seqs, size_t n)
 		if ((e = hint_at(h, seqs[i])) != NULL)
 			hint_release(h, e);
 	hint_pop(h);
+	if (h->first == h->next)
+		hints_shrink(h);
 }
 
 int

@@ -244,6 +244,46 @@ test_ring_grows_with_what_is_kept(void **state)
 	for (uint64_t q = 100001; q <= 101000; q++)
 		hints_ack(h, &q, 1);
 	assert_int_equal(hints_count(h), 0);
+	/* Empty after a stretch that needed it all: kept at its size. */
+	assert_true(hints_slots(h) >= 1000);
+	hints_free(h);
+}
+
+static void
+test_ring_shrinks_after_an_outage(void **state)
+{
+	struct hints *h = hints_new(65536, 64 << 20);
+	uint64_t q, last = 0;
+	int dropped;
+
+	(void)state;
+	assert_non_null(h);
+	/* A router outage: 50,000 kept, none acknowledged. */
+	for (int i = 0; i < 50000; i++) {
+		last = keep(h, "d1", "{}", 0, &dropped);
+		assert_int_not_equal(last, 0);
+		assert_int_equal(dropped, 0);
+	}
+	assert_int_equal(hints_slots(h), 65536);
+	for (q = 1; q <= last; q++)
+		hints_ack(h, &q, 1);
+	assert_int_equal(hints_count(h), 0);
+	assert_int_equal(hints_slots(h), 65536);    /* that stretch needed it */
+	/* Then a quiet stretch: at most 3 kept at once.  Empty at its end, the
+	 * ring goes back to its smallest. */
+	for (int i = 0; i < 3; i++)
+		last = keep(h, "d1", "{}", 0, &dropped);
+	for (q = last - 2; q <= last; q++)
+		hints_ack(h, &q, 1);
+	assert_int_equal(hints_slots(h), 256);
+	/* And still works: kept, due, acknowledged across the new ring. */
+	for (int i = 0; i < 600; i++)
+		assert_int_equal(keep(h, "d2", "{}", 0, &dropped), last + 1 + (uint64_t)i);
+	assert_true(hints_slots(h) >= 600 && hints_slots(h) <= 1024);
+	assert_int_equal(hints_count(h), 600);
+	for (q = last + 1; q <= last + 600; q++)
+		hints_ack(h, &q, 1);
+	assert_int_equal(hints_count(h), 0);
 	hints_free(h);
 }
 
@@ -256,6 +296,7 @@ main(void)
 		cmocka_unit_test(test_count_bound),
 		cmocka_unit_test(test_byte_bound),
 		cmocka_unit_test(test_ring_grows_with_what_is_kept),
+		cmocka_unit_test(test_ring_shrinks_after_an_outage),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -66,9 +66,6 @@ struct lane {
 	bool               array;       /* the body is a JSON array */
 	CURL              *easy;
 	char              *url;         /* the URL last set on easy */
-	char              *ca;          /* the [backend] ca_file last set; NULL: libcurl's */
-	char              *cert;        /* ... cert_file and key_file; NULL: none */
-	char              *key;
 	struct curl_slist *hdrs;
 	char              *body;
 	size_t             bodylen, bodycap;
@@ -620,45 +617,6 @@ http_body_add(struct lane *l, const char *p, size_t len)
 	return 0;
 }
 
-/*
- * One of the handle's TLS files ([backend] ca_file, cert_file, key_file),
- * set when it changed; unset, back to `unset`.  libcurl copies the path
- * and reads the file for each new connection.  -1 without memory.
- */
-static int
-http_file_opt(struct lane *l, char **have, const char *path, CURLoption opt, const char *unset)
-{
-	const char *want = path[0] != '\0' ? path : NULL;
-	char *copy = NULL;
-
-	if (want == NULL ? *have == NULL : *have != NULL && strcmp(*have, want) == 0)
-		return 0;
-	if (want != NULL && (copy = strdup(want)) == NULL)
-		return -1;
-	free(*have);
-	*have = copy;
-	curl_easy_setopt(l->easy, opt, want != NULL ? want : unset);
-	return 0;
-}
-
-/*
- * The TLS files as the configuration has them.  An unset ca_file goes back
- * to libcurl's own bundle (not to none, which NULL means); an unset
- * certificate or key to none.  A reload that changes them restarts this
- * worker (connections made with the old ones would be kept alive), so the
- * handles meet them once, at their first POST.
- */
-static int
-http_tls_set(struct lane *l, const struct config *cf)
-{
-	if (http_file_opt(l, &l->ca, cf->backend_ca_file, CURLOPT_CAINFO,
-	    curl_version_info(CURLVERSION_NOW)->cainfo) == -1 ||
-	    http_file_opt(l, &l->cert, cf->backend_cert_file, CURLOPT_SSLCERT, NULL) == -1 ||
-	    http_file_opt(l, &l->key, cf->backend_key_file, CURLOPT_SSLKEY, NULL) == -1)
-		return -1;
-	return 0;
-}
-
 /* Send (or send again) the lane's batch: fresh timestamp and signature. */
 static void
 http_lane_post(struct lane *l)
@@ -689,8 +647,6 @@ http_lane_post(struct lane *l)
 			goto nomem;
 		curl_easy_setopt(l->easy, CURLOPT_URL, l->url);
 	}
-	if (http_tls_set(l, cf) == -1)
-		goto nomem;
 	curl_easy_setopt(l->easy, CURLOPT_TIMEOUT_MS, (long)cf->timeout_ms);
 	curl_easy_setopt(l->easy, CURLOPT_HTTPHEADER, l->hdrs);
 	curl_easy_setopt(l->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)l->bodylen);
@@ -1347,6 +1303,8 @@ http_header_cb(char *p, size_t size, size_t nmemb, void *arg)
 static int
 http_lane_init(struct http *h, struct lane *l, int idx)
 {
+	const struct config *cf;
+
 	memset(l, 0, sizeof(*l));
 	l->h = h;
 	l->idx = idx;
@@ -1355,6 +1313,7 @@ http_lane_init(struct http *h, struct lane *l, int idx)
 	l->easy = curl_easy_init();
 	if (l->timer == NULL || l->easy == NULL)
 		return -1;
+	cf = h->w->cf;
 	curl_easy_setopt(l->easy, CURLOPT_PRIVATE, (char *)l);
 	curl_easy_setopt(l->easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(l->easy, CURLOPT_WRITEFUNCTION, http_write_cb);
@@ -1365,8 +1324,20 @@ http_lane_init(struct http *h, struct lane *l, int idx)
 	curl_easy_setopt(l->easy, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(l->easy, CURLOPT_USERAGENT, "herald");
 	curl_easy_setopt(l->easy, CURLOPT_FOLLOWLOCATION, 0L);
-	/* An encrypted key fails its handshake rather than have OpenSSL ask
-	 * for a passphrase on a terminal (herald -t refuses one anyway). */
+	/*
+	 * The TLS files, once: a reload that changes them (or what is in
+	 * them) restarts this worker, since libcurl would keep connections
+	 * made with the old ones.  libcurl copies the paths and reads the
+	 * files for each new connection.  An encrypted key fails its
+	 * handshake rather than have OpenSSL ask for a passphrase on a
+	 * terminal (herald -t refuses one anyway).
+	 */
+	if (cf->backend_ca_file[0] != '\0')
+		curl_easy_setopt(l->easy, CURLOPT_CAINFO, cf->backend_ca_file);
+	if (cf->backend_cert_file[0] != '\0')
+		curl_easy_setopt(l->easy, CURLOPT_SSLCERT, cf->backend_cert_file);
+	if (cf->backend_key_file[0] != '\0')
+		curl_easy_setopt(l->easy, CURLOPT_SSLKEY, cf->backend_key_file);
 	curl_easy_setopt(l->easy, CURLOPT_KEYPASSWD, "");
 	return 0;
 }
@@ -1385,9 +1356,6 @@ http_lane_free(struct http *h, struct lane *l)
 	free(l->q);
 	free(l->body);
 	free(l->url);
-	free(l->ca);
-	free(l->cert);
-	free(l->key);
 	free(l->ids);
 	memset(l, 0, sizeof(*l));
 }

@@ -100,11 +100,10 @@ hint_pop(struct hints *h)
 	}
 }
 
-/* A ring twice as large (at most max_count), the kept slots moved over. */
+/* A ring of cap slots (room for the kept ones), the kept slots moved over. */
 static int
-hints_grow(struct hints *h)
+hints_resize(struct hints *h, size_t cap)
 {
-	size_t cap = h->cap * 2 > h->max_count ? h->max_count : h->cap * 2;
 	struct hint *ring = calloc(cap, sizeof(*ring));
 
 	if (ring == NULL)
@@ -126,18 +125,14 @@ static void
 hints_shrink(struct hints *h)
 {
 	size_t cap = HINTS_RING_MIN, peak = h->peak;
-	struct hint *ring;
 
 	h->peak = 0;
 	if (h->cap <= HINTS_RING_MIN || peak >= h->cap / 4)
 		return;
 	while (cap < 2 * peak)
 		cap *= 2;
-	if (cap >= h->cap || (ring = calloc(cap, sizeof(*ring))) == NULL)
-		return;
-	free(h->ring);
-	h->ring = ring;
-	h->cap = cap;
+	if (cap < h->cap)
+		(void)hints_resize(h, cap);
 }
 
 uint64_t
@@ -151,7 +146,8 @@ hints_keep(struct hints *h, const char *kind, const char *device, size_t devlen,
 	*dropped = 0;
 	if (need > h->max_bytes)
 		return 0;
-	if (h->next - h->first == h->cap && h->cap < h->max_count && hints_grow(h) == -1)
+	if (h->next - h->first == h->cap && h->cap < h->max_count &&
+	    hints_resize(h, h->cap * 2 > h->max_count ? h->max_count : h->cap * 2) == -1)
 		return 0;
 	/* The oldest go first: every slot used, or the bytes over the budget. */
 	while (h->first < h->next &&
